@@ -1,0 +1,148 @@
+//! Who is asking, and may they: bearer tokens, roles and their permissions, site scope.
+//!
+//! The config stores only the SHA-256 of each token. A request's token is hashed and compared with
+//! every user's hash in constant time (no early exit on the first match either), so timing tells
+//! nothing about which hashes are close. Roles map to permission sets (design.md, "Roles").
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::User;
+
+/// What a request wants to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// See the list and state of cameras and their recorded intervals.
+    CamerasStatus,
+    /// View footage (technicians: for purpose `technical` only).
+    ViewFootage,
+    /// Export footage.
+    ExportFootage,
+    /// Place a hold.
+    PlaceHold,
+    /// Release or extend a hold.
+    ReleaseHold,
+    /// Erase a range on request of a data subject.
+    Erase,
+    /// Read key-tag events.
+    KeytagsRead,
+    /// Submit key-tag events.
+    KeytagsWrite,
+    /// Read the logbook.
+    LogbookRead,
+    /// Add findings and sign-offs to the logbook.
+    SignOff,
+}
+
+/// Whether `role` has `p` (the default table of the design brief).
+pub fn role_allows(role: &str, p: Permission) -> bool {
+    use Permission::*;
+    match role {
+        "manager" => !matches!(p, Erase | KeytagsWrite),
+        "consultant" | "caretaker" => matches!(p, CamerasStatus | ViewFootage | ExportFootage | PlaceHold),
+        "technician" => matches!(p, CamerasStatus | ViewFootage),
+        "privacy_officer" => !matches!(p, KeytagsWrite),
+        "access_system" => matches!(p, KeytagsWrite),
+        "auditor" => matches!(p, CamerasStatus | LogbookRead),
+        _ => false,
+    }
+}
+
+/// An authenticated user.
+#[derive(Debug)]
+pub struct Principal {
+    /// User name.
+    pub name: String,
+    /// Role.
+    pub role: String,
+    /// Sites in scope; `None` is all.
+    pub sites: Option<Vec<String>>,
+}
+
+impl Principal {
+    /// Whether the user's role has `p`.
+    pub fn can(&self, p: Permission) -> bool {
+        role_allows(&self.role, p)
+    }
+
+    /// Whether `site` is in the user's scope.
+    pub fn covers_site(&self, site: &str) -> bool {
+        self.sites.as_ref().is_none_or(|s| s.iter().any(|x| x == site))
+    }
+}
+
+/// The users, by token hash.
+pub struct Authenticator {
+    users: Vec<([u8; 32], Arc<Principal>)>,
+}
+
+impl Authenticator {
+    /// Builds the table from the config's users.
+    pub fn new(users: &[User]) -> Self {
+        Self {
+            users: users
+                .iter()
+                .map(|u| {
+                    (
+                        u.token_sha256,
+                        Arc::new(Principal {
+                            name: u.name.clone(),
+                            role: u.role.clone(),
+                            sites: u.sites.clone(),
+                        }),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The user whose token this is, from an `Authorization` header value.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Option<Arc<Principal>> {
+        let token = authorization?.strip_prefix("Bearer ")?.trim();
+        if token.is_empty() {
+            return None;
+        }
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for (h, p) in &self.users {
+            if bool::from(h.ct_eq(&hash)) {
+                found = Some(p.clone());
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_by_hash_only() {
+        let hash: [u8; 32] = Sha256::digest(b"s3cret-token").into();
+        let a = Authenticator::new(&[User {
+            name: "j".into(),
+            role: "manager".into(),
+            token_sha256: hash,
+            sites: None,
+        }]);
+        assert_eq!(a.authenticate(Some("Bearer s3cret-token")).unwrap().name, "j");
+        assert!(a.authenticate(Some("Bearer s3cret-tokeN")).is_none());
+        assert!(a.authenticate(Some("s3cret-token")).is_none());
+        assert!(a.authenticate(Some("Bearer ")).is_none());
+        assert!(a.authenticate(None).is_none());
+    }
+
+    #[test]
+    fn role_table() {
+        use Permission::*;
+        assert!(role_allows("technician", ViewFootage) && !role_allows("technician", ExportFootage));
+        assert!(!role_allows("caretaker", ReleaseHold) && role_allows("caretaker", PlaceHold));
+        assert!(role_allows("privacy_officer", Erase) && !role_allows("manager", Erase));
+        assert!(role_allows("access_system", KeytagsWrite) && !role_allows("access_system", CamerasStatus));
+        assert!(role_allows("auditor", LogbookRead) && !role_allows("auditor", ViewFootage));
+        assert!(!role_allows("nobody", CamerasStatus));
+    }
+}

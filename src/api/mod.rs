@@ -1,0 +1,306 @@
+//! The HTTP API (axum): health, metrics, cameras and their recordings.
+//!
+//! Every `/api/v1` route authenticates (401 without a valid bearer token), checks the role's
+//! permission and the user's site scope (403), and answers errors as
+//! `{"error": "...", "detail": ...}`. Request counts go to `holdfast_http_requests_total` by route
+//! pattern, never by raw path.
+
+pub mod auth;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use self::auth::{Authenticator, Permission, Principal};
+use crate::ingest::CameraStatus;
+use crate::metrics::{HttpLabels, Metrics};
+use crate::store::writer::WriterHandle;
+use crate::store::Store;
+use crate::time::Time90k;
+
+/// What the handlers share.
+pub struct AppState {
+    /// The store (index reads).
+    pub store: Arc<Store>,
+    /// The writer (health).
+    pub writer: WriterHandle,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Users.
+    pub auth: Authenticator,
+    /// Cameras, in config order.
+    pub cameras: Vec<Arc<CameraStatus>>,
+    /// Whether `/metrics` needs a token.
+    pub metrics_require_auth: bool,
+}
+
+/// An API error: status, a short message and optional detail.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: String,
+    detail: serde_json::Value,
+}
+
+impl ApiError {
+    /// An error with a status and message.
+    pub fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        Self {
+            status,
+            error: error.into(),
+            detail: serde_json::Value::Null,
+        }
+    }
+
+    /// 400 naming the field that was wrong.
+    pub fn bad_field(field: &str, message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::BAD_REQUEST, format!("{field}: {}", message.into()));
+        e.detail = json!({ "field": field });
+        e
+    }
+
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "request failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.error, "detail": self.detail }))).into_response()
+    }
+}
+
+/// Builds the router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/cameras", get(cameras))
+        .route("/api/v1/cameras/{id}/recordings", get(recordings))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
+        .with_state(state)
+}
+
+async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+/// Authenticates and checks a permission.
+pub fn authorize(state: &AppState, headers: &HeaderMap, p: Permission) -> Result<Arc<Principal>, ApiError> {
+    let value = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let user = state
+        .auth
+        .authenticate(value)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required"))?;
+    if !user.can(p) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("role {} may not do this", user.role),
+        ));
+    }
+    Ok(user)
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let writer = state.writer.is_healthy();
+    let index = state.store.index().buckets(None).is_ok();
+    let status = if writer && index {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let cameras: HashMap<&str, _> = state.cameras.iter().map(|c| (c.id.as_str(), c.state())).collect();
+    (
+        status,
+        Json(json!({
+            "status": if status == StatusCode::OK { "ok" } else { "failing" },
+            "writer": if writer { "ok" } else { "failing" },
+            "index": if index { "ok" } else { "failing" },
+            "cameras": cameras,
+        })),
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if state.metrics_require_auth {
+        authorize(&state, &headers, Permission::CamerasStatus)?;
+    }
+    update_camera_ages(&state);
+    Ok((
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.encode(),
+    )
+        .into_response())
+}
+
+fn update_camera_ages(state: &AppState) {
+    let now = Time90k::now();
+    for c in &state.cameras {
+        let age = c
+            .last_frame_at()
+            .map_or(f64::INFINITY, |t| (now.0 - t.0) as f64 / crate::time::TICKS_PER_SEC as f64);
+        state
+            .metrics
+            .camera_last_frame_age
+            .get_or_create(&crate::metrics::CameraLabel { camera: c.id.clone() })
+            .set(age.max(0.0));
+    }
+}
+
+fn camera_json(c: &CameraStatus) -> serde_json::Value {
+    json!({
+        "id": c.id,
+        "site": c.site,
+        "state": c.state(),
+        "last_frame_at": c.last_frame_at().map(|t| t.to_rfc3339()),
+        "last_error": c.last_error(),
+    })
+}
+
+async fn cameras(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let user = authorize(&state, &headers, Permission::CamerasStatus)?;
+    let list: Vec<_> = state
+        .cameras
+        .iter()
+        .filter(|c| user.covers_site(&c.site))
+        .map(|c| camera_json(c))
+        .collect();
+    Ok(Json(list).into_response())
+}
+
+/// A camera the user may see, or 404/403.
+pub fn camera_in_scope<'a>(state: &'a AppState, user: &Principal, id: &str) -> Result<&'a CameraStatus, ApiError> {
+    let cam = state
+        .cameras
+        .iter()
+        .find(|c| c.id == id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no camera {id:?}")))?;
+    if !user.covers_site(&cam.site) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("camera {id:?} is not in your sites"),
+        ));
+    }
+    Ok(cam)
+}
+
+/// A `from`/`to` query.
+#[derive(Deserialize)]
+pub struct RangeQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// Parses the `from` and `to` of a range query (RFC 3339 with offset), checking from < to.
+pub fn parse_range(from: Option<&str>, to: Option<&str>) -> Result<(Time90k, Time90k), ApiError> {
+    let parse = |field: &str, v: Option<&str>| -> Result<Time90k, ApiError> {
+        let v = v.ok_or_else(|| ApiError::bad_field(field, "is required"))?;
+        Time90k::parse_rfc3339(v).map_err(|e| ApiError::bad_field(field, e))
+    };
+    let from = parse("from", from)?;
+    let to = parse("to", to)?;
+    if from >= to {
+        return Err(ApiError::bad_field("to", "must be after from"));
+    }
+    Ok((from, to))
+}
+
+async fn recordings(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<RangeQuery>,
+) -> Result<Response, ApiError> {
+    let user = authorize(&state, &headers, Permission::CamerasStatus)?;
+    camera_in_scope(&state, &user, &id)?;
+    let (from, to) = parse_range(q.from.as_deref(), q.to.as_deref())?;
+    let segments = state
+        .store
+        .index()
+        .camera_segments(&id, from, to)
+        .map_err(ApiError::internal)?;
+    let intervals = merge_intervals(segments.iter().map(|s| (s.start.max(from), s.end().min(to))));
+    let gaps = complement(&intervals, from, to.min(Time90k::now()).max(from));
+    let fmt = |v: &[(Time90k, Time90k)]| -> Vec<serde_json::Value> {
+        v.iter()
+            .map(|(a, b)| json!({ "from": a.to_rfc3339(), "to": b.to_rfc3339() }))
+            .collect()
+    };
+    Ok(Json(json!({
+        "camera": id,
+        "from": from.to_rfc3339(),
+        "to": to.to_rfc3339(),
+        "intervals": fmt(&intervals),
+        "gaps": fmt(&gaps),
+    }))
+    .into_response())
+}
+
+/// Merges sorted, touching or overlapping intervals.
+pub fn merge_intervals(it: impl Iterator<Item = (Time90k, Time90k)>) -> Vec<(Time90k, Time90k)> {
+    let mut out: Vec<(Time90k, Time90k)> = Vec::new();
+    for (a, b) in it {
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// The parts of `[from, to)` that no interval covers.
+pub fn complement(intervals: &[(Time90k, Time90k)], from: Time90k, to: Time90k) -> Vec<(Time90k, Time90k)> {
+    let mut out = Vec::new();
+    let mut at = from;
+    for &(a, b) in intervals {
+        if a > at && at < to {
+            out.push((at, a.min(to)));
+        }
+        at = at.max(b);
+    }
+    if at < to {
+        out.push((at, to));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Time90k {
+        Time90k(s)
+    }
+
+    #[test]
+    fn intervals_merge_and_gaps_complement() {
+        let merged = merge_intervals([(t(0), t(10)), (t(10), t(20)), (t(25), t(30)), (t(28), t(40))].into_iter());
+        assert_eq!(merged, vec![(t(0), t(20)), (t(25), t(40))]);
+        assert_eq!(complement(&merged, t(-5), t(50)), vec![(t(-5), t(0)), (t(20), t(25)), (t(40), t(50))]);
+        assert_eq!(complement(&merged, t(0), t(40)), vec![(t(20), t(25))]);
+        assert_eq!(complement(&[], t(0), t(5)), vec![(t(0), t(5))]);
+    }
+}

@@ -1,0 +1,367 @@
+//! `holdfast camsim`: a farm of simulated cameras, one small RTSP server serving N streams.
+//!
+//! Stream `i` is at `rtsp://ADDR/cam{i}`. Each client that plays it gets the shipped clip (or
+//! `--clip`) looped forever from its first keyframe, paced in real time, with RTP timestamps and
+//! sequence numbers that keep counting across loops, as a real camera's would. Only RTP over the
+//! RTSP TCP connection (interleaved) is offered; that is what holdfast uses by default.
+//!
+//! It is built to be cheap, so benchmarks measure the recorder and not the cameras: the clip is
+//! packetized once (`clip`), and a stream's work per frame is one buffer of RTP headers plus shared
+//! payloads and one `write` call.
+
+pub mod clip;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use self::clip::Clip;
+
+/// The clip shipped in the repository: 4 s of 1280x720 at 25 fps, about 4 Mbit/s, keyframe every 2 s.
+pub const DEFAULT_CLIP: &[u8] = include_bytes!("../../data/clip-720p25-4mbit.h264");
+
+/// Counters of what camsim sent, shared with whoever runs it (benchmarks compare them with what
+/// the recorder received).
+#[derive(Debug, Default)]
+pub struct CamsimStats {
+    /// Frames sent, all streams together.
+    pub frames_sent: AtomicU64,
+    /// RTP packets sent.
+    pub packets_sent: AtomicU64,
+    /// Clients that started playing.
+    pub sessions: AtomicU64,
+}
+
+/// Settings of the camera farm.
+#[derive(Debug, Clone)]
+pub struct CamsimConfig {
+    /// Number of streams (`/cam0` .. `/cam{N-1}`).
+    pub streams: usize,
+    /// Frames per second of the clip.
+    pub fps: u32,
+}
+
+/// A running camera farm.
+pub struct Camsim {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// What it has sent.
+    pub stats: Arc<CamsimStats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Camsim {
+    /// Binds `listen` and serves in the background on the current tokio runtime.
+    pub async fn start(listen: SocketAddr, clip: Clip, cfg: CamsimConfig) -> std::io::Result<Camsim> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let stats = Arc::new(CamsimStats::default());
+        let shared = Arc::new(Shared {
+            clip,
+            cfg,
+            stats: stats.clone(),
+        });
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else { continue };
+                let _ = sock.set_nodelay(true);
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve(sock, shared).await {
+                        tracing::debug!(error = %e, "camsim client ended");
+                    }
+                });
+            }
+        });
+        Ok(Camsim { addr, stats, task })
+    }
+
+    /// The URL of stream `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("rtsp://{}/cam{i}", self.addr)
+    }
+
+    /// Stops accepting and serving.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+struct Shared {
+    clip: Clip,
+    cfg: CamsimConfig,
+    stats: Arc<CamsimStats>,
+}
+
+/// One parsed RTSP request.
+struct Request {
+    method: String,
+    url: String,
+    cseq: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads the next RTSP request, skipping interleaved RTCP the client sends. `None` at EOF.
+async fn read_request(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<Request>> {
+    loop {
+        // Interleaved binary data: '$', channel, length(2), payload.
+        if buf.first() == Some(&b'$') {
+            if buf.len() >= 4 {
+                let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
+                if buf.len() >= 4 + len {
+                    buf.drain(..4 + len);
+                    continue;
+                }
+            }
+        } else if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let mut lines = head.split("\r\n");
+            let first = lines.next().unwrap_or_default();
+            let mut parts = first.split_whitespace();
+            let method = parts.next().unwrap_or_default().to_owned();
+            let url = parts.next().unwrap_or_default().to_owned();
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect();
+            let body_len: usize = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + body_len {
+                buf.drain(..end + 4 + body_len);
+                let cseq = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("cseq"))
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                return Ok(Some(Request {
+                    method,
+                    url,
+                    cseq,
+                    headers,
+                }));
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = rd.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > 1 << 20 {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "request too large"));
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn response(cseq: &str, status: &str, extra: &[(&str, String)], body: &str) -> Vec<u8> {
+    let mut r = format!("RTSP/1.0 {status}\r\nCSeq: {cseq}\r\nServer: holdfast-camsim\r\n");
+    for (k, v) in extra {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        r.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    r.push_str("\r\n");
+    r.push_str(body);
+    r.into_bytes()
+}
+
+/// The stream index named by a URL path `/camN[/...]`, if it exists.
+fn stream_of(url: &str, streams: usize) -> Option<usize> {
+    let path = url.split("://").nth(1).and_then(|r| r.find('/').map(|i| &r[i..]))?;
+    let n: usize = path.strip_prefix("/cam")?.split('/').next()?.parse().ok()?;
+    (n < streams).then_some(n)
+}
+
+async fn serve(sock: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
+    let (mut rd, mut wr) = sock.into_split();
+    let mut buf = Vec::new();
+    let session_id = format!("{:016x}", rand::random::<u64>());
+    let ssrc: u32 = rand::random();
+    let mut channel = 0u8;
+    let mut set_up = false;
+    loop {
+        let Some(req) = read_request(&mut rd, &mut buf).await? else { return Ok(()) };
+        let Some(stream) = stream_of(&req.url, shared.cfg.streams) else {
+            wr.write_all(&response(&req.cseq, "404 Not Found", &[], "")).await?;
+            continue;
+        };
+        let _ = stream;
+        match req.method.as_str() {
+            "OPTIONS" => {
+                let public = ("Public", "OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER".to_owned());
+                wr.write_all(&response(&req.cseq, "200 OK", &[public], "")).await?;
+            }
+            "DESCRIBE" => {
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let clip = &shared.clip;
+                let sdp = format!(
+                    "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=holdfast camsim\r\nt=0 0\r\n\
+                     m=video 0 RTP/AVP 96\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:96 H264/90000\r\n\
+                     a=fmtp:96 packetization-mode=1;profile-level-id={};sprop-parameter-sets={},{}\r\n\
+                     a=framerate:{}\r\na=control:track0\r\n",
+                    clip.profile_level_id(),
+                    b64.encode(&clip.sps),
+                    b64.encode(&clip.pps),
+                    shared.cfg.fps
+                );
+                let base = format!("{}/", req.url.trim_end_matches('/'));
+                let headers = [
+                    ("Content-Type", "application/sdp".to_owned()),
+                    ("Content-Base", base),
+                ];
+                wr.write_all(&response(&req.cseq, "200 OK", &headers, &sdp)).await?;
+            }
+            "SETUP" => {
+                let transport = req.header("Transport").unwrap_or_default().to_owned();
+                if !transport.contains("RTP/AVP/TCP") {
+                    wr.write_all(&response(&req.cseq, "461 Unsupported Transport", &[], "")).await?;
+                    continue;
+                }
+                channel = transport
+                    .split(';')
+                    .find_map(|p| p.trim().strip_prefix("interleaved="))
+                    .and_then(|r| r.split('-').next())
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                set_up = true;
+                let headers = [
+                    (
+                        "Transport",
+                        format!("RTP/AVP/TCP;unicast;interleaved={}-{};ssrc={ssrc:08X}", channel, channel + 1),
+                    ),
+                    ("Session", format!("{session_id};timeout=60")),
+                ];
+                wr.write_all(&response(&req.cseq, "200 OK", &headers, "")).await?;
+            }
+            "PLAY" if set_up => {
+                let seq: u16 = rand::random();
+                let rtptime: u32 = rand::random();
+                let headers = [
+                    ("Session", session_id.clone()),
+                    ("Range", "npt=0.000-".to_owned()),
+                    (
+                        "RTP-Info",
+                        format!("url={}/track0;seq={seq};rtptime={rtptime}", req.url.trim_end_matches('/')),
+                    ),
+                ];
+                wr.write_all(&response(&req.cseq, "200 OK", &headers, "")).await?;
+                shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
+                return play(rd, wr, buf, shared, channel, ssrc, seq, rtptime).await;
+            }
+            "GET_PARAMETER" | "SET_PARAMETER" => {
+                wr.write_all(&response(&req.cseq, "200 OK", &[("Session", session_id.clone())], "")).await?;
+            }
+            "TEARDOWN" => {
+                wr.write_all(&response(&req.cseq, "200 OK", &[], "")).await?;
+                return Ok(());
+            }
+            _ => {
+                wr.write_all(&response(&req.cseq, "455 Method Not Valid in This State", &[], "")).await?;
+            }
+        }
+    }
+}
+
+/// Streams the clip until the client leaves; answers keepalives in between.
+#[allow(clippy::too_many_arguments)]
+async fn play(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut buf: Vec<u8>,
+    shared: Arc<Shared>,
+    channel: u8,
+    ssrc: u32,
+    mut seq: u16,
+    rtptime: u32,
+) -> std::io::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(8);
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(req)) = read_request(&mut rd, &mut buf).await {
+            let done = req.method == "TEARDOWN";
+            if tx.send(response(&req.cseq, "200 OK", &[], "")).await.is_err() || done {
+                break;
+            }
+        }
+    });
+    let frame_ticks = 90_000 / shared.cfg.fps.max(1);
+    let period = Duration::from_secs(1) / shared.cfg.fps.max(1);
+    let start = tokio::time::Instant::now();
+    let frames = &shared.clip.frames;
+    let mut out = Vec::with_capacity(64 * 1024);
+    let result = async {
+        for n in 0u64.. {
+            let deadline = start + period * n as u32;
+            loop {
+                tokio::select! {
+                    biased;
+                    msg = rx.recv() => match msg {
+                        Some(r) => wr.write_all(&r).await?,
+                        None => return Ok(()),
+                    },
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            let f = &frames[(n % frames.len() as u64) as usize];
+            let ts = rtptime.wrapping_add((n as u32).wrapping_mul(frame_ticks));
+            out.clear();
+            for (i, p) in f.payloads.iter().enumerate() {
+                let marker = i + 1 == f.payloads.len();
+                let len = (12 + p.len()) as u16;
+                out.extend_from_slice(&[b'$', channel]);
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(&[0x80, if marker { 0x80 | 96 } else { 96 }]);
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(&ts.to_be_bytes());
+                out.extend_from_slice(&ssrc.to_be_bytes());
+                out.extend_from_slice(p);
+                seq = seq.wrapping_add(1);
+            }
+            wr.write_all(&out).await?;
+            shared.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+            shared.stats.packets_sent.fetch_add(f.payloads.len() as u64, Ordering::Relaxed);
+        }
+        Ok::<(), std::io::Error>(())
+    }
+    .await;
+    reader.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_paths() {
+        assert_eq!(stream_of("rtsp://127.0.0.1:5/cam3", 4), Some(3));
+        assert_eq!(stream_of("rtsp://127.0.0.1:5/cam3/track0", 4), Some(3));
+        assert_eq!(stream_of("rtsp://127.0.0.1:5/cam4", 4), None);
+        assert_eq!(stream_of("rtsp://127.0.0.1:5/other", 4), None);
+    }
+}

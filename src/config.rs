@@ -1,0 +1,867 @@
+//! The configuration file: TOML in, a validated [`Config`] out, or every error with its key.
+//!
+//! Loading has two passes. The first deserialises into raw structs (unknown keys and wrong types
+//! are refused, and `serde_path_to_error` names the key). The second validates meaning and
+//! collects *every* problem, each as `key: what is wrong` (`cameras[2].site: unknown site
+//! "zuid"`), so `holdfast check-config` can list them all at once. Durations are written like
+//! `"90s"`, `"1h"`, `"28d"`; sizes like `"20GiB"` or `"5%"`. Secrets are never part of an error.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::store::segment::is_valid_camera_id;
+
+/// One configuration problem, named by its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `storage.bucket` or `cameras[1].password_file`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// A list of configuration problems.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A secret string (camera password). Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: String) -> Self {
+        Self(s)
+    }
+    /// The secret itself, for the one place that must send it (the RTSP client).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[storage]`.
+    pub storage: Storage,
+    /// `[http]`.
+    pub http: Http,
+    /// `[sweeper]`.
+    pub sweeper: Sweeper,
+    /// `[policies.NAME]`, by name.
+    pub policies: BTreeMap<String, Policy>,
+    /// `[[sites]]`.
+    pub sites: Vec<Site>,
+    /// `[[cameras]]`.
+    pub cameras: Vec<Camera>,
+    /// `[[users]]`.
+    pub users: Vec<User>,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    /// Where the index and bucket files live.
+    pub data_dir: PathBuf,
+    /// Bucket window, whole seconds dividing a day.
+    pub bucket: Duration,
+    /// Target segment length.
+    pub segment_target: Duration,
+    /// Longest wait between a write and its fdatasync.
+    pub sync_interval: Duration,
+    /// Free-space floor.
+    pub min_free: MinFree,
+    /// Payload bytes the writer queue may hold before cameras drop segments.
+    pub writer_queue: u64,
+}
+
+impl Storage {
+    /// The bucket window in seconds.
+    pub fn bucket_secs(&self) -> u32 {
+        self.bucket.as_secs() as u32
+    }
+}
+
+/// A free-space floor: a share of the file system or an absolute size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MinFree {
+    /// Percent of the file system's size.
+    Percent(f64),
+    /// Bytes.
+    Bytes(u64),
+}
+
+/// `[http]`.
+#[derive(Debug, Clone)]
+pub struct Http {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Whether `/metrics` needs a bearer token.
+    pub metrics_require_auth: bool,
+    /// TLS certificate chain (PEM), if TLS is on.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM), if TLS is on.
+    pub tls_key: Option<PathBuf>,
+}
+
+/// `[sweeper]`.
+#[derive(Debug, Clone)]
+pub struct Sweeper {
+    /// Time between sweeps.
+    pub interval: Duration,
+}
+
+/// `[policies.NAME]`: how long data may be kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Retention of video.
+    pub video: Duration,
+    /// Retention of key-tag events.
+    pub keytags: Duration,
+}
+
+/// `[[sites]]`: a complex, with its policy.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// Site id.
+    pub id: String,
+    /// Policy name.
+    pub policy: String,
+}
+
+/// RTSP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// RTP interleaved on the RTSP TCP connection (default).
+    Tcp,
+    /// RTP over UDP.
+    Udp,
+}
+
+/// Where a camera's password comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// No credentials.
+    None,
+    /// A file whose content (trailing newline trimmed) is the password.
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+}
+
+/// `[[cameras]]`.
+#[derive(Debug, Clone)]
+pub struct Camera {
+    /// Camera id, `[a-z0-9-]`.
+    pub id: String,
+    /// Site id.
+    pub site: String,
+    /// RTSP URL, without credentials.
+    pub url: url::Url,
+    /// User name, if the camera needs one.
+    pub username: Option<String>,
+    /// Where the password comes from.
+    pub password: PasswordSource,
+    /// RTSP transport.
+    pub transport: Transport,
+    /// Where in the config this camera is (for error messages): `cameras[N]`.
+    pub key: String,
+}
+
+impl Camera {
+    /// Loads the password. The error names the key, never the secret.
+    pub fn load_password(&self) -> Result<Option<Secret>, ConfigError> {
+        match &self.password {
+            PasswordSource::None => Ok(None),
+            PasswordSource::File(p) => std::fs::read_to_string(p)
+                .map(|s| Some(Secret(s.trim_end_matches(['\r', '\n']).to_owned())))
+                .map_err(|e| ConfigError {
+                    key: format!("{}.password_file", self.key),
+                    message: format!("cannot read {}: {e}", p.display()),
+                }),
+            PasswordSource::Env(var) => std::env::var(var).map(|s| Some(Secret(s))).map_err(|_| ConfigError {
+                key: format!("{}.password_env", self.key),
+                message: format!("environment variable {var} is not set"),
+            }),
+        }
+    }
+}
+
+/// The roles of the design brief.
+pub const ROLES: [&str; 7] = [
+    "manager",
+    "consultant",
+    "caretaker",
+    "technician",
+    "privacy_officer",
+    "access_system",
+    "auditor",
+];
+
+/// `[[users]]`.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// User (or system) name, as the logbook shows it.
+    pub name: String,
+    /// Role name.
+    pub role: String,
+    /// SHA-256 of the bearer token.
+    pub token_sha256: [u8; 32],
+    /// Sites the user may act on; `None` means all (`["*"]`).
+    pub sites: Option<Vec<String>>,
+}
+
+impl Config {
+    /// The policy name of a camera (through its site).
+    pub fn camera_policy(&self, camera: &Camera) -> &str {
+        self.sites
+            .iter()
+            .find(|s| s.id == camera.site)
+            .map(|s| s.policy.as_str())
+            .expect("validated: every camera's site exists")
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                key: String::new(),
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                key: String::new(),
+                message: format!("not valid TOML: {e}"),
+            }])
+        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigErrors(vec![ConfigError {
+                key: if key == "." { String::new() } else { key },
+                message: inner.message().trim().to_owned(),
+            }])
+        })?;
+        raw.validate()
+    }
+
+    /// Checks that every camera's secret can be loaded (for `check-config` and start-up).
+    pub fn check_secrets(&self) -> Vec<ConfigError> {
+        self.cameras
+            .iter()
+            .filter_map(|c| c.load_password().err())
+            .collect()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    storage: RawStorage,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    sweeper: RawSweeper,
+    #[serde(default)]
+    policies: BTreeMap<String, RawPolicy>,
+    #[serde(default)]
+    sites: Vec<RawSite>,
+    #[serde(default)]
+    cameras: Vec<RawCamera>,
+    #[serde(default)]
+    users: Vec<RawUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    data_dir: PathBuf,
+    #[serde(default = "default_bucket")]
+    bucket: String,
+    #[serde(default = "default_segment_target")]
+    segment_target: String,
+    #[serde(default = "default_sync_interval")]
+    sync_interval: String,
+    #[serde(default = "default_min_free")]
+    min_free: String,
+    #[serde(default = "default_writer_queue")]
+    writer_queue: String,
+}
+
+fn default_bucket() -> String {
+    "1h".into()
+}
+fn default_segment_target() -> String {
+    "2s".into()
+}
+fn default_sync_interval() -> String {
+    "1s".into()
+}
+fn default_min_free() -> String {
+    "5%".into()
+}
+fn default_writer_queue() -> String {
+    "256MiB".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default)]
+    metrics_require_auth: bool,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            metrics_require_auth: false,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8480".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSweeper {
+    #[serde(default = "default_sweep_interval")]
+    interval: String,
+}
+
+impl Default for RawSweeper {
+    fn default() -> Self {
+        Self {
+            interval: default_sweep_interval(),
+        }
+    }
+}
+
+fn default_sweep_interval() -> String {
+    "1m".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    video: String,
+    keytags: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    id: String,
+    policy: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCamera {
+    id: String,
+    site: String,
+    url: String,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    #[serde(default = "default_transport")]
+    transport: Transport,
+}
+
+fn default_transport() -> Transport {
+    Transport::Tcp
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    role: String,
+    token_sha256: String,
+    sites: Vec<String>,
+}
+
+/// Collects errors during validation.
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, value: &str, min: Duration, max: Duration) -> Duration {
+        match parse_duration(value) {
+            Ok(d) if d < min => {
+                self.push(key, format!("{value:?} is shorter than the minimum {}", humantime::format_duration(min)));
+                min
+            }
+            Ok(d) if d > max => {
+                self.push(key, format!("{value:?} is longer than the maximum {}", humantime::format_duration(max)));
+                max
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.push(key, e);
+                min
+            }
+        }
+    }
+}
+
+/// Parses a duration such as `"90s"`, `"1h"`, `"28d"`, `"500ms"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration like \"90s\", \"1h\" or \"28d\" ({e})"))
+}
+
+/// Parses a byte size such as `"20GiB"`, `"500MB"` or `"1048576"`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => return Err(format!("{s:?} is not a size like \"20GiB\" or \"500MB\"")),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like \"20GiB\" or \"500MB\""))?;
+    Ok((n * mult as f64) as u64)
+}
+
+fn is_valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigErrors> {
+        let mut e = Errors::default();
+        let s = &self.storage;
+        let bucket = e.duration("storage.bucket", &s.bucket, Duration::from_secs(1), DAY);
+        if bucket.subsec_nanos() != 0 || DAY.as_secs() % bucket.as_secs().max(1) != 0 {
+            e.push("storage.bucket", format!("{:?} must be whole seconds that divide a day (e.g. \"10s\", \"15m\", \"1h\")", s.bucket));
+        }
+        let segment_target = e.duration(
+            "storage.segment_target",
+            &s.segment_target,
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+        );
+        let sync_interval = e.duration(
+            "storage.sync_interval",
+            &s.sync_interval,
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+        );
+        let min_free = match s.min_free.trim().strip_suffix('%') {
+            Some(p) => match p.trim().parse::<f64>() {
+                Ok(v) if (0.0..100.0).contains(&v) => MinFree::Percent(v),
+                _ => {
+                    e.push("storage.min_free", format!("{:?} is not a percentage from 0% to 99%", s.min_free));
+                    MinFree::Percent(5.0)
+                }
+            },
+            None => match parse_size(&s.min_free) {
+                Ok(b) => MinFree::Bytes(b),
+                Err(m) => {
+                    e.push("storage.min_free", format!("{m}, nor a percentage like \"5%\""));
+                    MinFree::Percent(5.0)
+                }
+            },
+        };
+        let writer_queue = match parse_size(&s.writer_queue) {
+            Ok(b) if b >= 1 << 20 => b,
+            Ok(_) => {
+                e.push("storage.writer_queue", "must be at least 1MiB");
+                1 << 20
+            }
+            Err(m) => {
+                e.push("storage.writer_queue", m);
+                1 << 20
+            }
+        };
+        if s.data_dir.as_os_str().is_empty() {
+            e.push("storage.data_dir", "must not be empty");
+        }
+
+        let listen = match self.http.listen.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                e.push("http.listen", format!("{:?} is not an address like \"127.0.0.1:8480\"", self.http.listen));
+                SocketAddr::from(([127, 0, 0, 1], 8480))
+            }
+        };
+        match (&self.http.tls_cert, &self.http.tls_key) {
+            (Some(_), None) => e.push("http.tls_key", "tls_cert is set, so tls_key is needed too"),
+            (None, Some(_)) => e.push("http.tls_cert", "tls_key is set, so tls_cert is needed too"),
+            _ => {}
+        }
+        let sweep_interval = e.duration("sweeper.interval", &self.sweeper.interval, Duration::from_secs(1), DAY);
+
+        let mut policies = BTreeMap::new();
+        for (name, p) in &self.policies {
+            let key = format!("policies.{name}");
+            if !is_valid_name(name) {
+                e.push(&key, "policy names use only a-z, 0-9, '-' and '_' (they name a directory)");
+            }
+            let video = e.duration(&format!("{key}.video"), &p.video, Duration::from_secs(1), Duration::from_secs(10 * 365 * 86_400));
+            // MW 6.7: key-tag access data is kept four weeks at the most.
+            let keytags = e.duration(&format!("{key}.keytags"), &p.keytags, Duration::from_secs(1), 28 * DAY);
+            policies.insert(name.clone(), Policy { video, keytags });
+        }
+
+        let mut site_ids = HashSet::new();
+        let mut sites = Vec::new();
+        for (i, site) in self.sites.iter().enumerate() {
+            let key = format!("sites[{i}]");
+            if !is_valid_name(&site.id) {
+                e.push(format!("{key}.id"), format!("{:?}: use only a-z, 0-9, '-' and '_'", site.id));
+            } else if !site_ids.insert(site.id.clone()) {
+                e.push(format!("{key}.id"), format!("duplicate site id {:?}", site.id));
+            }
+            if !self.policies.contains_key(&site.policy) {
+                e.push(format!("{key}.policy"), format!("unknown policy {:?}", site.policy));
+            }
+            sites.push(Site {
+                id: site.id.clone(),
+                policy: site.policy.clone(),
+            });
+        }
+
+        let mut camera_ids = HashSet::new();
+        let mut cameras = Vec::new();
+        for (i, c) in self.cameras.into_iter().enumerate() {
+            let key = format!("cameras[{i}]");
+            if !is_valid_camera_id(&c.id) {
+                e.push(format!("{key}.id"), format!("{:?}: 1 to 64 characters of a-z, 0-9 and '-'", c.id));
+            } else if !camera_ids.insert(c.id.clone()) {
+                e.push(format!("{key}.id"), format!("duplicate camera id {:?}", c.id));
+            }
+            if !site_ids.contains(&c.site) {
+                e.push(format!("{key}.site"), format!("unknown site {:?}", c.site));
+            }
+            // Never echo the URL: it might carry a password.
+            let url = match url::Url::parse(&c.url) {
+                Ok(u) if u.scheme() != "rtsp" && u.scheme() != "rtsps" => {
+                    e.push(format!("{key}.url"), "must be an rtsp:// or rtsps:// URL");
+                    None
+                }
+                Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                    e.push(
+                        format!("{key}.url"),
+                        "must not contain credentials; use username and password_file or password_env",
+                    );
+                    None
+                }
+                Ok(u) if u.host_str().is_none() => {
+                    e.push(format!("{key}.url"), "has no host");
+                    None
+                }
+                Ok(u) => Some(u),
+                Err(err) => {
+                    e.push(format!("{key}.url"), format!("not a valid URL ({err})"));
+                    None
+                }
+            };
+            let password = match (&c.password_file, &c.password_env) {
+                (Some(_), Some(_)) => {
+                    e.push(format!("{key}.password_env"), "set password_file or password_env, not both");
+                    PasswordSource::None
+                }
+                (Some(p), None) => PasswordSource::File(p.clone()),
+                (None, Some(v)) if v.is_empty() => {
+                    e.push(format!("{key}.password_env"), "must name an environment variable");
+                    PasswordSource::None
+                }
+                (None, Some(v)) => PasswordSource::Env(v.clone()),
+                (None, None) => PasswordSource::None,
+            };
+            match (&c.username, &password) {
+                (Some(_), PasswordSource::None) if c.password_file.is_none() && c.password_env.is_none() => e.push(
+                    format!("{key}.password_file"),
+                    "username is set, so password_file or password_env is needed",
+                ),
+                (None, PasswordSource::File(_) | PasswordSource::Env(_)) => {
+                    e.push(format!("{key}.username"), "a password is set, so username is needed")
+                }
+                _ => {}
+            }
+            cameras.push(Camera {
+                id: c.id,
+                site: c.site,
+                url: url.unwrap_or_else(|| url::Url::parse("rtsp://invalid/").expect("static URL")),
+                username: c.username,
+                password,
+                transport: c.transport,
+                key,
+            });
+        }
+
+        let mut names = HashSet::new();
+        let mut users = Vec::new();
+        for (i, u) in self.users.iter().enumerate() {
+            let key = format!("users[{i}]");
+            if u.name.trim().is_empty() {
+                e.push(format!("{key}.name"), "must not be empty");
+            } else if !names.insert(u.name.clone()) {
+                e.push(format!("{key}.name"), format!("duplicate user {:?}", u.name));
+            }
+            if !ROLES.contains(&u.role.as_str()) {
+                e.push(format!("{key}.role"), format!("unknown role {:?}; one of {}", u.role, ROLES.join(", ")));
+            }
+            let mut token = [0u8; 32];
+            if hex::decode_to_slice(u.token_sha256.trim(), &mut token).is_err() {
+                e.push(format!("{key}.token_sha256"), "must be 64 hex digits (sha256sum of the token)");
+            }
+            let sites = if u.sites.iter().any(|s| s == "*") {
+                None
+            } else {
+                for (j, s) in u.sites.iter().enumerate() {
+                    if !site_ids.contains(s) {
+                        e.push(format!("{key}.sites[{j}]"), format!("unknown site {s:?}"));
+                    }
+                }
+                Some(u.sites.clone())
+            };
+            users.push(User {
+                name: u.name.clone(),
+                role: u.role.clone(),
+                token_sha256: token,
+                sites,
+            });
+        }
+
+        if !e.0.is_empty() {
+            return Err(ConfigErrors(e.0));
+        }
+        Ok(Config {
+            storage: Storage {
+                data_dir: self.storage.data_dir,
+                bucket,
+                segment_target,
+                sync_interval,
+                min_free,
+                writer_queue,
+            },
+            http: Http {
+                listen,
+                metrics_require_auth: self.http.metrics_require_auth,
+                tls_cert: self.http.tls_cert,
+                tls_key: self.http.tls_key,
+            },
+            sweeper: Sweeper {
+                interval: sweep_interval,
+            },
+            policies,
+            sites,
+            cameras,
+            users,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[storage]
+data_dir = "/var/lib/holdfast"
+bucket = "1h"
+
+[policies.four-weeks]
+video = "28d"
+keytags = "28d"
+
+[[sites]]
+id = "maas-noord"
+policy = "four-weeks"
+
+[[cameras]]
+id = "noord-entrance"
+site = "maas-noord"
+url = "rtsp://192.0.2.10:554/stream1"
+username = "viewer"
+password_env = "HOLDFAST_TEST_NEVER_SET"
+
+[[users]]
+name = "j.devries"
+role = "manager"
+token_sha256 = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"
+sites = ["maas-noord"]
+"#;
+
+    fn errors(text: &str) -> Vec<String> {
+        Config::parse(text).unwrap_err().0.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn good_config_loads_with_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.storage.bucket_secs(), 3600);
+        assert_eq!(c.storage.segment_target, Duration::from_secs(2));
+        assert_eq!(c.storage.sync_interval, Duration::from_secs(1));
+        assert_eq!(c.storage.min_free, MinFree::Percent(5.0));
+        assert_eq!(c.sweeper.interval, Duration::from_secs(60));
+        assert_eq!(c.policies["four-weeks"].video, Duration::from_secs(28 * 86_400));
+        assert_eq!(c.camera_policy(&c.cameras[0]), "four-weeks");
+        assert_eq!(c.cameras[0].transport, Transport::Tcp);
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:8480");
+    }
+
+    #[test]
+    fn every_error_names_its_key() {
+        let bad = GOOD
+            .replace("bucket = \"1h\"", "bucket = \"7m\"\nsync_interval = \"soon\"\nmin_free = \"5 apples\"")
+            .replace("policy = \"four-weeks\"", "policy = \"two-weeks\"")
+            .replace("keytags = \"28d\"", "keytags = \"60d\"")
+            .replace("role = \"manager\"", "role = \"boss\"");
+        let errs = errors(&bad);
+        let keys: Vec<&str> = errs.iter().map(|e| e.split(':').next().unwrap()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "storage.bucket",
+                "storage.sync_interval",
+                "storage.min_free",
+                "policies.four-weeks.keytags",
+                "sites[0].policy",
+                "users[0].role"
+            ],
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_key() {
+        let errs = errors(&GOOD.replace("bucket = \"1h\"", "bukket = \"1h\""));
+        assert!(errs[0].contains("bukket"), "{errs:?}");
+        let errs = errors(&GOOD.replace("bucket = \"1h\"", "bucket = 3600"));
+        assert!(errs[0].starts_with("storage.bucket: "), "{errs:?}");
+        let errs = errors(&GOOD.replace("[storage]\ndata_dir = \"/var/lib/holdfast\"", "[storage]"));
+        assert!(errs[0].contains("data_dir"), "{errs:?}");
+    }
+
+    #[test]
+    fn camera_urls_never_carry_or_echo_secrets() {
+        let errs = errors(&GOOD.replace("rtsp://192.0.2.10:554", "rtsp://admin:hunter2@192.0.2.10:554"));
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].starts_with("cameras[0].url: must not contain credentials"));
+        assert!(!errs[0].contains("hunter2"));
+        let errs = errors(&GOOD.replace("rtsp://", "http://"));
+        assert!(errs[0].starts_with("cameras[0].url:"));
+    }
+
+    #[test]
+    fn credentials_must_be_complete() {
+        let errs = errors(&GOOD.replace("password_env = \"HOLDFAST_TEST_NEVER_SET\"", ""));
+        assert!(errs[0].starts_with("cameras[0].password_file:"), "{errs:?}");
+        let c = Config::parse(GOOD).unwrap();
+        let secret_errs = c.check_secrets();
+        assert_eq!(secret_errs[0].key, "cameras[0].password_env");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        std::fs::write(&p, "hunter2\n").unwrap();
+        let text = GOOD.replace(
+            "password_env = \"HOLDFAST_TEST_NEVER_SET\"",
+            &format!("password_file = {:?}", p.display().to_string()),
+        );
+        let c = Config::parse(&text).unwrap();
+        let secret = c.cameras[0].load_password().unwrap().unwrap();
+        assert_eq!(secret.expose(), "hunter2");
+        assert_eq!(format!("{secret:?}"), "<redacted>");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("20GiB").unwrap(), 20 << 30);
+        assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert!(parse_size("12 parsecs").is_err());
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("28d").unwrap(), Duration::from_secs(28 * 86_400));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("1x").is_err());
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../config/holdfast.example.toml");
+        let c = Config::parse(text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!c.cameras.is_empty());
+    }
+}

@@ -1,0 +1,118 @@
+//! `holdfast run`: wires the stages together and runs until SIGTERM or Ctrl-C.
+//!
+//! Start-up order: open the store (recovery runs and reports), start the writer thread, start one
+//! camera task per configured camera, then serve HTTP. Shutdown runs the other way: stop HTTP,
+//! tell the camera tasks to hand their buffered frames to the writer, then let the writer make
+//! everything durable before the process exits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::api::{self, auth::Authenticator, AppState};
+use crate::config::Config;
+use crate::ingest::camera::{CameraMetrics, CameraTask};
+use crate::ingest::segmenter::Segmenter;
+use crate::ingest::CameraStatus;
+use crate::metrics::Metrics;
+use crate::store::writer::{Writer, WriterConfig};
+use crate::store::Store;
+use crate::time::duration_to_ticks;
+
+/// Runs the daemon until `stop` resolves (or SIGTERM/Ctrl-C when `stop` is `None`).
+pub async fn run(config: Config, stop: Option<tokio::sync::oneshot::Receiver<()>>) -> anyhow::Result<()> {
+    let secrets: Vec<_> = config
+        .cameras
+        .iter()
+        .map(|c| c.load_password())
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+
+    let data_dir = config.storage.data_dir.clone();
+    let bucket_secs = config.storage.bucket_secs();
+    let (store, report) = tokio::task::spawn_blocking(move || Store::open(&data_dir, bucket_secs))
+        .await?
+        .with_context(|| format!("opening the store in {}", config.storage.data_dir.display()))?;
+    tracing::info!(data_dir = %config.storage.data_dir.display(), "recovery: {report}");
+    let store = Arc::new(store);
+    let metrics = Arc::new(Metrics::new());
+    let writer = Writer::spawn(
+        store.clone(),
+        WriterConfig {
+            bucket_secs,
+            sync_interval: config.storage.sync_interval,
+            queue_limit_bytes: config.storage.writer_queue,
+            queue_limit_segments: 16_384,
+        },
+        metrics.clone(),
+        None,
+    )?;
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut statuses = Vec::new();
+    let mut tasks = Vec::new();
+    for (cam, secret) in config.cameras.iter().zip(secrets) {
+        let status = Arc::new(CameraStatus::new(&cam.id, &cam.site));
+        statuses.push(status.clone());
+        let policy = config.camera_policy(cam);
+        let task = CameraTask {
+            status,
+            url: cam.url.clone(),
+            credentials: cam.username.clone().zip(secret),
+            transport: cam.transport,
+            segmenter: Segmenter::new(
+                cam.id.as_str().into(),
+                policy.into(),
+                duration_to_ticks(config.storage.segment_target),
+            ),
+            writer: writer.handle(),
+            metrics: CameraMetrics::new(&metrics, &cam.id),
+            shutdown: shutdown_rx.clone(),
+        };
+        tasks.push(tokio::spawn(task.run()));
+    }
+    tracing::info!(cameras = tasks.len(), "camera tasks started");
+
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        writer: writer.handle(),
+        metrics: metrics.clone(),
+        auth: Authenticator::new(&config.users),
+        cameras: statuses,
+        metrics_require_auth: config.http.metrics_require_auth,
+    });
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    tracing::info!(%addr, "HTTP API listening");
+    let app = api::router(state);
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        match stop {
+            Some(rx) => {
+                let _ = rx.await;
+            }
+            None => wait_for_signal().await,
+        }
+        tracing::info!("stopping");
+    });
+    serve.await?;
+
+    let _ = shutdown_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    tokio::task::spawn_blocking(move || writer.shutdown()).await?;
+    tracing::info!("stopped; everything received is durable");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

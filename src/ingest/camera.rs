@@ -1,0 +1,234 @@
+//! The camera task: keeps one RTSP session to one camera alive forever and feeds its segmenter.
+//!
+//! Per session: DESCRIBE, SETUP of the first H.264 video stream only (audio and every other stream
+//! offered are never set up: R2, HW 3), PLAY with `FrameFormat::MP4` (AVC length-prefixed samples,
+//! the bytes that go to disk unchanged). Every step has a timeout, and so does every frame: a
+//! camera that stops delivering is `down` within [`FRAME_TIMEOUT`]. After any failure the task
+//! flushes the segmenter (the gap starts there), waits a capped exponential backoff with jitter
+//! (1 s doubling to 30 s, ±20%) and tries again. For [`FAST_RETRY_WINDOW`] after a session that
+//! delivered frames the delay stays at 1 s: short outages (a camera reboot, a switch port
+//! flapping) are bridged within a second or two of the camera's return, while a camera that stays
+//! away is soon tried only every 30 s.
+//!
+//! Credentials go to retina only. Errors are logged with the camera id and retina's message, which
+//! never contains the password (the URL carries no credentials; config refuses them there).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use rand::Rng;
+use retina::client::{Credentials, PlayOptions, Session, SessionOptions, SetupOptions, Transport as RtspTransport};
+use retina::codec::{CodecItem, FrameFormat, ParametersRef};
+
+use super::segmenter::{FrameIn, Segmenter};
+use super::{CameraState, CameraStatus};
+use crate::config::{Secret, Transport};
+use crate::metrics::Metrics;
+use crate::store::segment::CodecConfig;
+use crate::store::writer::WriterHandle;
+use crate::time::Time90k;
+
+/// Longest wait for one RTSP request (DESCRIBE, SETUP, PLAY).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the next frame before the session is given up.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
+/// First reconnect delay.
+pub const BACKOFF_START: Duration = Duration::from_secs(1);
+/// Largest reconnect delay.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// How long after a session with frames the reconnect delay stays at [`BACKOFF_START`].
+pub const FAST_RETRY_WINDOW: Duration = Duration::from_secs(10);
+
+/// Everything a camera task needs.
+pub struct CameraTask {
+    /// Status shared with the API.
+    pub status: Arc<CameraStatus>,
+    /// RTSP URL (no credentials in it).
+    pub url: url::Url,
+    /// User name and password, if any.
+    pub credentials: Option<(String, Secret)>,
+    /// Transport.
+    pub transport: Transport,
+    /// The segmenter (owns camera id and policy).
+    pub segmenter: Segmenter,
+    /// Where segments go.
+    pub writer: WriterHandle,
+    /// Metric handles of this camera.
+    pub metrics: CameraMetrics,
+    /// Becomes true when the daemon stops.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Metric handles of one camera, looked up once.
+#[derive(Clone)]
+pub struct CameraMetrics {
+    up: Gauge,
+    frames: Counter,
+    bytes: Counter,
+    reconnects: Counter,
+    anomalies: Counter,
+    dropped_no_key: Counter,
+}
+
+impl CameraMetrics {
+    /// Looks up (creating) the handles of `camera`.
+    pub fn new(m: &Metrics, camera: &str) -> Self {
+        let l = crate::metrics::CameraLabel {
+            camera: camera.to_owned(),
+        };
+        Self {
+            up: m.camera_up.get_or_create(&l).clone(),
+            frames: m.camera_frames.get_or_create(&l).clone(),
+            bytes: m.camera_bytes.get_or_create(&l).clone(),
+            reconnects: m.camera_reconnects.get_or_create(&l).clone(),
+            anomalies: m.camera_timestamp_anomalies.get_or_create(&l).clone(),
+            dropped_no_key: m.camera_frames_dropped.get_or_create(&l).clone(),
+        }
+    }
+}
+
+impl CameraTask {
+    /// Runs until the daemon stops; then hands the buffered frames to the writer and returns.
+    pub async fn run(mut self) {
+        let mut backoff = BACKOFF_START;
+        let mut last_recording: Option<tokio::time::Instant> = None;
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            self.status.set_state(CameraState::Connecting);
+            let before = self.segmenter.stats().frames;
+            let result = tokio::select! {
+                r = self.session() => r,
+                _ = shutdown.wait_for(|stop| *stop) => {
+                    if let Some(seg) = self.segmenter.end_of_stream() {
+                        let _ = self.writer.submit(seg);
+                    }
+                    self.sync_stats();
+                    return;
+                }
+            };
+            // The stream ended: what is buffered is written, and the gap starts here.
+            if let Some(seg) = self.segmenter.end_of_stream() {
+                let _ = self.writer.submit(seg);
+            }
+            self.sync_stats();
+            self.metrics.up.set(0);
+            self.status.set_state(CameraState::Down);
+            let e = result.err().unwrap_or_else(|| "stream ended".to_owned());
+            tracing::warn!(camera = %self.status.id, error = %e, "camera session ended; reconnecting");
+            self.status.set_error(Some(e));
+            if self.segmenter.stats().frames > before {
+                backoff = BACKOFF_START;
+                last_recording = Some(tokio::time::Instant::now());
+            }
+            let jitter = rand::rng().random_range(0.8..1.2);
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            if last_recording.is_none_or(|t| t.elapsed() > FAST_RETRY_WINDOW) {
+                backoff = (backoff * 2).min(BACKOFF_CAP);
+            }
+            self.metrics.reconnects.inc();
+        }
+    }
+
+    fn sync_stats(&mut self) {
+        let s = self.segmenter.stats();
+        // Counters only move forward; add what is new since the last sync.
+        let add = |c: &Counter, v: u64| {
+            let cur = c.get();
+            if v > cur {
+                c.inc_by(v - cur);
+            }
+        };
+        add(&self.metrics.anomalies, s.timestamp_anomalies + s.clock_resyncs);
+        add(&self.metrics.dropped_no_key, s.frames_dropped_no_keyframe);
+    }
+
+    /// One RTSP session, until it fails. Errors are strings free of credentials.
+    async fn session(&mut self) -> Result<(), String> {
+        let creds = self.credentials.as_ref().map(|(u, p)| Credentials {
+            username: u.clone(),
+            password: p.expose().to_owned(),
+        });
+        let opts = SessionOptions::default()
+            .creds(creds)
+            .user_agent(format!("holdfast/{}", env!("CARGO_PKG_VERSION")));
+        let mut session = timeout("DESCRIBE", Session::describe(self.url.clone(), opts)).await?;
+        let video = session
+            .streams()
+            .iter()
+            .position(|s| s.media() == "video" && s.encoding_name().eq_ignore_ascii_case("h264"))
+            .ok_or_else(|| "the camera offers no H.264 video stream".to_owned())?;
+        let transport = match self.transport {
+            Transport::Tcp => RtspTransport::Tcp(Default::default()),
+            Transport::Udp => RtspTransport::Udp(Default::default()),
+        };
+        timeout(
+            "SETUP",
+            session.setup(video, SetupOptions::default().transport(transport).frame_format(FrameFormat::MP4)),
+        )
+        .await?;
+        let playing = timeout("PLAY", session.play(PlayOptions::default())).await?;
+        let mut demuxed = playing.demuxed().map_err(|e| e.to_string())?;
+        if let Some(ParametersRef::Video(v)) = demuxed.streams()[video].parameters() {
+            self.segmenter
+                .set_codec(Arc::new(CodecConfig::new(Bytes::copy_from_slice(v.extra_data()))));
+        }
+        loop {
+            let item = match tokio::time::timeout(FRAME_TIMEOUT, demuxed.next()).await {
+                Err(_) => return Err(format!("no frame for {} s", FRAME_TIMEOUT.as_secs())),
+                Ok(None) => return Err("the camera ended the stream".to_owned()),
+                Ok(Some(Err(e))) => return Err(e.to_string()),
+                Ok(Some(Ok(item))) => item,
+            };
+            let CodecItem::VideoFrame(frame) = item else { continue };
+            if frame.stream_id() != video {
+                continue;
+            }
+            if frame.has_new_parameters() {
+                if let Some(ParametersRef::Video(v)) = demuxed.streams()[video].parameters() {
+                    self.segmenter
+                        .set_codec(Arc::new(CodecConfig::new(Bytes::copy_from_slice(v.extra_data()))));
+                }
+            }
+            let arrival = Time90k::now();
+            let key = frame.is_random_access_point();
+            let rtp = frame.timestamp().timestamp();
+            let data = Bytes::from(frame.into_data());
+            self.metrics.frames.inc();
+            self.metrics.bytes.inc_by(data.len() as u64);
+            if self.status.state() != CameraState::Recording {
+                self.status.set_state(CameraState::Recording);
+                self.status.set_error(None);
+                self.metrics.up.set(1);
+            }
+            self.status.frame_arrived(arrival);
+            if let Some(seg) = self.segmenter.push(FrameIn {
+                rtp,
+                arrival,
+                key,
+                data,
+            }) {
+                // A full queue drops the segment and counts it; the camera never waits.
+                let _ = self.writer.submit(seg);
+                self.sync_stats();
+            }
+        }
+    }
+}
+
+async fn timeout<T, E: std::fmt::Display>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, f).await {
+        Err(_) => Err(format!("{what} timed out after {} s", CONNECT_TIMEOUT.as_secs())),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Ok(Ok(v)) => Ok(v),
+    }
+}

@@ -1,0 +1,21 @@
+//! holdfast records RTSP H.264 cameras, keeps footage exactly as long as each site's policy allows,
+//! never deletes what an incident hold pins, and logs every look at the data.
+//!
+//! The stages, in the order data flows (see ARCHITECTURE.md for the codemap and invariants):
+//! - [`ingest`]: one task per camera (retina), the segmenter and the media clock.
+//! - [`store`]: segment records, bucket files, the writer thread, the RocksDB index, recovery.
+//! - [`api`]: the HTTP API (axum), authentication and roles.
+//!
+//! Around them: [`config`] (TOML and validation), [`metrics`] (Prometheus), [`time`] (90 kHz
+//! wall-clock time), [`daemon`] (wiring and shutdown), [`camsim`] (simulated cameras) and
+//! [`demo`].
+
+pub mod api;
+pub mod camsim;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod ingest;
+pub mod metrics;
+pub mod store;
+pub mod time;

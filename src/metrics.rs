@@ -1,0 +1,187 @@
+//! Prometheus metrics: one registry, the metric handles every stage updates, and the text
+//! exposition served at `/metrics`.
+//!
+//! Names and labels are part of the external contract (`design.md`, "Metrics"). Counters are
+//! registered without the `_total` suffix; the exposition adds it. No label ever carries a URL,
+//! a user name or a secret: cameras are labelled by their id only.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Label set of per-camera metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CameraLabel {
+    /// Camera id.
+    pub camera: String,
+}
+
+/// Label set of dropped-segment counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// Camera id.
+    pub camera: String,
+    /// Why: `queue_full`, `write_error`, `sync_error`, `writer_stopped`.
+    pub reason: String,
+}
+
+/// Label set of HTTP request counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route pattern (`/api/v1/cameras/{id}/recordings`), never the raw path.
+    pub route: String,
+    /// The status code.
+    pub status: u16,
+}
+
+/// Every metric handle of the daemon.
+pub struct Metrics {
+    registry: Registry,
+    /// 1 while a camera delivers frames.
+    pub camera_up: Family<CameraLabel, Gauge>,
+    /// Frames received per camera.
+    pub camera_frames: Family<CameraLabel, Counter>,
+    /// Payload bytes received per camera.
+    pub camera_bytes: Family<CameraLabel, Counter>,
+    /// Reconnects per camera.
+    pub camera_reconnects: Family<CameraLabel, Counter>,
+    /// Seconds since the last frame of each camera.
+    pub camera_last_frame_age: Family<CameraLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Frames whose RTP timestamp was broken (constant, backwards, jumping) or needed a resync.
+    pub camera_timestamp_anomalies: Family<CameraLabel, Counter>,
+    /// Frames dropped because no keyframe had started a segment.
+    pub camera_frames_dropped: Family<CameraLabel, Counter>,
+    /// HTTP requests by route and status.
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// Segments that were not stored, by camera and reason.
+    pub segments_dropped: Family<DropLabels, Counter>,
+    /// Payload bytes queued for or in flight in the writer.
+    pub writer_queue_bytes: Gauge,
+    /// Time to write one batch of segments (writev on io_uring).
+    pub writer_write_seconds: Histogram,
+    /// Time to make a group durable: fdatasync of the files, then the index commit.
+    pub writer_sync_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let camera_up = Family::<CameraLabel, Gauge>::default();
+        registry.register("holdfast_camera_up", "1 while the camera delivers frames", camera_up.clone());
+        let camera_frames = Family::<CameraLabel, Counter>::default();
+        registry.register("holdfast_camera_frames", "Video frames received", camera_frames.clone());
+        let camera_bytes = Family::<CameraLabel, Counter>::default();
+        registry.register("holdfast_camera_bytes", "Video payload bytes received", camera_bytes.clone());
+        let camera_reconnects = Family::<CameraLabel, Counter>::default();
+        registry.register(
+            "holdfast_camera_reconnects",
+            "Times the RTSP session was set up again",
+            camera_reconnects.clone(),
+        );
+        let camera_last_frame_age = Family::<CameraLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "holdfast_camera_last_frame_age_seconds",
+            "Seconds since the camera's last frame",
+            camera_last_frame_age.clone(),
+        );
+        let camera_timestamp_anomalies = Family::<CameraLabel, Counter>::default();
+        registry.register(
+            "holdfast_camera_timestamp_anomalies",
+            "Frames with broken RTP timestamps (constant, backwards, jumping) or clock resyncs",
+            camera_timestamp_anomalies.clone(),
+        );
+        let camera_frames_dropped = Family::<CameraLabel, Counter>::default();
+        registry.register(
+            "holdfast_camera_frames_dropped",
+            "Frames dropped while waiting for a keyframe",
+            camera_frames_dropped.clone(),
+        );
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register("holdfast_http_requests", "HTTP requests by route and status", http_requests.clone());
+        let segments_dropped = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "holdfast_segments_dropped",
+            "Segments not stored, by camera and reason",
+            segments_dropped.clone(),
+        );
+        let writer_queue_bytes = Gauge::default();
+        registry.register(
+            "holdfast_writer_queue_bytes",
+            "Payload bytes waiting in or being written by the writer",
+            writer_queue_bytes.clone(),
+        );
+        let writer_write_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
+        registry.register(
+            "holdfast_writer_write_seconds",
+            "Seconds to write one batch of segments",
+            writer_write_seconds.clone(),
+        );
+        let writer_sync_seconds = Histogram::new(exponential_buckets(0.000_5, 2.0, 14));
+        registry.register(
+            "holdfast_writer_sync_seconds",
+            "Seconds to make a group of segments durable (fdatasync and index commit)",
+            writer_sync_seconds.clone(),
+        );
+        Self {
+            registry,
+            camera_up,
+            camera_frames,
+            camera_bytes,
+            camera_reconnects,
+            camera_last_frame_age,
+            camera_timestamp_anomalies,
+            camera_frames_dropped,
+            http_requests,
+            segments_dropped,
+            writer_queue_bytes,
+            writer_write_seconds,
+            writer_sync_seconds,
+        }
+    }
+
+    /// Counts a dropped segment.
+    pub fn segment_dropped(&self, camera: &str, reason: &str) {
+        self.segments_dropped
+            .get_or_create(&DropLabels {
+                camera: camera.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The text exposition (Prometheus text format 0.0.4 / OpenMetrics-compatible).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_follow_the_contract() {
+        let m = Metrics::new();
+        m.segment_dropped("noord", "queue_full");
+        m.writer_queue_bytes.set(5);
+        m.writer_sync_seconds.observe(0.01);
+        let text = m.encode();
+        assert!(text.contains(r#"holdfast_segments_dropped_total{camera="noord",reason="queue_full"} 1"#), "{text}");
+        assert!(text.contains("holdfast_writer_queue_bytes 5"), "{text}");
+        assert!(text.contains("holdfast_writer_sync_seconds_bucket"), "{text}");
+        assert!(text.contains("holdfast_writer_write_seconds_count 0"), "{text}");
+    }
+}

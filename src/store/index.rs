@@ -1,0 +1,588 @@
+//! The index: RocksDB column families that say which segment lives where.
+//!
+//! Column families and their keys (all integers big-endian; times are `i64` 90 kHz ticks with the
+//! sign bit flipped so that byte order is time order):
+//!
+//! | family          | key                                               | value                  |
+//! |-----------------|---------------------------------------------------|------------------------|
+//! | `segments`      | policy `\0` bucket-start(8) camera `\0` start(8)  | [`SegmentEntry`] fields |
+//! | `buckets`       | policy `\0` bucket-start(8)                       | [`BucketInfo`]          |
+//! | `codec_configs` | codec id(8)                                       | the avcC record         |
+//! | `meta`          | name                                              | value                   |
+//!
+//! Segments are keyed by bucket first: everything a bucket holds is one contiguous key range, so
+//! expiring a bucket is a single range delete whatever the number of cameras. A camera's segments
+//! in a time range are found by one seek per bucket that overlaps the range (the bucket list is
+//! small: hours times policies), never by scanning other cameras. See `design/index.md`.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+
+use crate::time::Time90k;
+
+/// Column family of segment entries.
+pub const CF_SEGMENTS: &str = "segments";
+/// Column family of bucket files.
+pub const CF_BUCKETS: &str = "buckets";
+/// Column family of codec configurations.
+pub const CF_CODECS: &str = "codec_configs";
+/// Column family of small settings (format version).
+pub const CF_META: &str = "meta";
+
+const ALL_CFS: [&str; 4] = [CF_SEGMENTS, CF_BUCKETS, CF_CODECS, CF_META];
+const SEGMENT_VALUE_VERSION: u8 = 1;
+const BUCKET_VALUE_VERSION: u8 = 1;
+const INDEX_FORMAT: &[u8] = b"1";
+
+/// An error of the index.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// RocksDB failed.
+    #[error("index (RocksDB): {0}")]
+    Db(#[from] rocksdb::Error),
+    /// A stored key or value could not be decoded.
+    #[error("index entry corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Where a segment record lives and what it holds, as stored in the `segments` family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentEntry {
+    /// Retention policy (the bucket directory).
+    pub policy: String,
+    /// Start of the bucket window (the bucket file).
+    pub bucket: Time90k,
+    /// Camera id.
+    pub camera: String,
+    /// Wall-clock time of the first frame.
+    pub start: Time90k,
+    /// Byte offset of the record in the bucket file.
+    pub offset: u64,
+    /// Header bytes of the record.
+    pub header_len: u32,
+    /// Payload bytes after the header.
+    pub payload_len: u64,
+    /// Duration in ticks.
+    pub duration: u32,
+    /// Number of frames.
+    pub frame_count: u32,
+    /// Codec-config id.
+    pub codec_id: u64,
+    /// CRC32C of the payload (copied from the header, for verification without parsing it).
+    pub payload_crc: u32,
+}
+
+impl SegmentEntry {
+    /// End time of the segment.
+    pub fn end(&self) -> Time90k {
+        self.start.add_ticks(i64::from(self.duration))
+    }
+
+    /// Bytes the whole record takes in the file.
+    pub fn record_len(&self) -> u64 {
+        u64::from(self.header_len) + self.payload_len
+    }
+
+    /// End offset of the record in the file.
+    pub fn end_offset(&self) -> u64 {
+        self.offset + self.record_len()
+    }
+
+    /// The key of this entry in the `segments` family.
+    pub fn key(&self) -> Vec<u8> {
+        segment_key(&self.policy, self.bucket, &self.camera, self.start)
+    }
+
+    fn encode_value(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(41);
+        v.push(SEGMENT_VALUE_VERSION);
+        v.extend_from_slice(&self.offset.to_be_bytes());
+        v.extend_from_slice(&self.header_len.to_be_bytes());
+        v.extend_from_slice(&self.payload_len.to_be_bytes());
+        v.extend_from_slice(&self.duration.to_be_bytes());
+        v.extend_from_slice(&self.frame_count.to_be_bytes());
+        v.extend_from_slice(&self.codec_id.to_be_bytes());
+        v.extend_from_slice(&self.payload_crc.to_be_bytes());
+        v
+    }
+
+    fn decode(key: &[u8], value: &[u8]) -> Result<Self, IndexError> {
+        let (policy, bucket, camera, start) = parse_segment_key(key)
+            .ok_or_else(|| IndexError::Corrupt(format!("segment key {}", hex::encode(key))))?;
+        if value.len() != 41 || value[0] != SEGMENT_VALUE_VERSION {
+            return Err(IndexError::Corrupt(format!("segment value of {camera} at {start}")));
+        }
+        let r = Reader(&value[1..]);
+        Ok(SegmentEntry {
+            policy,
+            bucket,
+            camera,
+            start,
+            offset: r.u64(0),
+            header_len: r.u32(8),
+            payload_len: r.u64(12),
+            duration: r.u32(20),
+            frame_count: r.u32(24),
+            codec_id: r.u64(28),
+            payload_crc: r.u32(36),
+        })
+    }
+}
+
+/// What the index knows of one bucket file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketInfo {
+    /// Retention policy.
+    pub policy: String,
+    /// Start of the window.
+    pub start: Time90k,
+    /// Length of the window in seconds (as configured when the bucket was written).
+    pub window_secs: u32,
+    /// End offset of the last committed record: bytes before it were synced before indexing.
+    pub committed_len: u64,
+    /// Earliest segment start ever committed to it.
+    pub first_start: Time90k,
+    /// Latest segment end ever committed to it.
+    pub last_end: Time90k,
+    /// Segments ever committed to it.
+    pub segments: u64,
+}
+
+impl BucketInfo {
+    /// A bucket with nothing committed yet.
+    pub fn empty(policy: &str, start: Time90k, window_secs: u32) -> Self {
+        Self {
+            policy: policy.to_owned(),
+            start,
+            window_secs,
+            committed_len: 0,
+            first_start: Time90k(i64::MAX),
+            last_end: Time90k(i64::MIN),
+            segments: 0,
+        }
+    }
+
+    /// Widens the bucket's statistics by a committed segment.
+    pub fn add(&mut self, e: &SegmentEntry) {
+        self.committed_len = self.committed_len.max(e.end_offset());
+        self.first_start = self.first_start.min(e.start);
+        self.last_end = self.last_end.max(e.end());
+        self.segments += 1;
+    }
+
+    /// The key of this bucket in the `buckets` family.
+    pub fn key(&self) -> Vec<u8> {
+        bucket_key(&self.policy, self.start)
+    }
+
+    fn encode_value(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(37);
+        v.push(BUCKET_VALUE_VERSION);
+        v.extend_from_slice(&self.window_secs.to_be_bytes());
+        v.extend_from_slice(&self.committed_len.to_be_bytes());
+        v.extend_from_slice(&self.first_start.0.to_be_bytes());
+        v.extend_from_slice(&self.last_end.0.to_be_bytes());
+        v.extend_from_slice(&self.segments.to_be_bytes());
+        v
+    }
+
+    fn decode(key: &[u8], value: &[u8]) -> Result<Self, IndexError> {
+        let (policy, start) = parse_bucket_key(key)
+            .ok_or_else(|| IndexError::Corrupt(format!("bucket key {}", hex::encode(key))))?;
+        if value.len() != 37 || value[0] != BUCKET_VALUE_VERSION {
+            return Err(IndexError::Corrupt(format!("bucket value of {policy} {start}")));
+        }
+        let r = Reader(&value[1..]);
+        Ok(BucketInfo {
+            policy,
+            start,
+            window_secs: r.u32(0),
+            committed_len: r.u64(4),
+            first_start: Time90k(r.u64(12) as i64),
+            last_end: Time90k(r.u64(20) as i64),
+            segments: r.u64(28),
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn u32(&self, o: usize) -> u32 {
+        u32::from_be_bytes(self.0[o..o + 4].try_into().expect("4 bytes"))
+    }
+    fn u64(&self, o: usize) -> u64 {
+        u64::from_be_bytes(self.0[o..o + 8].try_into().expect("8 bytes"))
+    }
+}
+
+/// Encodes a time so that byte order is time order.
+fn enc_time(t: Time90k) -> [u8; 8] {
+    ((t.0 as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn dec_time(b: &[u8]) -> Time90k {
+    Time90k((u64::from_be_bytes(b.try_into().expect("8 bytes")) ^ (1 << 63)) as i64)
+}
+
+/// Key of a bucket: `policy \0 start`.
+pub fn bucket_key(policy: &str, start: Time90k) -> Vec<u8> {
+    let mut k = Vec::with_capacity(policy.len() + 9);
+    k.extend_from_slice(policy.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&enc_time(start));
+    k
+}
+
+fn parse_bucket_key(k: &[u8]) -> Option<(String, Time90k)> {
+    let z = k.iter().position(|&b| b == 0)?;
+    if k.len() != z + 9 {
+        return None;
+    }
+    Some((String::from_utf8(k[..z].to_vec()).ok()?, dec_time(&k[z + 1..])))
+}
+
+/// Key of a segment: `policy \0 bucket camera \0 start`.
+pub fn segment_key(policy: &str, bucket: Time90k, camera: &str, start: Time90k) -> Vec<u8> {
+    let mut k = bucket_key(policy, bucket);
+    k.extend_from_slice(camera.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&enc_time(start));
+    k
+}
+
+fn parse_segment_key(k: &[u8]) -> Option<(String, Time90k, String, Time90k)> {
+    let z = k.iter().position(|&b| b == 0)?;
+    let (policy, bucket) = parse_bucket_key(k.get(..z + 9)?)?;
+    let rest = &k[z + 9..];
+    let z2 = rest.iter().position(|&b| b == 0)?;
+    if rest.len() != z2 + 9 {
+        return None;
+    }
+    let camera = String::from_utf8(rest[..z2].to_vec()).ok()?;
+    Some((policy, bucket, camera, dec_time(&rest[z2 + 1..])))
+}
+
+/// The index database.
+pub struct Index {
+    db: DB,
+}
+
+/// Index changes that become visible together, atomically.
+#[derive(Default)]
+pub struct IndexBatch {
+    batch: WriteBatch,
+}
+
+impl IndexBatch {
+    /// Adds (or replaces) a segment entry.
+    pub fn put_segment(&mut self, index: &Index, e: &SegmentEntry) {
+        self.batch.put_cf(index.cf(CF_SEGMENTS), e.key(), e.encode_value());
+    }
+
+    /// Removes a segment entry.
+    pub fn delete_segment(&mut self, index: &Index, e: &SegmentEntry) {
+        self.batch.delete_cf(index.cf(CF_SEGMENTS), e.key());
+    }
+
+    /// Adds (or replaces) a bucket.
+    pub fn put_bucket(&mut self, index: &Index, b: &BucketInfo) {
+        self.batch.put_cf(index.cf(CF_BUCKETS), b.key(), b.encode_value());
+    }
+
+    /// Removes a bucket and, with one range delete, every segment entry in it.
+    pub fn delete_bucket(&mut self, index: &Index, policy: &str, start: Time90k) {
+        let from = bucket_key(policy, start);
+        let to = bucket_key(policy, start.add_ticks(1));
+        self.batch.delete_range_cf(index.cf(CF_SEGMENTS), &from, &to);
+        self.batch.delete_cf(index.cf(CF_BUCKETS), from);
+    }
+
+    /// Stores a codec configuration (idempotent: the key is the content hash).
+    pub fn put_codec(&mut self, index: &Index, id: u64, avcc: &[u8]) {
+        self.batch.put_cf(index.cf(CF_CODECS), id.to_be_bytes(), avcc);
+    }
+
+    /// Number of operations in the batch.
+    pub fn len(&self) -> usize {
+        self.batch.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+}
+
+impl Index {
+    /// Opens (creating if needed) the index at `path`.
+    pub fn open(path: &Path) -> Result<Self, IndexError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_keep_log_file_num(4);
+        opts.set_compression_type(rocksdb::DBCompressionType::None);
+        let cfs = ALL_CFS.iter().map(|name| {
+            let mut o = Options::default();
+            o.set_compression_type(rocksdb::DBCompressionType::None);
+            ColumnFamilyDescriptor::new(*name, o)
+        });
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let index = Index { db };
+        match index.db.get_cf(index.cf(CF_META), b"format")? {
+            None => index.db.put_cf(index.cf(CF_META), b"format", INDEX_FORMAT)?,
+            Some(v) if v == INDEX_FORMAT => {}
+            Some(v) => {
+                return Err(IndexError::Corrupt(format!(
+                    "index format {:?} is not the supported {:?}",
+                    String::from_utf8_lossy(&v),
+                    String::from_utf8_lossy(INDEX_FORMAT)
+                )))
+            }
+        }
+        Ok(index)
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    /// Commits a batch atomically. With `sync`, the RocksDB WAL is synced before returning.
+    pub fn commit(&self, batch: IndexBatch, sync: bool) -> Result<(), IndexError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(batch.batch, &wo)?;
+        Ok(())
+    }
+
+    /// A bucket's record, if indexed.
+    pub fn bucket(&self, policy: &str, start: Time90k) -> Result<Option<BucketInfo>, IndexError> {
+        let key = bucket_key(policy, start);
+        match self.db.get_pinned_cf(self.cf(CF_BUCKETS), &key)? {
+            Some(v) => Ok(Some(BucketInfo::decode(&key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// All buckets, of one policy or of all, in (policy, start) order.
+    pub fn buckets(&self, policy: Option<&str>) -> Result<Vec<BucketInfo>, IndexError> {
+        let prefix = policy.map(|p| {
+            let mut k = p.as_bytes().to_vec();
+            k.push(0);
+            k
+        });
+        let mode = match &prefix {
+            Some(p) => IteratorMode::From(p, Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_BUCKETS), mode) {
+            let (k, v) = item?;
+            if let Some(p) = &prefix {
+                if !k.starts_with(p) {
+                    break;
+                }
+            }
+            out.push(BucketInfo::decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Every segment entry of one bucket, in (camera, start) order.
+    pub fn bucket_segments(&self, policy: &str, start: Time90k) -> Result<Vec<SegmentEntry>, IndexError> {
+        let prefix = bucket_key(policy, start);
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_SEGMENTS), IteratorMode::From(&prefix, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push(SegmentEntry::decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The segments of `camera` that overlap `[from, to)`, in time order.
+    ///
+    /// One seek per bucket whose data may overlap the range; other cameras' entries are never read.
+    pub fn camera_segments(
+        &self,
+        camera: &str,
+        from: Time90k,
+        to: Time90k,
+    ) -> Result<Vec<SegmentEntry>, IndexError> {
+        let mut out = Vec::new();
+        for b in self.buckets(None)? {
+            if b.segments == 0 || b.first_start >= to || b.last_end <= from {
+                continue;
+            }
+            let mut prefix = bucket_key(&b.policy, b.start);
+            prefix.extend_from_slice(camera.as_bytes());
+            prefix.push(0);
+            let mut it = self.db.raw_iterator_cf(self.cf(CF_SEGMENTS));
+            // The segment that starts at or before `from` may reach into the range.
+            let mut probe = prefix.clone();
+            probe.extend_from_slice(&enc_time(from));
+            it.seek_for_prev(&probe);
+            if !it.valid() || !it.key().is_some_and(|k| k.starts_with(&prefix)) {
+                it.seek(&prefix);
+            }
+            while it.valid() {
+                let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let e = SegmentEntry::decode(k, v)?;
+                if e.start >= to {
+                    break;
+                }
+                if e.end() > from {
+                    out.push(e);
+                }
+                it.next();
+            }
+            it.status()?;
+        }
+        out.sort_by_key(|e| e.start);
+        Ok(out)
+    }
+
+    /// Every segment entry, in key order (for verification and tests).
+    pub fn all_segments(&self) -> Result<Vec<SegmentEntry>, IndexError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_SEGMENTS), IteratorMode::Start) {
+            let (k, v) = item?;
+            out.push(SegmentEntry::decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// A codec configuration by id.
+    pub fn codec(&self, id: u64) -> Result<Option<Bytes>, IndexError> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_CODECS), id.to_be_bytes())?
+            .map(Bytes::from))
+    }
+
+    /// Removes every segment, bucket and codec entry (before a full reindex).
+    pub fn clear_storage_entries(&self) -> Result<(), IndexError> {
+        let mut batch = WriteBatch::default();
+        for name in [CF_SEGMENTS, CF_BUCKETS, CF_CODECS] {
+            let cf = self.cf(name);
+            let first = self.db.iterator_cf(cf, IteratorMode::Start).next().transpose()?;
+            let last = self.db.iterator_cf(cf, IteratorMode::End).next().transpose()?;
+            if let (Some((first, _)), Some((last, _))) = (first, last) {
+                let mut end = last.to_vec();
+                end.push(0);
+                batch.delete_range_cf(cf, &first[..], &end[..]);
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
+    /// The underlying database, for stages that keep their own column families.
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(policy: &str, bucket: i64, camera: &str, start: i64, offset: u64) -> SegmentEntry {
+        SegmentEntry {
+            policy: policy.into(),
+            bucket: Time90k(bucket),
+            camera: camera.into(),
+            start: Time90k(start),
+            offset,
+            header_len: 100,
+            payload_len: 1000,
+            duration: 180_000,
+            frame_count: 50,
+            codec_id: 7,
+            payload_crc: 0xdead_beef,
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_and_sort_by_time() {
+        let k1 = segment_key("p", Time90k(-5), "cam-1", Time90k(-1));
+        let k2 = segment_key("p", Time90k(-5), "cam-1", Time90k(1));
+        assert!(k1 < k2, "negative times sort first");
+        assert_eq!(
+            parse_segment_key(&k1),
+            Some(("p".into(), Time90k(-5), "cam-1".into(), Time90k(-1)))
+        );
+        // A camera whose id is a prefix of another never mixes with it.
+        let a = segment_key("p", Time90k(0), "cam", Time90k(i64::MAX));
+        let b = segment_key("p", Time90k(0), "cam-2", Time90k(i64::MIN));
+        assert!(a < b);
+        assert!(parse_segment_key(b"garbage").is_none());
+    }
+
+    #[test]
+    fn values_round_trip() {
+        let e = entry("four-weeks", 3600, "noord", 3700, 12345);
+        let got = SegmentEntry::decode(&e.key(), &e.encode_value()).unwrap();
+        assert_eq!(got, e);
+        let mut b = BucketInfo::empty("four-weeks", Time90k(3600), 3600);
+        b.add(&e);
+        assert_eq!(BucketInfo::decode(&b.key(), &b.encode_value()).unwrap(), b);
+        assert_eq!(b.committed_len, 12345 + 1100);
+    }
+
+    #[test]
+    fn camera_lookup_finds_overlaps_without_other_cameras() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let mut batch = IndexBatch::default();
+        let seg = 180_000; // 2 s
+        for bucket in 0..3i64 {
+            let bstart = bucket * 3600 * 90_000;
+            let mut info = BucketInfo::empty("p", Time90k(bstart), 3600);
+            for cam in ["a", "a-b", "b"] {
+                for i in 0..1800i64 {
+                    let e = entry("p", bstart, cam, bstart + i * seg, i as u64 * 1100);
+                    batch.put_segment(&index, &e);
+                    info.add(&e);
+                }
+            }
+            batch.put_bucket(&index, &info);
+        }
+        index.commit(batch, false).unwrap();
+        // A range starting mid-segment picks up the segment that reaches into it.
+        let got = index
+            .camera_segments("a", Time90k(seg + 1), Time90k(3 * seg))
+            .unwrap();
+        assert_eq!(got.iter().map(|e| e.start.0).collect::<Vec<_>>(), vec![seg, 2 * seg]);
+        assert!(got.iter().all(|e| e.camera == "a"));
+        // Across a bucket boundary.
+        let edge = 3600 * 90_000;
+        let got = index
+            .camera_segments("a-b", Time90k(edge - seg), Time90k(edge + seg))
+            .unwrap();
+        assert_eq!(got.iter().map(|e| e.start.0).collect::<Vec<_>>(), vec![edge - seg, edge]);
+        assert!(index.camera_segments("c", Time90k(0), Time90k(i64::MAX)).unwrap().is_empty());
+        assert_eq!(index.camera_segments("b", Time90k(0), Time90k(i64::MAX)).unwrap().len(), 5400);
+
+        // Deleting a bucket removes its segments with one range delete, and nothing else.
+        let mut batch = IndexBatch::default();
+        batch.delete_bucket(&index, "p", Time90k(edge));
+        index.commit(batch, false).unwrap();
+        assert_eq!(index.buckets(Some("p")).unwrap().len(), 2);
+        assert_eq!(index.camera_segments("b", Time90k(0), Time90k(i64::MAX)).unwrap().len(), 3600);
+        assert!(index.bucket_segments("p", Time90k(edge)).unwrap().is_empty());
+        assert_eq!(index.bucket_segments("p", Time90k(0)).unwrap().len(), 5400);
+    }
+}

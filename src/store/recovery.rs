@@ -1,0 +1,325 @@
+//! Crash recovery and full reindex: making the index and the bucket files agree again.
+//!
+//! What a crash can leave behind, and what recovery does about it:
+//! - Bytes past a bucket's `committed_len` (written, maybe torn, never indexed): scanned record by
+//!   record; every complete record whose CRCs match is indexed, and the file is truncated after
+//!   the last one.
+//! - A bucket file with no index entry at all (created, crash before the first commit): scanned
+//!   from byte 0 the same way; removed when nothing valid is in it.
+//! - Index entries whose file is gone or shorter than the entries say: dropped.
+//!
+//! Scanning resynchronises after damage: when the bytes at a position are not a valid record, it
+//! looks for the next magic (skipping file holes with `SEEK_DATA`), so one torn record, a punched
+//! hole or a stretch of zeros never hides the valid records after it. `reindex` runs the same scan
+//! over every file from byte 0, after clearing the index: the files alone are the truth.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::index::{BucketInfo, IndexBatch, SegmentEntry};
+use super::segment::{FormatError, SegmentHeader, MAGIC, PREFIX_LEN};
+use super::{sync_dir, Store, StoreError, BUCKET_EXT};
+use crate::time::{parse_bucket_stem, Time90k};
+
+/// What recovery or reindex found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Bucket files looked at.
+    pub files: u64,
+    /// Bytes scanned past the committed length.
+    pub bytes_scanned: u64,
+    /// Complete records that were not in the index and now are.
+    pub segments_reindexed: u64,
+    /// Bytes cut off the ends of files (torn or invalid tails).
+    pub bytes_truncated: u64,
+    /// Bytes between valid records that are not a valid record (left for hole punching).
+    pub bytes_skipped: u64,
+    /// Index entries dropped because their bytes are gone.
+    pub entries_dropped: u64,
+    /// Empty bucket files removed.
+    pub files_removed: u64,
+    /// Files in the buckets directory that are not bucket files (left alone).
+    pub foreign_files: Vec<PathBuf>,
+}
+
+impl std::fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} bucket files, {} bytes scanned, {} segments re-indexed, {} bytes truncated, \
+             {} bytes skipped, {} dangling entries dropped, {} empty files removed",
+            self.files,
+            self.bytes_scanned,
+            self.segments_reindexed,
+            self.bytes_truncated,
+            self.bytes_skipped,
+            self.entries_dropped,
+            self.files_removed
+        )
+    }
+}
+
+/// Runs crash recovery (see the module doc). Idempotent.
+pub fn recover(store: &Store, bucket_secs: u32) -> Result<RecoveryReport, StoreError> {
+    run(store, bucket_secs, false)
+}
+
+/// Rebuilds the whole index from the bucket files. The daemon must not be running (the RocksDB
+/// lock enforces that).
+pub fn reindex(store: &Store, bucket_secs: u32) -> Result<RecoveryReport, StoreError> {
+    store.index().clear_storage_entries()?;
+    run(store, bucket_secs, true)
+}
+
+fn run(store: &Store, bucket_secs: u32, from_scratch: bool) -> Result<RecoveryReport, StoreError> {
+    let mut report = RecoveryReport::default();
+    let files = list_bucket_files(store, &mut report)?;
+    let index = store.index();
+    let mut batch = IndexBatch::default();
+
+    for info in index.buckets(None)? {
+        if !files.contains_key(&(info.policy.clone(), info.start)) {
+            tracing::warn!(
+                policy = %info.policy, bucket = %info.start, entries = info.segments,
+                "bucket file is gone: dropping its index entries"
+            );
+            report.entries_dropped += index.bucket_segments(&info.policy, info.start)?.len() as u64;
+            batch.delete_bucket(index, &info.policy, info.start);
+        }
+    }
+
+    for ((policy, start), path) in &files {
+        report.files += 1;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(StoreError::io("open", path))?;
+        let file_len = file.metadata().map_err(StoreError::io("stat", path))?.len();
+        let indexed = if from_scratch { None } else { index.bucket(policy, *start)? };
+        let mut changed = indexed.is_none();
+        let mut info = indexed.unwrap_or_else(|| BucketInfo::empty(policy, *start, bucket_secs));
+        if info.committed_len > file_len {
+            // Durable bytes are missing (the file was cut by something other than holdfast).
+            tracing::error!(path = %path.display(), committed = info.committed_len, len = file_len,
+                "bucket file is shorter than its committed length: dropping entries past its end");
+            let mut kept = BucketInfo::empty(policy, *start, info.window_secs);
+            for e in index.bucket_segments(policy, *start)? {
+                if e.end_offset() > file_len {
+                    batch.delete_segment(index, &e);
+                    report.entries_dropped += 1;
+                } else {
+                    kept.add(&e);
+                }
+            }
+            info = kept;
+            changed = true;
+        }
+
+        let scan = scan_file(&file, path, info.committed_len, file_len)?;
+        report.bytes_scanned += file_len - info.committed_len;
+        report.bytes_skipped += scan.skipped;
+        for (offset, header) in &scan.records {
+            let e = entry_for(policy, *start, *offset, header);
+            batch.put_segment(index, &e);
+            batch.put_codec(index, header.codec_id, &header.codec_config);
+            info.add(&e);
+            report.segments_reindexed += 1;
+            changed = true;
+        }
+        if !scan.records.is_empty() {
+            tracing::info!(path = %path.display(), segments = scan.records.len(), "re-indexed complete segments");
+        }
+        if file_len > scan.valid_end {
+            tracing::warn!(path = %path.display(), from = scan.valid_end, bytes = file_len - scan.valid_end,
+                "truncating torn tail");
+            file.set_len(scan.valid_end).map_err(StoreError::io("truncate", path))?;
+            file.sync_all().map_err(StoreError::io("sync", path))?;
+            report.bytes_truncated += file_len - scan.valid_end;
+        }
+        if info.segments == 0 && scan.valid_end == 0 {
+            drop(file);
+            std::fs::remove_file(path).map_err(StoreError::io("remove", path))?;
+            if let Some(dir) = path.parent() {
+                sync_dir(dir)?;
+            }
+            batch.delete_bucket(index, policy, *start);
+            report.files_removed += 1;
+        } else if changed {
+            batch.put_bucket(index, &info);
+        }
+    }
+    if !batch.is_empty() {
+        index.commit(batch, true)?;
+    }
+    Ok(report)
+}
+
+/// The index entry of a record found at `offset` of a bucket file.
+pub fn entry_for(policy: &str, bucket: Time90k, offset: u64, h: &SegmentHeader) -> SegmentEntry {
+    SegmentEntry {
+        policy: policy.to_owned(),
+        bucket,
+        camera: h.camera.clone(),
+        start: h.start,
+        offset,
+        header_len: h.encoded_len() as u32,
+        payload_len: h.payload_len(),
+        duration: h.duration() as u32,
+        frame_count: h.frames.len() as u32,
+        codec_id: h.codec_id,
+        payload_crc: h.payload_crc,
+    }
+}
+
+/// Every `buckets/<policy>/<stem>.seg`, by (policy, window start).
+fn list_bucket_files(
+    store: &Store,
+    report: &mut RecoveryReport,
+) -> Result<BTreeMap<(String, Time90k), PathBuf>, StoreError> {
+    let mut out = BTreeMap::new();
+    let dir = store.buckets_dir();
+    let policies = std::fs::read_dir(&dir).map_err(StoreError::io("list", &dir))?;
+    for p in policies {
+        let p = p.map_err(StoreError::io("list", &dir))?;
+        let ppath = p.path();
+        if !ppath.is_dir() {
+            report.foreign_files.push(ppath);
+            continue;
+        }
+        let policy = p.file_name().to_string_lossy().into_owned();
+        for f in std::fs::read_dir(&ppath).map_err(StoreError::io("list", &ppath))? {
+            let f = f.map_err(StoreError::io("list", &ppath))?;
+            let fpath = f.path();
+            let start = fpath
+                .extension()
+                .filter(|e| *e == BUCKET_EXT)
+                .and_then(|_| fpath.file_stem())
+                .and_then(|s| s.to_str())
+                .and_then(parse_bucket_stem);
+            match start {
+                Some(start) if fpath.is_file() => {
+                    out.insert((policy.clone(), start), fpath);
+                }
+                _ => {
+                    tracing::warn!(path = %fpath.display(), "not a bucket file; left alone");
+                    report.foreign_files.push(fpath);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What a scan of a file range found.
+pub struct ScanOutcome {
+    /// Valid records, by offset.
+    pub records: Vec<(u64, SegmentHeader)>,
+    /// End of the last valid record (or the scan start when there is none).
+    pub valid_end: u64,
+    /// Bytes between valid records that did not form one.
+    pub skipped: u64,
+}
+
+/// Scans `[from, len)` of a bucket file for valid records, resynchronising on the magic after
+/// damage.
+pub fn scan_file(file: &File, path: &Path, from: u64, len: u64) -> Result<ScanOutcome, StoreError> {
+    let mut out = ScanOutcome {
+        records: Vec::new(),
+        valid_end: from,
+        skipped: 0,
+    };
+    let mut pos = from;
+    let mut payload = Vec::new();
+    while pos + PREFIX_LEN as u64 <= len {
+        match try_record(file, path, pos, len, &mut payload)? {
+            Some(h) => {
+                let end = pos + h.encoded_len() as u64 + h.payload_len();
+                out.skipped += pos - out.valid_end;
+                out.records.push((pos, h));
+                out.valid_end = end;
+                pos = end;
+            }
+            None => match find_magic(file, path, pos + 1, len)? {
+                Some(next) => pos = next,
+                None => break,
+            },
+        }
+    }
+    Ok(out)
+}
+
+/// The record at `pos`, if a complete and valid one starts there.
+fn try_record(
+    file: &File,
+    path: &Path,
+    pos: u64,
+    len: u64,
+    payload: &mut Vec<u8>,
+) -> Result<Option<SegmentHeader>, StoreError> {
+    let read = |buf: &mut [u8], at: u64| file.read_exact_at(buf, at).map_err(StoreError::io("read", path));
+    let mut prefix = [0u8; PREFIX_LEN];
+    read(&mut prefix, pos)?;
+    let hlen = match SegmentHeader::peek_len(&prefix) {
+        Ok(n) => n,
+        Err(_) => return Ok(None),
+    };
+    if pos + hlen as u64 > len {
+        return Ok(None);
+    }
+    let mut hbuf = vec![0u8; hlen];
+    read(&mut hbuf, pos)?;
+    let h = match SegmentHeader::decode(&hbuf) {
+        Ok(h) => h,
+        Err(_) => return Ok(None),
+    };
+    let plen = h.payload_len();
+    if pos + hlen as u64 + plen > len {
+        return Ok(None);
+    }
+    payload.resize(plen as usize, 0);
+    read(payload, pos + hlen as u64)?;
+    match h.verify_payload(payload) {
+        Ok(()) => Ok(Some(h)),
+        Err(FormatError::PayloadCrc) | Err(FormatError::Truncated { .. }) => Ok(None),
+        Err(_) => Ok(None),
+    }
+}
+
+/// The next offset in `[pos, len)` where the magic starts, skipping holes.
+fn find_magic(file: &File, path: &Path, mut pos: u64, len: u64) -> Result<Option<u64>, StoreError> {
+    const CHUNK: usize = 1 << 20;
+    let mut buf = vec![0u8; CHUNK];
+    while pos < len {
+        // Skip holes: punched ranges read as zeros and cannot hold a record.
+        let data = unsafe { libc::lseek(file.as_raw_fd(), pos as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENXIO) {
+                return Ok(None);
+            }
+            return Err(StoreError::io("seek", path)(err));
+        }
+        pos = data as u64;
+        if pos >= len {
+            return Ok(None);
+        }
+        let n = CHUNK.min((len - pos) as usize);
+        file.read_exact_at(&mut buf[..n], pos)
+            .map_err(StoreError::io("read", path))?;
+        if let Some(i) = memchr::memmem::find(&buf[..n], &MAGIC) {
+            return Ok(Some(pos + i as u64));
+        }
+        if n < MAGIC.len() {
+            return Ok(None);
+        }
+        pos += (n - (MAGIC.len() - 1)) as u64;
+        if pos + (MAGIC.len() as u64) > len {
+            return Ok(None);
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,726 @@
+//! The writer: one thread that owns every open bucket file and an io_uring, and turns segments
+//! into durable, indexed records.
+//!
+//! Flow of one segment:
+//! 1. A camera task calls [`WriterHandle::submit`]: a non-blocking send on a bounded channel.
+//!    When the queue is over its byte budget (or the channel is full) the segment is dropped and
+//!    counted (`holdfast_segments_dropped_total{reason="queue_full"}`); no camera ever waits.
+//! 2. The thread takes what is queued (up to [`MAX_BATCH`] segments), encodes each header into a
+//!    small buffer and submits one `writev` per record to io_uring: the header buffer followed by
+//!    the frames' own `Bytes`, so payloads are never copied. Records get their offsets up front,
+//!    so the writes of one batch run in parallel.
+//! 3. At most `sync_interval` after the first unsynced write (or on flush/shutdown) it issues
+//!    `fdatasync` for every dirty file (again on io_uring), fsyncs directories that gained files,
+//!    and only then commits the index entries and bucket records in one synced RocksDB batch.
+//! 4. Only after that commit is the segment durable: readers can see it, the optional
+//!    `on_durable` channel hears of it, and flush waiters are answered.
+//!
+//! A failed write drops its segment (counted, logged) and leaves unindexed bytes that recovery
+//! and the sweeper treat as garbage; a failed fdatasync drops the whole group, because after an
+//! fsync error the page cache cannot be trusted to hold the data (the "fsyncgate" lesson).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use io_uring::{opcode, types, IoUring};
+
+use super::index::{BucketInfo, IndexBatch, SegmentEntry};
+use super::segment::Segment;
+use super::{sync_dir, Store, StoreError};
+use crate::metrics::Metrics;
+use crate::time::Time90k;
+
+/// Most segments written in one io_uring batch.
+pub const MAX_BATCH: usize = 128;
+/// Most iovecs in one writev (Linux `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+/// Submission queue size.
+const RING_ENTRIES: u32 = 256;
+/// A bucket file is closed this long after its window ended and nothing was written to it.
+const CLOSE_AFTER_IDLE: Duration = Duration::from_secs(30);
+
+/// Settings of the writer.
+#[derive(Clone, Debug)]
+pub struct WriterConfig {
+    /// Length of a bucket window in seconds.
+    pub bucket_secs: u32,
+    /// Longest time a written segment waits for its fdatasync and index commit.
+    pub sync_interval: Duration,
+    /// Payload bytes that may be queued or in flight before new segments are dropped.
+    pub queue_limit_bytes: u64,
+    /// Segments that may be queued (bounds the channel).
+    pub queue_limit_segments: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            bucket_secs: 3600,
+            sync_interval: Duration::from_secs(1),
+            queue_limit_bytes: 256 << 20,
+            queue_limit_segments: 4096,
+        }
+    }
+}
+
+/// Why a segment was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The writer is behind: the queue is over its budget. The segment was dropped and counted.
+    #[error("writer queue full: segment dropped")]
+    QueueFull,
+    /// The writer thread has stopped. The segment was dropped and counted.
+    #[error("writer stopped: segment dropped")]
+    Stopped,
+}
+
+enum Msg {
+    Segment(Segment, u64),
+    Flush(Sender<()>),
+    Shutdown,
+}
+
+/// Shared state between the handles and the thread.
+struct Shared {
+    queued_bytes: AtomicU64,
+    alive: AtomicBool,
+    healthy: AtomicBool,
+}
+
+/// A cloneable handle to submit segments to the writer.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: Sender<Msg>,
+    shared: Arc<Shared>,
+    limit: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl WriterHandle {
+    /// Queues a segment for writing, never blocking. On error the segment was dropped and counted.
+    pub fn submit(&self, seg: Segment) -> Result<(), SubmitError> {
+        let bytes = seg.payload_len();
+        if !self.shared.alive.load(Ordering::Acquire) {
+            self.metrics.segment_dropped(&seg.camera, "writer_stopped");
+            return Err(SubmitError::Stopped);
+        }
+        let before = self.shared.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        if before > 0 && before + bytes > self.limit {
+            self.release(bytes);
+            self.metrics.segment_dropped(&seg.camera, "queue_full");
+            return Err(SubmitError::QueueFull);
+        }
+        self.metrics.writer_queue_bytes.set((before + bytes) as i64);
+        match self.tx.try_send(Msg::Segment(seg, bytes)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.release(bytes);
+                let (reason, err) = match e {
+                    TrySendError::Full(_) => ("queue_full", SubmitError::QueueFull),
+                    TrySendError::Disconnected(_) => ("writer_stopped", SubmitError::Stopped),
+                };
+                if let Msg::Segment(seg, _) = e.into_inner() {
+                    self.metrics.segment_dropped(&seg.camera, reason);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn release(&self, bytes: u64) {
+        let left = self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel) - bytes;
+        self.metrics.writer_queue_bytes.set(left as i64);
+    }
+
+    /// Blocks until every segment submitted before this call is durable (or was dropped).
+    /// Returns false if the writer stopped first.
+    pub fn flush(&self) -> bool {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        // A flush is control, not data: it waits for room rather than being dropped.
+        if self.tx.send(Msg::Flush(tx)).is_err() {
+            return false;
+        }
+        rx.recv().is_ok()
+    }
+
+    /// Whether the writer thread is running.
+    pub fn is_alive(&self) -> bool {
+        self.shared.alive.load(Ordering::Acquire)
+    }
+
+    /// Whether the last sync and index commit succeeded.
+    pub fn is_healthy(&self) -> bool {
+        self.is_alive() && self.shared.healthy.load(Ordering::Acquire)
+    }
+
+    /// Payload bytes queued or in flight.
+    pub fn queued_bytes(&self) -> u64 {
+        self.shared.queued_bytes.load(Ordering::Acquire)
+    }
+}
+
+/// The running writer: its handle and its thread.
+pub struct Writer {
+    handle: WriterHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the writer thread. Each segment that becomes durable is sent to `on_durable`, if
+    /// given (an unbounded channel whose receiver must keep up or be dropped).
+    pub fn spawn(
+        store: Arc<Store>,
+        cfg: WriterConfig,
+        metrics: Arc<Metrics>,
+        on_durable: Option<Sender<SegmentEntry>>,
+    ) -> Result<Writer, StoreError> {
+        let ring = IoUring::new(RING_ENTRIES).map_err(StoreError::io("set up io_uring", store.root()))?;
+        let (tx, rx) = crossbeam_channel::bounded(cfg.queue_limit_segments.max(1));
+        let shared = Arc::new(Shared {
+            queued_bytes: AtomicU64::new(0),
+            alive: AtomicBool::new(true),
+            healthy: AtomicBool::new(true),
+        });
+        let handle = WriterHandle {
+            tx,
+            shared: shared.clone(),
+            limit: cfg.queue_limit_bytes,
+            metrics: metrics.clone(),
+        };
+        let mut state = WriterThread {
+            store,
+            cfg,
+            metrics,
+            rx,
+            ring,
+            shared,
+            on_durable,
+            open: HashMap::new(),
+            known_codecs: HashSet::new(),
+            pending: Vec::new(),
+            new_dirs: Vec::new(),
+            first_pending_at: None,
+            flush_waiters: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("holdfast-writer".into())
+            .spawn(move || {
+                let _alive = AliveGuard(state.shared.clone());
+                state.run();
+            })
+            .map_err(|e| StoreError::Io {
+                op: "spawn writer thread",
+                path: PathBuf::new(),
+                source: e,
+            })?;
+        Ok(Writer {
+            handle,
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle for submitting segments.
+    pub fn handle(&self) -> WriterHandle {
+        self.handle.clone()
+    }
+
+    /// Makes everything queued durable, then stops the thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = self.handle.tx.send(Msg::Shutdown);
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Marks the writer dead when its thread ends, also by panic.
+struct AliveGuard(Arc<Shared>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::Release);
+    }
+}
+
+struct OpenBucket {
+    file: File,
+    path: PathBuf,
+    /// Next write offset (end of everything written, synced or not).
+    len: u64,
+    /// The committed view of the bucket, as in the index.
+    info: BucketInfo,
+    dirty: bool,
+    last_write: Instant,
+}
+
+/// A record written but not yet synced and indexed.
+struct Written {
+    entry: SegmentEntry,
+    codec_id: u64,
+    avcc: bytes::Bytes,
+    bytes: u64,
+}
+
+/// One segment being written in the current batch.
+struct Job {
+    seg: Segment,
+    bytes: u64,
+    header: Vec<u8>,
+    key: (Arc<str>, Time90k),
+    offset: u64,
+    failed: Option<String>,
+}
+
+struct WriterThread {
+    store: Arc<Store>,
+    cfg: WriterConfig,
+    metrics: Arc<Metrics>,
+    rx: Receiver<Msg>,
+    ring: IoUring,
+    shared: Arc<Shared>,
+    on_durable: Option<Sender<SegmentEntry>>,
+    open: HashMap<(Arc<str>, Time90k), OpenBucket>,
+    known_codecs: HashSet<u64>,
+    pending: Vec<Written>,
+    new_dirs: Vec<PathBuf>,
+    first_pending_at: Option<Instant>,
+    flush_waiters: Vec<Sender<()>>,
+}
+
+impl WriterThread {
+    fn run(&mut self) {
+        loop {
+            let timeout = match self.first_pending_at {
+                Some(t) => (t + self.cfg.sync_interval).saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(1),
+            };
+            let mut batch = Vec::new();
+            let mut shutdown = false;
+            let first = match self.rx.recv_timeout(timeout) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    shutdown = true;
+                    None
+                }
+            };
+            let mut next = first;
+            while let Some(m) = next.take() {
+                match m {
+                    Msg::Segment(s, b) => batch.push((s, b)),
+                    Msg::Flush(tx) => self.flush_waiters.push(tx),
+                    Msg::Shutdown => shutdown = true,
+                }
+                if batch.len() < MAX_BATCH && !shutdown {
+                    next = self.rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.write_batch(batch);
+            }
+            let due = self
+                .first_pending_at
+                .is_some_and(|t| t.elapsed() >= self.cfg.sync_interval);
+            if due || shutdown || !self.flush_waiters.is_empty() {
+                self.sync_and_commit();
+            }
+            self.close_idle();
+            if shutdown {
+                // Anything still queued behind the shutdown is written too: nothing accepted is lost.
+                let rest: Vec<_> = self
+                    .rx
+                    .try_iter()
+                    .filter_map(|m| match m {
+                        Msg::Segment(s, b) => Some((s, b)),
+                        Msg::Flush(tx) => {
+                            self.flush_waiters.push(tx);
+                            None
+                        }
+                        Msg::Shutdown => None,
+                    })
+                    .collect();
+                for chunk in rest.chunks(MAX_BATCH) {
+                    self.write_batch(chunk.to_vec());
+                }
+                self.sync_and_commit();
+                return;
+            }
+        }
+    }
+
+    fn drop_segment(&self, camera: &str, bytes: u64, reason: &str) {
+        self.metrics.segment_dropped(camera, reason);
+        self.release(bytes);
+    }
+
+    fn release(&self, bytes: u64) {
+        let left = self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel) - bytes;
+        self.metrics.writer_queue_bytes.set(left as i64);
+    }
+
+    /// Opens (or returns) the bucket file for a policy and window.
+    fn bucket(&mut self, policy: &Arc<str>, start: Time90k) -> Result<&mut OpenBucket, StoreError> {
+        let key = (policy.clone(), start);
+        if !self.open.contains_key(&key) {
+            let dir = self.store.policy_dir(policy);
+            if !dir.exists() {
+                std::fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
+                self.new_dirs.push(self.store.buckets_dir());
+            }
+            let path = self.store.bucket_path(policy, start);
+            let existed = path.exists();
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(StoreError::io("open", &path))?;
+            if !existed {
+                self.new_dirs.push(dir);
+            }
+            let len = file.metadata().map_err(StoreError::io("stat", &path))?.len();
+            let info = self
+                .store
+                .index()
+                .bucket(policy, start)?
+                .unwrap_or_else(|| BucketInfo::empty(policy, start, self.cfg.bucket_secs));
+            self.open.insert(
+                key.clone(),
+                OpenBucket {
+                    file,
+                    path,
+                    len,
+                    info,
+                    dirty: false,
+                    last_write: Instant::now(),
+                },
+            );
+        }
+        Ok(self.open.get_mut(&key).expect("inserted above"))
+    }
+
+    fn write_batch(&mut self, segs: Vec<(Segment, u64)>) {
+        let t0 = Instant::now();
+        let mut jobs = Vec::with_capacity(segs.len());
+        for (seg, bytes) in segs {
+            let header = match seg.header() {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::error!(camera = %seg.camera, error = %e, "segment refused");
+                    self.drop_segment(&seg.camera, bytes, "invalid");
+                    continue;
+                }
+            };
+            let mut hbuf = Vec::with_capacity(header.encoded_len());
+            header.encode(&mut hbuf).expect("checked by Segment::header");
+            let bstart = seg.start.floor_to(self.cfg.bucket_secs);
+            let policy = seg.policy.clone();
+            let record_len = hbuf.len() as u64 + bytes;
+            match self.bucket(&policy, bstart) {
+                Ok(b) => {
+                    let offset = b.len;
+                    b.len += record_len;
+                    b.dirty = true;
+                    b.last_write = Instant::now();
+                    jobs.push(Job {
+                        seg,
+                        bytes,
+                        header: hbuf,
+                        key: (policy, bstart),
+                        offset,
+                        failed: None,
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(camera = %seg.camera, error = %e, "cannot open bucket file");
+                    self.drop_segment(&seg.camera, bytes, "write_error");
+                }
+            }
+        }
+
+        // One op per run of at most IOV_MAX iovecs; the iovecs point into the jobs' buffers.
+        struct Op {
+            job: usize,
+            fd: i32,
+            offset: u64,
+            iov: Vec<libc::iovec>,
+            len: u64,
+        }
+        let mut ops = Vec::new();
+        for (j, job) in jobs.iter().enumerate() {
+            let fd = self.open[&job.key].file.as_raw_fd();
+            let mut slices: Vec<&[u8]> = Vec::with_capacity(job.seg.frames.len() + 1);
+            slices.push(&job.header);
+            slices.extend(job.seg.frames.iter().map(|f| &f.data[..]));
+            let mut offset = job.offset;
+            for chunk in slices.chunks(IOV_MAX) {
+                let iov: Vec<libc::iovec> = chunk
+                    .iter()
+                    .map(|s| libc::iovec {
+                        iov_base: s.as_ptr() as *mut libc::c_void,
+                        iov_len: s.len(),
+                    })
+                    .collect();
+                let len: u64 = chunk.iter().map(|s| s.len() as u64).sum();
+                ops.push(Op {
+                    job: j,
+                    fd,
+                    offset,
+                    iov,
+                    len,
+                });
+                offset += len;
+            }
+        }
+
+        let results = self.run_ops(ops.iter().map(|op| {
+            opcode::Writev::new(types::Fd(op.fd), op.iov.as_ptr(), op.iov.len() as u32)
+                .offset(op.offset)
+                .build()
+        }));
+        for (op, res) in ops.iter().zip(results) {
+            let outcome = match res {
+                Ok(n) if n as u64 == op.len => Ok(()),
+                // A short write: finish it synchronously (rare: signals, full disk on the edge).
+                Ok(n) => finish_short_write(op.fd, &op.iov, op.offset, n as u64),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
+                jobs[op.job].failed.get_or_insert(e.to_string());
+            }
+        }
+
+        for job in jobs {
+            if let Some(err) = job.failed {
+                let path = &self.open[&job.key].path;
+                tracing::error!(camera = %job.seg.camera, path = %path.display(), error = %err, "segment write failed");
+                self.drop_segment(&job.seg.camera, job.bytes, "write_error");
+                continue;
+            }
+            let b = &self.open[&job.key];
+            let header_len = job.header.len() as u32;
+            let entry = SegmentEntry {
+                policy: b.info.policy.clone(),
+                bucket: b.info.start,
+                camera: job.seg.camera.to_string(),
+                start: job.seg.start,
+                offset: job.offset,
+                header_len,
+                payload_len: job.bytes,
+                duration: job.seg.duration() as u32,
+                frame_count: job.seg.frames.len() as u32,
+                codec_id: job.seg.codec.id,
+                payload_crc: u32::from_le_bytes(
+                    job.header[job.header.len() - 8..job.header.len() - 4]
+                        .try_into()
+                        .expect("4 bytes"),
+                ),
+            };
+            self.pending.push(Written {
+                entry,
+                codec_id: job.seg.codec.id,
+                avcc: job.seg.codec.avcc.clone(),
+                bytes: job.bytes,
+            });
+            self.first_pending_at.get_or_insert_with(Instant::now);
+        }
+        self.metrics
+            .writer_write_seconds
+            .observe(t0.elapsed().as_secs_f64());
+    }
+
+    /// Submits the entries in chunks that fit the ring and returns each one's result, in order.
+    fn run_ops(&mut self, sqes: impl Iterator<Item = io_uring::squeue::Entry>) -> Vec<std::io::Result<u32>> {
+        let sqes: Vec<_> = sqes.collect();
+        let mut results: Vec<std::io::Result<u32>> = Vec::with_capacity(sqes.len());
+        results.resize_with(sqes.len(), || Ok(0));
+        for (c, chunk) in sqes.chunks(RING_ENTRIES as usize).enumerate() {
+            let base = c * RING_ENTRIES as usize;
+            for (i, sqe) in chunk.iter().enumerate() {
+                let sqe = sqe.clone().user_data((base + i) as u64);
+                // SAFETY: every buffer an entry points to (iovecs, headers, frame Bytes) is owned by
+                // the caller's jobs and ops, which outlive this call, and we wait for every
+                // completion before returning.
+                unsafe {
+                    self.ring
+                        .submission()
+                        .push(&sqe)
+                        .expect("chunk fits the submission queue");
+                }
+            }
+            let mut done = 0;
+            while done < chunk.len() {
+                match self.ring.submit_and_wait(chunk.len() - done) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) => {
+                        // The ring itself failed: fall back to reporting every unfinished op.
+                        tracing::error!(error = %e, "io_uring submit failed");
+                        for r in results.iter_mut().skip(base + done).take(chunk.len() - done) {
+                            *r = Err(std::io::Error::new(e.kind(), e.to_string()));
+                        }
+                        return results;
+                    }
+                }
+                for cqe in self.ring.completion() {
+                    let i = cqe.user_data() as usize;
+                    let r = cqe.result();
+                    results[i] = if r < 0 {
+                        Err(std::io::Error::from_raw_os_error(-r))
+                    } else {
+                        Ok(r as u32)
+                    };
+                    done += 1;
+                }
+            }
+        }
+        results
+    }
+
+    fn sync_and_commit(&mut self) {
+        if self.pending.is_empty() {
+            for w in self.flush_waiters.drain(..) {
+                let _ = w.send(());
+            }
+            return;
+        }
+        let t0 = Instant::now();
+        let mut error: Option<String> = None;
+
+        let dirty: Vec<_> = self
+            .open
+            .iter()
+            .filter(|(_, b)| b.dirty)
+            .map(|(k, b)| (k.clone(), b.file.as_raw_fd()))
+            .collect();
+        let results = self.run_ops(dirty.iter().map(|(_, fd)| {
+            opcode::Fsync::new(types::Fd(*fd))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+        }));
+        for ((key, _), r) in dirty.iter().zip(results) {
+            let b = self.open.get_mut(key).expect("listed above");
+            b.dirty = false;
+            if let Err(e) = r {
+                error.get_or_insert(format!("fdatasync {}: {e}", b.path.display()));
+            }
+        }
+        let mut dirs = std::mem::take(&mut self.new_dirs);
+        dirs.sort();
+        dirs.dedup();
+        for d in dirs {
+            if let Err(e) = sync_dir(&d) {
+                error.get_or_insert(e.to_string());
+            }
+        }
+
+        let pending = std::mem::take(&mut self.pending);
+        self.first_pending_at = None;
+        if error.is_none() {
+            let index = self.store.index();
+            let mut batch = IndexBatch::default();
+            let mut touched: HashMap<(Arc<str>, Time90k), BucketInfo> = HashMap::new();
+            let mut new_codecs = Vec::new();
+            for w in &pending {
+                batch.put_segment(index, &w.entry);
+                if !self.known_codecs.contains(&w.codec_id) && !new_codecs.contains(&w.codec_id) {
+                    batch.put_codec(index, w.codec_id, &w.avcc);
+                    new_codecs.push(w.codec_id);
+                }
+                let key = (Arc::<str>::from(w.entry.policy.as_str()), w.entry.bucket);
+                touched
+                    .entry(key.clone())
+                    .or_insert_with(|| self.open[&key].info.clone())
+                    .add(&w.entry);
+            }
+            for info in touched.values() {
+                batch.put_bucket(index, info);
+            }
+            match index.commit(batch, true) {
+                Ok(()) => {
+                    self.known_codecs.extend(new_codecs);
+                    for (key, info) in touched {
+                        if let Some(b) = self.open.get_mut(&key) {
+                            b.info = info;
+                        }
+                    }
+                }
+                Err(e) => error = Some(e.to_string()),
+            }
+        }
+
+        match error {
+            None => {
+                self.shared.healthy.store(true, Ordering::Release);
+                for w in pending {
+                    self.release(w.bytes);
+                    if let Some(tx) = &self.on_durable {
+                        let _ = tx.send(w.entry);
+                    }
+                }
+            }
+            Some(e) => {
+                self.shared.healthy.store(false, Ordering::Release);
+                tracing::error!(error = %e, segments = pending.len(), "sync or index commit failed: segments dropped");
+                for w in pending {
+                    self.drop_segment(&w.entry.camera, w.bytes, "sync_error");
+                }
+            }
+        }
+        self.metrics
+            .writer_sync_seconds
+            .observe(t0.elapsed().as_secs_f64());
+        for w in self.flush_waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+
+    /// Closes bucket files whose window is over and that have been idle for a while.
+    fn close_idle(&mut self) {
+        let now = Time90k::now();
+        let window = i64::from(self.cfg.bucket_secs) * crate::time::TICKS_PER_SEC;
+        self.open.retain(|(_, start), b| {
+            b.dirty || start.add_ticks(window) > now || b.last_write.elapsed() < CLOSE_AFTER_IDLE
+        });
+    }
+}
+
+/// Completes a writev that wrote only `done` of its bytes, with plain positional writes.
+fn finish_short_write(fd: i32, iov: &[libc::iovec], offset: u64, mut done: u64) -> std::io::Result<()> {
+    // SAFETY: `fd` is an open file owned by the writer for the duration of this call.
+    let file = std::mem::ManuallyDrop::new(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    let mut pos = offset;
+    for v in iov {
+        let len = v.iov_len as u64;
+        if done >= len {
+            done -= len;
+            pos += len;
+            continue;
+        }
+        // SAFETY: the iovec points into a live buffer of `iov_len` bytes (see `write_batch`).
+        let slice = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
+        file.write_all_at(&slice[done as usize..], pos + done)?;
+        pos += len;
+        done = 0;
+    }
+    Ok(())
+}

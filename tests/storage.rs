@@ -1,0 +1,309 @@
+//! Storage engine integration tests: the writer, the index and recovery on a real RocksDB and
+//! real files in a temporary directory.
+
+mod support;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use holdfast::metrics::Metrics;
+use holdfast::store::index::SegmentEntry;
+use holdfast::store::recovery;
+use holdfast::store::segment::Segment;
+use holdfast::store::writer::{SubmitError, Writer, WriterConfig};
+use holdfast::store::Store;
+use holdfast::time::{Time90k, TICKS_PER_SEC};
+use support::synth;
+
+const BUCKET: u32 = 10;
+
+fn config() -> WriterConfig {
+    WriterConfig {
+        bucket_secs: BUCKET,
+        sync_interval: Duration::from_millis(20),
+        queue_limit_bytes: 1 << 30,
+        queue_limit_segments: 10_000,
+    }
+}
+
+/// Segments of 3 cameras over two policies, spanning several 10 s buckets.
+fn sample(seed: u64, per_camera: usize) -> Vec<Segment> {
+    let mut rng = synth::rng(seed);
+    let pool = synth::pool(&mut rng, 1 << 20);
+    let t0 = Time90k::from_unix_seconds(1_795_000_000);
+    let mut out = Vec::new();
+    for i in 0..per_camera {
+        for (c, cam) in ["noord-entrance", "noord-stairs", "west-hall"].iter().enumerate() {
+            let policy = if c == 2 { "seven-days" } else { "four-weeks" };
+            let start = t0.add_ticks((i as i64 * 2 + c as i64) * TICKS_PER_SEC);
+            out.push(synth::segment(&mut rng, &pool, cam, policy, start, 50, 2_000));
+        }
+    }
+    out
+}
+
+/// Writes segments through a real writer and waits until they are durable.
+fn write_all(dir: &Path, segs: Vec<Segment>) -> Vec<SegmentEntry> {
+    let (store, _) = Store::open(dir, BUCKET).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let writer = Writer::spawn(Arc::new(store), config(), Arc::new(Metrics::new()), Some(tx)).unwrap();
+    let h = writer.handle();
+    let n = segs.len();
+    for s in segs {
+        h.submit(s).unwrap();
+    }
+    assert!(h.flush());
+    writer.shutdown();
+    let got: Vec<_> = rx.try_iter().collect();
+    assert_eq!(got.len(), n, "every submitted segment became durable");
+    got
+}
+
+fn sorted(mut v: Vec<SegmentEntry>) -> Vec<SegmentEntry> {
+    v.sort_by(|a, b| (&a.camera, a.start).cmp(&(&b.camera, b.start)));
+    v
+}
+
+#[test]
+fn written_segments_read_back_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let segs = sample(1, 12);
+    let originals: Vec<_> = segs.iter().map(|s| (s.camera.to_string(), s.start, s.clone())).collect();
+    let durable = write_all(dir.path(), segs);
+    assert_eq!(durable.len(), 36);
+
+    let (store, report) = Store::open(dir.path(), BUCKET).unwrap();
+    assert_eq!(report.segments_reindexed, 0, "a clean shutdown leaves nothing to recover: {report}");
+    assert_eq!(report.bytes_truncated, 0);
+    for (camera, start, seg) in &originals {
+        let found = store.index().camera_segments(camera, *start, start.add_ticks(1)).unwrap();
+        assert_eq!(found.len(), 1, "{camera} {start}");
+        let (header, payload) = store.read_segment(&found[0]).unwrap();
+        assert_eq!(header.frames.len(), seg.frames.len());
+        let expected: Vec<u8> = seg.frames.iter().flat_map(|f| f.data.iter().copied()).collect();
+        assert_eq!(payload, expected, "payload bytes are exactly the frames");
+        assert_eq!(store.index().codec(header.codec_id).unwrap().unwrap(), seg.codec.avcc);
+    }
+    // Lookups are per camera and per range.
+    let t0 = originals[0].1;
+    let range = store
+        .index()
+        .camera_segments("noord-stairs", t0, t0.add_ticks(10 * TICKS_PER_SEC))
+        .unwrap();
+    assert_eq!(range.len(), 5, "{range:#?}");
+    assert!(range.iter().all(|e| e.camera == "noord-stairs"));
+    // Both policies got their own bucket files.
+    let buckets = store.index().buckets(None).unwrap();
+    assert!(buckets.iter().any(|b| b.policy == "four-weeks"));
+    assert!(buckets.iter().any(|b| b.policy == "seven-days"));
+    for b in &buckets {
+        let len = std::fs::metadata(store.bucket_path(&b.policy, b.start)).unwrap().len();
+        assert_eq!(len, b.committed_len);
+    }
+    let v = store.verify().unwrap();
+    assert!(v.bad.is_empty());
+    assert_eq!(v.segments, 36);
+}
+
+#[test]
+fn torn_tail_is_truncated_and_entries_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let durable = write_all(dir.path(), sample(2, 4));
+    let last = durable.iter().max_by_key(|e| (e.bucket, e.offset)).unwrap().clone();
+    let path = {
+        let store = Store::open_without_recovery(dir.path()).unwrap();
+        store.bucket_path(&last.policy, last.bucket)
+    };
+    // A torn record: the first 3/4 of a copy of the last record, appended.
+    let bytes = std::fs::read(&path).unwrap();
+    let rec = &bytes[last.offset as usize..last.end_offset() as usize];
+    let len_before = bytes.len() as u64;
+    OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(&rec[..rec.len() * 3 / 4])
+        .unwrap();
+
+    let (store, report) = Store::open(dir.path(), BUCKET).unwrap();
+    assert_eq!(report.bytes_truncated, (rec.len() * 3 / 4) as u64, "{report}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len_before);
+    assert!(store.verify().unwrap().bad.is_empty());
+    assert_eq!(sorted(store.index().all_segments().unwrap()), sorted(durable));
+}
+
+#[test]
+fn complete_unindexed_records_are_reindexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let durable = write_all(dir.path(), sample(3, 3));
+    let first = durable.iter().min_by_key(|e| (e.bucket, e.offset)).unwrap().clone();
+    let store = Store::open_without_recovery(dir.path()).unwrap();
+    let path = store.bucket_path(&first.policy, first.bucket);
+    drop(store);
+
+    // A complete record written after the last commit (the crash came before its index commit),
+    // then zeros (a torn, extended tail).
+    let mut rng = synth::rng(99);
+    let pool = synth::pool(&mut rng, 1 << 20);
+    let seg = synth::segment(&mut rng, &pool, "late-cam", &first.policy, first.bucket, 25, 1000);
+    let mut rec = Vec::new();
+    seg.header().unwrap().encode(&mut rec).unwrap();
+    for f in &seg.frames {
+        rec.extend_from_slice(&f.data);
+    }
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(&rec).unwrap();
+    f.write_all(&[0u8; 5000]).unwrap();
+    drop(f);
+
+    let (store, report) = Store::open(dir.path(), BUCKET).unwrap();
+    assert_eq!(report.segments_reindexed, 1, "{report}");
+    assert_eq!(report.bytes_truncated, 5000, "{report}");
+    let found = store
+        .index()
+        .camera_segments("late-cam", seg.start, seg.start.add_ticks(1))
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    store.read_segment(&found[0]).unwrap();
+    assert!(store.verify().unwrap().bad.is_empty());
+    // Recovery is idempotent.
+    drop(store);
+    let (_, again) = Store::open(dir.path(), BUCKET).unwrap();
+    assert_eq!((again.segments_reindexed, again.bytes_truncated), (0, 0), "{again}");
+}
+
+#[test]
+fn entries_of_missing_or_shortened_files_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let durable = write_all(dir.path(), sample(4, 10));
+    let store = Store::open_without_recovery(dir.path()).unwrap();
+    let buckets = store.index().buckets(None).unwrap();
+    assert!(buckets.len() >= 3);
+    let gone = &buckets[0];
+    let cut = &buckets[1];
+    std::fs::remove_file(store.bucket_path(&gone.policy, gone.start)).unwrap();
+    let cut_path = store.bucket_path(&cut.policy, cut.start);
+    let cut_len = cut.committed_len / 2;
+    OpenOptions::new().write(true).open(&cut_path).unwrap().set_len(cut_len).unwrap();
+    drop(store);
+
+    let (store, report) = Store::open(dir.path(), BUCKET).unwrap();
+    let v = store.verify().unwrap();
+    assert!(v.bad.is_empty(), "{:#?}", v.bad);
+    let in_gone = durable
+        .iter()
+        .filter(|e| e.policy == gone.policy && e.bucket == gone.start)
+        .count() as u64;
+    let past_cut = durable
+        .iter()
+        .filter(|e| e.policy == cut.policy && e.bucket == cut.start && e.end_offset() > cut_len)
+        .count() as u64;
+    assert_eq!(report.entries_dropped, in_gone + past_cut, "{report}");
+    assert_eq!(v.segments, durable.len() as u64 - in_gone - past_cut);
+    assert!(store.index().bucket(&gone.policy, gone.start).unwrap().is_none());
+}
+
+#[test]
+fn reindex_rebuilds_the_index_from_files_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let durable = write_all(dir.path(), sample(5, 8));
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let store = Store::open_without_recovery(dir.path()).unwrap();
+    assert!(store.index().all_segments().unwrap().is_empty());
+    let report = recovery::reindex(&store, BUCKET).unwrap();
+    assert_eq!(report.segments_reindexed, durable.len() as u64);
+    assert_eq!(sorted(store.index().all_segments().unwrap()), sorted(durable.clone()));
+    for e in &durable {
+        assert!(store.index().codec(e.codec_id).unwrap().is_some());
+    }
+    // Buckets are rebuilt too, with the committed length at the file's end.
+    for b in store.index().buckets(None).unwrap() {
+        let len = std::fs::metadata(store.bucket_path(&b.policy, b.start)).unwrap().len();
+        assert_eq!(b.committed_len, len);
+    }
+}
+
+#[test]
+fn reindex_resynchronises_after_holes_and_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let durable = write_all(dir.path(), sample(6, 10));
+    let store = Store::open_without_recovery(dir.path()).unwrap();
+    let b = store.index().buckets(Some("four-weeks")).unwrap()[0].clone();
+    let mut in_bucket: Vec<_> = durable
+        .iter()
+        .filter(|e| e.policy == b.policy && e.bucket == b.start)
+        .cloned()
+        .collect();
+    in_bucket.sort_by_key(|e| e.offset);
+    assert!(in_bucket.len() >= 4);
+    let path = store.bucket_path(&b.policy, b.start);
+    let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    // Punch a hole over record 1 (as the sweeper does), and damage one payload byte of record 3.
+    let hole = &in_bucket[1];
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            hole.offset as i64,
+            hole.record_len() as i64,
+        )
+    };
+    assert_eq!(r, 0);
+    let damaged = &in_bucket[3];
+    let pos = damaged.offset + u64::from(damaged.header_len) + 10;
+    use std::os::unix::fs::FileExt;
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, pos).unwrap();
+    file.write_all_at(&[byte[0] ^ 0xff], pos).unwrap();
+    drop(file);
+
+    let report = recovery::reindex(&store, BUCKET).unwrap();
+    let got = store.index().all_segments().unwrap();
+    let expected: Vec<_> = durable
+        .iter()
+        .filter(|e| **e != *hole && **e != *damaged)
+        .cloned()
+        .collect();
+    assert_eq!(sorted(got), sorted(expected), "{report}");
+    assert_eq!(report.bytes_skipped, hole.record_len() + damaged.record_len());
+    assert!(store.verify().unwrap().bad.is_empty());
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_instead_of_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), BUCKET).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let cfg = WriterConfig {
+        queue_limit_bytes: 1 << 20,
+        ..config()
+    };
+    let writer = Writer::spawn(Arc::new(store), cfg, metrics.clone(), None).unwrap();
+    let h = writer.handle();
+    let mut rng = synth::rng(7);
+    let pool = synth::pool(&mut rng, 4 << 20);
+    let t0 = Time90k::now();
+    let mut dropped = 0;
+    for i in 0..400 {
+        // 400 segments of ~500 KB each in a tight loop: far more than 1 MiB can be queued.
+        let seg = synth::segment(&mut rng, &pool, "busy-cam", "p", t0.add_ticks(i * 180_000), 50, 10_000);
+        match h.submit(seg) {
+            Ok(()) => {}
+            Err(SubmitError::QueueFull) => dropped += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(h.flush());
+    assert!(dropped > 0, "the queue never filled");
+    let text = metrics.encode();
+    let line = format!("holdfast_segments_dropped_total{{camera=\"busy-cam\",reason=\"queue_full\"}} {dropped}");
+    assert!(text.contains(&line), "{text}");
+    assert_eq!(h.queued_bytes(), 0);
+    writer.shutdown();
+    let (store, _) = Store::open(dir.path(), BUCKET).unwrap();
+    assert_eq!(store.verify().unwrap().segments, 400 - dropped);
+}

@@ -1,0 +1,6 @@
+//! Helpers shared by the integration tests (each test crate uses what it needs).
+
+#![allow(dead_code)]
+
+pub mod procs;
+pub mod synth;

@@ -1,0 +1,288 @@
+//! Real peers for integration tests: GStreamer's RTSP server and the holdfast daemon, each a child
+//! process on 127.0.0.1 with its own port, stopped when the handle drops. And a tiny HTTP client.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port that was free a moment ago (the OS picks it, so parallel tests do not collide).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Path of a file in the repository.
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn terminate(child: &mut Child) {
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// GStreamer's RTSP server (`tests/support/rtsp_server.py`).
+pub struct RtspServer {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    /// The stats file it writes.
+    pub stats: PathBuf,
+    args: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl RtspServer {
+    /// Starts a server with extra arguments (`--cameras 3`, `--audio`, ...) and waits until ready.
+    pub fn start(args: &[&str]) -> RtspServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RtspServer {
+            child: None,
+            port: free_port(),
+            stats: dir.path().join("stats.json"),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            _dir: dir,
+        };
+        s.restart();
+        s
+    }
+
+    /// (Re)starts the process on the same port; returns when it listens.
+    pub fn restart(&mut self) -> Instant {
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(repo_path("tests/support/rtsp_server.py"))
+            .args(["--port", &self.port.to_string(), "--stats"])
+            .arg(&self.stats)
+            .args(&self.args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start /usr/bin/python3 tests/support/rtsp_server.py (scripts/setup.sh installs GStreamer)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "RTSP server did not start");
+        self.child = Some(child);
+        Instant::now()
+    }
+
+    /// Stops the process (SIGTERM; it writes its final stats first).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c);
+        }
+    }
+
+    /// URL of a mount.
+    pub fn url(&self, mount: &str) -> String {
+        format!("rtsp://127.0.0.1:{}{mount}", self.port)
+    }
+
+    /// The URLs of every SETUP request so far.
+    pub fn setups(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.stats).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        v["setups"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Frames sent per mount so far.
+    pub fn frames_sent(&self, mount: &str) -> u64 {
+        let text = std::fs::read_to_string(&self.stats).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        v.get(mount).and_then(|n| n.as_u64()).unwrap_or(0)
+    }
+}
+
+impl Drop for RtspServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The holdfast daemon (`holdfast run`) as a child process.
+pub struct Daemon {
+    child: Option<Child>,
+    /// HTTP address.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Where its stderr (the log) goes.
+    pub log: PathBuf,
+    /// The bearer token of the `test-admin` manager.
+    pub token: String,
+    dir: tempfile::TempDir,
+}
+
+/// Token of the `test-admin` user every test config gets.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+impl Daemon {
+    /// Starts `holdfast run` with `[storage]`/`[http]` filled in, the given rest of the config
+    /// (policies, sites, cameras), and a manager user with [`ADMIN_TOKEN`]; waits for /healthz.
+    pub fn start(rest: &str, storage_extra: &str) -> Daemon {
+        Self::start_env(rest, storage_extra, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables.
+    pub fn start_env(rest: &str, storage_extra: &str, env: &[(&str, &str)]) -> Daemon {
+        use sha2::Digest;
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let token_hash = hex::encode(sha2::Sha256::digest(ADMIN_TOKEN.as_bytes()));
+        let config = format!(
+            "[storage]\ndata_dir = {data:?}\n{storage_extra}\n\n[http]\nlisten = \"{addr}\"\n\n{rest}\n\n\
+             [[users]]\nname = \"test-admin\"\nrole = \"manager\"\ntoken_sha256 = \"{token_hash}\"\nsites = [\"*\"]\n",
+            data = data_dir.display().to_string(),
+        );
+        let config_path = dir.path().join("holdfast.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.path().join("holdfast.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_holdfast"));
+        cmd.args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "debug,retina=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let d = Daemon {
+            child: Some(child),
+            addr,
+            data_dir,
+            log,
+            token: ADMIN_TOKEN.to_owned(),
+            dir,
+        };
+        d.wait_until(Duration::from_secs(30), |d| d.get("/healthz", None).0 == 200);
+        d
+    }
+
+    /// Polls `cond` every 100 ms until it holds; panics (with the log tail) after `limit`.
+    pub fn wait_until(&self, limit: Duration, mut cond: impl FnMut(&Daemon) -> bool) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            if cond(self) {
+                return t0.elapsed();
+            }
+            if t0.elapsed() > limit {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<_> = log.lines().rev().take(40).collect();
+                panic!("condition not met within {limit:?}; log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// GET with an optional bearer token: (status, body).
+    pub fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        http_get(self.addr, path, token)
+    }
+
+    /// GET as the test admin, expecting 200, parsed as JSON.
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.get(path, Some(&self.token));
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// The state of a camera from `/api/v1/cameras`.
+    pub fn camera_state(&self, id: &str) -> String {
+        let v = self.get_json("/api/v1/cameras");
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .map(|c| c["state"].as_str().unwrap().to_owned())
+            .unwrap()
+    }
+
+    /// A sample from `/metrics`: `name{labels}` exactly as exposed, e.g.
+    /// `holdfast_camera_frames_total{camera="a"}`.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.get("/metrics", None);
+        metric_value(&text, series).unwrap_or(0.0)
+    }
+
+    /// Stops the daemon with SIGTERM (it flushes everything first) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c);
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The temporary directory holding config, log and data.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The value of one series in a text exposition.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A minimal HTTP/1.1 GET (Connection: close): (status, body).
+pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return (0, text);
+    };
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
