@@ -159,9 +159,9 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resu
 fn update_camera_ages(state: &AppState) {
     let now = Time90k::now();
     for c in &state.cameras {
-        let age = c
-            .last_frame_at()
-            .map_or(f64::INFINITY, |t| (now.0 - t.0) as f64 / crate::time::TICKS_PER_SEC as f64);
+        // A camera that never delivered has no age (its `holdfast_camera_up` is 0).
+        let Some(last) = c.last_frame_at() else { continue };
+        let age = (now.0 - last.0) as f64 / crate::time::TICKS_PER_SEC as f64;
         state
             .metrics
             .camera_last_frame_age

@@ -81,12 +81,12 @@ impl CameraMetrics {
             camera: camera.to_owned(),
         };
         Self {
-            up: m.camera_up.get_or_create(&l).clone(),
-            frames: m.camera_frames.get_or_create(&l).clone(),
-            bytes: m.camera_bytes.get_or_create(&l).clone(),
-            reconnects: m.camera_reconnects.get_or_create(&l).clone(),
-            anomalies: m.camera_timestamp_anomalies.get_or_create(&l).clone(),
-            dropped_no_key: m.camera_frames_dropped.get_or_create(&l).clone(),
+            up: m.camera_up.get_or_create_owned(&l),
+            frames: m.camera_frames.get_or_create_owned(&l),
+            bytes: m.camera_bytes.get_or_create_owned(&l),
+            reconnects: m.camera_reconnects.get_or_create_owned(&l),
+            anomalies: m.camera_timestamp_anomalies.get_or_create_owned(&l),
+            dropped_no_key: m.camera_frames_dropped.get_or_create_owned(&l),
         }
     }
 }
@@ -100,15 +100,16 @@ impl CameraTask {
         loop {
             self.status.set_state(CameraState::Connecting);
             let before = self.segmenter.stats().frames;
-            let result = tokio::select! {
-                r = self.session() => r,
-                _ = shutdown.wait_for(|stop| *stop) => {
-                    if let Some(seg) = self.segmenter.end_of_stream() {
-                        let _ = self.writer.submit(seg);
-                    }
-                    self.sync_stats();
-                    return;
+            let outcome = tokio::select! {
+                r = self.session() => Some(r),
+                _ = shutdown.wait_for(|stop| *stop) => None,
+            };
+            let Some(result) = outcome else {
+                if let Some(seg) = self.segmenter.end_of_stream() {
+                    let _ = self.writer.submit(seg);
                 }
+                self.sync_stats();
+                return;
             };
             // The stream ended: what is buffered is written, and the gap starts here.
             if let Some(seg) = self.segmenter.end_of_stream() {
