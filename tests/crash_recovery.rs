@@ -147,6 +147,7 @@ fn crash_child() {
         let cam = rng.random_range(0..CAMERAS);
         let start = next_start[cam].max(Time90k::now());
         let frames = rng.random_range(1..40);
+        let frame_bytes = rng.random_range(200..20_000);
         let seg = synth::segment(
             &mut rng,
             &pool,
@@ -154,7 +155,7 @@ fn crash_child() {
             policies[cam % 2],
             start,
             frames,
-            rng.random_range(200..20_000),
+            frame_bytes,
         );
         next_start[cam] = start.add_ticks(seg.duration() as i64 + TICKS_PER_SEC / 1000);
         // Dropping under back-pressure is fine here: only what was reported durable must survive.

@@ -152,6 +152,7 @@ fn audio_offered_is_never_set_up_or_stored() {
     std::thread::sleep(Duration::from_secs(4));
     d.stop();
     let log = d.log_text();
+    assert!(!log.contains("audio"), "audio must not even be considered for setup:\n{log}");
     let segs = stored(&d, "cam");
     assert!(!segs.is_empty());
     let (store, _) = Store::open(&d.data_dir, 3600).unwrap();
