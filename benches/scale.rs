@@ -23,7 +23,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
 const WARMUP: Duration = Duration::from_secs(5);
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// (user+system CPU seconds, peak RSS bytes) of a live process.
@@ -71,7 +75,13 @@ impl Camsim {
     fn start(n: usize) -> Camsim {
         let port = free_port();
         let mut child = Command::new(BIN)
-            .args(["camsim", "--streams", &n.to_string(), "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "camsim",
+                "--streams",
+                &n.to_string(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -113,8 +123,13 @@ impl Camsim {
 
 fn http_metrics(port: u16) -> String {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
-    let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out
@@ -122,7 +137,10 @@ fn http_metrics(port: u16) -> String {
 
 fn sum_series(text: &str, name: &str) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -185,9 +203,29 @@ fn run_ffmpeg(n: usize, secs: u64, base: &std::path::Path) -> Result {
     let mut children: Vec<Child> = (0..n)
         .map(|i| {
             Command::new("ffmpeg")
-                .args(["-nostdin", "-v", "error", "-progress", "pipe:1", "-rtsp_transport", "tcp", "-i"])
+                .args([
+                    "-nostdin",
+                    "-v",
+                    "error",
+                    "-progress",
+                    "pipe:1",
+                    "-rtsp_transport",
+                    "tcp",
+                    "-i",
+                ])
                 .arg(format!("rtsp://127.0.0.1:{}/cam{i}", sim.port))
-                .args(["-map", "0:v", "-c", "copy", "-f", "segment", "-segment_time", "2", "-reset_timestamps", "1"])
+                .args([
+                    "-map",
+                    "0:v",
+                    "-c",
+                    "copy",
+                    "-f",
+                    "segment",
+                    "-segment_time",
+                    "2",
+                    "-reset_timestamps",
+                    "1",
+                ])
                 .arg(dir.path().join(format!("cam{i}-%06d.mp4")))
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
@@ -204,7 +242,10 @@ fn run_ffmpeg(n: usize, secs: u64, base: &std::path::Path) -> Result {
             let out = c.stdout.take().unwrap();
             std::thread::spawn(move || {
                 for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
-                    if let Some(v) = line.strip_prefix("frame=").and_then(|v| v.trim().parse().ok()) {
+                    if let Some(v) = line
+                        .strip_prefix("frame=")
+                        .and_then(|v| v.trim().parse().ok())
+                    {
                         a2.store(v, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
@@ -224,7 +265,10 @@ fn run_ffmpeg(n: usize, secs: u64, base: &std::path::Path) -> Result {
         term(c);
     }
     std::thread::sleep(Duration::from_millis(300));
-    let received = counts.iter().map(|a| a.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    let received = counts
+        .iter()
+        .map(|a| a.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
     Result {
         cpu_per_stream_min: (cpu1 - cpu0) / n as f64 / (secs as f64 / 60.0),
         rss_per_stream: hwm as f64 / n as f64,
@@ -235,14 +279,26 @@ fn run_ffmpeg(n: usize, secs: u64, base: &std::path::Path) -> Result {
 }
 
 fn main() {
-    let ns: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let ns = if ns.is_empty() { vec![50, 200, 500] } else { ns };
-    let secs: u64 = std::env::var("HOLDFAST_SCALE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let ns: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let ns = if ns.is_empty() {
+        vec![50, 200, 500]
+    } else {
+        ns
+    };
+    let secs: u64 = std::env::var("HOLDFAST_SCALE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
     let base = std::env::var_os("HOLDFAST_BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     let with_ffmpeg = std::env::var_os("HOLDFAST_SCALE_NO_FFMPEG").is_none();
-    println!("scale benchmark: {secs} s per run after {WARMUP:?} warm-up; camsim clip 720p25 ~4 Mbit/s");
+    println!(
+        "scale benchmark: {secs} s per run after {WARMUP:?} warm-up; camsim clip 720p25 ~4 Mbit/s"
+    );
     println!(
         "{:>5} {:>9} {:>14} {:>12} {:>11} {:>11} {:>9}",
         "N", "recorder", "CPU s/str-min", "RSS/stream", "sent", "received", "dropped"

@@ -215,10 +215,14 @@ impl Camera {
                     key: format!("{}.password_file", self.key),
                     message: format!("cannot read {}: {e}", p.display()),
                 }),
-            PasswordSource::Env(var) => std::env::var(var).map(|s| Some(Secret(s))).map_err(|_| ConfigError {
-                key: format!("{}.password_env", self.key),
-                message: format!("environment variable {var} is not set"),
-            }),
+            PasswordSource::Env(var) => {
+                std::env::var(var)
+                    .map(|s| Some(Secret(s)))
+                    .map_err(|_| ConfigError {
+                        key: format!("{}.password_env", self.key),
+                        message: format!("environment variable {var} is not set"),
+                    })
+            }
         }
     }
 }
@@ -446,11 +450,23 @@ impl Errors {
     fn duration(&mut self, key: &str, value: &str, min: Duration, max: Duration) -> Duration {
         match parse_duration(value) {
             Ok(d) if d < min => {
-                self.push(key, format!("{value:?} is shorter than the minimum {}", humantime::format_duration(min)));
+                self.push(
+                    key,
+                    format!(
+                        "{value:?} is shorter than the minimum {}",
+                        humantime::format_duration(min)
+                    ),
+                );
                 min
             }
             Ok(d) if d > max => {
-                self.push(key, format!("{value:?} is longer than the maximum {}", humantime::format_duration(max)));
+                self.push(
+                    key,
+                    format!(
+                        "{value:?} is longer than the maximum {}",
+                        humantime::format_duration(max)
+                    ),
+                );
                 max
             }
             Ok(d) => d,
@@ -507,8 +523,14 @@ impl RawConfig {
         let mut e = Errors::default();
         let s = &self.storage;
         let bucket = e.duration("storage.bucket", &s.bucket, Duration::from_secs(1), DAY);
-        if bucket.subsec_nanos() != 0 || DAY.as_secs() % bucket.as_secs().max(1) != 0 {
-            e.push("storage.bucket", format!("{:?} must be whole seconds that divide a day (e.g. \"10s\", \"15m\", \"1h\")", s.bucket));
+        if bucket.subsec_nanos() != 0 || !DAY.as_secs().is_multiple_of(bucket.as_secs().max(1)) {
+            e.push(
+                "storage.bucket",
+                format!(
+                    "{:?} must be whole seconds that divide a day (e.g. \"10s\", \"15m\", \"1h\")",
+                    s.bucket
+                ),
+            );
         }
         let segment_target = e.duration(
             "storage.segment_target",
@@ -526,14 +548,20 @@ impl RawConfig {
             Some(p) => match p.trim().parse::<f64>() {
                 Ok(v) if (0.0..100.0).contains(&v) => MinFree::Percent(v),
                 _ => {
-                    e.push("storage.min_free", format!("{:?} is not a percentage from 0% to 99%", s.min_free));
+                    e.push(
+                        "storage.min_free",
+                        format!("{:?} is not a percentage from 0% to 99%", s.min_free),
+                    );
                     MinFree::Percent(5.0)
                 }
             },
             None => match parse_size(&s.min_free) {
                 Ok(b) => MinFree::Bytes(b),
                 Err(m) => {
-                    e.push("storage.min_free", format!("{m}, nor a percentage like \"5%\""));
+                    e.push(
+                        "storage.min_free",
+                        format!("{m}, nor a percentage like \"5%\""),
+                    );
                     MinFree::Percent(5.0)
                 }
             },
@@ -556,7 +584,13 @@ impl RawConfig {
         let listen = match self.http.listen.parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => {
-                e.push("http.listen", format!("{:?} is not an address like \"127.0.0.1:8480\"", self.http.listen));
+                e.push(
+                    "http.listen",
+                    format!(
+                        "{:?} is not an address like \"127.0.0.1:8480\"",
+                        self.http.listen
+                    ),
+                );
                 SocketAddr::from(([127, 0, 0, 1], 8480))
             }
         };
@@ -565,17 +599,35 @@ impl RawConfig {
             (None, Some(_)) => e.push("http.tls_cert", "tls_key is set, so tls_cert is needed too"),
             _ => {}
         }
-        let sweep_interval = e.duration("sweeper.interval", &self.sweeper.interval, Duration::from_secs(1), DAY);
+        let sweep_interval = e.duration(
+            "sweeper.interval",
+            &self.sweeper.interval,
+            Duration::from_secs(1),
+            DAY,
+        );
 
         let mut policies = BTreeMap::new();
         for (name, p) in &self.policies {
             let key = format!("policies.{name}");
             if !is_valid_name(name) {
-                e.push(&key, "policy names use only a-z, 0-9, '-' and '_' (they name a directory)");
+                e.push(
+                    &key,
+                    "policy names use only a-z, 0-9, '-' and '_' (they name a directory)",
+                );
             }
-            let video = e.duration(&format!("{key}.video"), &p.video, Duration::from_secs(1), Duration::from_secs(10 * 365 * 86_400));
+            let video = e.duration(
+                &format!("{key}.video"),
+                &p.video,
+                Duration::from_secs(1),
+                Duration::from_secs(10 * 365 * 86_400),
+            );
             // MW 6.7: key-tag access data is kept four weeks at the most.
-            let keytags = e.duration(&format!("{key}.keytags"), &p.keytags, Duration::from_secs(1), 28 * DAY);
+            let keytags = e.duration(
+                &format!("{key}.keytags"),
+                &p.keytags,
+                Duration::from_secs(1),
+                28 * DAY,
+            );
             policies.insert(name.clone(), Policy { video, keytags });
         }
 
@@ -584,12 +636,21 @@ impl RawConfig {
         for (i, site) in self.sites.iter().enumerate() {
             let key = format!("sites[{i}]");
             if !is_valid_name(&site.id) {
-                e.push(format!("{key}.id"), format!("{:?}: use only a-z, 0-9, '-' and '_'", site.id));
+                e.push(
+                    format!("{key}.id"),
+                    format!("{:?}: use only a-z, 0-9, '-' and '_'", site.id),
+                );
             } else if !site_ids.insert(site.id.clone()) {
-                e.push(format!("{key}.id"), format!("duplicate site id {:?}", site.id));
+                e.push(
+                    format!("{key}.id"),
+                    format!("duplicate site id {:?}", site.id),
+                );
             }
             if !self.policies.contains_key(&site.policy) {
-                e.push(format!("{key}.policy"), format!("unknown policy {:?}", site.policy));
+                e.push(
+                    format!("{key}.policy"),
+                    format!("unknown policy {:?}", site.policy),
+                );
             }
             sites.push(Site {
                 id: site.id.clone(),
@@ -602,9 +663,15 @@ impl RawConfig {
         for (i, c) in self.cameras.into_iter().enumerate() {
             let key = format!("cameras[{i}]");
             if !is_valid_camera_id(&c.id) {
-                e.push(format!("{key}.id"), format!("{:?}: 1 to 64 characters of a-z, 0-9 and '-'", c.id));
+                e.push(
+                    format!("{key}.id"),
+                    format!("{:?}: 1 to 64 characters of a-z, 0-9 and '-'", c.id),
+                );
             } else if !camera_ids.insert(c.id.clone()) {
-                e.push(format!("{key}.id"), format!("duplicate camera id {:?}", c.id));
+                e.push(
+                    format!("{key}.id"),
+                    format!("duplicate camera id {:?}", c.id),
+                );
             }
             if !site_ids.contains(&c.site) {
                 e.push(format!("{key}.site"), format!("unknown site {:?}", c.site));
@@ -634,25 +701,36 @@ impl RawConfig {
             };
             let password = match (&c.password_file, &c.password_env) {
                 (Some(_), Some(_)) => {
-                    e.push(format!("{key}.password_env"), "set password_file or password_env, not both");
+                    e.push(
+                        format!("{key}.password_env"),
+                        "set password_file or password_env, not both",
+                    );
                     PasswordSource::None
                 }
                 (Some(p), None) => PasswordSource::File(p.clone()),
                 (None, Some(v)) if v.is_empty() => {
-                    e.push(format!("{key}.password_env"), "must name an environment variable");
+                    e.push(
+                        format!("{key}.password_env"),
+                        "must name an environment variable",
+                    );
                     PasswordSource::None
                 }
                 (None, Some(v)) => PasswordSource::Env(v.clone()),
                 (None, None) => PasswordSource::None,
             };
             match (&c.username, &password) {
-                (Some(_), PasswordSource::None) if c.password_file.is_none() && c.password_env.is_none() => e.push(
-                    format!("{key}.password_file"),
-                    "username is set, so password_file or password_env is needed",
-                ),
-                (None, PasswordSource::File(_) | PasswordSource::Env(_)) => {
-                    e.push(format!("{key}.username"), "a password is set, so username is needed")
+                (Some(_), PasswordSource::None)
+                    if c.password_file.is_none() && c.password_env.is_none() =>
+                {
+                    e.push(
+                        format!("{key}.password_file"),
+                        "username is set, so password_file or password_env is needed",
+                    )
                 }
+                (None, PasswordSource::File(_) | PasswordSource::Env(_)) => e.push(
+                    format!("{key}.username"),
+                    "a password is set, so username is needed",
+                ),
                 _ => {}
             }
             cameras.push(Camera {
@@ -673,14 +751,23 @@ impl RawConfig {
             if u.name.trim().is_empty() {
                 e.push(format!("{key}.name"), "must not be empty");
             } else if !names.insert(u.name.clone()) {
-                e.push(format!("{key}.name"), format!("duplicate user {:?}", u.name));
+                e.push(
+                    format!("{key}.name"),
+                    format!("duplicate user {:?}", u.name),
+                );
             }
             if !ROLES.contains(&u.role.as_str()) {
-                e.push(format!("{key}.role"), format!("unknown role {:?}; one of {}", u.role, ROLES.join(", ")));
+                e.push(
+                    format!("{key}.role"),
+                    format!("unknown role {:?}; one of {}", u.role, ROLES.join(", ")),
+                );
             }
             let mut token = [0u8; 32];
             if hex::decode_to_slice(u.token_sha256.trim(), &mut token).is_err() {
-                e.push(format!("{key}.token_sha256"), "must be 64 hex digits (sha256sum of the token)");
+                e.push(
+                    format!("{key}.token_sha256"),
+                    "must be 64 hex digits (sha256sum of the token)",
+                );
             }
             let sites = if u.sites.iter().any(|s| s == "*") {
                 None
@@ -761,7 +848,12 @@ sites = ["maas-noord"]
 "#;
 
     fn errors(text: &str) -> Vec<String> {
-        Config::parse(text).unwrap_err().0.iter().map(|e| e.to_string()).collect()
+        Config::parse(text)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     #[test]
@@ -772,7 +864,10 @@ sites = ["maas-noord"]
         assert_eq!(c.storage.sync_interval, Duration::from_secs(1));
         assert_eq!(c.storage.min_free, MinFree::Percent(5.0));
         assert_eq!(c.sweeper.interval, Duration::from_secs(60));
-        assert_eq!(c.policies["four-weeks"].video, Duration::from_secs(28 * 86_400));
+        assert_eq!(
+            c.policies["four-weeks"].video,
+            Duration::from_secs(28 * 86_400)
+        );
         assert_eq!(c.camera_policy(&c.cameras[0]), "four-weeks");
         assert_eq!(c.cameras[0].transport, Transport::Tcp);
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:8480");
@@ -781,7 +876,10 @@ sites = ["maas-noord"]
     #[test]
     fn every_error_names_its_key() {
         let bad = GOOD
-            .replace("bucket = \"1h\"", "bucket = \"7m\"\nsync_interval = \"soon\"\nmin_free = \"5 apples\"")
+            .replace(
+                "bucket = \"1h\"",
+                "bucket = \"7m\"\nsync_interval = \"soon\"\nmin_free = \"5 apples\"",
+            )
             .replace("policy = \"four-weeks\"", "policy = \"two-weeks\"")
             .replace("keytags = \"28d\"", "keytags = \"60d\"")
             .replace("role = \"manager\"", "role = \"boss\"");
@@ -807,13 +905,17 @@ sites = ["maas-noord"]
         assert!(errs[0].contains("bukket"), "{errs:?}");
         let errs = errors(&GOOD.replace("bucket = \"1h\"", "bucket = 3600"));
         assert!(errs[0].starts_with("storage.bucket: "), "{errs:?}");
-        let errs = errors(&GOOD.replace("[storage]\ndata_dir = \"/var/lib/holdfast\"", "[storage]"));
+        let errs =
+            errors(&GOOD.replace("[storage]\ndata_dir = \"/var/lib/holdfast\"", "[storage]"));
         assert!(errs[0].contains("data_dir"), "{errs:?}");
     }
 
     #[test]
     fn camera_urls_never_carry_or_echo_secrets() {
-        let errs = errors(&GOOD.replace("rtsp://192.0.2.10:554", "rtsp://admin:hunter2@192.0.2.10:554"));
+        let errs = errors(&GOOD.replace(
+            "rtsp://192.0.2.10:554",
+            "rtsp://admin:hunter2@192.0.2.10:554",
+        ));
         assert_eq!(errs.len(), 1);
         assert!(errs[0].starts_with("cameras[0].url: must not contain credentials"));
         assert!(!errs[0].contains("hunter2"));
@@ -853,7 +955,10 @@ sites = ["maas-noord"]
         assert_eq!(parse_size("1024").unwrap(), 1024);
         assert!(parse_size("12 parsecs").is_err());
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("28d").unwrap(), Duration::from_secs(28 * 86_400));
+        assert_eq!(
+            parse_duration("28d").unwrap(),
+            Duration::from_secs(28 * 86_400)
+        );
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
         assert!(parse_duration("1x").is_err());
     }

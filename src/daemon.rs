@@ -21,7 +21,10 @@ use crate::store::Store;
 use crate::time::duration_to_ticks;
 
 /// Runs the daemon until `stop` resolves (or SIGTERM/Ctrl-C when `stop` is `None`).
-pub async fn run(config: Config, stop: Option<tokio::sync::oneshot::Receiver<()>>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    stop: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> anyhow::Result<()> {
     let secrets: Vec<_> = config
         .cameras
         .iter()

@@ -21,7 +21,9 @@ pub async fn run(cameras: usize, listen: SocketAddr) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let dir = tempfile::Builder::new().prefix("holdfast-demo-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("holdfast-demo-")
+        .tempdir()?;
     let token = hex::encode(rand::random::<[u8; 32]>());
     let token_hash = hex::encode(Sha256::digest(token.as_bytes()));
     let mut toml = format!(
@@ -58,7 +60,10 @@ sites = ["*"]
     std::fs::write(&config_path, &toml)?;
     let config = Config::parse(&toml).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
 
-    println!("holdfast demo: {cameras} simulated cameras at rtsp://{}/cam0..", sim.addr);
+    println!(
+        "holdfast demo: {cameras} simulated cameras at rtsp://{}/cam0..",
+        sim.addr
+    );
     println!("  config:      {}", config_path.display());
     println!("  data dir:    {}", dir.path().join("data").display());
     println!("  admin token: {token}");

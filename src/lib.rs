@@ -10,6 +10,8 @@
 //! wall-clock time), [`daemon`] (wiring and shutdown), [`camsim`] (simulated cameras) and
 //! [`demo`].
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod camsim;
 pub mod config;

@@ -9,7 +9,11 @@ use holdfast::config::Config;
 use holdfast::store::{recovery, Store};
 
 #[derive(Parser)]
-#[command(name = "holdfast", version, about = "Records RTSP cameras; keeps footage exactly as long as policy allows")]
+#[command(
+    name = "holdfast",
+    version,
+    about = "Records RTSP cameras; keeps footage exactly as long as policy allows"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -81,9 +85,9 @@ fn main() -> ExitCode {
             tokio_runtime()?.block_on(holdfast::daemon::run(c, None))?;
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Demo { cameras, listen } => report(
-            tokio_runtime().and_then(|rt| rt.block_on(holdfast::demo::run(cameras, listen))),
-        ),
+        Command::Demo { cameras, listen } => {
+            report(tokio_runtime().and_then(|rt| rt.block_on(holdfast::demo::run(cameras, listen))))
+        }
         Command::Camsim {
             streams,
             listen,
@@ -92,7 +96,8 @@ fn main() -> ExitCode {
         } => report(tokio_runtime().and_then(|rt| {
             rt.block_on(async {
                 let data = match clip {
-                    Some(p) => std::fs::read(&p).map_err(|e| anyhow::anyhow!("--clip {}: {e}", p.display()))?,
+                    Some(p) => std::fs::read(&p)
+                        .map_err(|e| anyhow::anyhow!("--clip {}: {e}", p.display()))?,
                     None => holdfast::camsim::DEFAULT_CLIP.to_vec(),
                 };
                 let clip = holdfast::camsim::clip::Clip::from_annex_b(&data)?;
@@ -102,8 +107,13 @@ fn main() -> ExitCode {
                     holdfast::camsim::CamsimConfig { streams, fps },
                 )
                 .await?;
-                println!("camsim: {streams} streams at {} .. {}", sim.url(0), sim.url(streams.saturating_sub(1)));
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                println!(
+                    "camsim: {streams} streams at {} .. {}",
+                    sim.url(0),
+                    sim.url(streams.saturating_sub(1))
+                );
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
                 tokio::select! {
                     r = tokio::signal::ctrl_c() => r?,
                     _ = term.recv() => {}
@@ -134,14 +144,25 @@ fn main() -> ExitCode {
             for line in &v.bad {
                 println!("bad: {line}");
             }
-            println!("verify: {} segments ({} bytes) intact, {} bad", v.segments, v.bytes, v.bad.len());
-            Ok(if v.bad.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            println!(
+                "verify: {} segments ({} bytes) intact, {} bad",
+                v.segments,
+                v.bytes,
+                v.bad.len()
+            );
+            Ok(if v.bad.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }),
     }
 }
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn report(r: anyhow::Result<()>) -> ExitCode {
@@ -183,7 +204,10 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn with_config(path: &std::path::Path, f: impl FnOnce(Config) -> anyhow::Result<ExitCode>) -> ExitCode {
+fn with_config(
+    path: &std::path::Path,
+    f: impl FnOnce(Config) -> anyhow::Result<ExitCode>,
+) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(errs) => {

@@ -77,18 +77,31 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let camera_up = Family::<CameraLabel, Gauge>::default();
-        registry.register("holdfast_camera_up", "1 while the camera delivers frames", camera_up.clone());
+        registry.register(
+            "holdfast_camera_up",
+            "1 while the camera delivers frames",
+            camera_up.clone(),
+        );
         let camera_frames = Family::<CameraLabel, Counter>::default();
-        registry.register("holdfast_camera_frames", "Video frames received", camera_frames.clone());
+        registry.register(
+            "holdfast_camera_frames",
+            "Video frames received",
+            camera_frames.clone(),
+        );
         let camera_bytes = Family::<CameraLabel, Counter>::default();
-        registry.register("holdfast_camera_bytes", "Video payload bytes received", camera_bytes.clone());
+        registry.register(
+            "holdfast_camera_bytes",
+            "Video payload bytes received",
+            camera_bytes.clone(),
+        );
         let camera_reconnects = Family::<CameraLabel, Counter>::default();
         registry.register(
             "holdfast_camera_reconnects",
             "Times the RTSP session was set up again",
             camera_reconnects.clone(),
         );
-        let camera_last_frame_age = Family::<CameraLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let camera_last_frame_age =
+            Family::<CameraLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "holdfast_camera_last_frame_age_seconds",
             "Seconds since the camera's last frame",
@@ -107,7 +120,11 @@ impl Metrics {
             camera_frames_dropped.clone(),
         );
         let http_requests = Family::<HttpLabels, Counter>::default();
-        registry.register("holdfast_http_requests", "HTTP requests by route and status", http_requests.clone());
+        registry.register(
+            "holdfast_http_requests",
+            "HTTP requests by route and status",
+            http_requests.clone(),
+        );
         let segments_dropped = Family::<DropLabels, Counter>::default();
         registry.register(
             "holdfast_segments_dropped",
@@ -159,18 +176,68 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition (Prometheus text format 0.0.4 / OpenMetrics-compatible).
+    /// The Prometheus text exposition (format 0.0.4), as `promtool check metrics` accepts it.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        let mut open_metrics = String::new();
+        prometheus_client::encoding::text::encode(&mut open_metrics, &self.registry)
             .expect("writing to a String cannot fail");
-        out
+        to_prometheus_text(&open_metrics)
     }
+}
+
+/// Turns prometheus-client's OpenMetrics output into Prometheus text format 0.0.4.
+///
+/// OpenMetrics names a counter family without its `_total` suffix in `# HELP` / `# TYPE`, has
+/// `# UNIT` lines and ends with `# EOF`; the classic text format (what Prometheus scrapes as
+/// `text/plain` and what promtool lints) wants the sample name in the metadata and neither of
+/// the other two.
+fn to_prometheus_text(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len() + 64 * counters.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                if !tail.is_empty() {
+                    out.push(' ');
+                    out.push_str(tail);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_are_named_with_total_in_text_format() {
+        let om = "# HELP a_frames Frames.\n# TYPE a_frames counter\na_frames_total{c=\"x\"} 3\n\
+                  # HELP q Queue.\n# TYPE q gauge\nq 1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP a_frames_total Frames.\n# TYPE a_frames_total counter\na_frames_total{c=\"x\"} 3\n\
+             # HELP q Queue.\n# TYPE q gauge\nq 1\n"
+        );
+    }
 
     #[test]
     fn exposition_names_follow_the_contract() {
@@ -179,9 +246,20 @@ mod tests {
         m.writer_queue_bytes.set(5);
         m.writer_sync_seconds.observe(0.01);
         let text = m.encode();
-        assert!(text.contains(r#"holdfast_segments_dropped_total{camera="noord",reason="queue_full"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"holdfast_segments_dropped_total{camera="noord",reason="queue_full"} 1"#
+            ),
+            "{text}"
+        );
         assert!(text.contains("holdfast_writer_queue_bytes 5"), "{text}");
-        assert!(text.contains("holdfast_writer_sync_seconds_bucket"), "{text}");
-        assert!(text.contains("holdfast_writer_write_seconds_count 0"), "{text}");
+        assert!(
+            text.contains("holdfast_writer_sync_seconds_bucket"),
+            "{text}"
+        );
+        assert!(
+            text.contains("holdfast_writer_write_seconds_count 0"),
+            "{text}"
+        );
     }
 }

@@ -50,7 +50,9 @@ impl Time90k {
             .parse()
             .map_err(|e| format!("not an RFC 3339 time with offset: {e}"))?;
         let ns = ts.as_nanosecond();
-        Ok(Self((ns * i128::from(TICKS_PER_SEC) / 1_000_000_000) as i64))
+        Ok(Self(
+            (ns * i128::from(TICKS_PER_SEC) / 1_000_000_000) as i64,
+        ))
     }
 
     /// Formats as RFC 3339 in UTC with as many fractional digits as needed.
@@ -135,7 +137,11 @@ pub fn parse_bucket_stem(stem: &str) -> Option<Time90k> {
     let day = digits(6..8)? as i8;
     let hour = digits(9..11)? as i8;
     let minute = digits(11..13)? as i8;
-    let second = if b.len() == 16 { digits(13..15)? as i8 } else { 0 };
+    let second = if b.len() == 16 {
+        digits(13..15)? as i8
+    } else {
+        0
+    };
     let dt = jiff::civil::DateTime::new(year, month, day, hour, minute, second, 0).ok()?;
     let ts = dt.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp();
     Some(Time90k::from_unix_seconds(ts.as_second()))
@@ -152,7 +158,10 @@ mod tests {
         let t2 = Time90k::parse_rfc3339("2026-11-22T20:00:00.5Z").unwrap();
         assert_eq!(t2.0 - t.0, 45_000);
         assert!(Time90k::parse_rfc3339("2026-11-22 20:00").is_err());
-        assert!(Time90k::parse_rfc3339("2026-11-22T20:00:00").is_err(), "offset is required");
+        assert!(
+            Time90k::parse_rfc3339("2026-11-22T20:00:00").is_err(),
+            "offset is required"
+        );
     }
 
     #[test]
@@ -163,7 +172,13 @@ mod tests {
         let t10 = t.add_ticks(10 * TICKS_PER_SEC);
         assert_eq!(bucket_stem(t10), "20261122T130010Z");
         assert_eq!(parse_bucket_stem("20261122T130010Z"), Some(t10));
-        for bad in ["", "20261122T1300", "20261322T1300Z", "2026112XT1300Z", "20261122X1300Z"] {
+        for bad in [
+            "",
+            "20261122T1300",
+            "20261322T1300Z",
+            "2026112XT1300Z",
+            "20261122X1300Z",
+        ] {
             assert_eq!(parse_bucket_stem(bad), None, "{bad}");
         }
     }

@@ -46,7 +46,13 @@ fn sigkill_at_random_moments_loses_nothing_durable() {
 
     for round in 0..ROUNDS {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "crash_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "crash_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(ENV_DIR, dir.path())
             .env(ENV_SEED, (seed ^ round).to_string())
             .stdout(Stdio::piped())
@@ -99,7 +105,10 @@ fn sigkill_at_random_moments_loses_nothing_durable() {
                 lost.push((camera.clone(), t));
             }
         }
-        assert!(lost.is_empty(), "round {round} (seed {seed}): durable segments lost: {lost:?}");
+        assert!(
+            lost.is_empty(),
+            "round {round} (seed {seed}): durable segments lost: {lost:?}"
+        );
         eprintln!(
             "round {round}: killed after {kill_after:?}, {new} newly durable, {} intact entries; recovery: {report}",
             v.segments
@@ -110,14 +119,19 @@ fn sigkill_at_random_moments_loses_nothing_durable() {
         "{ROUNDS}/{ROUNDS} rounds: {} durable segments all present, 0 dangling; {total_reindexed} re-indexed, {total_truncated} bytes of torn tails truncated",
         durable.len()
     );
-    assert!(!durable.is_empty(), "the child never made anything durable: the test proved nothing");
+    assert!(
+        !durable.is_empty(),
+        "the child never made anything durable: the test proved nothing"
+    );
 }
 
 /// The child process of the crash test (does nothing unless started by it).
 #[test]
 #[ignore = "run by sigkill_at_random_moments_loses_nothing_durable"]
 fn crash_child() {
-    let Ok(dir) = std::env::var(ENV_DIR) else { return };
+    let Ok(dir) = std::env::var(ENV_DIR) else {
+        return;
+    };
     let seed: u64 = std::env::var(ENV_SEED).unwrap().parse().unwrap();
     let mut rng = synth::rng(seed);
     let (store, _) = Store::open(std::path::Path::new(&dir), BUCKET_SECS).unwrap();

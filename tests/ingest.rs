@@ -29,6 +29,31 @@ fn stored(d: &Daemon, camera: &str) -> Vec<SegmentEntry> {
         .collect()
 }
 
+/// Runs `promtool check metrics` on an exposition and fails the test on any complaint.
+fn assert_promtool_accepts(exposition: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed by scripts/setup.sh");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{exposition}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn frames_metric(d: &Daemon, cam: &str) -> f64 {
     d.metric(&format!("holdfast_camera_frames_total{{camera=\"{cam}\"}}"))
 }
@@ -44,12 +69,21 @@ fn three_cameras_record_every_frame_sent() {
         (0..3).all(|i| d.camera_state(&format!("cam-{i}")) == "recording")
     });
     std::thread::sleep(Duration::from_secs(10));
+    let (status, exposition) = d.get("/metrics", None);
+    assert_eq!(status, 200);
+    assert_promtool_accepts(&exposition);
     // Stop the cameras first, then let the daemon drain, so both counts are final.
     server.stop();
     std::thread::sleep(Duration::from_millis(500));
-    let received: Vec<f64> = (0..3).map(|i| frames_metric(&d, &format!("cam-{i}"))).collect();
+    let received: Vec<f64> = (0..3)
+        .map(|i| frames_metric(&d, &format!("cam-{i}")))
+        .collect();
     let dropped: Vec<f64> = (0..3)
-        .map(|i| d.metric(&format!("holdfast_camera_frames_dropped_total{{camera=\"cam-{i}\"}}")))
+        .map(|i| {
+            d.metric(&format!(
+                "holdfast_camera_frames_dropped_total{{camera=\"cam-{i}\"}}"
+            ))
+        })
         .collect();
     d.stop();
     for i in 0..3 {
@@ -57,7 +91,11 @@ fn three_cameras_record_every_frame_sent() {
         let got = received[i];
         assert!(sent >= 240.0, "cam{i}: only {sent} frames sent in 10 s");
         let diff = (sent - got).abs() / sent;
-        assert!(diff <= 0.02, "cam{i}: sent {sent}, received {got} ({:.1}% apart)", diff * 100.0);
+        assert!(
+            diff <= 0.02,
+            "cam{i}: sent {sent}, received {got} ({:.1}% apart)",
+            diff * 100.0
+        );
         let segs = stored(&d, &format!("cam-{i}"));
         let frames: u64 = segs.iter().map(|e| u64::from(e.frame_count)).sum();
         assert_eq!(
@@ -65,7 +103,10 @@ fn three_cameras_record_every_frame_sent() {
             got - dropped[i],
             "cam{i}: every received frame after the first keyframe is stored"
         );
-        eprintln!("cam{i}: sent {sent}, received {got}, stored {frames} in {} segments", segs.len());
+        eprintln!(
+            "cam{i}: sent {sent}, received {got}, stored {frames} in {} segments",
+            segs.len()
+        );
     }
 }
 
@@ -78,7 +119,10 @@ fn digest_auth_works_and_passwords_never_leak() {
     let cams = camera(
         "good-pw",
         &server.url("/cam0"),
-        &format!("username = \"viewer\"\npassword_file = {:?}", pw.display().to_string()),
+        &format!(
+            "username = \"viewer\"\npassword_file = {:?}",
+            pw.display().to_string()
+        ),
     ) + &camera(
         "bad-pw",
         &server.url("/cam1"),
@@ -89,7 +133,9 @@ fn digest_auth_works_and_passwords_never_leak() {
         "",
         &[("HOLDFAST_TEST_BAD_PW", "wr0ng-Guess-77")],
     );
-    d.wait_until(Duration::from_secs(20), |d| d.camera_state("good-pw") == "recording");
+    d.wait_until(Duration::from_secs(20), |d| {
+        d.camera_state("good-pw") == "recording"
+    });
     d.wait_until(Duration::from_secs(20), |d| {
         d.camera_state("bad-pw") == "down" && d.camera_state("no-pw") == "down"
     });
@@ -111,24 +157,40 @@ fn digest_auth_works_and_passwords_never_leak() {
 #[test]
 fn a_restarted_server_is_reconnected_within_two_seconds_and_the_gap_shows() {
     let mut server = RtspServer::start(&["--cameras", "1"]);
-    let d = Daemon::start(&format!("{POLICY}{}", camera("cam", &server.url("/cam0"), "")), "");
-    d.wait_until(Duration::from_secs(20), |d| d.camera_state("cam") == "recording");
+    let d = Daemon::start(
+        &format!("{POLICY}{}", camera("cam", &server.url("/cam0"), "")),
+        "",
+    );
+    d.wait_until(Duration::from_secs(20), |d| {
+        d.camera_state("cam") == "recording"
+    });
     std::thread::sleep(Duration::from_secs(4));
     server.stop();
-    let down_after = d.wait_until(Duration::from_secs(10), |d| d.camera_state("cam") != "recording");
+    let down_after = d.wait_until(Duration::from_secs(10), |d| {
+        d.camera_state("cam") != "recording"
+    });
     eprintln!("camera seen down {down_after:?} after the server stopped");
     std::thread::sleep(Duration::from_secs(2));
     server.restart();
     let back_at = std::time::Instant::now();
-    d.wait_until(Duration::from_secs(10), |d| d.camera_state("cam") == "recording");
+    d.wait_until(Duration::from_secs(10), |d| {
+        d.camera_state("cam") == "recording"
+    });
     let reconnect = back_at.elapsed();
     eprintln!("recording again {reconnect:?} after the server was back");
-    assert!(reconnect <= Duration::from_secs(2), "reconnected only after {reconnect:?}");
+    assert!(
+        reconnect <= Duration::from_secs(2),
+        "reconnected only after {reconnect:?}"
+    );
     assert!(d.metric("holdfast_camera_reconnects_total{camera=\"cam\"}") >= 1.0);
     std::thread::sleep(Duration::from_secs(4));
-    let from = holdfast::time::Time90k::now().add_ticks(-60 * 90_000).to_rfc3339();
+    let from = holdfast::time::Time90k::now()
+        .add_ticks(-60 * 90_000)
+        .to_rfc3339();
     let to = holdfast::time::Time90k::now().to_rfc3339();
-    let rec = d.get_json(&format!("/api/v1/cameras/cam/recordings?from={from}&to={to}"));
+    let rec = d.get_json(&format!(
+        "/api/v1/cameras/cam/recordings?from={from}&to={to}"
+    ));
     let intervals = rec["intervals"].as_array().unwrap();
     assert!(intervals.len() >= 2, "recording resumed after a gap: {rec}");
     let gap_secs: Vec<f64> = rec["gaps"]
@@ -141,18 +203,29 @@ fn a_restarted_server_is_reconnected_within_two_seconds_and_the_gap_shows() {
             (b.0 - a.0) as f64 / 90_000.0
         })
         .collect();
-    assert!(gap_secs.iter().any(|g| *g >= 2.0), "the outage is a visible gap: {rec}");
+    assert!(
+        gap_secs.iter().any(|g| *g >= 2.0),
+        "the outage is a visible gap: {rec}"
+    );
 }
 
 #[test]
 fn audio_offered_is_never_set_up_or_stored() {
     let server = RtspServer::start(&["--cameras", "1", "--audio"]);
-    let mut d = Daemon::start(&format!("{POLICY}{}", camera("cam", &server.url("/cam0"), "")), "");
-    d.wait_until(Duration::from_secs(20), |d| d.camera_state("cam") == "recording");
+    let mut d = Daemon::start(
+        &format!("{POLICY}{}", camera("cam", &server.url("/cam0"), "")),
+        "",
+    );
+    d.wait_until(Duration::from_secs(20), |d| {
+        d.camera_state("cam") == "recording"
+    });
     std::thread::sleep(Duration::from_secs(4));
     d.stop();
     let log = d.log_text();
-    assert!(!log.contains("audio"), "audio must not even be considered for setup:\n{log}");
+    assert!(
+        !log.contains("audio"),
+        "audio must not even be considered for setup:\n{log}"
+    );
     let segs = stored(&d, "cam");
     assert!(!segs.is_empty());
     let (store, _) = Store::open(&d.data_dir, 3600).unwrap();
@@ -168,7 +241,10 @@ fn audio_offered_is_never_set_up_or_stored() {
             while p < sample.len() {
                 let n = u32::from_be_bytes(sample[p..p + 4].try_into().unwrap()) as usize;
                 let nal_type = sample[p + 4] & 0x1f;
-                assert!(matches!(nal_type, 1 | 5 | 6 | 7 | 8 | 9), "NAL type {nal_type}");
+                assert!(
+                    matches!(nal_type, 1 | 5 | 6 | 7 | 8 | 9),
+                    "NAL type {nal_type}"
+                );
                 p += 4 + n;
             }
             assert_eq!(p, sample.len());
@@ -188,15 +264,23 @@ fn audio_offered_is_never_set_up_or_stored() {
 #[test]
 fn a_resolution_change_starts_a_segment_with_a_new_codec_config() {
     let server = RtspServer::start(&["--cameras", "1", "--resize-after", "3"]);
-    let mut d = Daemon::start(&format!("{POLICY}{}", camera("cam", &server.url("/cam0"), "")), "");
-    d.wait_until(Duration::from_secs(20), |d| d.camera_state("cam") == "recording");
+    let mut d = Daemon::start(
+        &format!("{POLICY}{}", camera("cam", &server.url("/cam0"), "")),
+        "",
+    );
+    d.wait_until(Duration::from_secs(20), |d| {
+        d.camera_state("cam") == "recording"
+    });
     std::thread::sleep(Duration::from_secs(8));
     d.stop();
     let mut segs = stored(&d, "cam");
     segs.sort_by_key(|e| e.start);
     let ids: Vec<u64> = segs.iter().map(|e| e.codec_id).collect();
     let distinct: BTreeSet<_> = ids.iter().collect();
-    assert!(distinct.len() >= 2, "a new codec config after the change: {ids:x?}");
+    assert!(
+        distinct.len() >= 2,
+        "a new codec config after the change: {ids:x?}"
+    );
     // The configs do not interleave: one change, at a segment boundary.
     let changes = ids.windows(2).filter(|w| w[0] != w[1]).count();
     assert_eq!(changes, distinct.len() - 1);
@@ -211,8 +295,13 @@ fn a_resolution_change_starts_a_segment_with_a_new_codec_config() {
 fn a_camera_with_constant_timestamps_is_survived_and_counted() {
     let clip = support::procs::repo_path("data/clip-720p25-4mbit.h264");
     let server = RtspServer::start(&["--cameras", "0", "--broken-clip", clip.to_str().unwrap()]);
-    let mut d = Daemon::start(&format!("{POLICY}{}", camera("broken", &server.url("/broken"), "")), "");
-    d.wait_until(Duration::from_secs(20), |d| d.camera_state("broken") == "recording");
+    let mut d = Daemon::start(
+        &format!("{POLICY}{}", camera("broken", &server.url("/broken"), "")),
+        "",
+    );
+    d.wait_until(Duration::from_secs(20), |d| {
+        d.camera_state("broken") == "recording"
+    });
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(6) {
         assert_eq!(d.get("/healthz", None).0, 200, "the daemon stays healthy");
@@ -222,7 +311,10 @@ fn a_camera_with_constant_timestamps_is_survived_and_counted() {
     let frames = frames_metric(&d, "broken");
     d.stop();
     assert!(frames > 50.0, "frames keep flowing: {frames}");
-    assert!(anomalies >= frames * 0.9, "constant timestamps are counted: {anomalies} of {frames}");
+    assert!(
+        anomalies >= frames * 0.9,
+        "constant timestamps are counted: {anomalies} of {frames}"
+    );
     let mut segs = stored(&d, "broken");
     segs.sort_by_key(|e| e.start);
     assert!(segs.len() >= 2);

@@ -37,10 +37,15 @@ fn sample(seed: u64, per_camera: usize) -> Vec<Segment> {
     let t0 = Time90k::from_unix_seconds(1_795_000_000);
     let mut out = Vec::new();
     for i in 0..per_camera {
-        for (c, cam) in ["noord-entrance", "noord-stairs", "west-hall"].iter().enumerate() {
+        for (c, cam) in ["noord-entrance", "noord-stairs", "west-hall"]
+            .iter()
+            .enumerate()
+        {
             let policy = if c == 2 { "seven-days" } else { "four-weeks" };
             let start = t0.add_ticks((i as i64 * 2 + c as i64) * TICKS_PER_SEC);
-            out.push(synth::segment(&mut rng, &pool, cam, policy, start, 50, 2_000));
+            out.push(synth::segment(
+                &mut rng, &pool, cam, policy, start, 50, 2_000,
+            ));
         }
     }
     out
@@ -50,7 +55,13 @@ fn sample(seed: u64, per_camera: usize) -> Vec<Segment> {
 fn write_all(dir: &Path, segs: Vec<Segment>) -> Vec<SegmentEntry> {
     let (store, _) = Store::open(dir, BUCKET).unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
-    let writer = Writer::spawn(Arc::new(store), config(), Arc::new(Metrics::new()), Some(tx)).unwrap();
+    let writer = Writer::spawn(
+        Arc::new(store),
+        config(),
+        Arc::new(Metrics::new()),
+        Some(tx),
+    )
+    .unwrap();
     let h = writer.handle();
     let n = segs.len();
     for s in segs {
@@ -72,21 +83,37 @@ fn sorted(mut v: Vec<SegmentEntry>) -> Vec<SegmentEntry> {
 fn written_segments_read_back_intact() {
     let dir = tempfile::tempdir().unwrap();
     let segs = sample(1, 12);
-    let originals: Vec<_> = segs.iter().map(|s| (s.camera.to_string(), s.start, s.clone())).collect();
+    let originals: Vec<_> = segs
+        .iter()
+        .map(|s| (s.camera.to_string(), s.start, s.clone()))
+        .collect();
     let durable = write_all(dir.path(), segs);
     assert_eq!(durable.len(), 36);
 
     let (store, report) = Store::open(dir.path(), BUCKET).unwrap();
-    assert_eq!(report.segments_reindexed, 0, "a clean shutdown leaves nothing to recover: {report}");
+    assert_eq!(
+        report.segments_reindexed, 0,
+        "a clean shutdown leaves nothing to recover: {report}"
+    );
     assert_eq!(report.bytes_truncated, 0);
     for (camera, start, seg) in &originals {
-        let found = store.index().camera_segments(camera, *start, start.add_ticks(1)).unwrap();
+        let found = store
+            .index()
+            .camera_segments(camera, *start, start.add_ticks(1))
+            .unwrap();
         assert_eq!(found.len(), 1, "{camera} {start}");
         let (header, payload) = store.read_segment(&found[0]).unwrap();
         assert_eq!(header.frames.len(), seg.frames.len());
-        let expected: Vec<u8> = seg.frames.iter().flat_map(|f| f.data.iter().copied()).collect();
+        let expected: Vec<u8> = seg
+            .frames
+            .iter()
+            .flat_map(|f| f.data.iter().copied())
+            .collect();
         assert_eq!(payload, expected, "payload bytes are exactly the frames");
-        assert_eq!(store.index().codec(header.codec_id).unwrap().unwrap(), seg.codec.avcc);
+        assert_eq!(
+            store.index().codec(header.codec_id).unwrap().unwrap(),
+            seg.codec.avcc
+        );
     }
     // Lookups are per camera and per range.
     let t0 = originals[0].1;
@@ -101,7 +128,9 @@ fn written_segments_read_back_intact() {
     assert!(buckets.iter().any(|b| b.policy == "four-weeks"));
     assert!(buckets.iter().any(|b| b.policy == "seven-days"));
     for b in &buckets {
-        let len = std::fs::metadata(store.bucket_path(&b.policy, b.start)).unwrap().len();
+        let len = std::fs::metadata(store.bucket_path(&b.policy, b.start))
+            .unwrap()
+            .len();
         assert_eq!(len, b.committed_len);
     }
     let v = store.verify().unwrap();
@@ -113,7 +142,11 @@ fn written_segments_read_back_intact() {
 fn torn_tail_is_truncated_and_entries_survive() {
     let dir = tempfile::tempdir().unwrap();
     let durable = write_all(dir.path(), sample(2, 4));
-    let last = durable.iter().max_by_key(|e| (e.bucket, e.offset)).unwrap().clone();
+    let last = durable
+        .iter()
+        .max_by_key(|e| (e.bucket, e.offset))
+        .unwrap()
+        .clone();
     let path = {
         let store = Store::open_without_recovery(dir.path()).unwrap();
         store.bucket_path(&last.policy, last.bucket)
@@ -130,17 +163,28 @@ fn torn_tail_is_truncated_and_entries_survive() {
         .unwrap();
 
     let (store, report) = Store::open(dir.path(), BUCKET).unwrap();
-    assert_eq!(report.bytes_truncated, (rec.len() * 3 / 4) as u64, "{report}");
+    assert_eq!(
+        report.bytes_truncated,
+        (rec.len() * 3 / 4) as u64,
+        "{report}"
+    );
     assert_eq!(std::fs::metadata(&path).unwrap().len(), len_before);
     assert!(store.verify().unwrap().bad.is_empty());
-    assert_eq!(sorted(store.index().all_segments().unwrap()), sorted(durable));
+    assert_eq!(
+        sorted(store.index().all_segments().unwrap()),
+        sorted(durable)
+    );
 }
 
 #[test]
 fn complete_unindexed_records_are_reindexed() {
     let dir = tempfile::tempdir().unwrap();
     let durable = write_all(dir.path(), sample(3, 3));
-    let first = durable.iter().min_by_key(|e| (e.bucket, e.offset)).unwrap().clone();
+    let first = durable
+        .iter()
+        .min_by_key(|e| (e.bucket, e.offset))
+        .unwrap()
+        .clone();
     let store = Store::open_without_recovery(dir.path()).unwrap();
     let path = store.bucket_path(&first.policy, first.bucket);
     drop(store);
@@ -149,7 +193,15 @@ fn complete_unindexed_records_are_reindexed() {
     // then zeros (a torn, extended tail).
     let mut rng = synth::rng(99);
     let pool = synth::pool(&mut rng, 1 << 20);
-    let seg = synth::segment(&mut rng, &pool, "late-cam", &first.policy, first.bucket, 25, 1000);
+    let seg = synth::segment(
+        &mut rng,
+        &pool,
+        "late-cam",
+        &first.policy,
+        first.bucket,
+        25,
+        1000,
+    );
     let mut rec = Vec::new();
     seg.header().unwrap().encode(&mut rec).unwrap();
     for f in &seg.frames {
@@ -173,7 +225,11 @@ fn complete_unindexed_records_are_reindexed() {
     // Recovery is idempotent.
     drop(store);
     let (_, again) = Store::open(dir.path(), BUCKET).unwrap();
-    assert_eq!((again.segments_reindexed, again.bytes_truncated), (0, 0), "{again}");
+    assert_eq!(
+        (again.segments_reindexed, again.bytes_truncated),
+        (0, 0),
+        "{again}"
+    );
 }
 
 #[test]
@@ -188,7 +244,12 @@ fn entries_of_missing_or_shortened_files_are_dropped() {
     std::fs::remove_file(store.bucket_path(&gone.policy, gone.start)).unwrap();
     let cut_path = store.bucket_path(&cut.policy, cut.start);
     let cut_len = cut.committed_len / 2;
-    OpenOptions::new().write(true).open(&cut_path).unwrap().set_len(cut_len).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&cut_path)
+        .unwrap()
+        .set_len(cut_len)
+        .unwrap();
     drop(store);
 
     let (store, report) = Store::open(dir.path(), BUCKET).unwrap();
@@ -204,7 +265,11 @@ fn entries_of_missing_or_shortened_files_are_dropped() {
         .count() as u64;
     assert_eq!(report.entries_dropped, in_gone + past_cut, "{report}");
     assert_eq!(v.segments, durable.len() as u64 - in_gone - past_cut);
-    assert!(store.index().bucket(&gone.policy, gone.start).unwrap().is_none());
+    assert!(store
+        .index()
+        .bucket(&gone.policy, gone.start)
+        .unwrap()
+        .is_none());
 }
 
 #[test]
@@ -216,13 +281,18 @@ fn reindex_rebuilds_the_index_from_files_alone() {
     assert!(store.index().all_segments().unwrap().is_empty());
     let report = recovery::reindex(&store, BUCKET).unwrap();
     assert_eq!(report.segments_reindexed, durable.len() as u64);
-    assert_eq!(sorted(store.index().all_segments().unwrap()), sorted(durable.clone()));
+    assert_eq!(
+        sorted(store.index().all_segments().unwrap()),
+        sorted(durable.clone())
+    );
     for e in &durable {
         assert!(store.index().codec(e.codec_id).unwrap().is_some());
     }
     // Buckets are rebuilt too, with the committed length at the file's end.
     for b in store.index().buckets(None).unwrap() {
-        let len = std::fs::metadata(store.bucket_path(&b.policy, b.start)).unwrap().len();
+        let len = std::fs::metadata(store.bucket_path(&b.policy, b.start))
+            .unwrap()
+            .len();
         assert_eq!(b.committed_len, len);
     }
 }
@@ -241,7 +311,11 @@ fn reindex_resynchronises_after_holes_and_damage() {
     in_bucket.sort_by_key(|e| e.offset);
     assert!(in_bucket.len() >= 4);
     let path = store.bucket_path(&b.policy, b.start);
-    let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
     // Punch a hole over record 1 (as the sweeper does), and damage one payload byte of record 3.
     let hole = &in_bucket[1];
     let r = unsafe {
@@ -269,7 +343,10 @@ fn reindex_resynchronises_after_holes_and_damage() {
         .cloned()
         .collect();
     assert_eq!(sorted(got), sorted(expected), "{report}");
-    assert_eq!(report.bytes_skipped, hole.record_len() + damaged.record_len());
+    assert_eq!(
+        report.bytes_skipped,
+        hole.record_len() + damaged.record_len()
+    );
     assert!(store.verify().unwrap().bad.is_empty());
 }
 
@@ -290,7 +367,15 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
     let mut dropped = 0;
     for i in 0..400 {
         // 400 segments of ~500 KB each in a tight loop: far more than 1 MiB can be queued.
-        let seg = synth::segment(&mut rng, &pool, "busy-cam", "p", t0.add_ticks(i * 180_000), 50, 10_000);
+        let seg = synth::segment(
+            &mut rng,
+            &pool,
+            "busy-cam",
+            "p",
+            t0.add_ticks(i * 180_000),
+            50,
+            10_000,
+        );
         match h.submit(seg) {
             Ok(()) => {}
             Err(SubmitError::QueueFull) => dropped += 1,
@@ -300,7 +385,9 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
     assert!(h.flush());
     assert!(dropped > 0, "the queue never filled");
     let text = metrics.encode();
-    let line = format!("holdfast_segments_dropped_total{{camera=\"busy-cam\",reason=\"queue_full\"}} {dropped}");
+    let line = format!(
+        "holdfast_segments_dropped_total{{camera=\"busy-cam\",reason=\"queue_full\"}} {dropped}"
+    );
     assert!(text.contains(&line), "{text}");
     assert_eq!(h.queued_bytes(), 0);
     writer.shutdown();

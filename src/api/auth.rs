@@ -41,7 +41,9 @@ pub fn role_allows(role: &str, p: Permission) -> bool {
     use Permission::*;
     match role {
         "manager" => !matches!(p, Erase | KeytagsWrite),
-        "consultant" | "caretaker" => matches!(p, CamerasStatus | ViewFootage | ExportFootage | PlaceHold),
+        "consultant" | "caretaker" => {
+            matches!(p, CamerasStatus | ViewFootage | ExportFootage | PlaceHold)
+        }
         "technician" => matches!(p, CamerasStatus | ViewFootage),
         "privacy_officer" => !matches!(p, KeytagsWrite),
         "access_system" => matches!(p, KeytagsWrite),
@@ -69,7 +71,9 @@ impl Principal {
 
     /// Whether `site` is in the user's scope.
     pub fn covers_site(&self, site: &str) -> bool {
-        self.sites.as_ref().is_none_or(|s| s.iter().any(|x| x == site))
+        self.sites
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|x| x == site))
     }
 }
 
@@ -128,7 +132,10 @@ mod tests {
             token_sha256: hash,
             sites: None,
         }]);
-        assert_eq!(a.authenticate(Some("Bearer s3cret-token")).unwrap().name, "j");
+        assert_eq!(
+            a.authenticate(Some("Bearer s3cret-token")).unwrap().name,
+            "j"
+        );
         assert!(a.authenticate(Some("Bearer s3cret-tokeN")).is_none());
         assert!(a.authenticate(Some("s3cret-token")).is_none());
         assert!(a.authenticate(Some("Bearer ")).is_none());
@@ -138,10 +145,15 @@ mod tests {
     #[test]
     fn role_table() {
         use Permission::*;
-        assert!(role_allows("technician", ViewFootage) && !role_allows("technician", ExportFootage));
+        assert!(
+            role_allows("technician", ViewFootage) && !role_allows("technician", ExportFootage)
+        );
         assert!(!role_allows("caretaker", ReleaseHold) && role_allows("caretaker", PlaceHold));
         assert!(role_allows("privacy_officer", Erase) && !role_allows("manager", Erase));
-        assert!(role_allows("access_system", KeytagsWrite) && !role_allows("access_system", CamerasStatus));
+        assert!(
+            role_allows("access_system", KeytagsWrite)
+                && !role_allows("access_system", CamerasStatus)
+        );
         assert!(role_allows("auditor", LogbookRead) && !role_allows("auditor", ViewFootage));
         assert!(!role_allows("nobody", CamerasStatus));
     }

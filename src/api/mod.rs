@@ -62,7 +62,10 @@ impl ApiError {
 
     /// 400 naming the field that was wrong.
     pub fn bad_field(field: &str, message: impl Into<String>) -> Self {
-        let mut e = Self::new(StatusCode::BAD_REQUEST, format!("{field}: {}", message.into()));
+        let mut e = Self::new(
+            StatusCode::BAD_REQUEST,
+            format!("{field}: {}", message.into()),
+        );
         e.detail = json!({ "field": field });
         e
     }
@@ -75,7 +78,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.error, "detail": self.detail }))).into_response()
+        (
+            self.status,
+            Json(json!({ "error": self.error, "detail": self.detail })),
+        )
+            .into_response()
     }
 }
 
@@ -86,7 +93,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/cameras", get(cameras))
         .route("/api/v1/cameras/{id}/recordings", get(recordings))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
 }
 
@@ -108,12 +118,15 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
 }
 
 /// Authenticates and checks a permission.
-pub fn authorize(state: &AppState, headers: &HeaderMap, p: Permission) -> Result<Arc<Principal>, ApiError> {
+pub fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    p: Permission,
+) -> Result<Arc<Principal>, ApiError> {
     let value = headers.get("authorization").and_then(|v| v.to_str().ok());
-    let user = state
-        .auth
-        .authenticate(value)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required"))?;
+    let user = state.auth.authenticate(value).ok_or_else(|| {
+        ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required")
+    })?;
     if !user.can(p) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -131,7 +144,11 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let cameras: HashMap<&str, _> = state.cameras.iter().map(|c| (c.id.as_str(), c.state())).collect();
+    let cameras: HashMap<&str, _> = state
+        .cameras
+        .iter()
+        .map(|c| (c.id.as_str(), c.state()))
+        .collect();
     (
         status,
         Json(json!({
@@ -144,7 +161,10 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn metrics(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if state.metrics_require_auth {
         authorize(&state, &headers, Permission::CamerasStatus)?;
     }
@@ -160,12 +180,16 @@ fn update_camera_ages(state: &AppState) {
     let now = Time90k::now();
     for c in &state.cameras {
         // A camera that never delivered has no age (its `holdfast_camera_up` is 0).
-        let Some(last) = c.last_frame_at() else { continue };
+        let Some(last) = c.last_frame_at() else {
+            continue;
+        };
         let age = (now.0 - last.0) as f64 / crate::time::TICKS_PER_SEC as f64;
         state
             .metrics
             .camera_last_frame_age
-            .get_or_create(&crate::metrics::CameraLabel { camera: c.id.clone() })
+            .get_or_create(&crate::metrics::CameraLabel {
+                camera: c.id.clone(),
+            })
             .set(age.max(0.0));
     }
 }
@@ -180,7 +204,10 @@ fn camera_json(c: &CameraStatus) -> serde_json::Value {
     })
 }
 
-async fn cameras(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn cameras(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let user = authorize(&state, &headers, Permission::CamerasStatus)?;
     let list: Vec<_> = state
         .cameras
@@ -192,7 +219,11 @@ async fn cameras(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resu
 }
 
 /// A camera the user may see, or 404/403.
-pub fn camera_in_scope<'a>(state: &'a AppState, user: &Principal, id: &str) -> Result<&'a CameraStatus, ApiError> {
+pub fn camera_in_scope<'a>(
+    state: &'a AppState,
+    user: &Principal,
+    id: &str,
+) -> Result<&'a CameraStatus, ApiError> {
     let cam = state
         .cameras
         .iter()
@@ -242,7 +273,11 @@ async fn recordings(
         .index()
         .camera_segments(&id, from, to)
         .map_err(ApiError::internal)?;
-    let intervals = merge_intervals(segments.iter().map(|s| (s.start.max(from), s.end().min(to))));
+    let intervals = merge_intervals(
+        segments
+            .iter()
+            .map(|s| (s.start.max(from), s.end().min(to))),
+    );
     let gaps = complement(&intervals, from, to.min(Time90k::now()).max(from));
     let fmt = |v: &[(Time90k, Time90k)]| -> Vec<serde_json::Value> {
         v.iter()
@@ -272,7 +307,11 @@ pub fn merge_intervals(it: impl Iterator<Item = (Time90k, Time90k)>) -> Vec<(Tim
 }
 
 /// The parts of `[from, to)` that no interval covers.
-pub fn complement(intervals: &[(Time90k, Time90k)], from: Time90k, to: Time90k) -> Vec<(Time90k, Time90k)> {
+pub fn complement(
+    intervals: &[(Time90k, Time90k)],
+    from: Time90k,
+    to: Time90k,
+) -> Vec<(Time90k, Time90k)> {
     let mut out = Vec::new();
     let mut at = from;
     for &(a, b) in intervals {
@@ -297,9 +336,20 @@ mod tests {
 
     #[test]
     fn intervals_merge_and_gaps_complement() {
-        let merged = merge_intervals([(t(0), t(10)), (t(10), t(20)), (t(25), t(30)), (t(28), t(40))].into_iter());
+        let merged = merge_intervals(
+            [
+                (t(0), t(10)),
+                (t(10), t(20)),
+                (t(25), t(30)),
+                (t(28), t(40)),
+            ]
+            .into_iter(),
+        );
         assert_eq!(merged, vec![(t(0), t(20)), (t(25), t(40))]);
-        assert_eq!(complement(&merged, t(-5), t(50)), vec![(t(-5), t(0)), (t(20), t(25)), (t(40), t(50))]);
+        assert_eq!(
+            complement(&merged, t(-5), t(50)),
+            vec![(t(-5), t(0)), (t(20), t(25)), (t(40), t(50))]
+        );
         assert_eq!(complement(&merged, t(0), t(40)), vec![(t(20), t(25))]);
         assert_eq!(complement(&[], t(0), t(5)), vec![(t(0), t(5))]);
     }

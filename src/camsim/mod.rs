@@ -58,7 +58,11 @@ pub struct Camsim {
 
 impl Camsim {
     /// Binds `listen` and serves in the background on the current tokio runtime.
-    pub async fn start(listen: SocketAddr, clip: Clip, cfg: CamsimConfig) -> std::io::Result<Camsim> {
+    pub async fn start(
+        listen: SocketAddr,
+        clip: Clip,
+        cfg: CamsimConfig,
+    ) -> std::io::Result<Camsim> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let stats = Arc::new(CamsimStats::default());
@@ -69,7 +73,9 @@ impl Camsim {
         });
         let task = tokio::spawn(async move {
             loop {
-                let Ok((sock, _)) = listener.accept().await else { continue };
+                let Ok((sock, _)) = listener.accept().await else {
+                    continue;
+                };
                 let _ = sock.set_nodelay(true);
                 let shared = shared.clone();
                 tokio::spawn(async move {
@@ -169,7 +175,10 @@ async fn read_request(
         }
         buf.extend_from_slice(&chunk[..n]);
         if buf.len() > 1 << 20 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "request too large"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "request too large",
+            ));
         }
     }
 }
@@ -193,7 +202,10 @@ fn response(cseq: &str, status: &str, extra: &[(&str, String)], body: &str) -> V
 
 /// The stream index named by a URL path `/camN[/...]`, if it exists.
 fn stream_of(url: &str, streams: usize) -> Option<usize> {
-    let path = url.split("://").nth(1).and_then(|r| r.find('/').map(|i| &r[i..]))?;
+    let path = url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.find('/').map(|i| &r[i..]))?;
     let n: usize = path.strip_prefix("/cam")?.split('/').next()?.parse().ok()?;
     (n < streams).then_some(n)
 }
@@ -206,16 +218,23 @@ async fn serve(sock: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
     let mut channel = 0u8;
     let mut set_up = false;
     loop {
-        let Some(req) = read_request(&mut rd, &mut buf).await? else { return Ok(()) };
+        let Some(req) = read_request(&mut rd, &mut buf).await? else {
+            return Ok(());
+        };
         let Some(stream) = stream_of(&req.url, shared.cfg.streams) else {
-            wr.write_all(&response(&req.cseq, "404 Not Found", &[], "")).await?;
+            wr.write_all(&response(&req.cseq, "404 Not Found", &[], ""))
+                .await?;
             continue;
         };
         let _ = stream;
         match req.method.as_str() {
             "OPTIONS" => {
-                let public = ("Public", "OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER".to_owned());
-                wr.write_all(&response(&req.cseq, "200 OK", &[public], "")).await?;
+                let public = (
+                    "Public",
+                    "OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER".to_owned(),
+                );
+                wr.write_all(&response(&req.cseq, "200 OK", &[public], ""))
+                    .await?;
             }
             "DESCRIBE" => {
                 let b64 = base64::engine::general_purpose::STANDARD;
@@ -235,12 +254,14 @@ async fn serve(sock: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                     ("Content-Type", "application/sdp".to_owned()),
                     ("Content-Base", base),
                 ];
-                wr.write_all(&response(&req.cseq, "200 OK", &headers, &sdp)).await?;
+                wr.write_all(&response(&req.cseq, "200 OK", &headers, &sdp))
+                    .await?;
             }
             "SETUP" => {
                 let transport = req.header("Transport").unwrap_or_default().to_owned();
                 if !transport.contains("RTP/AVP/TCP") {
-                    wr.write_all(&response(&req.cseq, "461 Unsupported Transport", &[], "")).await?;
+                    wr.write_all(&response(&req.cseq, "461 Unsupported Transport", &[], ""))
+                        .await?;
                     continue;
                 }
                 channel = transport
@@ -253,11 +274,16 @@ async fn serve(sock: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                 let headers = [
                     (
                         "Transport",
-                        format!("RTP/AVP/TCP;unicast;interleaved={}-{};ssrc={ssrc:08X}", channel, channel + 1),
+                        format!(
+                            "RTP/AVP/TCP;unicast;interleaved={}-{};ssrc={ssrc:08X}",
+                            channel,
+                            channel + 1
+                        ),
                     ),
                     ("Session", format!("{session_id};timeout=60")),
                 ];
-                wr.write_all(&response(&req.cseq, "200 OK", &headers, "")).await?;
+                wr.write_all(&response(&req.cseq, "200 OK", &headers, ""))
+                    .await?;
             }
             "PLAY" if set_up => {
                 let seq: u16 = rand::random();
@@ -267,22 +293,39 @@ async fn serve(sock: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                     ("Range", "npt=0.000-".to_owned()),
                     (
                         "RTP-Info",
-                        format!("url={}/track0;seq={seq};rtptime={rtptime}", req.url.trim_end_matches('/')),
+                        format!(
+                            "url={}/track0;seq={seq};rtptime={rtptime}",
+                            req.url.trim_end_matches('/')
+                        ),
                     ),
                 ];
-                wr.write_all(&response(&req.cseq, "200 OK", &headers, "")).await?;
+                wr.write_all(&response(&req.cseq, "200 OK", &headers, ""))
+                    .await?;
                 shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
                 return play(rd, wr, buf, shared, channel, ssrc, seq, rtptime).await;
             }
             "GET_PARAMETER" | "SET_PARAMETER" => {
-                wr.write_all(&response(&req.cseq, "200 OK", &[("Session", session_id.clone())], "")).await?;
+                wr.write_all(&response(
+                    &req.cseq,
+                    "200 OK",
+                    &[("Session", session_id.clone())],
+                    "",
+                ))
+                .await?;
             }
             "TEARDOWN" => {
-                wr.write_all(&response(&req.cseq, "200 OK", &[], "")).await?;
+                wr.write_all(&response(&req.cseq, "200 OK", &[], ""))
+                    .await?;
                 return Ok(());
             }
             _ => {
-                wr.write_all(&response(&req.cseq, "455 Method Not Valid in This State", &[], "")).await?;
+                wr.write_all(&response(
+                    &req.cseq,
+                    "455 Method Not Valid in This State",
+                    &[],
+                    "",
+                ))
+                .await?;
             }
         }
     }
@@ -304,7 +347,12 @@ async fn play(
     let reader = tokio::spawn(async move {
         while let Ok(Some(req)) = read_request(&mut rd, &mut buf).await {
             let done = req.method == "TEARDOWN";
-            if tx.send(response(&req.cseq, "200 OK", &[], "")).await.is_err() || done {
+            if tx
+                .send(response(&req.cseq, "200 OK", &[], ""))
+                .await
+                .is_err()
+                || done
+            {
                 break;
             }
         }
@@ -344,7 +392,10 @@ async fn play(
             }
             wr.write_all(&out).await?;
             shared.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
-            shared.stats.packets_sent.fetch_add(f.payloads.len() as u64, Ordering::Relaxed);
+            shared
+                .stats
+                .packets_sent
+                .fetch_add(f.payloads.len() as u64, Ordering::Relaxed);
         }
         Ok::<(), std::io::Error>(())
     }

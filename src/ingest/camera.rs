@@ -21,7 +21,9 @@ use futures::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use rand::Rng;
-use retina::client::{Credentials, PlayOptions, Session, SessionOptions, SetupOptions, Transport as RtspTransport};
+use retina::client::{
+    Credentials, PlayOptions, Session, SessionOptions, SetupOptions, Transport as RtspTransport,
+};
 use retina::codec::{CodecItem, FrameFormat, ParametersRef};
 
 use super::segmenter::{FrameIn, Segmenter};
@@ -146,7 +148,10 @@ impl CameraTask {
                 c.inc_by(v - cur);
             }
         };
-        add(&self.metrics.anomalies, s.timestamp_anomalies + s.clock_resyncs);
+        add(
+            &self.metrics.anomalies,
+            s.timestamp_anomalies + s.clock_resyncs,
+        );
         add(&self.metrics.dropped_no_key, s.frames_dropped_no_keyframe);
     }
 
@@ -171,14 +176,21 @@ impl CameraTask {
         };
         timeout(
             "SETUP",
-            session.setup(video, SetupOptions::default().transport(transport).frame_format(FrameFormat::MP4)),
+            session.setup(
+                video,
+                SetupOptions::default()
+                    .transport(transport)
+                    .frame_format(FrameFormat::MP4),
+            ),
         )
         .await?;
         let playing = timeout("PLAY", session.play(PlayOptions::default())).await?;
         let mut demuxed = playing.demuxed().map_err(|e| e.to_string())?;
         if let Some(ParametersRef::Video(v)) = demuxed.streams()[video].parameters() {
             self.segmenter
-                .set_codec(Arc::new(CodecConfig::new(Bytes::copy_from_slice(v.extra_data()))));
+                .set_codec(Arc::new(CodecConfig::new(Bytes::copy_from_slice(
+                    v.extra_data(),
+                ))));
         }
         loop {
             let item = match tokio::time::timeout(FRAME_TIMEOUT, demuxed.next()).await {
@@ -187,14 +199,18 @@ impl CameraTask {
                 Ok(Some(Err(e))) => return Err(e.to_string()),
                 Ok(Some(Ok(item))) => item,
             };
-            let CodecItem::VideoFrame(frame) = item else { continue };
+            let CodecItem::VideoFrame(frame) = item else {
+                continue;
+            };
             if frame.stream_id() != video {
                 continue;
             }
             if frame.has_new_parameters() {
                 if let Some(ParametersRef::Video(v)) = demuxed.streams()[video].parameters() {
                     self.segmenter
-                        .set_codec(Arc::new(CodecConfig::new(Bytes::copy_from_slice(v.extra_data()))));
+                        .set_codec(Arc::new(CodecConfig::new(Bytes::copy_from_slice(
+                            v.extra_data(),
+                        ))));
                 }
             }
             let arrival = Time90k::now();
@@ -228,7 +244,10 @@ async fn timeout<T, E: std::fmt::Display>(
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(CONNECT_TIMEOUT, f).await {
-        Err(_) => Err(format!("{what} timed out after {} s", CONNECT_TIMEOUT.as_secs())),
+        Err(_) => Err(format!(
+            "{what} timed out after {} s",
+            CONNECT_TIMEOUT.as_secs()
+        )),
         Ok(Err(e)) => Err(format!("{what}: {e}")),
         Ok(Ok(v)) => Ok(v),
     }

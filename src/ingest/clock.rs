@@ -103,7 +103,8 @@ impl Clock {
             self.correction += step;
             self.to_apply -= step;
             (
-                self.base_wall.add_ticks(rtp - self.base_rtp + self.correction),
+                self.base_wall
+                    .add_ticks(rtp - self.base_rtp + self.correction),
                 Timing::Normal,
             )
         };
@@ -169,7 +170,10 @@ mod tests {
             assert_eq!(t, Timing::Normal);
             let step = w.0 - last.0;
             let nominal = 3600 * 998 / 1000;
-            assert!((step - nominal).abs() <= nominal * MAX_SLEW_PPM / 1_000_000 + 2, "step {step} at {i}");
+            assert!(
+                (step - nominal).abs() <= nominal * MAX_SLEW_PPM / 1_000_000 + 2,
+                "step {step} at {i}"
+            );
             last = w;
         }
         // After two minutes the error (0.24 s uncorrected) is mostly gone.
@@ -202,7 +206,11 @@ mod tests {
         assert_eq!(t2, Timing::Backwards);
         assert_eq!(w2, T0.add_ticks(7200));
         let (w3, t3) = c.frame(-100_000 + 3600, T0.add_ticks(10_800));
-        assert_eq!((w3, t3), (T0.add_ticks(10_800), Timing::Normal), "counts from the new anchor");
+        assert_eq!(
+            (w3, t3),
+            (T0.add_ticks(10_800), Timing::Normal),
+            "counts from the new anchor"
+        );
         let (w4, t4) = c.frame(i64::from(u32::MAX), T0.add_ticks(14_400));
         assert_eq!(t4, Timing::Jump);
         assert!(w4 > w3 && w3 > w2 && w2 > w1);

@@ -245,7 +245,9 @@ mod tests {
 
     /// Feeds `n` frames at 25 fps with a keyframe every `gop` frames.
     fn feed(s: &mut Segmenter, range: std::ops::Range<i64>, gop: i64) -> Vec<Segment> {
-        range.filter_map(|i| s.push(frame(i, i % gop == 0))).collect()
+        range
+            .filter_map(|i| s.push(frame(i, i % gop == 0)))
+            .collect()
     }
 
     #[test]
@@ -295,7 +297,12 @@ mod tests {
         segs.extend(s.end_of_stream());
         let first_new = segs.iter().position(|g| g.codec.id == codec(2).id).unwrap();
         // The old segment ends at frame 70; frames 70..75 (no keyframe yet) are dropped.
-        assert_eq!(segs[first_new - 1].start.add_ticks(segs[first_new - 1].duration() as i64), T0.add_ticks(70 * 3600));
+        assert_eq!(
+            segs[first_new - 1]
+                .start
+                .add_ticks(segs[first_new - 1].duration() as i64),
+            T0.add_ticks(70 * 3600)
+        );
         assert_eq!(segs[first_new].start, T0.add_ticks(75 * 3600));
         assert_eq!(s.stats().frames_dropped_no_keyframe, 5);
         assert!(segs[..first_new].iter().all(|g| g.codec.id == codec(1).id));
@@ -308,7 +315,11 @@ mod tests {
         let mut segs = feed(&mut s, 0..60, 25);
         let tail = s.end_of_stream().unwrap();
         assert_eq!(tail.frames.len(), 10);
-        assert_eq!(tail.duration(), 10 * 3600, "the last frame gets the previous duration");
+        assert_eq!(
+            tail.duration(),
+            10 * 3600,
+            "the last frame gets the previous duration"
+        );
         segs.push(tail);
         // Reconnect 10 s later with a new RTP base.
         let resumed: Vec<_> = (0..80)
@@ -321,7 +332,11 @@ mod tests {
                 })
             })
             .collect();
-        let end_before = segs.last().unwrap().start.add_ticks(segs.last().unwrap().duration() as i64);
+        let end_before = segs
+            .last()
+            .unwrap()
+            .start
+            .add_ticks(segs.last().unwrap().duration() as i64);
         assert_eq!(end_before, T0.add_ticks(60 * 3600));
         assert_eq!(resumed[0].start, T0.add_ticks(310 * 3600));
     }
@@ -346,7 +361,9 @@ mod tests {
             assert!(w[1].start > w[0].start);
             assert_eq!(w[0].start.add_ticks(w[0].duration() as i64), w[1].start);
         }
-        assert!(segs.iter().all(|g| g.frames.iter().all(|f| f.duration == 3600)));
+        assert!(segs
+            .iter()
+            .all(|g| g.frames.iter().all(|f| f.duration == 3600)));
     }
 
     #[test]

@@ -18,7 +18,9 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 
 use crate::time::Time90k;
 
@@ -112,7 +114,9 @@ impl SegmentEntry {
         let (policy, bucket, camera, start) = parse_segment_key(key)
             .ok_or_else(|| IndexError::Corrupt(format!("segment key {}", hex::encode(key))))?;
         if value.len() != 41 || value[0] != SEGMENT_VALUE_VERSION {
-            return Err(IndexError::Corrupt(format!("segment value of {camera} at {start}")));
+            return Err(IndexError::Corrupt(format!(
+                "segment value of {camera} at {start}"
+            )));
         }
         let r = Reader(&value[1..]);
         Ok(SegmentEntry {
@@ -192,7 +196,9 @@ impl BucketInfo {
         let (policy, start) = parse_bucket_key(key)
             .ok_or_else(|| IndexError::Corrupt(format!("bucket key {}", hex::encode(key))))?;
         if value.len() != 37 || value[0] != BUCKET_VALUE_VERSION {
-            return Err(IndexError::Corrupt(format!("bucket value of {policy} {start}")));
+            return Err(IndexError::Corrupt(format!(
+                "bucket value of {policy} {start}"
+            )));
         }
         let r = Reader(&value[1..]);
         Ok(BucketInfo {
@@ -241,7 +247,10 @@ fn parse_bucket_key(k: &[u8]) -> Option<(String, Time90k)> {
     if k.len() != z + 9 {
         return None;
     }
-    Some((String::from_utf8(k[..z].to_vec()).ok()?, dec_time(&k[z + 1..])))
+    Some((
+        String::from_utf8(k[..z].to_vec()).ok()?,
+        dec_time(&k[z + 1..]),
+    ))
 }
 
 /// Key of a segment: `policy \0 bucket camera \0 start`.
@@ -279,7 +288,8 @@ pub struct IndexBatch {
 impl IndexBatch {
     /// Adds (or replaces) a segment entry.
     pub fn put_segment(&mut self, index: &Index, e: &SegmentEntry) {
-        self.batch.put_cf(index.cf(CF_SEGMENTS), e.key(), e.encode_value());
+        self.batch
+            .put_cf(index.cf(CF_SEGMENTS), e.key(), e.encode_value());
     }
 
     /// Removes a segment entry.
@@ -289,20 +299,23 @@ impl IndexBatch {
 
     /// Adds (or replaces) a bucket.
     pub fn put_bucket(&mut self, index: &Index, b: &BucketInfo) {
-        self.batch.put_cf(index.cf(CF_BUCKETS), b.key(), b.encode_value());
+        self.batch
+            .put_cf(index.cf(CF_BUCKETS), b.key(), b.encode_value());
     }
 
     /// Removes a bucket and, with one range delete, every segment entry in it.
     pub fn delete_bucket(&mut self, index: &Index, policy: &str, start: Time90k) {
         let from = bucket_key(policy, start);
         let to = bucket_key(policy, start.add_ticks(1));
-        self.batch.delete_range_cf(index.cf(CF_SEGMENTS), &from, &to);
+        self.batch
+            .delete_range_cf(index.cf(CF_SEGMENTS), &from, &to);
         self.batch.delete_cf(index.cf(CF_BUCKETS), from);
     }
 
     /// Stores a codec configuration (idempotent: the key is the content hash).
     pub fn put_codec(&mut self, index: &Index, id: u64, avcc: &[u8]) {
-        self.batch.put_cf(index.cf(CF_CODECS), id.to_be_bytes(), avcc);
+        self.batch
+            .put_cf(index.cf(CF_CODECS), id.to_be_bytes(), avcc);
     }
 
     /// Number of operations in the batch.
@@ -332,7 +345,9 @@ impl Index {
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let index = Index { db };
         match index.db.get_cf(index.cf(CF_META), b"format")? {
-            None => index.db.put_cf(index.cf(CF_META), b"format", INDEX_FORMAT)?,
+            None => index
+                .db
+                .put_cf(index.cf(CF_META), b"format", INDEX_FORMAT)?,
             Some(v) if v == INDEX_FORMAT => {}
             Some(v) => {
                 return Err(IndexError::Corrupt(format!(
@@ -346,7 +361,9 @@ impl Index {
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column family created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 
     /// Commits a batch atomically. With `sync`, the RocksDB WAL is synced before returning.
@@ -391,13 +408,17 @@ impl Index {
     }
 
     /// Every segment entry of one bucket, in (camera, start) order.
-    pub fn bucket_segments(&self, policy: &str, start: Time90k) -> Result<Vec<SegmentEntry>, IndexError> {
+    pub fn bucket_segments(
+        &self,
+        policy: &str,
+        start: Time90k,
+    ) -> Result<Vec<SegmentEntry>, IndexError> {
         let prefix = bucket_key(policy, start);
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_SEGMENTS), IteratorMode::From(&prefix, Direction::Forward))
-        {
+        for item in self.db.iterator_cf(
+            self.cf(CF_SEGMENTS),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
             let (k, v) = item?;
             if !k.starts_with(&prefix) {
                 break;
@@ -433,7 +454,9 @@ impl Index {
                 it.seek(&prefix);
             }
             while it.valid() {
-                let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+                let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                    break;
+                };
                 if !k.starts_with(&prefix) {
                     break;
                 }
@@ -455,7 +478,10 @@ impl Index {
     /// Every segment entry, in key order (for verification and tests).
     pub fn all_segments(&self) -> Result<Vec<SegmentEntry>, IndexError> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_SEGMENTS), IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_SEGMENTS), IteratorMode::Start)
+        {
             let (k, v) = item?;
             out.push(SegmentEntry::decode(&k, &v)?);
         }
@@ -475,8 +501,16 @@ impl Index {
         let mut batch = WriteBatch::default();
         for name in [CF_SEGMENTS, CF_BUCKETS, CF_CODECS] {
             let cf = self.cf(name);
-            let first = self.db.iterator_cf(cf, IteratorMode::Start).next().transpose()?;
-            let last = self.db.iterator_cf(cf, IteratorMode::End).next().transpose()?;
+            let first = self
+                .db
+                .iterator_cf(cf, IteratorMode::Start)
+                .next()
+                .transpose()?;
+            let last = self
+                .db
+                .iterator_cf(cf, IteratorMode::End)
+                .next()
+                .transpose()?;
             if let (Some((first, _)), Some((last, _))) = (first, last) {
                 let mut end = last.to_vec();
                 end.push(0);
@@ -565,24 +599,48 @@ mod tests {
         let got = index
             .camera_segments("a", Time90k(seg + 1), Time90k(3 * seg))
             .unwrap();
-        assert_eq!(got.iter().map(|e| e.start.0).collect::<Vec<_>>(), vec![seg, 2 * seg]);
+        assert_eq!(
+            got.iter().map(|e| e.start.0).collect::<Vec<_>>(),
+            vec![seg, 2 * seg]
+        );
         assert!(got.iter().all(|e| e.camera == "a"));
         // Across a bucket boundary.
         let edge = 3600 * 90_000;
         let got = index
             .camera_segments("a-b", Time90k(edge - seg), Time90k(edge + seg))
             .unwrap();
-        assert_eq!(got.iter().map(|e| e.start.0).collect::<Vec<_>>(), vec![edge - seg, edge]);
-        assert!(index.camera_segments("c", Time90k(0), Time90k(i64::MAX)).unwrap().is_empty());
-        assert_eq!(index.camera_segments("b", Time90k(0), Time90k(i64::MAX)).unwrap().len(), 5400);
+        assert_eq!(
+            got.iter().map(|e| e.start.0).collect::<Vec<_>>(),
+            vec![edge - seg, edge]
+        );
+        assert!(index
+            .camera_segments("c", Time90k(0), Time90k(i64::MAX))
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            index
+                .camera_segments("b", Time90k(0), Time90k(i64::MAX))
+                .unwrap()
+                .len(),
+            5400
+        );
 
         // Deleting a bucket removes its segments with one range delete, and nothing else.
         let mut batch = IndexBatch::default();
         batch.delete_bucket(&index, "p", Time90k(edge));
         index.commit(batch, false).unwrap();
         assert_eq!(index.buckets(Some("p")).unwrap().len(), 2);
-        assert_eq!(index.camera_segments("b", Time90k(0), Time90k(i64::MAX)).unwrap().len(), 3600);
-        assert!(index.bucket_segments("p", Time90k(edge)).unwrap().is_empty());
+        assert_eq!(
+            index
+                .camera_segments("b", Time90k(0), Time90k(i64::MAX))
+                .unwrap()
+                .len(),
+            3600
+        );
+        assert!(index
+            .bucket_segments("p", Time90k(edge))
+            .unwrap()
+            .is_empty());
         assert_eq!(index.bucket_segments("p", Time90k(0)).unwrap().len(), 5400);
     }
 }

@@ -79,7 +79,10 @@ pub struct Store {
 impl Store {
     /// Opens the store in `data_dir` (creating its directories) and runs crash recovery.
     /// `bucket_secs` is the configured bucket window, recorded for buckets recovery recreates.
-    pub fn open(data_dir: &Path, bucket_secs: u32) -> Result<(Store, recovery::RecoveryReport), StoreError> {
+    pub fn open(
+        data_dir: &Path,
+        bucket_secs: u32,
+    ) -> Result<(Store, recovery::RecoveryReport), StoreError> {
         let store = Self::open_without_recovery(data_dir)?;
         let report = recovery::recover(&store, bucket_secs)?;
         Ok((store, report))
@@ -148,7 +151,12 @@ impl Store {
                 match File::open(&path) {
                     Ok(f) => current = Some((e.policy.clone(), e.bucket, f, path)),
                     Err(err) => {
-                        report.bad.push(format!("{} at {}: {}: {err}", e.camera, e.start, path.display()));
+                        report.bad.push(format!(
+                            "{} at {}: {}: {err}",
+                            e.camera,
+                            e.start,
+                            path.display()
+                        ));
                         current = None;
                         continue;
                     }
@@ -178,7 +186,11 @@ pub struct VerifyReport {
     pub bad: Vec<String>,
 }
 
-fn read_segment_from(file: &File, path: &Path, e: &SegmentEntry) -> Result<(SegmentHeader, Vec<u8>), StoreError> {
+fn read_segment_from(
+    file: &File,
+    path: &Path,
+    e: &SegmentEntry,
+) -> Result<(SegmentHeader, Vec<u8>), StoreError> {
     let record_err = |source| StoreError::Record {
         camera: e.camera.clone(),
         start: e.start,
@@ -204,7 +216,9 @@ fn read_segment_from(file: &File, path: &Path, e: &SegmentEntry) -> Result<(Segm
         || header.payload_crc != e.payload_crc
         || header.payload_len() != e.payload_len
     {
-        return Err(record_err(FormatError::Invalid("record does not match its index entry")));
+        return Err(record_err(FormatError::Invalid(
+            "record does not match its index entry",
+        )));
     }
     let payload = buf.split_off(e.header_len as usize);
     header.verify_payload(&payload).map_err(record_err)?;

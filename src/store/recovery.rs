@@ -99,7 +99,11 @@ fn run(store: &Store, bucket_secs: u32, from_scratch: bool) -> Result<RecoveryRe
             .open(path)
             .map_err(StoreError::io("open", path))?;
         let file_len = file.metadata().map_err(StoreError::io("stat", path))?.len();
-        let indexed = if from_scratch { None } else { index.bucket(policy, *start)? };
+        let indexed = if from_scratch {
+            None
+        } else {
+            index.bucket(policy, *start)?
+        };
         let mut changed = indexed.is_none();
         let mut info = indexed.unwrap_or_else(|| BucketInfo::empty(policy, *start, bucket_secs));
         if info.committed_len > file_len {
@@ -136,7 +140,8 @@ fn run(store: &Store, bucket_secs: u32, from_scratch: bool) -> Result<RecoveryRe
         if file_len > scan.valid_end {
             tracing::warn!(path = %path.display(), from = scan.valid_end, bytes = file_len - scan.valid_end,
                 "truncating torn tail");
-            file.set_len(scan.valid_end).map_err(StoreError::io("truncate", path))?;
+            file.set_len(scan.valid_end)
+                .map_err(StoreError::io("truncate", path))?;
             file.sync_all().map_err(StoreError::io("sync", path))?;
             report.bytes_truncated += file_len - scan.valid_end;
         }
@@ -260,7 +265,10 @@ fn try_record(
     len: u64,
     payload: &mut Vec<u8>,
 ) -> Result<Option<SegmentHeader>, StoreError> {
-    let read = |buf: &mut [u8], at: u64| file.read_exact_at(buf, at).map_err(StoreError::io("read", path));
+    let read = |buf: &mut [u8], at: u64| {
+        file.read_exact_at(buf, at)
+            .map_err(StoreError::io("read", path))
+    };
     let mut prefix = [0u8; PREFIX_LEN];
     read(&mut prefix, pos)?;
     let hlen = match SegmentHeader::peek_len(&prefix) {

@@ -122,7 +122,8 @@ impl Segment {
         let mut frames = Vec::with_capacity(self.frames.len());
         for f in &self.frames {
             crc = crc32c::crc32c_append(crc, &f.data);
-            let size = u32::try_from(f.data.len()).map_err(|_| FormatError::Invalid("frame larger than 4 GiB"))?;
+            let size = u32::try_from(f.data.len())
+                .map_err(|_| FormatError::Invalid("frame larger than 4 GiB"))?;
             frames.push(FrameInfo {
                 size,
                 duration: f.duration,
@@ -202,7 +203,8 @@ pub enum FormatError {
 pub fn is_valid_camera_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_CAMERA_ID_LEN
-        && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
 }
 
 impl SegmentHeader {
@@ -330,10 +332,15 @@ impl SegmentHeader {
         let codec_id = u64_at(34);
         let codec_len = usize::from(u16::from_le_bytes([h[42], h[43]]));
         let camera_len = usize::from(h[44]);
-        let expected =
-            FIXED_LEN + camera_len + codec_len + frame_count.saturating_mul(FRAME_ENTRY_LEN) + CRC_LEN;
+        let expected = FIXED_LEN
+            + camera_len
+            + codec_len
+            + frame_count.saturating_mul(FRAME_ENTRY_LEN)
+            + CRC_LEN;
         if expected != len {
-            return Err(FormatError::Invalid("header length disagrees with its fields"));
+            return Err(FormatError::Invalid(
+                "header length disagrees with its fields",
+            ));
         }
         let mut o = FIXED_LEN;
         let camera = std::str::from_utf8(&h[o..o + camera_len])
@@ -366,7 +373,9 @@ impl SegmentHeader {
         };
         header.check()?;
         if header.payload_len() != payload_len {
-            return Err(FormatError::Invalid("payload length disagrees with frame table"));
+            return Err(FormatError::Invalid(
+                "payload length disagrees with frame table",
+            ));
         }
         if header.duration() != u64::from(duration) {
             return Err(FormatError::Invalid("duration disagrees with frame table"));
@@ -491,15 +500,24 @@ mod tests {
 
     #[test]
     fn garbage_and_zeros_are_rejected() {
-        assert_eq!(SegmentHeader::decode(&[0u8; 4096]), Err(FormatError::BadMagic));
+        assert_eq!(
+            SegmentHeader::decode(&[0u8; 4096]),
+            Err(FormatError::BadMagic)
+        );
         let mut v = MAGIC.to_vec();
         v.extend_from_slice(&7u16.to_le_bytes());
         v.extend_from_slice(&[0; 100]);
-        assert_eq!(SegmentHeader::decode(&v), Err(FormatError::UnsupportedVersion(7)));
+        assert_eq!(
+            SegmentHeader::decode(&v),
+            Err(FormatError::UnsupportedVersion(7))
+        );
         let mut v = MAGIC.to_vec();
         v.extend_from_slice(&VERSION.to_le_bytes());
         v.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(SegmentHeader::decode(&v), Err(FormatError::Invalid("header length")));
+        assert_eq!(
+            SegmentHeader::decode(&v),
+            Err(FormatError::Invalid("header length"))
+        );
     }
 
     #[test]

@@ -182,7 +182,8 @@ impl Writer {
         metrics: Arc<Metrics>,
         on_durable: Option<Sender<SegmentEntry>>,
     ) -> Result<Writer, StoreError> {
-        let ring = IoUring::new(RING_ENTRIES).map_err(StoreError::io("set up io_uring", store.root()))?;
+        let ring =
+            IoUring::new(RING_ENTRIES).map_err(StoreError::io("set up io_uring", store.root()))?;
         let (tx, rx) = crossbeam_channel::bounded(cfg.queue_limit_segments.max(1));
         let shared = Arc::new(Shared {
             queued_bytes: AtomicU64::new(0),
@@ -397,7 +398,10 @@ impl WriterThread {
             if !existed {
                 self.new_dirs.push(dir);
             }
-            let len = file.metadata().map_err(StoreError::io("stat", &path))?.len();
+            let len = file
+                .metadata()
+                .map_err(StoreError::io("stat", &path))?
+                .len();
             let info = self
                 .store
                 .index()
@@ -431,7 +435,9 @@ impl WriterThread {
                 }
             };
             let mut hbuf = Vec::with_capacity(header.encoded_len());
-            header.encode(&mut hbuf).expect("checked by Segment::header");
+            header
+                .encode(&mut hbuf)
+                .expect("checked by Segment::header");
             let bstart = seg.start.floor_to(self.cfg.bucket_secs);
             let policy = seg.policy.clone();
             let record_len = hbuf.len() as u64 + bytes;
@@ -549,7 +555,10 @@ impl WriterThread {
     }
 
     /// Submits the entries in chunks that fit the ring and returns each one's result, in order.
-    fn run_ops(&mut self, sqes: impl Iterator<Item = io_uring::squeue::Entry>) -> Vec<std::io::Result<u32>> {
+    fn run_ops(
+        &mut self,
+        sqes: impl Iterator<Item = io_uring::squeue::Entry>,
+    ) -> Vec<std::io::Result<u32>> {
         let sqes: Vec<_> = sqes.collect();
         let mut results: Vec<std::io::Result<u32>> = Vec::with_capacity(sqes.len());
         results.resize_with(sqes.len(), || Ok(0));
@@ -575,7 +584,11 @@ impl WriterThread {
                     Err(e) => {
                         // The ring itself failed: fall back to reporting every unfinished op.
                         tracing::error!(error = %e, "io_uring submit failed");
-                        for r in results.iter_mut().skip(base + done).take(chunk.len() - done) {
+                        for r in results
+                            .iter_mut()
+                            .skip(base + done)
+                            .take(chunk.len() - done)
+                        {
                             *r = Err(std::io::Error::new(e.kind(), e.to_string()));
                         }
                         return results;
@@ -705,9 +718,15 @@ impl WriterThread {
 }
 
 /// Completes a writev that wrote only `done` of its bytes, with plain positional writes.
-fn finish_short_write(fd: i32, iov: &[libc::iovec], offset: u64, mut done: u64) -> std::io::Result<()> {
+fn finish_short_write(
+    fd: i32,
+    iov: &[libc::iovec],
+    offset: u64,
+    mut done: u64,
+) -> std::io::Result<()> {
     // SAFETY: `fd` is an open file owned by the writer for the duration of this call.
-    let file = std::mem::ManuallyDrop::new(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    let file =
+        std::mem::ManuallyDrop::new(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) });
     let mut pos = offset;
     for v in iov {
         let len = v.iov_len as u64;

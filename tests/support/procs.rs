@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 
 /// A port that was free a moment ago (the OS picks it, so parallel tests do not collide).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Path of a file in the repository.
@@ -72,7 +76,9 @@ impl RtspServer {
             .spawn()
             .expect("start /usr/bin/python3 tests/support/rtsp_server.py (scripts/setup.sh installs GStreamer)");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         assert_eq!(line.trim(), "ready", "RTSP server did not start");
         self.child = Some(child);
         Instant::now()
@@ -96,7 +102,11 @@ impl RtspServer {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         v["setups"]
             .as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -171,7 +181,9 @@ impl Daemon {
             token: ADMIN_TOKEN.to_owned(),
             dir,
         };
-        d.wait_until(Duration::from_secs(30), |d| d.get("/healthz", None).0 == 200);
+        d.wait_until(Duration::from_secs(30), |d| {
+            d.get("/healthz", None).0 == 200
+        });
         d
     }
 
@@ -185,7 +197,10 @@ impl Daemon {
             if t0.elapsed() > limit {
                 let log = std::fs::read_to_string(&self.log).unwrap_or_default();
                 let tail: Vec<_> = log.lines().rev().take(40).collect();
-                panic!("condition not met within {limit:?}; log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                panic!(
+                    "condition not met within {limit:?}; log tail:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -247,8 +262,13 @@ impl Drop for Daemon {
 
 /// The value of one series in a text exposition.
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// A minimal HTTP/1.1 GET (Connection: close): (status, body).
@@ -257,16 +277,29 @@ pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, Stri
         return (0, String::new());
     };
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw).into_owned();
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
         return (0, text);
     };
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()
