@@ -150,7 +150,7 @@ struct Result {
     rss_per_stream: f64,
     sent: u64,
     received: u64,
-    dropped: f64,
+    dropped: u64,
 }
 
 fn run_holdfast(n: usize, secs: u64, base: &std::path::Path) -> Result {
@@ -173,7 +173,7 @@ fn run_holdfast(n: usize, secs: u64, base: &std::path::Path) -> Result {
     let mut daemon = Command::new(BIN)
         .args(["run", "--config"])
         .arg(&cfg_path)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -186,7 +186,7 @@ fn run_holdfast(n: usize, secs: u64, base: &std::path::Path) -> Result {
     std::thread::sleep(Duration::from_millis(500));
     let m = http_metrics(http);
     let received = sum_series(&m, "holdfast_camera_frames_total") as u64;
-    let dropped = sum_series(&m, "holdfast_segments_dropped_total");
+    let dropped = sum_series(&m, "holdfast_segments_dropped_total") as u64;
     term(&mut daemon);
     Result {
         cpu_per_stream_min: (cpu1 - cpu0) / n as f64 / (secs as f64 / 60.0),
@@ -274,7 +274,7 @@ fn run_ffmpeg(n: usize, secs: u64, base: &std::path::Path) -> Result {
         rss_per_stream: hwm as f64 / n as f64,
         sent,
         received,
-        dropped: 0.0,
+        dropped: 0,
     }
 }
 

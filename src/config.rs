@@ -621,6 +621,18 @@ impl RawConfig {
                 Duration::from_secs(1),
                 Duration::from_secs(10 * 365 * 86_400),
             );
+            // A bucket is expired as a whole once its oldest data reaches retention; with less
+            // than two windows of retention the bucket being written could already be due.
+            if video < 2 * bucket && !bucket.is_zero() {
+                e.push(
+                    format!("{key}.video"),
+                    format!(
+                        "{:?} is shorter than two storage.bucket windows ({}); use a shorter bucket",
+                        p.video,
+                        humantime::format_duration(2 * bucket)
+                    ),
+                );
+            }
             // MW 6.7: key-tag access data is kept four weeks at the most.
             let keytags = e.duration(
                 &format!("{key}.keytags"),

@@ -1,9 +1,10 @@
 //! `holdfast run`: wires the stages together and runs until SIGTERM or Ctrl-C.
 //!
-//! Start-up order: open the store (recovery runs and reports), start the writer thread, start one
-//! camera task per configured camera, then serve HTTP. Shutdown runs the other way: stop HTTP,
-//! tell the camera tasks to hand their buffered frames to the writer, then let the writer make
-//! everything durable before the process exits.
+//! Start-up order: open the store (recovery runs and reports), load the holds, start the writer
+//! thread, the sweeper thread, one camera task per configured camera, then serve HTTP. Shutdown
+//! runs the other way: stop HTTP, tell the camera tasks to hand their buffered frames to the
+//! writer, stop the sweeper, then let the writer make everything durable before the process
+//! exits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +17,8 @@ use crate::ingest::camera::{CameraMetrics, CameraTask};
 use crate::ingest::segmenter::Segmenter;
 use crate::ingest::CameraStatus;
 use crate::metrics::Metrics;
+use crate::retention::holds::Holds;
+use crate::retention::sweeper::{Sweeper, SweeperConfig};
 use crate::store::writer::{Writer, WriterConfig};
 use crate::store::Store;
 use crate::time::duration_to_ticks;
@@ -52,6 +55,25 @@ pub async fn run(
         None,
     )?;
 
+    let holds = Arc::new(Holds::load(store.clone()).context("loading holds")?);
+    let retention = SweeperConfig {
+        policies: config
+            .policies
+            .iter()
+            .map(|(name, p)| (name.clone(), p.video))
+            .collect(),
+        interval: config.sweeper.interval,
+        min_free: config.storage.min_free,
+    };
+    let sweeper = Sweeper::new(
+        store.clone(),
+        holds.clone(),
+        writer.handle(),
+        retention.clone(),
+        metrics.clone(),
+    )
+    .spawn();
+
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut statuses = Vec::new();
     let mut tasks = Vec::new();
@@ -84,6 +106,21 @@ pub async fn run(
         auth: Authenticator::new(&config.users),
         cameras: statuses,
         metrics_require_auth: config.http.metrics_require_auth,
+        holds,
+        sites: config
+            .sites
+            .iter()
+            .map(|s| {
+                let cams = config
+                    .cameras
+                    .iter()
+                    .filter(|c| c.site == s.id)
+                    .map(|c| c.id.clone())
+                    .collect();
+                (s.id.clone(), cams)
+            })
+            .collect(),
+        retention,
     });
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -106,7 +143,11 @@ pub async fn run(
     for t in tasks {
         let _ = t.await;
     }
-    tokio::task::spawn_blocking(move || writer.shutdown()).await?;
+    tokio::task::spawn_blocking(move || {
+        sweeper.stop();
+        writer.shutdown();
+    })
+    .await?;
     tracing::info!("stopped; everything received is durable");
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! The stages, in the order data flows (see ARCHITECTURE.md for the codemap and invariants):
 //! - [`ingest`]: one task per camera (retina), the segmenter and the media clock.
 //! - [`store`]: segment records, bucket files, the writer thread, the RocksDB index, recovery.
+//! - [`retention`]: holds, erasures and the sweeper that expires buckets.
 //! - [`api`]: the HTTP API (axum), authentication and roles.
 //!
 //! Around them: [`config`] (TOML and validation), [`metrics`] (Prometheus), [`time`] (90 kHz
@@ -19,5 +20,6 @@ pub mod daemon;
 pub mod demo;
 pub mod ingest;
 pub mod metrics;
+pub mod retention;
 pub mod store;
 pub mod time;

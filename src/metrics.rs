@@ -24,7 +24,8 @@ pub struct CameraLabel {
 pub struct DropLabels {
     /// Camera id.
     pub camera: String,
-    /// Why: `queue_full`, `write_error`, `sync_error`, `writer_stopped`.
+    /// Why: `queue_full`, `write_error`, `sync_error`, `writer_stopped`, `expired` (a late
+    /// segment for a bucket the sweeper already expired), `storage_full`, `invalid`.
     pub reason: String,
 }
 
@@ -36,6 +37,15 @@ pub struct HttpLabels {
     /// The status code.
     pub status: u16,
 }
+
+/// Label set of per-policy metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    /// Retention policy name.
+    pub policy: String,
+}
+
+type GaugeF64 = Gauge<f64, std::sync::atomic::AtomicU64>;
 
 /// Every metric handle of the daemon.
 pub struct Metrics {
@@ -64,6 +74,28 @@ pub struct Metrics {
     pub writer_write_seconds: Histogram,
     /// Time to make a group durable: fdatasync of the files, then the index commit.
     pub writer_sync_seconds: Histogram,
+    /// Completed sweeps.
+    pub sweeper_runs: Counter,
+    /// Buckets expired (on time or early under disk pressure).
+    pub sweeper_buckets_deleted: Counter,
+    /// Allocated bytes given back by unlinking and hole punching.
+    pub sweeper_bytes_freed: Counter,
+    /// Unix time of the last sweep that finished without error.
+    pub sweeper_last_success: GaugeF64,
+    /// Holds active now.
+    pub holds_active: Gauge,
+    /// Bytes of segments pinned by active holds.
+    pub pinned_bytes: Gauge,
+    /// Bytes of unpinned data older than retention plus one sweep interval (must stay 0).
+    pub retention_overdue_bytes: Family<PolicyLabel, Gauge>,
+    /// Age of the oldest unpinned data per policy.
+    pub oldest_unpinned_age: Family<PolicyLabel, GaugeF64>,
+    /// Free bytes of the data directory's file system (for unprivileged users).
+    pub storage_free_bytes: Gauge,
+    /// Allocated bytes of bucket files per policy.
+    pub storage_used_bytes: Family<PolicyLabel, Gauge>,
+    /// 1 while new video is refused because only pinned data is left on a full disk.
+    pub storage_writes_paused: Gauge,
 }
 
 impl Default for Metrics {
@@ -149,8 +181,85 @@ impl Metrics {
             "Seconds to make a group of segments durable (fdatasync and index commit)",
             writer_sync_seconds.clone(),
         );
+        let sweeper_runs = Counter::default();
+        registry.register(
+            "holdfast_sweeper_runs",
+            "Completed retention sweeps",
+            sweeper_runs.clone(),
+        );
+        let sweeper_buckets_deleted = Counter::default();
+        registry.register(
+            "holdfast_sweeper_buckets_deleted",
+            "Buckets expired, on time or early under disk pressure",
+            sweeper_buckets_deleted.clone(),
+        );
+        let sweeper_bytes_freed = Counter::default();
+        registry.register(
+            "holdfast_sweeper_bytes_freed",
+            "Allocated bytes given back by unlinking bucket files and punching holes",
+            sweeper_bytes_freed.clone(),
+        );
+        let sweeper_last_success = GaugeF64::default();
+        registry.register(
+            "holdfast_sweeper_last_success_timestamp_seconds",
+            "Unix time of the last sweep that finished without error",
+            sweeper_last_success.clone(),
+        );
+        let holds_active = Gauge::default();
+        registry.register(
+            "holdfast_holds_active",
+            "Incident holds active now",
+            holds_active.clone(),
+        );
+        let pinned_bytes = Gauge::default();
+        registry.register(
+            "holdfast_pinned_bytes",
+            "Bytes of segments pinned by active holds",
+            pinned_bytes.clone(),
+        );
+        let retention_overdue_bytes = Family::<PolicyLabel, Gauge>::default();
+        registry.register(
+            "holdfast_retention_overdue_bytes",
+            "Bytes of unpinned footage older than retention plus one sweep interval (must be 0)",
+            retention_overdue_bytes.clone(),
+        );
+        let oldest_unpinned_age = Family::<PolicyLabel, GaugeF64>::default();
+        registry.register(
+            "holdfast_oldest_unpinned_age_seconds",
+            "Age of the oldest unpinned footage",
+            oldest_unpinned_age.clone(),
+        );
+        let storage_free_bytes = Gauge::default();
+        registry.register(
+            "holdfast_storage_free_bytes",
+            "Free bytes of the data directory's file system",
+            storage_free_bytes.clone(),
+        );
+        let storage_used_bytes = Family::<PolicyLabel, Gauge>::default();
+        registry.register(
+            "holdfast_storage_used_bytes",
+            "Allocated bytes of bucket files",
+            storage_used_bytes.clone(),
+        );
+        let storage_writes_paused = Gauge::default();
+        registry.register(
+            "holdfast_storage_writes_paused",
+            "1 while new video is refused: the disk is below its floor and only pinned footage is left",
+            storage_writes_paused.clone(),
+        );
         Self {
             registry,
+            sweeper_runs,
+            sweeper_buckets_deleted,
+            sweeper_bytes_freed,
+            sweeper_last_success,
+            holds_active,
+            pinned_bytes,
+            retention_overdue_bytes,
+            oldest_unpinned_age,
+            storage_free_bytes,
+            storage_used_bytes,
+            storage_writes_paused,
             camera_up,
             camera_frames,
             camera_bytes,

@@ -77,6 +77,21 @@ impl fmt::Display for Time90k {
     }
 }
 
+/// Serialised as an RFC 3339 string (UTC), as the API and the stored JSON records show it.
+impl serde::Serialize for Time90k {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_rfc3339())
+    }
+}
+
+/// Parsed from an RFC 3339 string with offset.
+impl<'de> serde::Deserialize<'de> for Time90k {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Time90k::parse_rfc3339(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Converts a [`Duration`] to 90 kHz ticks (rounded down, saturating).
 pub fn duration_to_ticks(d: Duration) -> i64 {
     let t = d.as_nanos() * 90 / 1_000_000;
@@ -190,6 +205,15 @@ mod tests {
         assert_eq!(t.floor_to(10).to_rfc3339(), "2026-11-22T13:59:50Z");
         let before_epoch = Time90k(-1);
         assert_eq!(before_epoch.floor_to(10), Time90k(-10 * TICKS_PER_SEC));
+    }
+
+    #[test]
+    fn serde_uses_rfc3339() {
+        let t = Time90k::parse_rfc3339("2026-11-22T21:00:00+01:00").unwrap();
+        let j = serde_json::to_string(&t).unwrap();
+        assert_eq!(j, "\"2026-11-22T20:00:00Z\"");
+        assert_eq!(serde_json::from_str::<Time90k>(&j).unwrap(), t);
+        assert!(serde_json::from_str::<Time90k>("\"yesterday\"").is_err());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The HTTP API (axum): health, metrics, cameras and their recordings.
+//! The HTTP API (axum): health, metrics, cameras and their recordings, holds and erasures.
 //!
 //! Every `/api/v1` route authenticates (401 without a valid bearer token), checks the role's
 //! permission and the user's site scope (403), and answers errors as
@@ -6,6 +6,7 @@
 //! pattern, never by raw path.
 
 pub mod auth;
+pub mod holds;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -22,6 +23,9 @@ use serde_json::json;
 use self::auth::{Authenticator, Permission, Principal};
 use crate::ingest::CameraStatus;
 use crate::metrics::{HttpLabels, Metrics};
+use crate::retention::holds::Holds;
+use crate::retention::intervals::{Interval, IntervalSet};
+use crate::retention::sweeper::{retention_gauges, SweeperConfig};
 use crate::store::writer::WriterHandle;
 use crate::store::Store;
 use crate::time::Time90k;
@@ -40,6 +44,12 @@ pub struct AppState {
     pub cameras: Vec<Arc<CameraStatus>>,
     /// Whether `/metrics` needs a token.
     pub metrics_require_auth: bool,
+    /// Incident holds.
+    pub holds: Arc<Holds>,
+    /// Camera ids per site.
+    pub sites: HashMap<String, Vec<String>>,
+    /// Retention settings (for the retention gauges at scrape time).
+    pub retention: SweeperConfig,
 }
 
 /// An API error: status, a short message and optional detail.
@@ -70,7 +80,7 @@ impl ApiError {
         e
     }
 
-    fn internal(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "request failed");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
     }
@@ -93,6 +103,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/cameras", get(cameras))
         .route("/api/v1/cameras/{id}/recordings", get(recordings))
+        .route("/api/v1/holds", post(holds::place).get(holds::list))
+        .route("/api/v1/holds/{id}", get(holds::get_one))
+        .route("/api/v1/holds/{id}/release", post(holds::release))
+        .route("/api/v1/holds/{id}/extend", post(holds::extend))
+        .route("/api/v1/erasures", post(holds::erasure))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_requests,
@@ -136,10 +151,30 @@ pub fn authorize(
     Ok(user)
 }
 
+/// Authenticates and checks that the user has at least one of the permissions.
+pub fn authorize_any(
+    state: &AppState,
+    headers: &HeaderMap,
+    any: &[Permission],
+) -> Result<Arc<Principal>, ApiError> {
+    let value = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let user = state.auth.authenticate(value).ok_or_else(|| {
+        ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required")
+    })?;
+    if !any.iter().any(|p| user.can(*p)) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("role {} may not do this", user.role),
+        ));
+    }
+    Ok(user)
+}
+
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     let writer = state.writer.is_healthy();
     let index = state.store.index().buckets(None).is_ok();
-    let status = if writer && index {
+    let storage_full = state.writer.is_paused();
+    let status = if writer && index && !storage_full {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -155,6 +190,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
             "status": if status == StatusCode::OK { "ok" } else { "failing" },
             "writer": if writer { "ok" } else { "failing" },
             "index": if index { "ok" } else { "failing" },
+            "storage": if storage_full { "full: only pinned footage left, new video refused" } else { "ok" },
             "cameras": cameras,
         })),
     )
@@ -169,6 +205,19 @@ async fn metrics(
         authorize(&state, &headers, Permission::CamerasStatus)?;
     }
     update_camera_ages(&state);
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        retention_gauges(
+            &st.store,
+            &st.holds,
+            &st.retention,
+            &st.metrics,
+            Time90k::now(),
+        )
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
     Ok((
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         state.metrics.encode(),
@@ -273,15 +322,17 @@ async fn recordings(
         .index()
         .camera_segments(&id, from, to)
         .map_err(ApiError::internal)?;
-    let intervals = merge_intervals(
+    let intervals = IntervalSet::from_intervals(
         segments
             .iter()
-            .map(|s| (s.start.max(from), s.end().min(to))),
+            .map(|s| Interval::new(s.start.max(from).0, s.end().min(to).0)),
     );
-    let gaps = complement(&intervals, from, to.min(Time90k::now()).max(from));
-    let fmt = |v: &[(Time90k, Time90k)]| -> Vec<serde_json::Value> {
-        v.iter()
-            .map(|(a, b)| json!({ "from": a.to_rfc3339(), "to": b.to_rfc3339() }))
+    let until = to.min(Time90k::now()).max(from);
+    let gaps = intervals.complement_within(Interval::new(from.0, until.0));
+    let fmt = |v: &IntervalSet| -> Vec<serde_json::Value> {
+        v.intervals()
+            .iter()
+            .map(|i| json!({ "from": Time90k(i.from).to_rfc3339(), "to": Time90k(i.to).to_rfc3339() }))
             .collect()
     };
     Ok(Json(json!({
@@ -292,65 +343,4 @@ async fn recordings(
         "gaps": fmt(&gaps),
     }))
     .into_response())
-}
-
-/// Merges sorted, touching or overlapping intervals.
-pub fn merge_intervals(it: impl Iterator<Item = (Time90k, Time90k)>) -> Vec<(Time90k, Time90k)> {
-    let mut out: Vec<(Time90k, Time90k)> = Vec::new();
-    for (a, b) in it {
-        match out.last_mut() {
-            Some(last) if a <= last.1 => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
-        }
-    }
-    out
-}
-
-/// The parts of `[from, to)` that no interval covers.
-pub fn complement(
-    intervals: &[(Time90k, Time90k)],
-    from: Time90k,
-    to: Time90k,
-) -> Vec<(Time90k, Time90k)> {
-    let mut out = Vec::new();
-    let mut at = from;
-    for &(a, b) in intervals {
-        if a > at && at < to {
-            out.push((at, a.min(to)));
-        }
-        at = at.max(b);
-    }
-    if at < to {
-        out.push((at, to));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn t(s: i64) -> Time90k {
-        Time90k(s)
-    }
-
-    #[test]
-    fn intervals_merge_and_gaps_complement() {
-        let merged = merge_intervals(
-            [
-                (t(0), t(10)),
-                (t(10), t(20)),
-                (t(25), t(30)),
-                (t(28), t(40)),
-            ]
-            .into_iter(),
-        );
-        assert_eq!(merged, vec![(t(0), t(20)), (t(25), t(40))]);
-        assert_eq!(
-            complement(&merged, t(-5), t(50)),
-            vec![(t(-5), t(0)), (t(20), t(25)), (t(40), t(50))]
-        );
-        assert_eq!(complement(&merged, t(0), t(40)), vec![(t(20), t(25))]);
-        assert_eq!(complement(&[], t(0), t(5)), vec![(t(0), t(5))]);
-    }
 }

@@ -8,6 +8,8 @@
 //! | `segments`      | policy `\0` bucket-start(8) camera `\0` start(8)  | [`SegmentEntry`] fields |
 //! | `buckets`       | policy `\0` bucket-start(8)                       | [`BucketInfo`]          |
 //! | `codec_configs` | codec id(8)                                       | the avcC record         |
+//! | `reclaim`       | policy `\0` bucket-start(8) offset(8)             | length(8), or all       |
+//! | `holds`         | hold id(8)                                        | the hold as JSON        |
 //! | `meta`          | name                                              | value                   |
 //!
 //! Segments are keyed by bucket first: everything a bucket holds is one contiguous key range, so
@@ -30,12 +32,26 @@ pub const CF_SEGMENTS: &str = "segments";
 pub const CF_BUCKETS: &str = "buckets";
 /// Column family of codec configurations.
 pub const CF_CODECS: &str = "codec_configs";
+/// Column family of byte ranges to free ("reclaim" records, see [`Reclaim`]).
+pub const CF_RECLAIM: &str = "reclaim";
+/// Column family of incident holds.
+pub const CF_HOLDS: &str = "holds";
 /// Column family of small settings (format version).
 pub const CF_META: &str = "meta";
 
-const ALL_CFS: [&str; 4] = [CF_SEGMENTS, CF_BUCKETS, CF_CODECS, CF_META];
+const ALL_CFS: [&str; 6] = [
+    CF_SEGMENTS,
+    CF_BUCKETS,
+    CF_CODECS,
+    CF_RECLAIM,
+    CF_HOLDS,
+    CF_META,
+];
 const SEGMENT_VALUE_VERSION: u8 = 1;
 const BUCKET_VALUE_VERSION: u8 = 1;
+const BUCKET_VALUE_LEN: usize = 38;
+/// `reclaim` value meaning "everything in the bucket no entry references".
+const RECLAIM_ALL: u64 = u64::MAX;
 const INDEX_FORMAT: &[u8] = b"1";
 
 /// An error of the index.
@@ -152,6 +168,9 @@ pub struct BucketInfo {
     pub last_end: Time90k,
     /// Segments ever committed to it.
     pub segments: u64,
+    /// The sweeper expired it: what is left in it is pinned by holds, nothing is added any more,
+    /// and recovery never re-indexes records in it.
+    pub expired: bool,
 }
 
 impl BucketInfo {
@@ -165,6 +184,7 @@ impl BucketInfo {
             first_start: Time90k(i64::MAX),
             last_end: Time90k(i64::MIN),
             segments: 0,
+            expired: false,
         }
     }
 
@@ -182,20 +202,21 @@ impl BucketInfo {
     }
 
     fn encode_value(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(37);
+        let mut v = Vec::with_capacity(BUCKET_VALUE_LEN);
         v.push(BUCKET_VALUE_VERSION);
         v.extend_from_slice(&self.window_secs.to_be_bytes());
         v.extend_from_slice(&self.committed_len.to_be_bytes());
         v.extend_from_slice(&self.first_start.0.to_be_bytes());
         v.extend_from_slice(&self.last_end.0.to_be_bytes());
         v.extend_from_slice(&self.segments.to_be_bytes());
+        v.push(u8::from(self.expired));
         v
     }
 
     fn decode(key: &[u8], value: &[u8]) -> Result<Self, IndexError> {
         let (policy, start) = parse_bucket_key(key)
             .ok_or_else(|| IndexError::Corrupt(format!("bucket key {}", hex::encode(key))))?;
-        if value.len() != 37 || value[0] != BUCKET_VALUE_VERSION {
+        if value.len() != BUCKET_VALUE_LEN || value[0] != BUCKET_VALUE_VERSION {
             return Err(IndexError::Corrupt(format!(
                 "bucket value of {policy} {start}"
             )));
@@ -209,6 +230,48 @@ impl BucketInfo {
             first_start: Time90k(r.u64(12) as i64),
             last_end: Time90k(r.u64(20) as i64),
             segments: r.u64(28),
+            expired: value[37] != 0,
+        })
+    }
+}
+
+/// Bytes of a bucket file that no index entry references any more and that are still to be
+/// freed (punched out, or the whole file unlinked). Written in the same batch that removes the
+/// entries, deleted once the bytes are gone: freeing is idempotent, so recovery simply runs every
+/// record that is left.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reclaim {
+    /// Policy of the bucket.
+    pub policy: String,
+    /// Start of the bucket window.
+    pub bucket: Time90k,
+    /// First byte of the range (0 for a whole-bucket reclaim).
+    pub offset: u64,
+    /// Length of the range; `None`: everything in the bucket that no entry references (an
+    /// expired bucket; the file goes when nothing is left).
+    pub len: Option<u64>,
+}
+
+impl Reclaim {
+    fn key(&self) -> Vec<u8> {
+        let mut k = bucket_key(&self.policy, self.bucket);
+        k.extend_from_slice(&self.offset.to_be_bytes());
+        k
+    }
+
+    fn decode(key: &[u8], value: &[u8]) -> Result<Self, IndexError> {
+        let bad = || IndexError::Corrupt(format!("reclaim key {}", hex::encode(key)));
+        if key.len() < 8 || value.len() != 8 {
+            return Err(bad());
+        }
+        let (bkey, off) = key.split_at(key.len() - 8);
+        let (policy, bucket) = parse_bucket_key(bkey).ok_or_else(bad)?;
+        let len = u64::from_be_bytes(value.try_into().expect("8 bytes"));
+        Ok(Reclaim {
+            policy,
+            bucket,
+            offset: u64::from_be_bytes(off.try_into().expect("8 bytes")),
+            len: (len != RECLAIM_ALL).then_some(len),
         })
     }
 }
@@ -310,6 +373,33 @@ impl IndexBatch {
         self.batch
             .delete_range_cf(index.cf(CF_SEGMENTS), &from, &to);
         self.batch.delete_cf(index.cf(CF_BUCKETS), from);
+    }
+
+    /// Removes every segment entry of a bucket with one range delete (the bucket record stays).
+    pub fn delete_bucket_segments(&mut self, index: &Index, policy: &str, start: Time90k) {
+        let from = bucket_key(policy, start);
+        let to = bucket_key(policy, start.add_ticks(1));
+        self.batch
+            .delete_range_cf(index.cf(CF_SEGMENTS), &from, &to);
+    }
+
+    /// Records bytes to free: once this batch commits, [`Reclaim`] work survives a crash and
+    /// is finished by recovery.
+    pub fn put_reclaim(&mut self, index: &Index, r: &Reclaim) {
+        let len = r.len.unwrap_or(RECLAIM_ALL);
+        self.batch
+            .put_cf(index.cf(CF_RECLAIM), r.key(), len.to_be_bytes());
+    }
+
+    /// Marks reclaim work done.
+    pub fn delete_reclaim(&mut self, index: &Index, r: &Reclaim) {
+        self.batch.delete_cf(index.cf(CF_RECLAIM), r.key());
+    }
+
+    /// Stores a hold record.
+    pub fn put_hold(&mut self, index: &Index, id: u64, json: &[u8]) {
+        self.batch
+            .put_cf(index.cf(CF_HOLDS), id.to_be_bytes(), json);
     }
 
     /// Stores a codec configuration (idempotent: the key is the content hash).
@@ -442,34 +532,7 @@ impl Index {
             if b.segments == 0 || b.first_start >= to || b.last_end <= from {
                 continue;
             }
-            let mut prefix = bucket_key(&b.policy, b.start);
-            prefix.extend_from_slice(camera.as_bytes());
-            prefix.push(0);
-            let mut it = self.db.raw_iterator_cf(self.cf(CF_SEGMENTS));
-            // The segment that starts at or before `from` may reach into the range.
-            let mut probe = prefix.clone();
-            probe.extend_from_slice(&enc_time(from));
-            it.seek_for_prev(&probe);
-            if !it.valid() || !it.key().is_some_and(|k| k.starts_with(&prefix)) {
-                it.seek(&prefix);
-            }
-            while it.valid() {
-                let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                    break;
-                };
-                if !k.starts_with(&prefix) {
-                    break;
-                }
-                let e = SegmentEntry::decode(k, v)?;
-                if e.start >= to {
-                    break;
-                }
-                if e.end() > from {
-                    out.push(e);
-                }
-                it.next();
-            }
-            it.status()?;
+            out.extend(self.bucket_camera_segments(&b.policy, b.start, camera, from, to)?);
         }
         out.sort_by_key(|e| e.start);
         Ok(out)
@@ -496,7 +559,8 @@ impl Index {
             .map(Bytes::from))
     }
 
-    /// Removes every segment, bucket and codec entry (before a full reindex).
+    /// Removes every segment, bucket and codec entry (before a full reindex; pending reclaims
+    /// must have been run first, holds are kept).
     pub fn clear_storage_entries(&self) -> Result<(), IndexError> {
         let mut batch = WriteBatch::default();
         for name in [CF_SEGMENTS, CF_BUCKETS, CF_CODECS] {
@@ -521,6 +585,75 @@ impl Index {
         wo.set_sync(true);
         self.db.write_opt(batch, &wo)?;
         Ok(())
+    }
+
+    /// The segments of one camera in one bucket that overlap `[from, to)`, in time order.
+    pub fn bucket_camera_segments(
+        &self,
+        policy: &str,
+        bucket: Time90k,
+        camera: &str,
+        from: Time90k,
+        to: Time90k,
+    ) -> Result<Vec<SegmentEntry>, IndexError> {
+        let mut prefix = bucket_key(policy, bucket);
+        prefix.extend_from_slice(camera.as_bytes());
+        prefix.push(0);
+        let mut out = Vec::new();
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_SEGMENTS));
+        // The segment that starts at or before `from` may reach into the range.
+        let mut probe = prefix.clone();
+        probe.extend_from_slice(&enc_time(from));
+        it.seek_for_prev(&probe);
+        if !it.valid() || !it.key().is_some_and(|k| k.starts_with(&prefix)) {
+            it.seek(&prefix);
+        }
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let e = SegmentEntry::decode(k, v)?;
+            if e.start >= to {
+                break;
+            }
+            if e.end() > from {
+                out.push(e);
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// Every pending reclaim record.
+    pub fn reclaims(&self) -> Result<Vec<Reclaim>, IndexError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_RECLAIM), IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            out.push(Reclaim::decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Every stored hold record (JSON), by id.
+    pub fn holds(&self) -> Result<Vec<(u64, Vec<u8>)>, IndexError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_HOLDS), IteratorMode::Start) {
+            let (k, v) = item?;
+            let id = u64::from_be_bytes(
+                k[..]
+                    .try_into()
+                    .map_err(|_| IndexError::Corrupt(format!("hold key {}", hex::encode(&k))))?,
+            );
+            out.push((id, v.to_vec()));
+        }
+        Ok(out)
     }
 
     /// The underlying database, for stages that keep their own column families.

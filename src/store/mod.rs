@@ -14,6 +14,7 @@
 //! - Bytes past a bucket's `committed_len` are never trusted without a CRC check (`recovery`).
 
 pub mod index;
+pub mod reclaim;
 pub mod recovery;
 pub mod segment;
 pub mod writer;
@@ -74,6 +75,8 @@ impl StoreError {
 pub struct Store {
     root: PathBuf,
     index: Index,
+    /// Serialises [`Store::reclaim`] runs (the sweeper, erasures, recovery).
+    reclaim_lock: std::sync::Mutex<()>,
 }
 
 impl Store {
@@ -103,6 +106,7 @@ impl Store {
         Ok(Store {
             root: data_dir.to_owned(),
             index,
+            reclaim_lock: std::sync::Mutex::new(()),
         })
     }
 

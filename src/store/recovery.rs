@@ -7,6 +7,9 @@
 //! - A bucket file with no index entry at all (created, crash before the first commit): scanned
 //!   from byte 0 the same way; removed when nothing valid is in it.
 //! - Index entries whose file is gone or shorter than the entries say: dropped.
+//! - Deletions cut short (reclaim records left in the index): finished first, see `reclaim`.
+//! - Buckets the sweeper expired are never scanned: their unreferenced bytes were deleted on
+//!   purpose.
 //!
 //! Scanning resynchronises after damage: when the bytes at a position are not a valid record, it
 //! looks for the next magic (skipping file holes with `SEEK_DATA`), so one torn record, a punched
@@ -43,6 +46,8 @@ pub struct RecoveryReport {
     pub files_removed: u64,
     /// Files in the buckets directory that are not bucket files (left alone).
     pub foreign_files: Vec<PathBuf>,
+    /// Interrupted deletions finished first.
+    pub reclaim: super::reclaim::ReclaimReport,
 }
 
 impl std::fmt::Display for RecoveryReport {
@@ -50,31 +55,46 @@ impl std::fmt::Display for RecoveryReport {
         write!(
             f,
             "{} bucket files, {} bytes scanned, {} segments re-indexed, {} bytes truncated, \
-             {} bytes skipped, {} dangling entries dropped, {} empty files removed",
+             {} bytes skipped, {} dangling entries dropped, {} empty files removed, \
+             {} interrupted deletions finished ({} bytes freed)",
             self.files,
             self.bytes_scanned,
             self.segments_reindexed,
             self.bytes_truncated,
             self.bytes_skipped,
             self.entries_dropped,
-            self.files_removed
+            self.files_removed,
+            self.reclaim.records,
+            self.reclaim.bytes_freed
         )
     }
 }
 
 /// Runs crash recovery (see the module doc). Idempotent.
 pub fn recover(store: &Store, bucket_secs: u32) -> Result<RecoveryReport, StoreError> {
-    run(store, bucket_secs, false)
+    run(store, bucket_secs)
 }
 
 /// Rebuilds the whole index from the bucket files. The daemon must not be running (the RocksDB
 /// lock enforces that).
 pub fn reindex(store: &Store, bucket_secs: u32) -> Result<RecoveryReport, StoreError> {
+    // Free what deletions left unreferenced first, or the rebuild would bring it back.
+    let reclaim = store.reclaim()?;
     store.index().clear_storage_entries()?;
-    run(store, bucket_secs, true)
+    let mut report = scan(store, bucket_secs, true)?;
+    report.reclaim = reclaim;
+    Ok(report)
 }
 
-fn run(store: &Store, bucket_secs: u32, from_scratch: bool) -> Result<RecoveryReport, StoreError> {
+fn run(store: &Store, bucket_secs: u32) -> Result<RecoveryReport, StoreError> {
+    // An interrupted delete is finished first: it may unlink files the scan would visit.
+    let reclaim = store.reclaim()?;
+    let mut report = scan(store, bucket_secs, false)?;
+    report.reclaim = reclaim;
+    Ok(report)
+}
+
+fn scan(store: &Store, bucket_secs: u32, from_scratch: bool) -> Result<RecoveryReport, StoreError> {
     let mut report = RecoveryReport::default();
     let files = list_bucket_files(store, &mut report)?;
     let index = store.index();
@@ -123,6 +143,11 @@ fn run(store: &Store, bucket_secs: u32, from_scratch: bool) -> Result<RecoveryRe
             changed = true;
         }
 
+        if info.expired {
+            // What is left is pinned and indexed; everything else was deleted on purpose and
+            // must never come back.
+            continue;
+        }
         let scan = scan_file(&file, path, info.committed_len, file_len)?;
         report.bytes_scanned += file_len - info.committed_len;
         report.bytes_skipped += scan.skipped;

@@ -80,11 +80,16 @@ pub enum SubmitError {
     /// The writer thread has stopped. The segment was dropped and counted.
     #[error("writer stopped: segment dropped")]
     Stopped,
+    /// Writing is paused because the disk is full of pinned data. Dropped and counted.
+    #[error("storage full of pinned footage: segment dropped")]
+    Paused,
 }
 
 enum Msg {
     Segment(Segment, u64),
     Flush(Sender<()>),
+    /// Make a bucket's pending segments durable, close it and never write to it again.
+    Retire(Arc<str>, Time90k, Sender<()>),
     Shutdown,
 }
 
@@ -93,6 +98,7 @@ struct Shared {
     queued_bytes: AtomicU64,
     alive: AtomicBool,
     healthy: AtomicBool,
+    paused: AtomicBool,
 }
 
 /// A cloneable handle to submit segments to the writer.
@@ -111,6 +117,10 @@ impl WriterHandle {
         if !self.shared.alive.load(Ordering::Acquire) {
             self.metrics.segment_dropped(&seg.camera, "writer_stopped");
             return Err(SubmitError::Stopped);
+        }
+        if self.shared.paused.load(Ordering::Acquire) {
+            self.metrics.segment_dropped(&seg.camera, "storage_full");
+            return Err(SubmitError::Paused);
         }
         let before = self.shared.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
         if before > 0 && before + bytes > self.limit {
@@ -151,6 +161,28 @@ impl WriterHandle {
         rx.recv().is_ok()
     }
 
+    /// Makes the bucket's written segments durable, closes its file and refuses further writes
+    /// to it (late segments are dropped as `expired`). Blocks until done; false if the writer
+    /// stopped first. The sweeper calls this before it expires a bucket, so nothing is appended
+    /// to a file it is about to unlink.
+    pub fn retire(&self, policy: &str, start: Time90k) -> bool {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self.tx.send(Msg::Retire(policy.into(), start, tx)).is_err() {
+            return false;
+        }
+        rx.recv().is_ok()
+    }
+
+    /// Pauses (true) or resumes (false) accepting new segments: the disk-pressure brake.
+    pub fn set_paused(&self, paused: bool) {
+        self.shared.paused.store(paused, Ordering::Release);
+    }
+
+    /// Whether new segments are refused because storage is full of pinned data.
+    pub fn is_paused(&self) -> bool {
+        self.shared.paused.load(Ordering::Acquire)
+    }
+
     /// Whether the writer thread is running.
     pub fn is_alive(&self) -> bool {
         self.shared.alive.load(Ordering::Acquire)
@@ -189,6 +221,7 @@ impl Writer {
             queued_bytes: AtomicU64::new(0),
             alive: AtomicBool::new(true),
             healthy: AtomicBool::new(true),
+            paused: AtomicBool::new(false),
         });
         let handle = WriterHandle {
             tx,
@@ -205,6 +238,7 @@ impl Writer {
             shared,
             on_durable,
             open: HashMap::new(),
+            retired: HashSet::new(),
             known_codecs: HashSet::new(),
             pending: Vec::new(),
             new_dirs: Vec::new(),
@@ -299,6 +333,8 @@ struct WriterThread {
     shared: Arc<Shared>,
     on_durable: Option<Sender<SegmentEntry>>,
     open: HashMap<(Arc<str>, Time90k), OpenBucket>,
+    /// Buckets the sweeper expired during this run (expired ones of earlier runs carry the flag).
+    retired: HashSet<(Arc<str>, Time90k)>,
     known_codecs: HashSet<u64>,
     pending: Vec<Written>,
     new_dirs: Vec<PathBuf>,
@@ -328,6 +364,17 @@ impl WriterThread {
                 match m {
                     Msg::Segment(s, b) => batch.push((s, b)),
                     Msg::Flush(tx) => self.flush_waiters.push(tx),
+                    Msg::Retire(policy, start, tx) => {
+                        // Write what came before, then make it durable, then close the file.
+                        if !batch.is_empty() {
+                            self.write_batch(std::mem::take(&mut batch));
+                        }
+                        self.sync_and_commit();
+                        let key = (policy, start);
+                        self.open.remove(&key);
+                        self.retired.insert(key);
+                        let _ = tx.send(());
+                    }
                     Msg::Shutdown => shutdown = true,
                 }
                 if batch.len() < MAX_BATCH && !shutdown {
@@ -355,6 +402,10 @@ impl WriterThread {
                             self.flush_waiters.push(tx);
                             None
                         }
+                        Msg::Retire(_, _, tx) => {
+                            let _ = tx.send(());
+                            None
+                        }
                         Msg::Shutdown => None,
                     })
                     .collect();
@@ -377,10 +428,20 @@ impl WriterThread {
         self.metrics.writer_queue_bytes.set(left as i64);
     }
 
-    /// Opens (or returns) the bucket file for a policy and window.
-    fn bucket(&mut self, policy: &Arc<str>, start: Time90k) -> Result<&mut OpenBucket, StoreError> {
+    /// Opens (or returns) the bucket file for a policy and window; `None` when the sweeper has
+    /// expired that bucket (nothing may be added to it any more).
+    fn bucket(
+        &mut self,
+        policy: &Arc<str>,
+        start: Time90k,
+    ) -> Result<Option<&mut OpenBucket>, StoreError> {
         let key = (policy.clone(), start);
         if !self.open.contains_key(&key) {
+            let indexed = self.store.index().bucket(policy, start)?;
+            if indexed.as_ref().is_some_and(|i| i.expired) {
+                self.retired.insert(key);
+                return Ok(None);
+            }
             let dir = self.store.policy_dir(policy);
             if !dir.exists() {
                 std::fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
@@ -402,11 +463,8 @@ impl WriterThread {
                 .metadata()
                 .map_err(StoreError::io("stat", &path))?
                 .len();
-            let info = self
-                .store
-                .index()
-                .bucket(policy, start)?
-                .unwrap_or_else(|| BucketInfo::empty(policy, start, self.cfg.bucket_secs));
+            let info =
+                indexed.unwrap_or_else(|| BucketInfo::empty(policy, start, self.cfg.bucket_secs));
             self.open.insert(
                 key.clone(),
                 OpenBucket {
@@ -419,7 +477,7 @@ impl WriterThread {
                 },
             );
         }
-        Ok(self.open.get_mut(&key).expect("inserted above"))
+        Ok(Some(self.open.get_mut(&key).expect("inserted above")))
     }
 
     fn write_batch(&mut self, segs: Vec<(Segment, u64)>) {
@@ -441,8 +499,15 @@ impl WriterThread {
             let bstart = seg.start.floor_to(self.cfg.bucket_secs);
             let policy = seg.policy.clone();
             let record_len = hbuf.len() as u64 + bytes;
+            if self.retired.contains(&(policy.clone(), bstart)) {
+                self.drop_segment(&seg.camera, bytes, "expired");
+                continue;
+            }
             match self.bucket(&policy, bstart) {
-                Ok(b) => {
+                Ok(None) => {
+                    self.drop_segment(&seg.camera, bytes, "expired");
+                }
+                Ok(Some(b)) => {
                     let offset = b.len;
                     b.len += record_len;
                     b.dirty = true;
