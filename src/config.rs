@@ -106,7 +106,8 @@ pub struct Storage {
     pub sync_interval: Duration,
     /// Free-space floor.
     pub min_free: MinFree,
-    /// Payload bytes the writer queue may hold before cameras drop segments.
+    /// Payload bytes the writer queue may hold before cameras drop segments (`"auto"`: see
+    /// [`auto_writer_queue`]).
     pub writer_queue: u64,
 }
 
@@ -347,7 +348,13 @@ fn default_min_free() -> String {
     "5%".into()
 }
 fn default_writer_queue() -> String {
-    "256MiB".into()
+    "auto".into()
+}
+
+/// `writer_queue = "auto"`: room for about four 2-second segments of a 4 Mbit/s camera per
+/// camera (a sync interval of data plus bursts when many keyframes coincide), at least 256 MiB.
+pub fn auto_writer_queue(cameras: usize) -> u64 {
+    (256u64 << 20).max((4u64 << 20) * cameras as u64)
 }
 
 #[derive(Deserialize)]
@@ -567,6 +574,7 @@ impl RawConfig {
             },
         };
         let writer_queue = match parse_size(&s.writer_queue) {
+            _ if s.writer_queue == "auto" => auto_writer_queue(self.cameras.len()),
             Ok(b) if b >= 1 << 20 => b,
             Ok(_) => {
                 e.push("storage.writer_queue", "must be at least 1MiB");

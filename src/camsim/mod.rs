@@ -361,6 +361,10 @@ async fn play(
     let period = Duration::from_secs(1) / shared.cfg.fps.max(1);
     let start = tokio::time::Instant::now();
     let frames = &shared.clip.frames;
+    // Real cameras are not in step: each session starts at a random point of the clip, so the
+    // keyframes (and segment ends) of many streams spread out instead of arriving as one burst.
+    // Frames before the first keyframe are what a recorder sees from a camera joined mid-GOP.
+    let phase = u64::from(ssrc) % frames.len() as u64;
     let mut out = Vec::with_capacity(64 * 1024);
     let result = async {
         for n in 0u64.. {
@@ -375,7 +379,7 @@ async fn play(
                     _ = tokio::time::sleep_until(deadline) => break,
                 }
             }
-            let f = &frames[(n % frames.len() as u64) as usize];
+            let f = &frames[((n + phase) % frames.len() as u64) as usize];
             let ts = rtptime.wrapping_add((n as u32).wrapping_mul(frame_ticks));
             out.clear();
             for (i, p) in f.payloads.iter().enumerate() {
