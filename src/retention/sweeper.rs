@@ -148,6 +148,9 @@ impl Sweeper {
             self.account(self.store.reclaim()?, &mut report);
         }
         report.writes_paused = self.writer.is_paused();
+        self.metrics
+            .storage_writes_paused
+            .set(i64::from(report.writes_paused));
 
         let m = &self.metrics;
         m.sweeper_runs.inc();

@@ -140,6 +140,8 @@ pub struct Daemon {
 
 /// Token of the `test-admin` user every test config gets.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+/// Bearer token of the privacy officer every test daemon also has (role `privacy_officer`).
+pub const PRIVACY_TOKEN: &str = "test-privacy-token-0123456789abcdef";
 
 impl Daemon {
     /// Starts `holdfast run` with `[storage]`/`[http]` filled in, the given rest of the config
@@ -155,9 +157,11 @@ impl Daemon {
         let data_dir = dir.path().join("data");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let token_hash = hex::encode(sha2::Sha256::digest(ADMIN_TOKEN.as_bytes()));
+        let privacy_hash = hex::encode(sha2::Sha256::digest(PRIVACY_TOKEN.as_bytes()));
         let config = format!(
             "[storage]\ndata_dir = {data:?}\n{storage_extra}\n\n[http]\nlisten = \"{addr}\"\n\n{rest}\n\n\
-             [[users]]\nname = \"test-admin\"\nrole = \"manager\"\ntoken_sha256 = \"{token_hash}\"\nsites = [\"*\"]\n",
+             [[users]]\nname = \"test-admin\"\nrole = \"manager\"\ntoken_sha256 = \"{token_hash}\"\nsites = [\"*\"]\n\n\
+             [[users]]\nname = \"test-privacy\"\nrole = \"privacy_officer\"\ntoken_sha256 = \"{privacy_hash}\"\nsites = [\"*\"]\n",
             data = data_dir.display().to_string(),
         );
         let config_path = dir.path().join("holdfast.toml");
@@ -209,6 +213,12 @@ impl Daemon {
     /// GET with an optional bearer token: (status, body).
     pub fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
         http_get(self.addr, path, token)
+    }
+
+    /// POST a JSON body as the test admin: (status, parsed body).
+    pub fn post(&self, path: &str, json: &str) -> (u16, serde_json::Value) {
+        let (status, body) = http_post(self.addr, path, Some(&self.token), json);
+        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
     }
 
     /// GET as the test admin, expecting 200, parsed as JSON.
@@ -273,6 +283,21 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 
 /// A minimal HTTP/1.1 GET (Connection: close): (status, body).
 pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    http_request(addr, "GET", path, token, None)
+}
+
+/// A minimal HTTP/1.1 POST of a JSON body: (status, body).
+pub fn http_post(addr: SocketAddr, path: &str, token: Option<&str>, json: &str) -> (u16, String) {
+    http_request(addr, "POST", path, token, Some(json))
+}
+
+fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
         return (0, String::new());
     };
@@ -280,9 +305,13 @@ pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, Stri
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    let body_head = body.map_or(String::new(), |b| {
+        format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len())
+    });
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{body_head}Connection: close\r\n\r\n{}",
+        body.unwrap_or("")
     )
     .unwrap();
     let mut raw = Vec::new();
