@@ -10,7 +10,7 @@ use holdfast::store::index::SegmentEntry;
 use holdfast::store::Store;
 use support::procs::{Daemon, RtspServer};
 
-const POLICY: &str = "[policies.short]\nvideo = \"1h\"\nkeytags = \"1h\"\n\n[[sites]]\nid = \"test-site\"\npolicy = \"short\"\n";
+const POLICY: &str = "[policies.short]\nvideo = \"1d\"\nkeytags = \"1d\"\n\n[[sites]]\nid = \"test-site\"\npolicy = \"short\"\n";
 
 fn camera(id: &str, url: &str, extra: &str) -> String {
     format!("\n[[cameras]]\nid = \"{id}\"\nsite = \"test-site\"\nurl = \"{url}\"\n{extra}\n")

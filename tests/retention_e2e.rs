@@ -91,13 +91,13 @@ fn held_footage_outlives_retention_unheld_goes_and_release_lets_it_go() {
     assert_eq!((status, body["detail"]["field"].as_str()), (400, Some("reason")), "{body}");
     assert_eq!(http_post(d.addr, "/api/v1/holds", None, "{}").0, 401);
 
-    // Hold 25..29 s into the recording: inside bucket b(2).
+    // Hold 25..27 s into the recording: inside bucket b(2).
     let (status, hold) = d.post(
         "/api/v1/holds",
         &format!(
             r#"{{"cameras":["cam"],"from":"{}","to":"{}","reason":"bicycle theft","reference":"PL13-2026-777","requested_by":"police"}}"#,
             t(b0, 25).to_rfc3339(),
-            t(b0, 29).to_rfc3339()
+            t(b0, 27).to_rfc3339()
         ),
     );
     assert_eq!(status, 201, "{hold}");
@@ -152,15 +152,15 @@ fn held_footage_outlives_retention_unheld_goes_and_release_lets_it_go() {
     assert!(allocated(&bucket_file(&d, b(1))).is_none(), "unheld bucket b1 unlinked");
     let held_after = allocated(&held_file).expect("the held bucket's file stays");
     assert!(
-        held_after * 2 < held_before,
+        held_after * 4 < held_before * 3,
         "holes punched in b2: {held_before} -> {held_after} allocated bytes"
     );
     assert!(intervals(&d, b(0), b(2)).is_empty(), "unheld range gone from the API");
     let kept = intervals(&d, b(2), b(3));
     assert!(!kept.is_empty(), "held range still there");
     let (kf, kt) = (kept[0].0, kept.last().unwrap().1);
-    assert!(kf <= t(b0, 25) && kt >= t(b0, 29), "held range covered: {kept:?}");
-    assert!(kf >= t(b0, 20) && kt <= t(b0, 34), "only about the held range kept: {kept:?}");
+    assert!(kf <= t(b0, 25) && kt >= t(b0, 27), "held range covered: {kept:?}");
+    assert!(kf >= t(b0, 23) && kt <= t(b0, 29), "only about the held range kept: {kept:?}");
     assert!(d.metric("holdfast_pinned_bytes") > 0.0);
     assert_eq!(d.metric("holdfast_holds_active"), 2.0);
     assert!(d.metric("holdfast_sweeper_buckets_deleted_total") >= 3.0);
