@@ -57,7 +57,9 @@ fn build(cameras: usize) -> Farm {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path(), 3600).unwrap();
     let store = Arc::new(store);
-    let t0 = Time90k::now().add_ticks(-(BUCKETS + 2) * HOUR).floor_to(3600);
+    let t0 = Time90k::now()
+        .add_ticks(-(BUCKETS + 2) * HOUR)
+        .floor_to(3600);
     std::fs::create_dir_all(store.policy_dir(POLICY)).unwrap();
     for b in 0..BUCKETS {
         let start = t0.add_ticks(b * HOUR);
@@ -78,7 +80,13 @@ fn build(cameras: usize) -> Farm {
         f.set_len(offset).unwrap();
     }
     let metrics = Arc::new(Metrics::new());
-    let writer = Writer::spawn(store.clone(), WriterConfig::default(), metrics.clone(), None).unwrap();
+    let writer = Writer::spawn(
+        store.clone(),
+        WriterConfig::default(),
+        metrics.clone(),
+        None,
+    )
+    .unwrap();
     let holds = Arc::new(Holds::load(store.clone()).unwrap());
     let sweeper = Sweeper::new(
         store,

@@ -81,8 +81,16 @@ impl Rig {
         let h = self.writer.as_ref().unwrap().handle();
         for s in (0..seconds).step_by(2) {
             for c in cameras {
-                h.submit(synth::segment(&mut rng, &pool, c, POLICY, self.t(s), 50, frame_bytes))
-                    .unwrap();
+                h.submit(synth::segment(
+                    &mut rng,
+                    &pool,
+                    c,
+                    POLICY,
+                    self.t(s),
+                    50,
+                    frame_bytes,
+                ))
+                .unwrap();
             }
         }
         assert!(h.flush());
@@ -94,7 +102,10 @@ impl Rig {
             self.holds.clone(),
             self.writer.as_ref().unwrap().handle(),
             SweeperConfig {
-                policies: BTreeMap::from([(POLICY.to_owned(), Duration::from_secs(retention as u64))]),
+                policies: BTreeMap::from([(
+                    POLICY.to_owned(),
+                    Duration::from_secs(retention as u64),
+                )]),
                 interval: Duration::from_secs(1),
                 min_free,
             },
@@ -155,7 +166,10 @@ fn expiry_frees_unpinned_buckets_and_keeps_held_segments_intact() {
     // At t0 + 75 s, buckets starting at 0 and 10 s are due (their oldest data is 60 s old).
     let r = sweeper.sweep(rig.t(75)).unwrap();
     assert_eq!(r.buckets_expired, 2, "{r:?}");
-    assert!(!rig.bucket_file(0).exists(), "the unheld bucket file is unlinked");
+    assert!(
+        !rig.bucket_file(0).exists(),
+        "the unheld bucket file is unlinked"
+    );
     let after_held = allocated(&rig.bucket_file(10)).unwrap();
     assert!(
         after_held * 4 < before_held,
@@ -175,7 +189,11 @@ fn expiry_frees_unpinned_buckets_and_keeps_held_segments_intact() {
     let v = rig.store.verify().unwrap();
     assert!(v.bad.is_empty(), "held bytes intact: {:?}", v.bad);
     assert_eq!(
-        rig.metrics.encode().lines().find(|l| l.starts_with("holdfast_retention_overdue_bytes{")).unwrap(),
+        rig.metrics
+            .encode()
+            .lines()
+            .find(|l| l.starts_with("holdfast_retention_overdue_bytes{"))
+            .unwrap(),
         "holdfast_retention_overdue_bytes{policy=\"short\"} 0"
     );
 
@@ -183,12 +201,23 @@ fn expiry_frees_unpinned_buckets_and_keeps_held_segments_intact() {
     let mut rng = synth::rng(1);
     let pool = synth::pool(&mut rng, 1 << 20);
     let h = rig.writer.as_ref().unwrap().handle();
-    h.submit(synth::segment(&mut rng, &pool, "cam-b", POLICY, rig.t(5), 10, 1000)).unwrap();
+    h.submit(synth::segment(
+        &mut rng,
+        &pool,
+        "cam-b",
+        POLICY,
+        rig.t(5),
+        10,
+        1000,
+    ))
+    .unwrap();
     assert!(h.flush());
     assert!(!rig.bucket_file(0).exists());
 
     // Released: the held segments go at the next sweep, and then the file.
-    rig.holds.release(1, "case closed", "test", Time90k::now()).unwrap();
+    rig.holds
+        .release(1, "case closed", "test", Time90k::now())
+        .unwrap();
     let r = sweeper.sweep(rig.t(76)).unwrap();
     assert_eq!(r.released_entries, 2);
     assert!(!rig.bucket_file(10).exists());
@@ -198,7 +227,12 @@ fn expiry_frees_unpinned_buckets_and_keeps_held_segments_intact() {
     let dir = rig.store.root().to_owned();
     let t20 = rig.t(20);
     drop(sweeper);
-    let Rig { writer, store, holds, .. } = rig;
+    let Rig {
+        writer,
+        store,
+        holds,
+        ..
+    } = rig;
     writer.unwrap().shutdown();
     drop(holds);
     drop(store);
@@ -234,16 +268,27 @@ fn an_interrupted_delete_is_finished_by_recovery() {
     );
     index.commit(batch, true).unwrap();
     let before = allocated(&rig.bucket_file(0)).unwrap();
-    let Rig { writer, store, holds, .. } = rig;
+    let Rig {
+        writer,
+        store,
+        holds,
+        ..
+    } = rig;
     writer.unwrap().shutdown();
     drop(holds);
     drop(store);
 
     let (store, report) = Store::open(&dir, BUCKET).unwrap();
     assert_eq!(report.reclaim.records, 1, "{report}");
-    assert_eq!(report.segments_reindexed, 0, "the deleted record is not brought back");
+    assert_eq!(
+        report.segments_reindexed, 0,
+        "the deleted record is not brought back"
+    );
     let after = allocated(&store.bucket_path(POLICY, first.bucket)).unwrap();
-    assert!(before - after >= first.record_len() - 8192, "{before} -> {after}");
+    assert!(
+        before - after >= first.record_len() - 8192,
+        "{before} -> {after}"
+    );
     assert!(store.index().reclaims().unwrap().is_empty());
     assert!(store.verify().unwrap().bad.is_empty());
 }
@@ -263,8 +308,14 @@ fn erasure_is_refused_where_held_and_frees_bytes_elsewhere() {
     let e = erase(&rig.store, &rig.holds, "cam-b", rig.t(3), rig.t(7), now).unwrap();
     // Segments 2-4, 4-6, 6-8 overlap 3..7 s.
     assert_eq!(e.segments, 3);
-    assert!(e.bytes_freed > 0 && e.bytes_freed <= e.record_bytes + 8192, "{e:?}");
-    assert_eq!(before - allocated(&rig.bucket_file(0)).unwrap(), e.bytes_freed);
+    assert!(
+        e.bytes_freed > 0 && e.bytes_freed <= e.record_bytes + 8192,
+        "{e:?}"
+    );
+    assert_eq!(
+        before - allocated(&rig.bucket_file(0)).unwrap(),
+        e.bytes_freed
+    );
     let left: Vec<_> = rig.entries("cam-b").iter().map(|x| x.start).collect();
     assert!(!left.contains(&rig.t(2)) && !left.contains(&rig.t(6)) && left.contains(&rig.t(8)));
     assert!(rig.store.verify().unwrap().bad.is_empty());
@@ -287,12 +338,21 @@ fn disk_pressure_expires_early_never_pinned_and_pauses_until_space_returns() {
     assert!(h.is_paused());
     let mut rng = synth::rng(3);
     let pool = synth::pool(&mut rng, 1 << 20);
-    assert!(h.submit(synth::segment(&mut rng, &pool, "cam-a", POLICY, Time90k::now(), 5, 100)).is_err());
+    assert!(h
+        .submit(synth::segment(
+            &mut rng,
+            &pool,
+            "cam-a",
+            POLICY,
+            Time90k::now(),
+            5,
+            100
+        ))
+        .is_err());
     let text = rig.metrics.encode();
     assert!(text.contains("holdfast_storage_writes_paused 1"), "{text}");
-    assert!(text.contains(
-        "holdfast_segments_dropped_total{camera=\"cam-a\",reason=\"storage_full\"} 1"
-    ));
+    assert!(text
+        .contains("holdfast_segments_dropped_total{camera=\"cam-a\",reason=\"storage_full\"} 1"));
 
     // Space is back (here: a floor that is met): writing resumes by itself.
     let ok = rig.sweeper(86_400 * 28, MinFree::Bytes(0));
@@ -349,7 +409,10 @@ fn holds_placed_and_released_during_sweeps_never_lose_a_pinned_byte() {
                 .bucket_camera_segments(&e.policy, e.bucket, &e.camera, e.start, e.end())
                 .unwrap();
             if !still.iter().any(|x| x == e) {
-                violations.push(format!("hold {h}: {} at {} was deleted while held", e.camera, e.start));
+                violations.push(format!(
+                    "hold {h}: {} at {} was deleted while held",
+                    e.camera, e.start
+                ));
             } else if let Err(err) = rig.store.read_segment(e) {
                 violations.push(format!("hold {h}: {} at {}: {err}", e.camera, e.start));
             }
@@ -357,14 +420,22 @@ fn holds_placed_and_released_during_sweeps_never_lose_a_pinned_byte() {
     };
     for op in 0..OPS {
         // Time runs forward with the operations.
-        clock.store((op as i64 * (SECONDS + 10) / OPS as i64) as u64, Ordering::Release);
+        clock.store(
+            (op as i64 * (SECONDS + 10) / OPS as i64) as u64,
+            Ordering::Release,
+        );
         let release = active.len() >= 30 || (!active.is_empty() && rng.random_range(0..100) < 45);
         if release {
-            let id = *active.keys().nth(rng.random_range(0..active.len())).unwrap();
+            let id = *active
+                .keys()
+                .nth(rng.random_range(0..active.len()))
+                .unwrap();
             let expect = active.remove(&id).unwrap();
             check(id, &expect, &mut violations);
             pinned_checked += expect.len();
-            rig.holds.release(id, "done", "stress", Time90k::now()).unwrap();
+            rig.holds
+                .release(id, "done", "stress", Time90k::now())
+                .unwrap();
         } else {
             let cam = &cams[rng.random_range(0..CAMERAS)];
             // At the expiry front (data of time `clock` is due now), where the races are.
@@ -396,7 +467,10 @@ fn holds_placed_and_released_during_sweeps_never_lose_a_pinned_byte() {
     assert!(violations.is_empty(), "{violations:#?}");
     // The test did exercise deletion and pinning.
     assert!(expired >= 50, "only {expired} buckets expired");
-    assert!(pinned_checked >= 1000, "only {pinned_checked} pinned segments checked");
+    assert!(
+        pinned_checked >= 1000,
+        "only {pinned_checked} pinned segments checked"
+    );
     assert!(left < total_before / 4, "{left} of {total_before} left");
     let v = rig.store.verify().unwrap();
     assert!(v.bad.is_empty(), "{:?}", v.bad);

@@ -62,13 +62,19 @@ fn held_footage_outlives_retention_unheld_goes_and_release_lets_it_go() {
         &CONFIG.replace("URL", &server.url("/cam0")),
         "bucket = \"10s\"\nsegment_target = \"1s\"",
     );
-    d.wait_until(Duration::from_secs(20), |d| d.camera_state("cam") == "recording");
+    d.wait_until(Duration::from_secs(20), |d| {
+        d.camera_state("cam") == "recording"
+    });
     // Buckets are aligned to 10 s of wall-clock time; b0 is the first whole one recorded.
     let b0 = t(Time90k::now().floor_to(10), 10);
     let b = |i: i64| t(b0, 10 * i);
     let wait_for = |at: Time90k, d: &Daemon| {
         while Time90k::now() < at {
-            assert_eq!(overdue(d), 0.0, "holdfast_retention_overdue_bytes must stay 0");
+            assert_eq!(
+                overdue(d),
+                0.0,
+                "holdfast_retention_overdue_bytes must stay 0"
+            );
             std::thread::sleep(Duration::from_millis(1500));
         }
     };
@@ -76,19 +82,43 @@ fn held_footage_outlives_retention_unheld_goes_and_release_lets_it_go() {
     // API validation: named fields, auth.
     let (status, body) = d.post(
         "/api/v1/holds",
-        &format!(r#"{{"cameras":["cam"],"from":"{}","to":"{}","reason":"x"}}"#, b(3).to_rfc3339(), b(2).to_rfc3339()),
+        &format!(
+            r#"{{"cameras":["cam"],"from":"{}","to":"{}","reason":"x"}}"#,
+            b(3).to_rfc3339(),
+            b(2).to_rfc3339()
+        ),
     );
-    assert_eq!((status, body["detail"]["field"].as_str()), (400, Some("to")), "{body}");
+    assert_eq!(
+        (status, body["detail"]["field"].as_str()),
+        (400, Some("to")),
+        "{body}"
+    );
     let (status, body) = d.post(
         "/api/v1/holds",
-        &format!(r#"{{"cameras":["nope"],"from":"{}","to":"{}","reason":"x"}}"#, b(2).to_rfc3339(), b(3).to_rfc3339()),
+        &format!(
+            r#"{{"cameras":["nope"],"from":"{}","to":"{}","reason":"x"}}"#,
+            b(2).to_rfc3339(),
+            b(3).to_rfc3339()
+        ),
     );
-    assert_eq!((status, body["detail"]["field"].as_str()), (400, Some("cameras[0]")), "{body}");
+    assert_eq!(
+        (status, body["detail"]["field"].as_str()),
+        (400, Some("cameras[0]")),
+        "{body}"
+    );
     let (status, body) = d.post(
         "/api/v1/holds",
-        &format!(r#"{{"cameras":["cam"],"from":"{}","to":"{}"}}"#, b(2).to_rfc3339(), b(3).to_rfc3339()),
+        &format!(
+            r#"{{"cameras":["cam"],"from":"{}","to":"{}"}}"#,
+            b(2).to_rfc3339(),
+            b(3).to_rfc3339()
+        ),
     );
-    assert_eq!((status, body["detail"]["field"].as_str()), (400, Some("reason")), "{body}");
+    assert_eq!(
+        (status, body["detail"]["field"].as_str()),
+        (400, Some("reason")),
+        "{body}"
+    );
     assert_eq!(http_post(d.addr, "/api/v1/holds", None, "{}").0, 401);
 
     // Hold 25..27 s into the recording: inside bucket b(2).
@@ -131,7 +161,10 @@ fn held_footage_outlives_retention_unheld_goes_and_release_lets_it_go() {
                 t(b0, to).to_rfc3339()
             ),
         );
-        (status, serde_json::from_str::<serde_json::Value>(&body).unwrap())
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        )
     };
     let (status, body) = erase(30, 34);
     assert_eq!(status, 409, "{body}");
@@ -148,19 +181,34 @@ fn held_footage_outlives_retention_unheld_goes_and_release_lets_it_go() {
 
     // Past retention of b(0)..b(2) (oldest data + 60 s, plus a sweep interval and slack).
     wait_for(t(b(3), 60 + 4), &d);
-    assert!(allocated(&bucket_file(&d, b(0))).is_none(), "unheld bucket b0 unlinked");
-    assert!(allocated(&bucket_file(&d, b(1))).is_none(), "unheld bucket b1 unlinked");
+    assert!(
+        allocated(&bucket_file(&d, b(0))).is_none(),
+        "unheld bucket b0 unlinked"
+    );
+    assert!(
+        allocated(&bucket_file(&d, b(1))).is_none(),
+        "unheld bucket b1 unlinked"
+    );
     let held_after = allocated(&held_file).expect("the held bucket's file stays");
     assert!(
         held_after * 4 < held_before * 3,
         "holes punched in b2: {held_before} -> {held_after} allocated bytes"
     );
-    assert!(intervals(&d, b(0), b(2)).is_empty(), "unheld range gone from the API");
+    assert!(
+        intervals(&d, b(0), b(2)).is_empty(),
+        "unheld range gone from the API"
+    );
     let kept = intervals(&d, b(2), b(3));
     assert!(!kept.is_empty(), "held range still there");
     let (kf, kt) = (kept[0].0, kept.last().unwrap().1);
-    assert!(kf <= t(b0, 25) && kt >= t(b0, 27), "held range covered: {kept:?}");
-    assert!(kf >= t(b0, 23) && kt <= t(b0, 29), "only about the held range kept: {kept:?}");
+    assert!(
+        kf <= t(b0, 25) && kt >= t(b0, 27),
+        "held range covered: {kept:?}"
+    );
+    assert!(
+        kf >= t(b0, 23) && kt <= t(b0, 29),
+        "only about the held range kept: {kept:?}"
+    );
     assert!(d.metric("holdfast_pinned_bytes") > 0.0);
     assert_eq!(d.metric("holdfast_holds_active"), 2.0);
     assert!(d.metric("holdfast_sweeper_buckets_deleted_total") >= 3.0);
@@ -173,8 +221,13 @@ fn held_footage_outlives_retention_unheld_goes_and_release_lets_it_go() {
     assert_eq!(status, 200, "{rel}");
     assert_eq!(rel["state"], "released");
     let t_rel = Instant::now();
-    d.wait_until(Duration::from_secs(10), |d| intervals(d, b(2), b(3)).is_empty());
-    eprintln!("released range gone {:?} after the release", t_rel.elapsed());
+    d.wait_until(Duration::from_secs(10), |d| {
+        intervals(d, b(2), b(3)).is_empty()
+    });
+    eprintln!(
+        "released range gone {:?} after the release",
+        t_rel.elapsed()
+    );
     d.wait_until(Duration::from_secs(10), |_| allocated(&held_file).is_none());
     assert_eq!(overdue(&d), 0.0);
     let (_, list) = d.get("/api/v1/holds", Some(&d.token));
@@ -183,7 +236,10 @@ fn held_footage_outlives_retention_unheld_goes_and_release_lets_it_go() {
 
     d.stop();
     let (store, report) = Store::open(&d.data_dir, 10).unwrap();
-    assert_eq!(report.segments_reindexed, 0, "nothing deleted comes back: {report}");
+    assert_eq!(
+        report.segments_reindexed, 0,
+        "nothing deleted comes back: {report}"
+    );
     assert!(store.verify().unwrap().bad.is_empty());
     assert!(store
         .index()

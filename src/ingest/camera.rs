@@ -5,7 +5,9 @@
 //! the bytes that go to disk unchanged). Every step has a timeout, and so does every frame: a
 //! camera that stops delivering is `down` within [`FRAME_TIMEOUT`]. After any failure the task
 //! flushes the segmenter (the gap starts there), waits a capped exponential backoff with jitter
-//! (1 s doubling to 30 s, ±20%) and tries again. For [`FAST_RETRY_WINDOW`] after a session that
+//! (1 s doubling to 30 s; "equal jitter": the wait is drawn from [backoff/2, backoff], so
+//! cameras that failed together spread out, and the wait never exceeds the nominal step) and
+//! tries again. For [`FAST_RETRY_WINDOW`] after a session that
 //! delivered frames the delay stays at 1 s: short outages (a camera reboot, a switch port
 //! flapping) are bridged within a second or two of the camera's return, while a camera that stays
 //! away is soon tried only every 30 s.
@@ -127,7 +129,7 @@ impl CameraTask {
                 backoff = BACKOFF_START;
                 last_recording = Some(tokio::time::Instant::now());
             }
-            let jitter = rand::rng().random_range(0.8..1.2);
+            let jitter = rand::rng().random_range(0.5..=1.0);
             tokio::select! {
                 _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
@@ -225,15 +227,17 @@ impl CameraTask {
                 self.metrics.up.set(1);
             }
             self.status.frame_arrived(arrival);
-            if let Some(seg) = self.segmenter.push(FrameIn {
+            let seg = self.segmenter.push(FrameIn {
                 rtp,
                 arrival,
                 key,
                 data,
-            }) {
+            });
+            // Per frame, so the anomaly counters are as current as the frame counter.
+            self.sync_stats();
+            if let Some(seg) = seg {
                 // A full queue drops the segment and counts it; the camera never waits.
                 let _ = self.writer.submit(seg);
-                self.sync_stats();
             }
         }
     }

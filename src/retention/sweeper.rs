@@ -113,10 +113,7 @@ impl Sweeper {
         self.account(self.store.reclaim()?, &mut report);
 
         // Disk pressure: oldest closed buckets first, whatever their policy.
-        loop {
-            let Some((free, floor)) = self.free_space() else {
-                break;
-            };
+        while let Some((free, floor)) = self.free_space() {
             if free >= floor {
                 self.writer.set_paused(false);
                 break;

@@ -19,8 +19,14 @@ pub fn free_port() -> u16 {
 }
 
 /// Path of a file in the repository.
+///
+/// Read at run time: `cargo test` sets `CARGO_MANIFEST_DIR` for the test process, and the
+/// compile-time value would point at whichever clone first built a shared target dir.
 pub fn repo_path(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    root.join(rel)
 }
 
 fn terminate(child: &mut Child) {
@@ -218,7 +224,10 @@ impl Daemon {
     /// POST a JSON body as the test admin: (status, parsed body).
     pub fn post(&self, path: &str, json: &str) -> (u16, serde_json::Value) {
         let (status, body) = http_post(self.addr, path, Some(&self.token), json);
-        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+        )
     }
 
     /// GET as the test admin, expecting 200, parsed as JSON.
@@ -306,7 +315,10 @@ fn http_request(
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let body_head = body.map_or(String::new(), |b| {
-        format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len())
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        )
     });
     write!(
         s,
