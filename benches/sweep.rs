@@ -96,6 +96,8 @@ fn build(cameras: usize) -> Farm {
             policies: BTreeMap::from([(POLICY.to_owned(), Duration::from_secs(1))]),
             interval: Duration::from_secs(60),
             min_free: MinFree::Bytes(0),
+            keytags: Default::default(),
+            camera_sites: Default::default(),
         },
         metrics,
     );

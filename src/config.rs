@@ -91,6 +91,8 @@ pub struct Config {
     pub cameras: Vec<Camera>,
     /// `[[users]]`.
     pub users: Vec<User>,
+    /// `[roles.NAME]`: roles replaced or added (the rest keep the design brief's defaults).
+    pub roles: BTreeMap<String, crate::roles::RolePermissions>,
 }
 
 /// `[storage]`.
@@ -228,17 +230,6 @@ impl Camera {
     }
 }
 
-/// The roles of the design brief.
-pub const ROLES: [&str; 7] = [
-    "manager",
-    "consultant",
-    "caretaker",
-    "technician",
-    "privacy_officer",
-    "access_system",
-    "auditor",
-];
-
 /// `[[users]]`.
 #[derive(Debug, Clone)]
 pub struct User {
@@ -317,6 +308,14 @@ struct RawConfig {
     cameras: Vec<RawCamera>,
     #[serde(default)]
     users: Vec<RawUser>,
+    #[serde(default)]
+    roles: BTreeMap<String, RawRole>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    permissions: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -764,6 +763,20 @@ impl RawConfig {
             });
         }
 
+        let mut roles = BTreeMap::new();
+        for (name, r) in &self.roles {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                e.push(format!("roles.{name}"), "role names are [a-z_]");
+            }
+            match crate::roles::RolePermissions::parse(&r.permissions) {
+                Ok(p) => {
+                    roles.insert(name.clone(), p);
+                }
+                Err((i, msg)) => e.push(format!("roles.{name}.permissions[{i}]"), msg),
+            }
+        }
+        let role_table = crate::roles::RoleTable::new(&roles);
+
         let mut names = HashSet::new();
         let mut users = Vec::new();
         for (i, u) in self.users.iter().enumerate() {
@@ -776,10 +789,11 @@ impl RawConfig {
                     format!("duplicate user {:?}", u.name),
                 );
             }
-            if !ROLES.contains(&u.role.as_str()) {
+            if !role_table.contains(&u.role) && !self.roles.contains_key(&u.role) {
+                let known: Vec<&str> = role_table.names().collect();
                 e.push(
                     format!("{key}.role"),
-                    format!("unknown role {:?}; one of {}", u.role, ROLES.join(", ")),
+                    format!("unknown role {:?}; one of {}", u.role, known.join(", ")),
                 );
             }
             let mut token = [0u8; 32];
@@ -832,6 +846,7 @@ impl RawConfig {
             sites,
             cameras,
             users,
+            roles,
         })
     }
 }

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::ingest::camera::{CameraMetrics, CameraTask};
 use crate::ingest::segmenter::Segmenter;
 use crate::ingest::CameraStatus;
+use crate::logbook::Logbook;
 use crate::metrics::Metrics;
 use crate::retention::holds::Holds;
 use crate::retention::sweeper::{Sweeper, SweeperConfig};
@@ -56,6 +57,8 @@ pub async fn run(
     )?;
 
     let holds = Arc::new(Holds::load(store.clone()).context("loading holds")?);
+    let logbook = Arc::new(Logbook::open(store.index()).context("opening the logbook")?);
+    tracing::info!(entries = logbook.len(), "logbook open");
     let retention = SweeperConfig {
         policies: config
             .policies
@@ -64,6 +67,16 @@ pub async fn run(
             .collect(),
         interval: config.sweeper.interval,
         min_free: config.storage.min_free,
+        keytags: config
+            .sites
+            .iter()
+            .filter_map(|s| Some((s.id.clone(), config.policies.get(&s.policy)?.keytags)))
+            .collect(),
+        camera_sites: config
+            .cameras
+            .iter()
+            .map(|c| (c.id.clone(), c.site.clone()))
+            .collect(),
     };
     let sweeper = Sweeper::new(
         store.clone(),
@@ -103,7 +116,7 @@ pub async fn run(
         store: store.clone(),
         writer: writer.handle(),
         metrics: metrics.clone(),
-        auth: Authenticator::new(&config.users),
+        auth: Authenticator::new(&config.users, &crate::roles::RoleTable::new(&config.roles)),
         cameras: statuses,
         metrics_require_auth: config.http.metrics_require_auth,
         holds,
@@ -121,6 +134,7 @@ pub async fn run(
             })
             .collect(),
         retention,
+        logbook,
     });
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await

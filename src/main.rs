@@ -69,6 +69,22 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// The logbook.
+    Logbook {
+        #[command(subcommand)]
+        what: LogbookCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogbookCommand {
+    /// Checks the hash chain; prints the head hash; exit 1 and the first bad seq on tampering.
+    /// Works while the daemon runs (opens the index read-only).
+    Verify {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -136,6 +152,28 @@ fn main() -> ExitCode {
             let report = recovery::reindex(&store, c.storage.bucket_secs())?;
             println!("reindex: {report}");
             Ok(ExitCode::SUCCESS)
+        }),
+        Command::Logbook {
+            what: LogbookCommand::Verify { config },
+        } => with_config(&config, |c| {
+            let index =
+                holdfast::store::index::Index::open_read_only(&c.storage.data_dir.join("index"))?;
+            let v = holdfast::logbook::Logbook::verify(&index)?;
+            if v.ok {
+                println!(
+                    "logbook intact: {} entries, head hash {}",
+                    v.entries,
+                    v.head_hash.unwrap_or_default()
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!(
+                    "logbook TAMPERED: first bad seq {}: {}",
+                    v.first_bad_seq.unwrap_or(0),
+                    v.problem.unwrap_or_default()
+                );
+                Ok(ExitCode::FAILURE)
+            }
         }),
         Command::Verify { config } => with_config(&config, |c| {
             let (store, report) = Store::open(&c.storage.data_dir, c.storage.bucket_secs())?;

@@ -84,6 +84,10 @@ pub struct Metrics {
     pub sweeper_last_success: GaugeF64,
     /// Holds active now.
     pub holds_active: Gauge,
+    /// Key-tag events stored (new ones; repeats are not counted).
+    pub keytag_events: Counter,
+    /// Logbook entries appended.
+    pub logbook_entries: Counter,
     /// Bytes of segments pinned by active holds.
     pub pinned_bytes: Gauge,
     /// Bytes of unpinned data older than retention plus one sweep interval (must stay 0).
@@ -205,6 +209,18 @@ impl Metrics {
             "Unix time of the last sweep that finished without error",
             sweeper_last_success.clone(),
         );
+        let keytag_events = Counter::default();
+        registry.register(
+            "holdfast_keytag_events",
+            "Key-tag events stored (repeated submissions are not counted twice)",
+            keytag_events.clone(),
+        );
+        let logbook_entries = Counter::default();
+        registry.register(
+            "holdfast_logbook_entries",
+            "Logbook entries appended",
+            logbook_entries.clone(),
+        );
         let holds_active = Gauge::default();
         registry.register(
             "holdfast_holds_active",
@@ -254,6 +270,8 @@ impl Metrics {
             sweeper_bytes_freed,
             sweeper_last_success,
             holds_active,
+            keytag_events,
+            logbook_entries,
             pinned_bytes,
             retention_overdue_bytes,
             oldest_unpinned_age,

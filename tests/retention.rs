@@ -108,6 +108,8 @@ impl Rig {
                 )]),
                 interval: Duration::from_secs(1),
                 min_free,
+                keytags: Default::default(),
+                camera_sites: Default::default(),
             },
             self.metrics.clone(),
         )

@@ -10,47 +10,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::User;
+use crate::roles::{RolePermissions, RoleTable};
 
-/// What a request wants to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Permission {
-    /// See the list and state of cameras and their recorded intervals.
-    CamerasStatus,
-    /// View footage (technicians: for purpose `technical` only).
-    ViewFootage,
-    /// Export footage.
-    ExportFootage,
-    /// Place a hold.
-    PlaceHold,
-    /// Release or extend a hold.
-    ReleaseHold,
-    /// Erase a range on request of a data subject.
-    Erase,
-    /// Read key-tag events.
-    KeytagsRead,
-    /// Submit key-tag events.
-    KeytagsWrite,
-    /// Read the logbook.
-    LogbookRead,
-    /// Add findings and sign-offs to the logbook.
-    SignOff,
-}
-
-/// Whether `role` has `p` (the default table of the design brief).
-pub fn role_allows(role: &str, p: Permission) -> bool {
-    use Permission::*;
-    match role {
-        "manager" => !matches!(p, Erase | KeytagsWrite),
-        "consultant" | "caretaker" => {
-            matches!(p, CamerasStatus | ViewFootage | ExportFootage | PlaceHold)
-        }
-        "technician" => matches!(p, CamerasStatus | ViewFootage),
-        "privacy_officer" => !matches!(p, KeytagsWrite),
-        "access_system" => matches!(p, KeytagsWrite),
-        "auditor" => matches!(p, CamerasStatus | LogbookRead),
-        _ => false,
-    }
-}
+pub use crate::roles::{Footage, Permission};
 
 /// An authenticated user.
 #[derive(Debug)]
@@ -61,12 +23,19 @@ pub struct Principal {
     pub role: String,
     /// Sites in scope; `None` is all.
     pub sites: Option<Vec<String>>,
+    /// What the role may do.
+    pub perms: RolePermissions,
 }
 
 impl Principal {
     /// Whether the user's role has `p`.
     pub fn can(&self, p: Permission) -> bool {
-        role_allows(&self.role, p)
+        self.perms.has(p)
+    }
+
+    /// Whether the role may view or export footage for `purpose`.
+    pub fn may_footage(&self, kind: Footage, purpose: Option<&str>) -> bool {
+        self.perms.footage(kind, purpose)
     }
 
     /// Whether `site` is in the user's scope.
@@ -84,7 +53,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Builds the table from the config's users.
-    pub fn new(users: &[User]) -> Self {
+    pub fn new(users: &[User], roles: &RoleTable) -> Self {
         Self {
             users: users
                 .iter()
@@ -95,6 +64,7 @@ impl Authenticator {
                             name: u.name.clone(),
                             role: u.role.clone(),
                             sites: u.sites.clone(),
+                            perms: roles.get(&u.role),
                         }),
                     )
                 })
@@ -126,12 +96,15 @@ mod tests {
     #[test]
     fn tokens_match_by_hash_only() {
         let hash: [u8; 32] = Sha256::digest(b"s3cret-token").into();
-        let a = Authenticator::new(&[User {
-            name: "j".into(),
-            role: "manager".into(),
-            token_sha256: hash,
-            sites: None,
-        }]);
+        let a = Authenticator::new(
+            &[User {
+                name: "j".into(),
+                role: "manager".into(),
+                token_sha256: hash,
+                sites: None,
+            }],
+            &RoleTable::default(),
+        );
         assert_eq!(
             a.authenticate(Some("Bearer s3cret-token")).unwrap().name,
             "j"
@@ -140,21 +113,5 @@ mod tests {
         assert!(a.authenticate(Some("s3cret-token")).is_none());
         assert!(a.authenticate(Some("Bearer ")).is_none());
         assert!(a.authenticate(None).is_none());
-    }
-
-    #[test]
-    fn role_table() {
-        use Permission::*;
-        assert!(
-            role_allows("technician", ViewFootage) && !role_allows("technician", ExportFootage)
-        );
-        assert!(!role_allows("caretaker", ReleaseHold) && role_allows("caretaker", PlaceHold));
-        assert!(role_allows("privacy_officer", Erase) && !role_allows("manager", Erase));
-        assert!(
-            role_allows("access_system", KeytagsWrite)
-                && !role_allows("access_system", CamerasStatus)
-        );
-        assert!(role_allows("auditor", LogbookRead) && !role_allows("auditor", ViewFootage));
-        assert!(!role_allows("nobody", CamerasStatus));
     }
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::{Permission, Principal};
-use super::{authorize, authorize_any, camera_in_scope, ApiError, AppState};
+use super::{authorize, authorize_any, camera_in_scope, entry, ApiError, AppState};
 use crate::retention::erasure::{erase, ErasureError};
 use crate::retention::holds::{Hold, HoldError, NewHold};
 use crate::time::Time90k;
@@ -153,6 +153,10 @@ pub async fn place(
         .map_err(ApiError::internal)?
         .map_err(hold_error)?;
     tracing::info!(hold = hold.id, user = %user.name, "hold placed");
+    let mut e = entry(&user, "hold.place", hold_object(&hold));
+    e.reason = Some(hold.reason.clone());
+    e.text = Some(format!("reference {}", hold.reference));
+    state.record(e).await?;
     Ok((StatusCode::CREATED, Json(hold.to_json(now))).into_response())
 }
 
@@ -237,6 +241,9 @@ pub async fn release(
         .map_err(ApiError::internal)?
         .map_err(hold_error)?;
     tracing::info!(hold = hold.id, user = %user.name, "hold released");
+    let mut e = entry(&user, "hold.release", hold_object(&hold));
+    e.reason = hold.released.as_ref().map(|r| r.reason.clone());
+    state.record(e).await?;
     Ok(Json(hold.to_json(now)).into_response())
 }
 
@@ -267,6 +274,9 @@ pub async fn extend(
     .map_err(ApiError::internal)?
     .map_err(hold_error)?;
     tracing::info!(hold = hold.id, user = %user.name, "hold extended");
+    let mut e = entry(&user, "hold.extend", hold_object(&hold));
+    e.reason = hold.extensions.last().map(|x| x.reason.clone());
+    state.record(e).await?;
     Ok(Json(hold.to_json(now)).into_response())
 }
 
@@ -304,6 +314,13 @@ pub async fn erasure(
     }
     let st = state.clone();
     let camera = req.camera.clone();
+    let object = json!({
+        "camera": req.camera,
+        "from": req.from.to_rfc3339(),
+        "to": req.to.to_rfc3339(),
+        "reference": req.reference,
+    });
+    let reason = req.reason.clone();
     let result = tokio::task::spawn_blocking(move || {
         // What the writer has accepted becomes durable first, so it can be erased too.
         st.writer.flush();
@@ -322,6 +339,13 @@ pub async fn erasure(
         Ok(e) => {
             tracing::info!(camera = %req.camera, user = %user.name, reference = %req.reference,
                 segments = e.segments, "erasure done");
+            let mut l = entry(&user, "erasure", object);
+            l.reason = Some(reason);
+            l.text = Some(format!(
+                "{} segments erased, {} bytes freed",
+                e.segments, e.bytes_freed
+            ));
+            state.record(l).await?;
             Ok(Json(json!({
                 "camera": req.camera,
                 "segments": e.segments,
@@ -331,6 +355,10 @@ pub async fn erasure(
             .into_response())
         }
         Err(ErasureError::Held(ids)) => {
+            let mut l = entry(&user, "erasure", object);
+            l.reason = Some(reason);
+            l.text = Some(format!("refused: held by hold(s) {ids:?}"));
+            state.record(l).await?;
             let mut e = ApiError::new(
                 StatusCode::CONFLICT,
                 format!("an active hold covers part of the range: hold(s) {ids:?}"),
@@ -340,4 +368,16 @@ pub async fn erasure(
         }
         Err(ErasureError::Store(e)) => Err(ApiError::internal(e)),
     }
+}
+
+fn hold_object(h: &Hold) -> serde_json::Value {
+    json!({
+        "hold": h.id,
+        "cameras": h.cameras,
+        "site": h.site,
+        "from": h.from.to_rfc3339(),
+        "to": h.to.to_rfc3339(),
+        "expires_at": h.expires_at.map(|t| t.to_rfc3339()),
+        "keytags": h.keytags,
+    })
 }

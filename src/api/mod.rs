@@ -6,7 +6,10 @@
 //! pattern, never by raw path.
 
 pub mod auth;
+pub mod export;
 pub mod holds;
+pub mod keytags;
+pub mod logbook;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use serde_json::json;
 
 use self::auth::{Authenticator, Permission, Principal};
 use crate::ingest::CameraStatus;
+use crate::logbook::{HashedEntry, Logbook, NewEntry};
 use crate::metrics::{HttpLabels, Metrics};
 use crate::retention::holds::Holds;
 use crate::retention::intervals::{Interval, IntervalSet};
@@ -50,6 +54,32 @@ pub struct AppState {
     pub sites: HashMap<String, Vec<String>>,
     /// Retention settings (for the retention gauges at scrape time).
     pub retention: SweeperConfig,
+    /// The logbook.
+    pub logbook: Arc<Logbook>,
+}
+
+impl AppState {
+    /// Appends a logbook entry (synced) off the async threads; only then may data follow.
+    pub async fn record(self: &Arc<Self>, e: NewEntry) -> Result<HashedEntry, ApiError> {
+        let st = self.clone();
+        let entry = tokio::task::spawn_blocking(move || st.logbook.append(st.store.index(), e))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+        self.metrics.logbook_entries.inc();
+        Ok(entry)
+    }
+}
+
+/// A logbook entry by `user` for `action` on `object`; the caller fills in the rest.
+pub fn entry(user: &Principal, action: &str, object: serde_json::Value) -> NewEntry {
+    NewEntry {
+        user: user.name.clone(),
+        role: user.role.clone(),
+        action: action.to_owned(),
+        object,
+        ..Default::default()
+    }
 }
 
 /// An API error: status, a short message and optional detail.
@@ -108,6 +138,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/holds/{id}/release", post(holds::release))
         .route("/api/v1/holds/{id}/extend", post(holds::extend))
         .route("/api/v1/erasures", post(holds::erasure))
+        .route("/api/v1/cameras/{id}/export.mp4", get(export::export))
+        .route("/api/v1/cameras/{id}/view.mp4", get(export::view))
+        .route(
+            "/api/v1/keytags/events",
+            post(keytags::submit).get(keytags::query),
+        )
+        .route("/api/v1/logbook", get(logbook::list))
+        .route("/api/v1/logbook/verify", get(logbook::verify))
+        .route("/api/v1/logbook/{seq}", get(logbook::get_one))
+        .route("/api/v1/logbook/{seq}/finding", post(logbook::finding))
+        .route("/api/v1/logbook/{seq}/signoff", post(logbook::signoff))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_requests,
@@ -115,12 +156,38 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Counts every request, and writes every refused one (401, 403) to the logbook: who tried
+/// what. The token itself is never logged; an unknown one shows as user `-`.
 async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let resp = next.run(req).await;
+    let status = resp.status();
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        let user = state.auth.authenticate(authorization.as_deref());
+        let e = NewEntry {
+            user: user.as_ref().map_or("-".into(), |u| u.name.clone()),
+            role: user.as_ref().map_or("-".into(), |u| u.role.clone()),
+            action: "denied".into(),
+            object: json!({ "method": method, "path": path, "route": route }),
+            text: Some(format!("HTTP {}", status.as_u16())),
+            ..Default::default()
+        };
+        if let Err(err) = state.record(e).await {
+            tracing::error!(error = ?err, "could not log a refused request");
+            return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "logbook unavailable")
+                .into_response();
+        }
+    }
     state
         .metrics
         .http_requests
@@ -130,6 +197,15 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
         })
         .inc();
     resp
+}
+
+/// Authenticates only (401 without a valid token).
+pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
+    let value = headers.get("authorization").and_then(|v| v.to_str().ok());
+    state
+        .auth
+        .authenticate(value)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required"))
 }
 
 /// Authenticates and checks a permission.

@@ -24,7 +24,7 @@
 //! The retention gauges (`holdfast_retention_overdue_bytes` and friends) are computed from the
 //! bucket list by [`retention_gauges`], at every sweep and at every scrape.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -49,6 +49,10 @@ pub struct SweeperConfig {
     pub interval: Duration,
     /// Free-space floor.
     pub min_free: MinFree,
+    /// Key-tag retention per site (empty: key-tag events are not swept).
+    pub keytags: BTreeMap<String, Duration>,
+    /// The site of each camera (a camera hold with `keytags: true` pins its site's events).
+    pub camera_sites: HashMap<String, String>,
 }
 
 /// What one sweep did.
@@ -66,6 +70,8 @@ pub struct SweepReport {
     pub bytes_freed: u64,
     /// Whether writing is paused (disk full of pinned data).
     pub writes_paused: bool,
+    /// Key-tag events deleted at the end of their retention.
+    pub keytag_events_deleted: u64,
 }
 
 /// The sweeper's parts. [`Sweeper::sweep`] runs one sweep; [`Sweeper::spawn`] runs them forever.
@@ -145,6 +151,24 @@ impl Sweeper {
             self.account(self.store.reclaim()?, &mut report);
         }
         report.writes_paused = self.writer.is_paused();
+
+        // Key-tag events: same rule, their own retention, pinned by holds with `keytags`.
+        if !self.cfg.keytags.is_empty() {
+            let retention: BTreeMap<String, i64> = self
+                .cfg
+                .keytags
+                .iter()
+                .map(|(site, d)| (site.clone(), duration_to_ticks(*d)))
+                .collect();
+            let _gate = self.holds.gate();
+            let pins = crate::keytags::pinned(
+                &self.holds.snapshot(),
+                |c| self.cfg.camera_sites.get(c).cloned(),
+                now,
+            );
+            report.keytag_events_deleted =
+                crate::keytags::sweep(self.store.index(), &retention, &pins, now)?;
+        }
         self.metrics
             .storage_writes_paused
             .set(i64::from(report.writes_paused));

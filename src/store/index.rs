@@ -36,17 +36,27 @@ pub const CF_CODECS: &str = "codec_configs";
 pub const CF_RECLAIM: &str = "reclaim";
 /// Column family of incident holds.
 pub const CF_HOLDS: &str = "holds";
-/// Column family of small settings (format version).
+/// Column family of small settings (format version, logbook head).
 pub const CF_META: &str = "meta";
+/// Column family of logbook entries, by seq (see `logbook`).
+pub const CF_LOGBOOK: &str = "logbook";
+/// Column family of key-tag events by site and time (see `keytags`).
+pub const CF_KEYTAGS: &str = "keytags";
+/// Column family of key-tag events by tag and time (see `keytags`).
+pub const CF_KEYTAGS_BY_TAG: &str = "keytags_by_tag";
 
-const ALL_CFS: [&str; 6] = [
+const ALL_CFS: [&str; 9] = [
     CF_SEGMENTS,
     CF_BUCKETS,
     CF_CODECS,
     CF_RECLAIM,
     CF_HOLDS,
     CF_META,
+    CF_LOGBOOK,
+    CF_KEYTAGS,
+    CF_KEYTAGS_BY_TAG,
 ];
+const LOGBOOK_HEAD: &[u8] = b"logbook_head";
 const SEGMENT_VALUE_VERSION: u8 = 1;
 const BUCKET_VALUE_VERSION: u8 = 1;
 const BUCKET_VALUE_LEN: usize = 38;
@@ -408,6 +418,25 @@ impl IndexBatch {
             .put_cf(index.cf(CF_CODECS), id.to_be_bytes(), avcc);
     }
 
+    /// Appends a logbook entry (`value` = hash + JSON) and moves the head to it.
+    pub fn put_logbook(&mut self, index: &Index, seq: u64, value: &[u8], hash: &[u8; 32]) {
+        self.batch
+            .put_cf(index.cf(CF_LOGBOOK), seq.to_be_bytes(), value);
+        let mut head = seq.to_be_bytes().to_vec();
+        head.extend_from_slice(hash);
+        self.batch.put_cf(index.cf(CF_META), LOGBOOK_HEAD, head);
+    }
+
+    /// Puts a raw key/value into a column family (key-tag events).
+    pub fn put_raw(&mut self, index: &Index, cf: &str, key: &[u8], value: &[u8]) {
+        self.batch.put_cf(index.cf(cf), key, value);
+    }
+
+    /// Deletes a raw key from a column family (key-tag events).
+    pub fn delete_raw(&mut self, index: &Index, cf: &str, key: &[u8]) {
+        self.batch.delete_cf(index.cf(cf), key);
+    }
+
     /// Number of operations in the batch.
     pub fn len(&self) -> usize {
         self.batch.len()
@@ -448,6 +477,19 @@ impl Index {
             }
         }
         Ok(index)
+    }
+
+    /// Opens an existing index read-only (works while a daemon has it open), for checks.
+    pub fn open_read_only(path: &Path) -> Result<Self, IndexError> {
+        let mut opts = Options::default();
+        opts.set_compression_type(rocksdb::DBCompressionType::None);
+        let cfs = ALL_CFS.iter().map(|name| {
+            let mut o = Options::default();
+            o.set_compression_type(rocksdb::DBCompressionType::None);
+            ColumnFamilyDescriptor::new(*name, o)
+        });
+        let db = DB::open_cf_descriptors_read_only(&opts, path, cfs, false)?;
+        Ok(Index { db })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -549,6 +591,73 @@ impl Index {
             out.push(SegmentEntry::decode(&k, &v)?);
         }
         Ok(out)
+    }
+
+    /// The last logbook entry (seq, value), if any.
+    pub fn logbook_last(&self) -> Result<Option<(u64, Vec<u8>)>, IndexError> {
+        match self
+            .db
+            .iterator_cf(self.cf(CF_LOGBOOK), IteratorMode::End)
+            .next()
+        {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item?;
+                Ok(Some((decode_seq(&k)?, v.to_vec())))
+            }
+        }
+    }
+
+    /// The logbook head record (seq, hash) written with every append.
+    pub fn logbook_head(&self) -> Result<Option<(u64, [u8; 32])>, IndexError> {
+        match self.db.get_cf(self.cf(CF_META), LOGBOOK_HEAD)? {
+            None => Ok(None),
+            Some(v) if v.len() == 40 => Ok(Some((
+                u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+                v[8..].try_into().expect("32 bytes"),
+            ))),
+            Some(_) => Err(IndexError::Corrupt("logbook head".into())),
+        }
+    }
+
+    /// One logbook entry's value.
+    pub fn logbook_get(&self, seq: u64) -> Result<Option<Vec<u8>>, IndexError> {
+        Ok(self.db.get_cf(self.cf(CF_LOGBOOK), seq.to_be_bytes())?)
+    }
+
+    /// Logbook entries from `seq` on, in order.
+    pub fn logbook_entries(
+        &self,
+        seq: u64,
+    ) -> impl Iterator<Item = Result<(u64, Box<[u8]>), IndexError>> + '_ {
+        let start = seq.to_be_bytes();
+        self.db
+            .iterator_cf(
+                self.cf(CF_LOGBOOK),
+                IteratorMode::From(&start, Direction::Forward),
+            )
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((decode_seq(&k)?, v))
+            })
+    }
+
+    /// Raw entries of a column family with keys in `[from, to)`, in key order.
+    pub fn range_raw<'a>(
+        &'a self,
+        cf: &str,
+        from: &[u8],
+        to: &'a [u8],
+    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), IndexError>> + 'a {
+        self.db
+            .iterator_cf(self.cf(cf), IteratorMode::From(from, Direction::Forward))
+            .take_while(move |item| item.as_ref().map_or(true, |(k, _)| &**k < to))
+            .map(|item| item.map_err(IndexError::from))
+    }
+
+    /// A raw value of a column family.
+    pub fn get_raw(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+        Ok(self.db.get_cf(self.cf(cf), key)?)
     }
 
     /// A codec configuration by id.
@@ -776,4 +885,10 @@ mod tests {
             .is_empty());
         assert_eq!(index.bucket_segments("p", Time90k(0)).unwrap().len(), 5400);
     }
+}
+
+fn decode_seq(k: &[u8]) -> Result<u64, IndexError> {
+    k.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| IndexError::Corrupt("logbook key".into()))
 }

@@ -144,6 +144,33 @@ impl Store {
         read_segment_from(&file, &path, e)
     }
 
+    /// Reads only a segment's header (its frame table), checking it against the entry.
+    pub fn read_segment_header(&self, e: &SegmentEntry) -> Result<SegmentHeader, StoreError> {
+        let path = self.bucket_path(&e.policy, e.bucket);
+        let file = File::open(&path).map_err(StoreError::io("open", &path))?;
+        let record_err = |source| StoreError::Record {
+            camera: e.camera.clone(),
+            start: e.start,
+            path: path.clone(),
+            offset: e.offset,
+            source,
+        };
+        let mut buf = vec![0u8; e.header_len as usize];
+        file.read_exact_at(&mut buf, e.offset)
+            .map_err(StoreError::io("read", &path))?;
+        let header = SegmentHeader::decode(&buf).map_err(record_err)?;
+        if header.camera != e.camera
+            || header.start != e.start
+            || header.payload_crc != e.payload_crc
+            || header.payload_len() != e.payload_len
+        {
+            return Err(record_err(FormatError::Invalid(
+                "record does not match its index entry",
+            )));
+        }
+        Ok(header)
+    }
+
     /// Checks every index entry against the bytes on disk (header fields and payload CRC).
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         let mut report = VerifyReport::default();
