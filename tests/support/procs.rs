@@ -360,3 +360,94 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+/// A GET whose body is binary (an MP4): (status, headers, body bytes).
+pub fn http_get_bytes(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head, raw[split + 4..].to_vec())
+}
+
+/// Percent-encodes a query value (RFC 3339 times carry `+` and `:`).
+pub fn q(v: &str) -> String {
+    url::form_urlencoded::byte_serialize(v.as_bytes()).collect()
+}
+
+/// `ffprobe` of an MP4: (frames decoded by count, duration in seconds, codec name).
+pub fn ffprobe(path: &Path) -> (u64, f64, String) {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames,codec_name:format=duration",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs");
+    assert!(
+        out.status.success(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &v["streams"][0];
+    (
+        s["nb_read_frames"].as_str().unwrap_or("0").parse().unwrap(),
+        v["format"]["duration"]
+            .as_str()
+            .unwrap_or("0")
+            .parse()
+            .unwrap(),
+        s["codec_name"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+/// `ffmpeg -v error -i FILE -f null -`: the decoder's complaints (empty when the clip is clean).
+pub fn ffmpeg_errors(path: &Path) -> String {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    let mut s = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        s.push_str(&format!("\nexit {:?}", out.status.code()));
+    }
+    s
+}
+
+/// A config block for one more user with the given token.
+pub fn user(name: &str, role: &str, token: &str, sites: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "\n[[users]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\nsites = {sites}\n",
+        hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    )
+}
