@@ -142,6 +142,26 @@ pub struct Daemon {
     /// The bearer token of the `test-admin` manager.
     pub token: String,
     dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+fn spawn_daemon(config: &Path, log: &Path, env: &[(String, String)]) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_holdfast"));
+    cmd.args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "debug,retina=debug")
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        );
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
 }
 
 /// Token of the `test-admin` user every test config gets.
@@ -173,16 +193,11 @@ impl Daemon {
         let config_path = dir.path().join("holdfast.toml");
         std::fs::write(&config_path, config).unwrap();
         let log = dir.path().join("holdfast.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_holdfast"));
-        cmd.args(["run", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "debug,retina=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let child = spawn_daemon(&config_path, &log, &env);
         let d = Daemon {
             child: Some(child),
             addr,
@@ -190,6 +205,7 @@ impl Daemon {
             log,
             token: ADMIN_TOKEN.to_owned(),
             dir,
+            env,
         };
         d.wait_until(Duration::from_secs(30), |d| {
             d.get("/healthz", None).0 == 200
@@ -260,6 +276,16 @@ impl Daemon {
         if let Some(mut c) = self.child.take() {
             terminate(&mut c);
         }
+    }
+
+    /// Starts the stopped daemon again on the same config and data; waits for /healthz.
+    pub fn restart(&mut self) {
+        self.stop();
+        let config = self.dir.path().join("holdfast.toml");
+        self.child = Some(spawn_daemon(&config, &self.log, &self.env));
+        self.wait_until(Duration::from_secs(30), |d| {
+            d.get("/healthz", None).0 == 200
+        });
     }
 
     /// The daemon's log so far.

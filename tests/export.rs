@@ -1,0 +1,246 @@
+//! MP4 export, checked with ffprobe and ffmpeg: the data-subject window (21:00 to 21:15
+//! Europe/Amsterdam) is exactly that window plus the lead-in to its keyframe, and a clip across
+//! a resolution change and a recording gap from a real RTSP camera decodes without an error.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use holdfast::metrics::Metrics;
+use holdfast::store::segment::{CodecConfig, Frame, Segment};
+use holdfast::store::writer::{Writer, WriterConfig};
+use holdfast::store::Store;
+use holdfast::time::Time90k;
+use support::procs::{
+    ffmpeg_errors, ffprobe, http_get_bytes, q, repo_path, Daemon, RtspServer, PRIVACY_TOKEN,
+};
+
+const SITE: &str = "[policies.month]\nvideo = \"28d\"\nkeytags = \"28d\"\n\n[[sites]]\nid = \"s\"\npolicy = \"month\"\n";
+
+/// The shipped clip as AVC samples (length-prefixed, parameter sets in the avcC) and its avcC.
+fn clip_samples() -> (Vec<(Bytes, bool)>, Arc<CodecConfig>) {
+    let data = std::fs::read(repo_path("data/clip-720p25-4mbit.h264")).unwrap();
+    let (mut sps, mut pps) = (None, None);
+    let mut samples = Vec::new();
+    let mut au: Vec<u8> = Vec::new();
+    for nal in holdfast::camsim::clip::split_annex_b(&data) {
+        let t = nal[0] & 0x1f;
+        match t {
+            7 => {
+                sps.get_or_insert_with(|| nal.to_vec());
+                continue;
+            }
+            8 => {
+                pps.get_or_insert_with(|| nal.to_vec());
+                continue;
+            }
+            9 => continue,
+            _ => {}
+        }
+        au.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+        au.extend_from_slice(nal);
+        if t == 1 || t == 5 {
+            samples.push((Bytes::from(std::mem::take(&mut au)), t == 5));
+        }
+    }
+    let (sps, pps) = (sps.unwrap(), pps.unwrap());
+    let mut avcc = vec![1, sps[1], sps[2], sps[3], 0xff, 0xe1];
+    avcc.extend_from_slice(&(sps.len() as u16).to_be_bytes());
+    avcc.extend_from_slice(&sps);
+    avcc.push(1);
+    avcc.extend_from_slice(&(pps.len() as u16).to_be_bytes());
+    avcc.extend_from_slice(&pps);
+    (samples, Arc::new(CodecConfig::new(Bytes::from(avcc))))
+}
+
+#[test]
+fn the_data_subject_window_is_exactly_21_00_to_21_15_amsterdam_plus_the_lead_in() {
+    // Two days ago, 21:00 and 21:15 in Amsterdam.
+    let day = jiff::Zoned::now()
+        .in_tz("Europe/Amsterdam")
+        .unwrap()
+        .date()
+        .checked_sub(jiff::Span::new().days(2))
+        .unwrap();
+    let at = |h: i8, m: i8, s: i8| {
+        let z = day.at(h, m, s, 0).in_tz("Europe/Amsterdam").unwrap();
+        (
+            z.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string(),
+            Time90k::parse_rfc3339(&z.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()).unwrap(),
+        )
+    };
+    let (from_s, from) = at(21, 0, 0);
+    let (to_s, _) = at(21, 15, 0);
+    // Keyframes every 50 s (the clip's 50-frame GOPs at one frame per second), one at 20:59:37.
+    let (_, first_key) = at(20, 59, 37);
+
+    let mut d = Daemon::start(
+        &format!("{SITE}\n[[cameras]]\nid = \"lobby\"\nsite = \"s\"\nurl = \"rtsp://127.0.0.1:9/none\"\n"),
+        "",
+    );
+    d.stop();
+    {
+        let (samples, codec) = clip_samples();
+        assert_eq!(samples.len(), 100);
+        assert!(samples[0].1 && samples[50].1);
+        let (store, _) = Store::open(&d.data_dir, 3600).unwrap();
+        let writer = Writer::spawn(
+            Arc::new(store),
+            WriterConfig::default(),
+            Arc::new(Metrics::new()),
+            None,
+        )
+        .unwrap();
+        let second = 90_000i64;
+        // From 20:57:57 to 21:17:07: 23 segments of one GOP each.
+        for k in -2..21i64 {
+            let gop = (k.rem_euclid(2) * 50) as usize;
+            writer
+                .handle()
+                .submit(Segment {
+                    camera: "lobby".into(),
+                    policy: "month".into(),
+                    start: first_key.add_ticks(k * 50 * second),
+                    codec: codec.clone(),
+                    frames: samples[gop..gop + 50]
+                        .iter()
+                        .map(|(data, key)| Frame {
+                            data: data.clone(),
+                            duration: second as u32,
+                            key: *key,
+                        })
+                        .collect(),
+                })
+                .unwrap();
+        }
+        writer.shutdown();
+    }
+    d.restart();
+
+    let path = format!(
+        "/api/v1/cameras/lobby/export.mp4?from={}&to={}&reason={}&purpose=subject-access",
+        q(&from_s),
+        q(&to_s),
+        q("request of data subject, letter 2026-114")
+    );
+    let (status, head, mp4) = http_get_bytes(d.addr, &path, Some(PRIVACY_TOKEN));
+    assert_eq!(status, 200, "{head}\n{}", String::from_utf8_lossy(&mp4));
+    let clip = d.dir().join("window.mp4");
+    std::fs::write(&clip, &mp4).unwrap();
+    // 20:59:37 up to the last frame that starts before 21:15:00 (21:14:59): 923 frames of 1 s.
+    let lead_in = (from.0 - first_key.0) / 90_000;
+    assert_eq!(lead_in, 23);
+    let (frames, secs, codec) = ffprobe(&clip);
+    assert_eq!(codec, "h264");
+    assert_eq!(frames, 15 * 60 + 23);
+    assert!((secs - 923.0).abs() < 0.01, "duration {secs}");
+    let errors = ffmpeg_errors(&clip);
+    assert!(errors.trim().is_empty(), "ffmpeg: {errors}");
+    let book = d.get_json("/api/v1/logbook");
+    let e = book["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["action"] == "export")
+        .unwrap()
+        .clone();
+    assert_eq!(e["purpose"], "subject-access");
+    assert_eq!(
+        Time90k::parse_rfc3339(e["object"]["clip_start"].as_str().unwrap()).unwrap(),
+        first_key
+    );
+    // The privacy officer may not export for another purpose.
+    let other = path.replace("subject-access", "incident");
+    assert_eq!(http_get_bytes(d.addr, &other, Some(PRIVACY_TOKEN)).0, 403);
+}
+
+#[test]
+fn a_clip_across_a_resolution_change_and_a_gap_decodes_cleanly() {
+    let mut server = RtspServer::start(&["--cameras", "1", "--resize-after", "3"]);
+    let mut d = Daemon::start(
+        &format!(
+            "{SITE}\n[[cameras]]\nid = \"hall\"\nsite = \"s\"\nurl = \"{}\"\n",
+            server.url("/cam0")
+        ),
+        "segment_target = \"1s\"",
+    );
+    let t0 = Time90k::now();
+    d.wait_until(Duration::from_secs(20), |d| {
+        d.camera_state("hall") == "recording"
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    server.stop();
+    d.wait_until(Duration::from_secs(10), |d| {
+        d.camera_state("hall") != "recording"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    server.restart();
+    d.wait_until(Duration::from_secs(10), |d| {
+        d.camera_state("hall") == "recording"
+    });
+    // Wait until footage after the gap is durable.
+    let recorded = |d: &Daemon| {
+        let range = format!(
+            "from={}&to={}",
+            q(&t0.to_rfc3339()),
+            q(&Time90k::now().to_rfc3339())
+        );
+        d.get_json(&format!("/api/v1/cameras/hall/recordings?{range}"))["intervals"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    d.wait_until(Duration::from_secs(20), |d| recorded(d) >= 2);
+    std::thread::sleep(Duration::from_secs(2));
+    let t1 = Time90k::now();
+    let range = format!("from={}&to={}", q(&t0.to_rfc3339()), q(&t1.to_rfc3339()));
+    let (status, head, mp4) = http_get_bytes(
+        d.addr,
+        &format!("/api/v1/cameras/hall/export.mp4?{range}&reason=incident-7"),
+        Some(&d.token),
+    );
+    assert_eq!(status, 200, "{head}");
+    let book = d.get_json("/api/v1/logbook");
+    let logged = book["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["action"] == "export")
+        .unwrap()["object"]
+        .clone();
+    d.stop();
+
+    // The stored segments of that range: more than one codec config (the resize), and the
+    // frame count the clip must have.
+    let store = Store::open_without_recovery(&d.data_dir).unwrap();
+    let segs = store.index().camera_segments("hall", t0, t1).unwrap();
+    let codecs: std::collections::BTreeSet<u64> = segs.iter().map(|s| s.codec_id).collect();
+    assert!(
+        codecs.len() >= 2,
+        "the resolution change gave a new codec config"
+    );
+    // What the export contained (segments still being built at the request came later).
+    let clip_end = Time90k::parse_rfc3339(logged["clip_end"].as_str().unwrap()).unwrap();
+    let plan = holdfast::export::plan(&store, "hall", t0, clip_end).unwrap();
+    assert!(plan.codecs.len() >= 2);
+    assert_eq!(
+        plan.samples.len() as u64,
+        logged["frames"].as_u64().unwrap()
+    );
+
+    let clip = d.dir().join("gap.mp4");
+    std::fs::write(&clip, &mp4).unwrap();
+    let (frames, secs, _) = ffprobe(&clip);
+    assert_eq!(frames, plan.samples.len() as u64);
+    assert!(
+        (secs - plan.duration as f64 / 90_000.0).abs() < 0.05,
+        "duration {secs} s vs {} recorded",
+        plan.duration as f64 / 90_000.0
+    );
+    let errors = ffmpeg_errors(&clip);
+    assert!(errors.trim().is_empty(), "ffmpeg: {errors}");
+}
