@@ -309,14 +309,13 @@ fn roles_scope_logbook_exports_and_keytags() {
     );
     let found: serde_json::Value = serde_json::from_str(&d.get(k1, Some(ADMIN_TOKEN)).1).unwrap();
     assert_eq!(found["events"].as_array().unwrap().len(), 1);
-    let witness = format!(
-        "/api/v1/keytags/events?door=main&{range2}&purpose=witness-search&reason=break-in",
-        range2 = format!(
-            "from={}&to={}",
-            q(&Time90k::now().add_ticks(-60 * 90_000).to_rfc3339()),
-            q(&Time90k::now().add_ticks(60 * 90_000).to_rfc3339())
-        )
+    let range2 = format!(
+        "from={}&to={}",
+        q(&Time90k::now().add_ticks(-60 * 90_000).to_rfc3339()),
+        q(&Time90k::now().add_ticks(60 * 90_000).to_rfc3339())
     );
+    let witness =
+        format!("/api/v1/keytags/events?door=main&{range2}&purpose=witness-search&reason=break-in");
     let found: serde_json::Value =
         serde_json::from_str(&d.get(&witness, Some(PRIVACY_TOKEN)).1).unwrap();
     assert_eq!(found["events"].as_array().unwrap().len(), 4, "{found}");

@@ -57,6 +57,9 @@ const ALL_CFS: [&str; 9] = [
     CF_KEYTAGS_BY_TAG,
 ];
 const LOGBOOK_HEAD: &[u8] = b"logbook_head";
+
+/// A raw (key, value) of a column family.
+pub type RawEntry = (Box<[u8]>, Box<[u8]>);
 const SEGMENT_VALUE_VERSION: u8 = 1;
 const BUCKET_VALUE_VERSION: u8 = 1;
 const BUCKET_VALUE_LEN: usize = 38;
@@ -648,7 +651,7 @@ impl Index {
         cf: &str,
         from: &[u8],
         to: &'a [u8],
-    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), IndexError>> + 'a {
+    ) -> impl Iterator<Item = Result<RawEntry, IndexError>> + 'a {
         self.db
             .iterator_cf(self.cf(cf), IteratorMode::From(from, Direction::Forward))
             .take_while(move |item| item.as_ref().map_or(true, |(k, _)| &**k < to))
@@ -771,6 +774,12 @@ impl Index {
     }
 }
 
+fn decode_seq(k: &[u8]) -> Result<u64, IndexError> {
+    k.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| IndexError::Corrupt("logbook key".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -885,10 +894,4 @@ mod tests {
             .is_empty());
         assert_eq!(index.bucket_segments("p", Time90k(0)).unwrap().len(), 5400);
     }
-}
-
-fn decode_seq(k: &[u8]) -> Result<u64, IndexError> {
-    k.try_into()
-        .map(u64::from_be_bytes)
-        .map_err(|_| IndexError::Corrupt("logbook key".into()))
 }
