@@ -136,13 +136,12 @@ pub async fn run(
         retention,
         logbook,
     });
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
+    let listener = std::net::TcpListener::bind(config.http.listen)
         .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
+    listener.set_nonblocking(true)?;
     let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!(%addr, "HTTP API listening");
     let app = api::router(state);
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let stopped = async move {
         match stop {
             Some(rx) => {
                 let _ = rx.await;
@@ -150,8 +149,41 @@ pub async fn run(
             None => wait_for_signal().await,
         }
         tracing::info!("stopping");
-    });
-    serve.await?;
+    };
+    match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => {
+            // ring as the crypto provider (no C toolchain beyond what RocksDB needs).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "http.tls_cert/http.tls_key: cannot use {} and {} as a PEM certificate \
+                         chain and private key",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            tracing::info!(%addr, "HTTPS API listening");
+            let handle = axum_server::Handle::new();
+            let h = handle.clone();
+            tokio::spawn(async move {
+                stopped.await;
+                h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+            });
+            axum_server::from_tcp_rustls(listener, tls)
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await?;
+        }
+        _ => {
+            tracing::info!(%addr, "HTTP API listening");
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await?;
+        }
+    }
 
     let _ = shutdown_tx.send(true);
     for t in tasks {

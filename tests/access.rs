@@ -391,3 +391,83 @@ fn roles_scope_logbook_exports_and_keytags() {
     assert_eq!(bad.status.code(), Some(1), "{out}");
     assert!(out.contains(&format!("first bad seq {seq}")), "{out}");
 }
+
+#[test]
+fn with_a_certificate_the_api_speaks_https_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let port = support::procs::free_port();
+    let config = dir.path().join("holdfast.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\ndata_dir = {:?}\n\n[http]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = {:?}\ntls_key = {:?}\n{}",
+            dir.path().join("data").display().to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
+            user("a.auditor", "auditor", AUDITOR, "[\"*\"]"),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_holdfast"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    let curl = |url: &str, token: Option<&str>| -> String {
+        let mut c = Command::new("curl");
+        c.args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "2",
+        ]);
+        if let Some(t) = token {
+            c.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        String::from_utf8(c.arg(url).output().unwrap().stdout).unwrap()
+    };
+    let https = format!("https://127.0.0.1:{port}");
+    let t0 = std::time::Instant::now();
+    while curl(&format!("{https}/healthz"), None) != "200" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "HTTPS never came up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        curl(&format!("{https}/api/v1/logbook"), Some(AUDITOR)),
+        "200"
+    );
+    assert_eq!(curl(&format!("{https}/api/v1/logbook"), None), "401");
+    // Plain HTTP on the same port gets no answer.
+    assert_ne!(
+        curl(&format!("http://127.0.0.1:{port}/healthz"), None),
+        "200"
+    );
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean shutdown: {status:?}");
+}
