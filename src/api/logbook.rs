@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::Principal;
 use super::holds::parse_json;
 use super::{authorize, entry, ApiError, AppState};
 use crate::logbook::{Logbook, LogbookError};
@@ -110,13 +111,12 @@ struct SignOff {
 
 async fn add(
     state: Arc<AppState>,
-    headers: HeaderMap,
+    user: Arc<Principal>,
     seq: String,
     action: &str,
     text: String,
     field: &str,
 ) -> Result<Response, ApiError> {
-    let user = authorize(&state, &headers, Permission::SignOff)?;
     let seq = parse_seq(&seq)?;
     if text.trim().is_empty() {
         return Err(ApiError::bad_field(field, "must not be empty"));
@@ -136,9 +136,9 @@ pub async fn finding(
     Path(seq): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Permission::SignOff)?;
+    let user = authorize(&state, &headers, Permission::SignOff)?;
     let f: Finding = parse_json(&body)?;
-    add(state, headers, seq, "finding", f.finding, "finding").await
+    add(state, user, seq, "finding", f.finding, "finding").await
 }
 
 /// `POST /api/v1/logbook/{seq}/signoff` `{note}`.
@@ -148,7 +148,7 @@ pub async fn signoff(
     Path(seq): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Permission::SignOff)?;
+    let user = authorize(&state, &headers, Permission::SignOff)?;
     let s: SignOff = parse_json(&body)?;
-    add(state, headers, seq, "signoff", s.note, "note").await
+    add(state, user, seq, "signoff", s.note, "note").await
 }

@@ -214,10 +214,7 @@ pub fn authorize(
     headers: &HeaderMap,
     p: Permission,
 ) -> Result<Arc<Principal>, ApiError> {
-    let value = headers.get("authorization").and_then(|v| v.to_str().ok());
-    let user = state.auth.authenticate(value).ok_or_else(|| {
-        ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required")
-    })?;
+    let user = authenticate(state, headers)?;
     if !user.can(p) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -233,10 +230,7 @@ pub fn authorize_any(
     headers: &HeaderMap,
     any: &[Permission],
 ) -> Result<Arc<Principal>, ApiError> {
-    let value = headers.get("authorization").and_then(|v| v.to_str().ok());
-    let user = state.auth.authenticate(value).ok_or_else(|| {
-        ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required")
-    })?;
+    let user = authenticate(state, headers)?;
     if !any.iter().any(|p| user.can(*p)) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

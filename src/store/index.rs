@@ -459,11 +459,7 @@ impl Index {
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
         opts.set_compression_type(rocksdb::DBCompressionType::None);
-        let cfs = ALL_CFS.iter().map(|name| {
-            let mut o = Options::default();
-            o.set_compression_type(rocksdb::DBCompressionType::None);
-            ColumnFamilyDescriptor::new(*name, o)
-        });
+        let cfs = cf_descriptors();
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let index = Index { db };
         match index.db.get_cf(index.cf(CF_META), b"format")? {
@@ -486,11 +482,7 @@ impl Index {
     pub fn open_read_only(path: &Path) -> Result<Self, IndexError> {
         let mut opts = Options::default();
         opts.set_compression_type(rocksdb::DBCompressionType::None);
-        let cfs = ALL_CFS.iter().map(|name| {
-            let mut o = Options::default();
-            o.set_compression_type(rocksdb::DBCompressionType::None);
-            ColumnFamilyDescriptor::new(*name, o)
-        });
+        let cfs = cf_descriptors();
         let db = DB::open_cf_descriptors_read_only(&opts, path, cfs, false)?;
         Ok(Index { db })
     }
@@ -778,6 +770,15 @@ fn decode_seq(k: &[u8]) -> Result<u64, IndexError> {
     k.try_into()
         .map(u64::from_be_bytes)
         .map_err(|_| IndexError::Corrupt("logbook key".into()))
+}
+
+/// Every column family, uncompressed (nothing stored compresses well enough to pay).
+fn cf_descriptors() -> impl Iterator<Item = ColumnFamilyDescriptor> {
+    ALL_CFS.iter().map(|name| {
+        let mut o = Options::default();
+        o.set_compression_type(rocksdb::DBCompressionType::None);
+        ColumnFamilyDescriptor::new(*name, o)
+    })
 }
 
 #[cfg(test)]
