@@ -168,6 +168,10 @@ fn run_holdfast(n: usize, secs: u64, base: &std::path::Path) -> Result {
             sim.port
         ));
     }
+    cfg.push_str(&format!(
+        "\n[logbook]\nunkeyed = true\ncheckpoint_dir = {:?}\n",
+        dir.path().join("checkpoints").display().to_string()
+    ));
     let cfg_path = dir.path().join("holdfast.toml");
     std::fs::write(&cfg_path, cfg).unwrap();
     let mut daemon = Command::new(BIN)

@@ -93,7 +93,54 @@ pub struct Config {
     pub users: Vec<User>,
     /// `[roles.NAME]`: roles replaced or added (the rest keep the design brief's defaults).
     pub roles: BTreeMap<String, crate::roles::RolePermissions>,
+    /// `[logbook]`.
+    pub logbook: LogbookSettings,
+    /// `[holds]`.
+    pub holds: HoldSettings,
+    /// `[keytags]`.
+    pub keytags: KeytagSettings,
 }
+
+/// `[logbook]`: how the logbook's chain is keyed and anchored outside the data directory.
+#[derive(Debug, Clone)]
+pub struct LogbookSettings {
+    /// The MAC key of the chain (created by `holdfast logbook init-key`, mode 0600, outside the
+    /// data directory). `None` only when `unkeyed` is set.
+    pub key_file: Option<PathBuf>,
+    /// Run with a plain SHA-256 chain (no key): anyone who can write the data directory can then
+    /// rewrite the logbook. Must be set explicitly.
+    pub unkeyed: bool,
+    /// Directory of the append-only checkpoint file (`seq + mac` of the head, every
+    /// `checkpoint_interval` and at shutdown); outside the data directory.
+    pub checkpoint_dir: PathBuf,
+    /// Time between checkpoints.
+    pub checkpoint_interval: Duration,
+}
+
+/// `[holds]`.
+#[derive(Debug, Clone)]
+pub struct HoldSettings {
+    /// How far past now a hold's `to` may reach (an ongoing incident gets successive holds or an
+    /// extension instead).
+    pub max_future: Duration,
+}
+
+/// `[keytags]`.
+#[derive(Debug, Clone)]
+pub struct KeytagSettings {
+    /// The longest range a key-tag query may cover, per purpose (`[keytags.max_range]`).
+    pub max_range: BTreeMap<String, Duration>,
+}
+
+/// The purposes of key-tag queries and their default range caps: a tag check looks at a week,
+/// a witness search at a day around a calamity (MW 3.6, 3.7), a data subject or the police at
+/// the whole retention (28 days at the most, MW 6.7).
+pub const KEYTAG_PURPOSE_DEFAULTS: [(&str, &str); 4] = [
+    ("tag-check", "7d"),
+    ("witness-search", "24h"),
+    ("subject-access", "28d"),
+    ("police", "28d"),
+];
 
 /// `[storage]`.
 #[derive(Debug, Clone)]
@@ -140,6 +187,12 @@ pub struct Http {
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM), if TLS is on.
     pub tls_key: Option<PathBuf>,
+    /// Longest time a client may take to send a request's head; then the connection is closed.
+    pub header_timeout: Duration,
+    /// Longest time an idle keep-alive connection is kept open.
+    pub idle_timeout: Duration,
+    /// Most connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
 }
 
 /// `[sweeper]`.
@@ -156,6 +209,9 @@ pub struct Policy {
     pub video: Duration,
     /// Retention of key-tag events.
     pub keytags: Duration,
+    /// Default review date of a hold on this policy's cameras: `expires_at` is placement plus
+    /// this unless the request says otherwise (WB 8: decided within two weeks).
+    pub hold_review: Duration,
 }
 
 /// `[[sites]]`: a complex, with its policy.
@@ -203,6 +259,13 @@ pub struct Camera {
     pub password: PasswordSource,
     /// RTSP transport.
     pub transport: Transport,
+    /// Whether plain Basic authentication over unencrypted `rtsp://` is acceptable (it sends the
+    /// password in clear); off by default, digest is what cameras offer.
+    pub allow_basic_auth: bool,
+    /// For `rtsps://`: a PEM file of the CA (or the self-signed certificate) to trust.
+    pub tls_ca_file: Option<PathBuf>,
+    /// For `rtsps://`: the SHA-256 of the camera's certificate (DER), pinned.
+    pub tls_fingerprint: Option<[u8; 32]>,
     /// Where in the config this camera is (for error messages): `cameras[N]`.
     pub key: String,
 }
@@ -310,6 +373,35 @@ struct RawConfig {
     users: Vec<RawUser>,
     #[serde(default)]
     roles: BTreeMap<String, RawRole>,
+    #[serde(default)]
+    logbook: RawLogbook,
+    #[serde(default)]
+    holds: RawHolds,
+    #[serde(default)]
+    keytags: RawKeytags,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLogbook {
+    key_file: Option<PathBuf>,
+    #[serde(default)]
+    unkeyed: bool,
+    checkpoint_dir: Option<PathBuf>,
+    checkpoint_interval: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHolds {
+    max_future: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKeytags {
+    #[serde(default)]
+    max_range: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -365,6 +457,9 @@ struct RawHttp {
     metrics_require_auth: bool,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    header_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<usize>,
 }
 
 impl Default for RawHttp {
@@ -374,6 +469,9 @@ impl Default for RawHttp {
             metrics_require_auth: false,
             tls_cert: None,
             tls_key: None,
+            header_timeout: None,
+            idle_timeout: None,
+            max_connections: None,
         }
     }
 }
@@ -406,6 +504,7 @@ fn default_sweep_interval() -> String {
 struct RawPolicy {
     video: String,
     keytags: String,
+    hold_review: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -426,6 +525,10 @@ struct RawCamera {
     password_env: Option<String>,
     #[serde(default = "default_transport")]
     transport: Transport,
+    #[serde(default)]
+    allow_basic_auth: bool,
+    tls_ca_file: Option<PathBuf>,
+    tls_fingerprint: Option<String>,
 }
 
 fn default_transport() -> Transport {
@@ -606,6 +709,29 @@ impl RawConfig {
             (None, Some(_)) => e.push("http.tls_cert", "tls_key is set, so tls_cert is needed too"),
             _ => {}
         }
+        let header_timeout = e.duration(
+            "http.header_timeout",
+            self.http.header_timeout.as_deref().unwrap_or("10s"),
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        );
+        let idle_timeout = e.duration(
+            "http.idle_timeout",
+            self.http.idle_timeout.as_deref().unwrap_or("60s"),
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        );
+        let max_connections = match self.http.max_connections {
+            None => 512,
+            Some(n) if (1..=1_000_000).contains(&n) => n,
+            Some(n) => {
+                e.push(
+                    "http.max_connections",
+                    format!("{n} is not from 1 to 1000000"),
+                );
+                512
+            }
+        };
         let sweep_interval = e.duration(
             "sweeper.interval",
             &self.sweeper.interval,
@@ -647,7 +773,20 @@ impl RawConfig {
                 Duration::from_secs(1),
                 28 * DAY,
             );
-            policies.insert(name.clone(), Policy { video, keytags });
+            let hold_review = e.duration(
+                &format!("{key}.hold_review"),
+                p.hold_review.as_deref().unwrap_or("14d"),
+                Duration::from_secs(60),
+                Duration::from_secs(10 * 365 * 86_400),
+            );
+            policies.insert(
+                name.clone(),
+                Policy {
+                    video,
+                    keytags,
+                    hold_review,
+                },
+            );
         }
 
         let mut site_ids = HashSet::new();
@@ -712,6 +851,22 @@ impl RawConfig {
                     e.push(format!("{key}.url"), "has no host");
                     None
                 }
+                // Tokens or passwords in a query string end up in logs and DESCRIBE answers.
+                Ok(u) if u.query().is_some_and(|q| {
+                    url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| {
+                        let k = k.to_ascii_lowercase();
+                        ["user", "pass", "pwd", "auth", "token", "key", "secret", "login", "cred"]
+                            .iter()
+                            .any(|w| k.contains(w))
+                    })
+                }) => {
+                    e.push(
+                        format!("{key}.url"),
+                        "must not carry credentials in its query string; use username and \
+                         password_file or password_env",
+                    );
+                    None
+                }
                 Ok(u) => Some(u),
                 Err(err) => {
                     e.push(format!("{key}.url"), format!("not a valid URL ({err})"));
@@ -752,6 +907,40 @@ impl RawConfig {
                 ),
                 _ => {}
             }
+            let tls_fingerprint = match &c.tls_fingerprint {
+                None => None,
+                Some(f) => {
+                    let hexed: String = f.chars().filter(|ch| *ch != ':').collect();
+                    let mut fp = [0u8; 32];
+                    if hex::decode_to_slice(hexed.trim(), &mut fp).is_ok() {
+                        Some(fp)
+                    } else {
+                        e.push(
+                            format!("{key}.tls_fingerprint"),
+                            "must be the certificate's SHA-256: 64 hex digits, colons allowed",
+                        );
+                        None
+                    }
+                }
+            };
+            let tls = url.as_ref().is_some_and(|u| u.scheme() == "rtsps");
+            if tls && c.tls_ca_file.is_none() && c.tls_fingerprint.is_none() {
+                e.push(
+                    format!("{key}.tls_fingerprint"),
+                    "an rtsps:// camera needs tls_fingerprint (its certificate's SHA-256) or \
+                     tls_ca_file to check who it is talking to",
+                );
+            }
+            if url.is_some() && !tls {
+                for (set, k) in [
+                    (c.tls_ca_file.is_some(), "tls_ca_file"),
+                    (c.tls_fingerprint.is_some(), "tls_fingerprint"),
+                ] {
+                    if set {
+                        e.push(format!("{key}.{k}"), "only for rtsps:// cameras");
+                    }
+                }
+            }
             cameras.push(Camera {
                 id: c.id,
                 site: c.site,
@@ -759,6 +948,9 @@ impl RawConfig {
                 username: c.username,
                 password,
                 transport: c.transport,
+                allow_basic_auth: c.allow_basic_auth,
+                tls_ca_file: c.tls_ca_file,
+                tls_fingerprint,
                 key,
             });
         }
@@ -821,6 +1013,62 @@ impl RawConfig {
             });
         }
 
+        let data_dir = &self.storage.data_dir;
+        let inside_data = |p: &Path| !data_dir.as_os_str().is_empty() && p.starts_with(data_dir);
+        let lb = &self.logbook;
+        match (&lb.key_file, lb.unkeyed) {
+            (None, false) => e.push(
+                "logbook.key_file",
+                "is required: create one with `holdfast logbook init-key --config FILE` (or set \
+                 logbook.unkeyed = true to run without a keyed chain)",
+            ),
+            (Some(_), true) => e.push(
+                "logbook.unkeyed",
+                "is true, but logbook.key_file is set too: choose one",
+            ),
+            (Some(k), false) if inside_data(k) => e.push(
+                "logbook.key_file",
+                "must lie outside storage.data_dir (whoever can write the data must not read the key)",
+            ),
+            _ => {}
+        }
+        let checkpoint_dir = lb
+            .checkpoint_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/log/holdfast"));
+        if inside_data(&checkpoint_dir) {
+            e.push(
+                "logbook.checkpoint_dir",
+                "must lie outside storage.data_dir (it anchors the logbook against a rewrite there)",
+            );
+        }
+        let checkpoint_interval = e.duration(
+            "logbook.checkpoint_interval",
+            lb.checkpoint_interval.as_deref().unwrap_or("1m"),
+            Duration::from_secs(1),
+            DAY,
+        );
+        let max_future = e.duration(
+            "holds.max_future",
+            self.holds.max_future.as_deref().unwrap_or("5m"),
+            Duration::ZERO,
+            DAY,
+        );
+        let mut max_range = BTreeMap::new();
+        for (p, d) in KEYTAG_PURPOSE_DEFAULTS {
+            max_range.insert(p.to_owned(), parse_duration(d).expect("valid default"));
+        }
+        for (p, d) in &self.keytags.max_range {
+            let k = format!("keytags.max_range.{p}");
+            if !max_range.contains_key(p) {
+                let known: Vec<&str> = KEYTAG_PURPOSE_DEFAULTS.iter().map(|(p, _)| *p).collect();
+                e.push(k, format!("unknown purpose; one of {}", known.join(", ")));
+                continue;
+            }
+            let v = e.duration(&k, d, Duration::from_secs(1), 28 * DAY);
+            max_range.insert(p.clone(), v);
+        }
+
         if !e.0.is_empty() {
             return Err(ConfigErrors(e.0));
         }
@@ -838,6 +1086,9 @@ impl RawConfig {
                 metrics_require_auth: self.http.metrics_require_auth,
                 tls_cert: self.http.tls_cert,
                 tls_key: self.http.tls_key,
+                header_timeout,
+                idle_timeout,
+                max_connections,
             },
             sweeper: Sweeper {
                 interval: sweep_interval,
@@ -847,6 +1098,14 @@ impl RawConfig {
             cameras,
             users,
             roles,
+            logbook: LogbookSettings {
+                key_file: self.logbook.key_file,
+                unkeyed: self.logbook.unkeyed,
+                checkpoint_dir,
+                checkpoint_interval,
+            },
+            holds: HoldSettings { max_future },
+            keytags: KeytagSettings { max_range },
         })
     }
 }
@@ -880,6 +1139,9 @@ name = "j.devries"
 role = "manager"
 token_sha256 = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"
 sites = ["maas-noord"]
+
+[logbook]
+key_file = "/etc/holdfast/logbook.key"
 "#;
 
     fn errors(text: &str) -> Vec<String> {
@@ -1003,5 +1265,55 @@ sites = ["maas-noord"]
         let text = include_str!("../config/holdfast.example.toml");
         let c = Config::parse(text).unwrap_or_else(|e| panic!("{e}"));
         assert!(!c.cameras.is_empty());
+    }
+
+    #[test]
+    fn issue_8_keys_have_defaults_and_name_their_key() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.http.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.max_connections, 512);
+        assert_eq!(c.holds.max_future, Duration::from_secs(300));
+        assert_eq!(c.policies["four-weeks"].hold_review, 14 * DAY);
+        assert_eq!(c.keytags.max_range["tag-check"], 7 * DAY);
+        assert_eq!(c.keytags.max_range["witness-search"], DAY);
+        assert_eq!(c.logbook.checkpoint_interval, Duration::from_secs(60));
+
+        let no_key = GOOD.replace("[logbook]\nkey_file = \"/etc/holdfast/logbook.key\"\n", "");
+        assert!(errors(&no_key)[0].starts_with("logbook.key_file: is required"));
+        let unkeyed = format!("{no_key}\n[logbook]\nunkeyed = true\n");
+        assert!(Config::parse(&unkeyed).unwrap().logbook.key_file.is_none());
+        let inside = GOOD.replace("/etc/holdfast/logbook.key", "/var/lib/holdfast/k");
+        assert!(errors(&inside)[0].starts_with("logbook.key_file: must lie outside"));
+
+        let bad = format!(
+            "{GOOD}\n[holds]\nmax_future = \"forever\"\n[keytags.max_range]\nwitness-search = \"30d\"\nbogus = \"1d\"\n"
+        );
+        let errs = errors(&bad);
+        assert!(errs.iter().any(|e| e.starts_with("holds.max_future:")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("keytags.max_range.witness-search:")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("keytags.max_range.bogus:")), "{errs:?}");
+    }
+
+    #[test]
+    fn camera_urls_with_query_credentials_and_tls_settings() {
+        let q = GOOD.replace("stream1", "stream1?user=admin&password=geheim");
+        let errs = errors(&q);
+        assert!(errs[0].starts_with("cameras[0].url: must not carry credentials"), "{errs:?}");
+        assert!(errs.iter().all(|e| !e.contains("geheim")));
+        // A harmless query stays allowed.
+        assert!(Config::parse(&GOOD.replace("stream1", "stream1?channel=1")).is_ok());
+
+        let tls = GOOD.replace("rtsp://192.0.2.10:554", "rtsps://192.0.2.10:322");
+        assert!(errors(&tls)[0].starts_with("cameras[0].tls_fingerprint: an rtsps://"));
+        let fp = "AB:".repeat(31) + "AB";
+        let pinned = tls.replace(
+            "password_env = \"HOLDFAST_TEST_NEVER_SET\"",
+            &format!("password_env = \"HOLDFAST_TEST_NEVER_SET\"\ntls_fingerprint = \"{fp}\""),
+        );
+        let c = Config::parse(&pinned).unwrap();
+        assert_eq!(c.cameras[0].tls_fingerprint, Some([0xab; 32]));
+        assert!(!c.cameras[0].allow_basic_auth);
+        let plain_pinned = pinned.replace("rtsps://", "rtsp://");
+        assert!(errors(&plain_pinned)[0].starts_with("cameras[0].tls_fingerprint: only for rtsps://"));
     }
 }

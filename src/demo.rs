@@ -56,6 +56,15 @@ sites = ["*"]
             sim.url(i)
         ));
     }
+    // The logbook's MAC key and checkpoints live beside the data dir, as they would outside it
+    // on a real server.
+    let key_file = dir.path().join("logbook.key");
+    crate::logbook::write_new_key(&key_file)?;
+    toml.push_str(&format!(
+        "\n[logbook]\nkey_file = \"{}\"\ncheckpoint_dir = \"{}\"\n",
+        key_file.display(),
+        dir.path().join("checkpoints").display()
+    ));
     let config_path = dir.path().join("holdfast.toml");
     std::fs::write(&config_path, &toml)?;
     let config = Config::parse(&toml).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;

@@ -55,6 +55,18 @@ pub struct NewEntry {
     /// Free text: the finding, the sign-off note, the outcome of a refused request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// The sites of the object (cameras' sites, a key-tag query's sites, a hold's sites). A user
+    /// scoped to some sites sees an entry only when it has a site and all of them are theirs;
+    /// entries without a site (refused requests, reloads) are for `*` users only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<String>,
+    /// Incident or police case reference (required for police requests and hand-overs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// For a sign-off or a linked entry: the hash of the entry `refers_to` names, so the
+    /// signature is bound to exactly that content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refers_hash: Option<String>,
 }
 
 /// A stored entry.
@@ -105,6 +117,19 @@ pub enum LogbookError {
     /// An entry referred to does not exist.
     #[error("no logbook entry {0}")]
     NoSuchEntry(u64),
+}
+
+/// Writes a new random logbook key (32 bytes, hex, mode 0600) to `path`; refuses to overwrite.
+pub fn write_new_key(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{}", hex::encode(rand::random::<[u8; 32]>()))?;
+    f.sync_all()
 }
 
 struct Head {

@@ -420,7 +420,8 @@ fn with_a_certificate_the_api_speaks_https_only() {
             dir.path().join("data").display().to_string(),
             cert.display().to_string(),
             key.display().to_string(),
-            user("a.auditor", "auditor", AUDITOR, "[\"*\"]"),
+            user("a.auditor", "auditor", AUDITOR, "[\"*\"]")
+                + &support::procs::logbook_section(dir.path()),
         ),
     )
     .unwrap();

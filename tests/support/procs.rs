@@ -190,6 +190,7 @@ impl Daemon {
              [[users]]\nname = \"test-privacy\"\nrole = \"privacy_officer\"\ntoken_sha256 = \"{privacy_hash}\"\nsites = [\"*\"]\n",
             data = data_dir.display().to_string(),
         );
+        let config = format!("{config}{}", logbook_section(dir.path()));
         let config_path = dir.path().join("holdfast.toml");
         std::fs::write(&config_path, config).unwrap();
         let log = dir.path().join("holdfast.log");
@@ -467,6 +468,28 @@ pub fn ffmpeg_errors(path: &Path) -> String {
         s.push_str(&format!("\nexit {:?}", out.status.code()));
     }
     s
+}
+
+/// A `[logbook]` section for a test daemon in `dir`: a fresh key file (0600) and a checkpoint
+/// directory, both outside the data directory (`dir/data`).
+pub fn logbook_section(dir: &Path) -> String {
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = dir.join("logbook.key");
+    if !key.exists() {
+        let mut f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&key)
+            .unwrap();
+        let bytes: [u8; 32] = rand::random();
+        writeln!(f, "{}", hex::encode(bytes)).unwrap();
+    }
+    format!(
+        "\n[logbook]\nkey_file = {:?}\ncheckpoint_dir = {:?}\n",
+        key.display().to_string(),
+        dir.join("checkpoints").display().to_string()
+    )
 }
 
 /// A config block for one more user with the given token.
