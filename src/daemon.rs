@@ -135,6 +135,19 @@ pub async fn run(
             .collect(),
         retention,
         logbook,
+        hold_max_future: config.holds.max_future,
+        hold_review: config
+            .cameras
+            .iter()
+            .map(|c| {
+                let review = config
+                    .policies
+                    .get(config.camera_policy(c))
+                    .map_or(std::time::Duration::from_secs(14 * 86_400), |p| p.hold_review);
+                (c.id.clone(), review)
+            })
+            .collect(),
+        keytag_max_range: config.keytags.max_range.clone(),
     });
     let listener = std::net::TcpListener::bind(config.http.listen)
         .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;

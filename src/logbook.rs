@@ -234,6 +234,19 @@ impl Logbook {
         Ok(out)
     }
 
+    /// Entries from `seq` on, in order (unreadable ones skipped; `verify` reports those).
+    pub fn iter_from(
+        index: &Index,
+        seq: u64,
+    ) -> impl Iterator<Item = Result<HashedEntry, LogbookError>> + '_ {
+        index
+            .logbook_entries(seq)
+            .filter_map(|item| match item {
+                Err(e) => Some(Err(e.into())),
+                Ok((seq, v)) => decode(seq, &v).ok().map(Ok),
+            })
+    }
+
     /// Checks the whole chain from the first entry and the head record.
     pub fn verify(index: &Index) -> Result<Verification, LogbookError> {
         let mut prev = [0u8; 32];

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub sweeper_last_success: GaugeF64,
     /// Holds active now.
     pub holds_active: Gauge,
+    /// `holdfast_holds_expiring_soon`: active holds whose review date is within three days.
+    pub holds_expiring_soon: Gauge,
     /// Key-tag events stored (new ones; repeats are not counted).
     pub keytag_events: Counter,
     /// Logbook entries appended.
@@ -227,6 +229,12 @@ impl Metrics {
             "Incident holds active now",
             holds_active.clone(),
         );
+        let holds_expiring_soon = Gauge::default();
+        registry.register(
+            "holdfast_holds_expiring_soon",
+            "Active incident holds whose review date (expires_at) is within three days: decide to extend or release them",
+            holds_expiring_soon.clone(),
+        );
         let pinned_bytes = Gauge::default();
         registry.register(
             "holdfast_pinned_bytes",
@@ -270,6 +278,7 @@ impl Metrics {
             sweeper_bytes_freed,
             sweeper_last_success,
             holds_active,
+            holds_expiring_soon,
             keytag_events,
             logbook_entries,
             pinned_bytes,

@@ -1,12 +1,18 @@
 //! Holds and erasures over HTTP: `/api/v1/holds...` and `POST /api/v1/erasures`.
 //!
-//! Bodies are JSON; a wrong or missing field is a 400 that names it. Users only see and touch
-//! holds and cameras of their own sites. Hold changes answer only once the hold is durable and
-//! published to the sweeper.
+//! Bodies are JSON; a wrong or missing field is a 400 that names it. Site scope: a user sees a
+//! hold that pins at least one camera of their sites, but of a hold that reaches beyond them only
+//! their own cameras and no reason, reference or requester (`"partial": true`); releasing or
+//! extending needs every camera of the hold in scope (`*` users can always, which also covers
+//! holds on cameras no longer in the config). Holds pin what exists: `to` may lie at most
+//! `holds.max_future` past now, and every hold carries a review date (`expires_at`, by default
+//! the policy's `hold_review` from now) at which it lapses unless extended (WB 8). Hold changes
+//! answer only once the hold is durable and published to the sweeper. An erasure writes its
+//! intent to the logbook before anything is deleted, and its outcome after.
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,10 +22,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::{Permission, Principal};
-use super::{authorize, authorize_any, camera_in_scope, entry, ApiError, AppState};
+use super::{
+    authorize, authorize_any, entry, read_body, ApiError, AppState, JSON_BODY_LIMIT,
+};
 use crate::retention::erasure::{erase, ErasureError};
 use crate::retention::holds::{Hold, HoldError, NewHold};
-use crate::time::Time90k;
+use crate::time::{duration_to_ticks, Time90k};
 
 /// Parses a JSON body; errors name the offending field.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -47,14 +55,60 @@ fn hold_error(e: HoldError) -> ApiError {
     }
 }
 
-/// Whether the user may see a hold: it touches one of their sites.
-fn hold_in_scope(state: &AppState, user: &Principal, h: &Hold) -> bool {
-    h.cameras.iter().any(|c| {
-        state
+/// How much of a hold a user may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Nothing: it pins no camera of the user's sites.
+    None,
+    /// Some of its cameras are the user's, some are not (or no longer configured).
+    Partial,
+    /// Every camera is in the user's sites (or the user is a `*` user).
+    Full,
+}
+
+fn hold_scope(state: &AppState, user: &Principal, h: &Hold) -> Scope {
+    if user.sites.is_none() {
+        return Scope::Full;
+    }
+    let mine = h
+        .cameras
+        .iter()
+        .filter(|c| state.camera_site(c).is_some_and(|s| user.covers_site(s)))
+        .count();
+    match mine {
+        0 => Scope::None,
+        n if n == h.cameras.len() => Scope::Full,
+        _ => Scope::Partial,
+    }
+}
+
+/// The API view of a hold for this user: a partial view lists only the user's cameras and leaves
+/// out what belongs to the other sites' incident (reason, reference, requester, change reasons).
+fn hold_view(state: &AppState, user: &Principal, h: &Hold, now: Time90k) -> serde_json::Value {
+    let mut v = h.to_json(now);
+    if hold_scope(state, user, h) == Scope::Partial {
+        let mine: Vec<&String> = h
             .cameras
             .iter()
-            .any(|s| s.id == *c && user.covers_site(&s.site))
-    })
+            .filter(|c| state.camera_site(c).is_some_and(|s| user.covers_site(s)))
+            .collect();
+        v["cameras"] = json!(mine);
+        v["reason"] = serde_json::Value::Null;
+        v["reference"] = serde_json::Value::Null;
+        v["requested_by"] = serde_json::Value::Null;
+        if let Some(r) = v.get_mut("released").filter(|r| r.is_object()) {
+            r["reason"] = serde_json::Value::Null;
+        }
+        if let Some(exts) = v.get_mut("extensions").and_then(|e| e.as_array_mut()) {
+            for x in exts {
+                x["reason"] = serde_json::Value::Null;
+            }
+        }
+        v["partial"] = json!(true);
+    } else {
+        v["partial"] = json!(false);
+    }
+    v
 }
 
 #[derive(Deserialize)]
@@ -77,9 +131,10 @@ struct PlaceHold {
 pub async fn place(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let user = authorize(&state, &headers, Permission::PlaceHold)?;
+    let body = read_body(body, JSON_BODY_LIMIT).await?;
     let req: PlaceHold = parse_json(&body)?;
     let cameras = match (req.cameras, &req.site) {
         (Some(_), Some(_)) => {
@@ -94,16 +149,11 @@ pub async fn place(
                 return Err(ApiError::bad_field("cameras", "names no camera"));
             }
             for (i, c) in cams.iter().enumerate() {
-                let Some(cam) = state.cameras.iter().find(|s| s.id == *c) else {
+                // Another site's camera is answered like one that does not exist.
+                if !state.camera_site(c).is_some_and(|s| user.covers_site(s)) {
                     return Err(ApiError::bad_field(
                         &format!("cameras[{i}]"),
-                        format!("unknown camera {c:?}"),
-                    ));
-                };
-                if !user.covers_site(&cam.site) {
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        format!("camera {c:?} is not in your sites"),
+                        format!("unknown camera {:?}", c.chars().take(64).collect::<String>()),
                     ));
                 }
             }
@@ -113,18 +163,13 @@ pub async fn place(
             cams
         }
         (None, Some(site)) => {
-            let Some(cams) = state.sites.get(site) else {
+            let cams = state.sites.get(site).filter(|_| user.covers_site(site));
+            let Some(cams) = cams else {
                 return Err(ApiError::bad_field(
                     "site",
-                    format!("unknown site {site:?}"),
+                    format!("unknown site {:?}", site.chars().take(64).collect::<String>()),
                 ));
             };
-            if !user.covers_site(site) {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    format!("site {site:?} is not in your sites"),
-                ));
-            }
             if cams.is_empty() {
                 return Err(ApiError::bad_field(
                     "site",
@@ -134,6 +179,30 @@ pub async fn place(
             cams.clone()
         }
     };
+    let now = Time90k::now();
+    // A hold pins what exists: its end may reach only a little past now.
+    let latest = now.add_ticks(duration_to_ticks(state.hold_max_future));
+    if req.to > latest {
+        return Err(ApiError::bad_field(
+            "to",
+            format!(
+                "may be at most {} in the future ({}); for an ongoing incident place another \
+                 hold later",
+                humantime::format_duration(state.hold_max_future),
+                latest.to_rfc3339()
+            ),
+        ));
+    }
+    // Every hold has a review date; by default the shortest review period of its cameras.
+    let review = cameras
+        .iter()
+        .filter_map(|c| state.hold_review.get(c))
+        .min()
+        .copied()
+        .unwrap_or(std::time::Duration::from_secs(14 * 86_400));
+    let expires_at = req
+        .expires_at
+        .unwrap_or_else(|| now.add_ticks(duration_to_ticks(review)));
     let new = NewHold {
         cameras,
         site: req.site,
@@ -142,12 +211,11 @@ pub async fn place(
         reason: req.reason,
         reference: req.reference,
         requested_by: req.requested_by.unwrap_or_else(|| user.name.clone()),
-        expires_at: req.expires_at,
+        expires_at: Some(expires_at),
         keytags: req.keytags,
     };
     let holds = state.holds.clone();
     let by = user.name.clone();
-    let now = Time90k::now();
     let hold = tokio::task::spawn_blocking(move || holds.place(new, &by, now))
         .await
         .map_err(ApiError::internal)?
@@ -155,47 +223,63 @@ pub async fn place(
     tracing::info!(hold = hold.id, user = %user.name, "hold placed");
     let mut e = entry(&user, "hold.place", hold_object(&hold));
     e.reason = Some(hold.reason.clone());
-    e.text = Some(format!("reference {}", hold.reference));
+    e.reference = Some(hold.reference.clone()).filter(|r| !r.is_empty());
+    e.sites = state.sites_of(&hold.cameras);
     state.record(e).await?;
-    Ok((StatusCode::CREATED, Json(hold.to_json(now))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(hold_view(&state, &user, &hold, now)),
+    )
+        .into_response())
 }
+
+const HOLD_READERS: [Permission; 3] = [
+    Permission::PlaceHold,
+    Permission::ReleaseHold,
+    Permission::LogbookRead,
+];
 
 /// `GET /api/v1/holds`.
 pub async fn list(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let user = authorize_any(
-        &state,
-        &headers,
-        &[
-            Permission::PlaceHold,
-            Permission::ReleaseHold,
-            Permission::LogbookRead,
-        ],
-    )?;
+    let user = authorize_any(&state, &headers, &HOLD_READERS)?;
     let now = Time90k::now();
     let snap = state.holds.snapshot();
     let out: Vec<_> = snap
         .holds()
-        .filter(|h| hold_in_scope(&state, &user, h))
-        .map(|h| h.to_json(now))
+        .filter(|h| hold_scope(&state, &user, h) != Scope::None)
+        .map(|h| hold_view(&state, &user, h, now))
         .collect();
     Ok(Json(out).into_response())
 }
 
+/// A hold the user may see (404 otherwise, like one that does not exist).
 fn find(state: &AppState, user: &Principal, id: &str) -> Result<Arc<Hold>, ApiError> {
-    let id: u64 = id
-        .parse()
-        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, format!("no hold {id:?}")))?;
+    let shown: String = id.chars().take(32).collect();
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("no hold {shown:?}"));
+    let id: u64 = id.parse().map_err(|_| not_found())?;
     let snap = state.holds.snapshot();
     match snap.get(id) {
-        Some(h) if hold_in_scope(state, user, h) => Ok(h.clone()),
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no hold {id}"),
-        )),
+        Some(h) if hold_scope(state, user, h) != Scope::None => Ok(h.clone()),
+        _ => Err(not_found()),
     }
+}
+
+/// A hold the user may change: every camera in scope.
+fn find_changeable(state: &AppState, user: &Principal, id: &str) -> Result<Arc<Hold>, ApiError> {
+    let h = find(state, user, id)?;
+    if hold_scope(state, user, &h) != Scope::Full {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "hold {} also pins cameras outside your sites; someone with every site may change it",
+                h.id
+            ),
+        ));
+    }
+    Ok(h)
 }
 
 /// `GET /api/v1/holds/{id}`.
@@ -204,17 +288,9 @@ pub async fn get_one(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let user = authorize_any(
-        &state,
-        &headers,
-        &[
-            Permission::PlaceHold,
-            Permission::ReleaseHold,
-            Permission::LogbookRead,
-        ],
-    )?;
+    let user = authorize_any(&state, &headers, &HOLD_READERS)?;
     let h = find(&state, &user, &id)?;
-    Ok(Json(h.to_json(Time90k::now())).into_response())
+    Ok(Json(hold_view(&state, &user, &h, Time90k::now())).into_response())
 }
 
 #[derive(Deserialize)]
@@ -228,10 +304,11 @@ pub async fn release(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let user = authorize(&state, &headers, Permission::ReleaseHold)?;
-    let h = find(&state, &user, &id)?;
+    let h = find_changeable(&state, &user, &id)?;
+    let body = read_body(body, JSON_BODY_LIMIT).await?;
     let req: Release = parse_json(&body)?;
     let holds = state.holds.clone();
     let by = user.name.clone();
@@ -243,8 +320,10 @@ pub async fn release(
     tracing::info!(hold = hold.id, user = %user.name, "hold released");
     let mut e = entry(&user, "hold.release", hold_object(&hold));
     e.reason = hold.released.as_ref().map(|r| r.reason.clone());
+    e.reference = Some(hold.reference.clone()).filter(|r| !r.is_empty());
+    e.sites = state.sites_of(&hold.cameras);
     state.record(e).await?;
-    Ok(Json(hold.to_json(now)).into_response())
+    Ok(Json(hold_view(&state, &user, &hold, now)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -254,15 +333,17 @@ struct Extend {
     reason: String,
 }
 
-/// `POST /api/v1/holds/{id}/extend`.
+/// `POST /api/v1/holds/{id}/extend`: a later review date. Deciding to keep footage longer is
+/// the same decision as letting it go, so it needs the release permission.
 pub async fn extend(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let user = authorize(&state, &headers, Permission::PlaceHold)?;
-    let h = find(&state, &user, &id)?;
+    let user = authorize(&state, &headers, Permission::ReleaseHold)?;
+    let h = find_changeable(&state, &user, &id)?;
+    let body = read_body(body, JSON_BODY_LIMIT).await?;
     let req: Extend = parse_json(&body)?;
     let holds = state.holds.clone();
     let by = user.name.clone();
@@ -276,8 +357,10 @@ pub async fn extend(
     tracing::info!(hold = hold.id, user = %user.name, "hold extended");
     let mut e = entry(&user, "hold.extend", hold_object(&hold));
     e.reason = hold.extensions.last().map(|x| x.reason.clone());
+    e.reference = Some(hold.reference.clone()).filter(|r| !r.is_empty());
+    e.sites = state.sites_of(&hold.cameras);
     state.record(e).await?;
-    Ok(Json(hold.to_json(now)).into_response())
+    Ok(Json(hold_view(&state, &user, &hold, now)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -292,35 +375,50 @@ struct EraseRequest {
 }
 
 /// `POST /api/v1/erasures`: 200 `{bytes_freed, segments}`, 409 when a hold covers the range.
+/// The intent is in the logbook (synced) before anything is deleted; the outcome follows as an
+/// entry that refers to it.
 pub async fn erasure(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let user = authorize(&state, &headers, Permission::Erase)?;
+    let body = read_body(body, JSON_BODY_LIMIT).await?;
     let req: EraseRequest = parse_json(&body)?;
-    if !state.cameras.iter().any(|c| c.id == req.camera) {
+    let Some(site) = state
+        .camera_site(&req.camera)
+        .filter(|s| user.covers_site(s))
+        .map(str::to_owned)
+    else {
         return Err(ApiError::bad_field(
             "camera",
-            format!("unknown camera {:?}", req.camera),
+            format!(
+                "unknown camera {:?}",
+                req.camera.chars().take(64).collect::<String>()
+            ),
         ));
-    }
-    camera_in_scope(&state, &user, &req.camera)?;
+    };
     if req.from >= req.to {
         return Err(ApiError::bad_field("to", "must be after from"));
     }
     if req.reason.trim().is_empty() {
         return Err(ApiError::bad_field("reason", "must not be empty"));
     }
-    let st = state.clone();
-    let camera = req.camera.clone();
     let object = json!({
         "camera": req.camera,
         "from": req.from.to_rfc3339(),
         "to": req.to.to_rfc3339(),
         "reference": req.reference,
     });
-    let reason = req.reason.clone();
+    let mut intent = entry(&user, "erasure", object.clone());
+    intent.reason = Some(req.reason.clone());
+    intent.reference = Some(req.reference.clone()).filter(|r| !r.is_empty());
+    intent.sites = vec![site.clone()];
+    intent.text = Some("intent: erase this range unless a hold covers it".into());
+    let intent = state.record(intent).await?;
+
+    let st = state.clone();
+    let camera = req.camera.clone();
     let result = tokio::task::spawn_blocking(move || {
         // What the writer has accepted becomes durable first, so it can be erased too.
         st.writer.flush();
@@ -335,30 +433,31 @@ pub async fn erasure(
     })
     .await
     .map_err(ApiError::internal)?;
+    let mut outcome = entry(&user, "erasure.outcome", object);
+    outcome.refers_to = Some(intent.entry.seq);
+    outcome.refers_hash = Some(intent.hash.clone());
+    outcome.sites = vec![site];
     match result {
         Ok(e) => {
             tracing::info!(camera = %req.camera, user = %user.name, reference = %req.reference,
                 segments = e.segments, "erasure done");
-            let mut l = entry(&user, "erasure", object);
-            l.reason = Some(reason);
-            l.text = Some(format!(
-                "{} segments erased, {} bytes freed",
+            outcome.text = Some(format!(
+                "done: {} segments erased, {} bytes freed",
                 e.segments, e.bytes_freed
             ));
-            state.record(l).await?;
+            state.record(outcome).await?;
             Ok(Json(json!({
                 "camera": req.camera,
                 "segments": e.segments,
                 "record_bytes": e.record_bytes,
                 "bytes_freed": e.bytes_freed,
+                "logbook_seq": intent.entry.seq,
             }))
             .into_response())
         }
         Err(ErasureError::Held(ids)) => {
-            let mut l = entry(&user, "erasure", object);
-            l.reason = Some(reason);
-            l.text = Some(format!("refused: held by hold(s) {ids:?}"));
-            state.record(l).await?;
+            outcome.text = Some(format!("refused: held by hold(s) {ids:?}"));
+            state.record(outcome).await?;
             let mut e = ApiError::new(
                 StatusCode::CONFLICT,
                 format!("an active hold covers part of the range: hold(s) {ids:?}"),
@@ -366,7 +465,13 @@ pub async fn erasure(
             e.detail = json!({ "holds": ids });
             Err(e)
         }
-        Err(ErasureError::Store(e)) => Err(ApiError::internal(e)),
+        Err(ErasureError::Store(err)) => {
+            outcome.text = Some("failed: storage error (see the daemon's log)".into());
+            if let Err(le) = state.record(outcome).await {
+                tracing::error!(error = ?le, "could not log an erasure's failure");
+            }
+            Err(ApiError::internal(err))
+        }
     }
 }
 

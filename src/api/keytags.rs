@@ -2,25 +2,33 @@
 //! queries by tag or by door).
 //!
 //! A batch is NDJSON or one JSON array of `{tag, door, time[, site]}`; it is stored whole or not at
-//! all, and a 400 names the first bad line. Queries need a `reason` and a `purpose` that fits the
-//! kind of query: by tag for `tag-check`, `subject-access` or `police`; by door and time range for
-//! `witness-search` or `police`. Every query is logged (with the number of events found) before
-//! the events are returned, and only the user's sites are searched.
+//! all, and a 400 names the first bad line. Queries need a `reason`, a `purpose` that fits the
+//! kind of query (by tag for `tag-check`, `subject-access` or `police`; by door for
+//! `witness-search` or `police`), and a `from`/`to` range no longer than the purpose's cap
+//! (`keytags.max_range`: a tag check a week, a witness search a day; K3). A `subject-access`
+//! query names one tag: the data subject's own (K4). `police` queries need `reference` and
+//! `recipient` (K5). Every query is logged (with the number of events found) before the events
+//! are returned, refused ones too, and only the user's sites are searched.
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{authorize, entry, parse_range, ApiError, AppState};
+use super::auth::Principal;
+use super::export::truncate;
+use super::{
+    authenticate, authorize, entry, parse_query, parse_range, read_body, ApiError, AppState,
+    RefusalLogged, KEYTAG_BODY_LIMIT,
+};
 use crate::keytags::{self, Event};
 use crate::roles::Permission;
-use crate::time::Time90k;
+use crate::time::duration_to_ticks;
 
 /// Purposes of a query by tag.
 pub const TAG_PURPOSES: [&str; 3] = ["tag-check", "subject-access", "police"];
@@ -31,9 +39,10 @@ pub const DOOR_PURPOSES: [&str; 2] = ["witness-search", "police"];
 pub async fn submit(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let user = authorize(&state, &headers, Permission::KeytagsWrite)?;
+    let body = read_body(body, KEYTAG_BODY_LIMIT).await?;
     let text =
         std::str::from_utf8(&body).map_err(|_| ApiError::bad_field("body", "is not UTF-8 text"))?;
     let only_site = match &user.sites {
@@ -42,8 +51,10 @@ pub async fn submit(
     };
     let site_for = |site: Option<&str>| -> Result<String, String> {
         match site {
-            Some(s) if !state.sites.contains_key(s) => Err(format!("unknown site {s:?}")),
-            Some(s) if !user.covers_site(s) => Err(format!("site {s:?} is not in your sites")),
+            // Another site is answered like one that does not exist.
+            Some(s) if !state.sites.contains_key(s) || !user.covers_site(s) => {
+                Err(format!("unknown site {:?}", truncate(s, 64)))
+            }
             Some(s) => Ok(s.to_owned()),
             None => only_site
                 .clone()
@@ -66,7 +77,7 @@ pub async fn submit(
 }
 
 /// Query of key-tag events.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 pub struct KeytagQuery {
     tag: Option<String>,
     door: Option<String>,
@@ -74,58 +85,45 @@ pub struct KeytagQuery {
     to: Option<String>,
     reason: Option<String>,
     purpose: Option<String>,
+    reference: Option<String>,
+    recipient: Option<String>,
 }
 
 fn event_json(e: &Event) -> serde_json::Value {
     json!({ "tag": e.tag, "door": e.door, "site": e.site, "time": e.time.to_rfc3339() })
 }
 
+fn non_empty(v: &Option<String>) -> Option<String> {
+    v.as_ref()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// The user's sites to search.
+fn sites_of(state: &AppState, user: &Principal) -> Vec<String> {
+    let mut v: Vec<String> = match &user.sites {
+        Some(s) => s.clone(),
+        None => state.sites.keys().cloned().collect(),
+    };
+    v.sort();
+    v
+}
+
 /// `GET /api/v1/keytags/events`.
 pub async fn query(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(q): Query<KeytagQuery>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let user = authorize(&state, &headers, Permission::KeytagsRead)?;
-    let tag = q.tag.filter(|s| !s.is_empty());
-    let door = q.door.filter(|s| !s.is_empty());
-    let reason = q
-        .reason
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::bad_field("reason", "is required"))?;
-    let purpose = q
-        .purpose
-        .ok_or_else(|| ApiError::bad_field("purpose", "is required"))?;
-    let (allowed, kind): (&[&str], &str) = match (&tag, &door) {
-        (Some(_), None) => (&TAG_PURPOSES, "tag"),
-        (None, Some(_)) => (&DOOR_PURPOSES, "door"),
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_field(
-                "door",
-                "give either tag or door, not both",
-            ))
-        }
-        (None, None) => return Err(ApiError::bad_field("tag", "give tag or door")),
+    let user = authenticate(&state, &headers)?;
+    let q: KeytagQuery = match check(&state, &user, raw.as_deref()) {
+        Ok(q) => q,
+        Err(err) => return Ok(refuse(&state, &user, raw.as_deref(), err).await),
     };
-    if !allowed.contains(&purpose.as_str()) {
-        return Err(ApiError::bad_field(
-            "purpose",
-            format!(
-                "{purpose:?} is not a purpose of a query by {kind}; one of {}",
-                allowed.join(", ")
-            ),
-        ));
-    }
-    let (from, to) = if kind == "tag" && q.from.is_none() && q.to.is_none() {
-        (Time90k(i64::MIN / 2), Time90k(i64::MAX / 2))
-    } else {
-        parse_range(q.from.as_deref(), q.to.as_deref())?
-    };
-    let sites: Vec<String> = match &user.sites {
-        Some(s) => s.clone(),
-        None => state.sites.keys().cloned().collect(),
-    };
+    let tag = non_empty(&q.tag);
+    let door = non_empty(&q.door);
+    let (from, to) = parse_range(q.from.as_deref(), q.to.as_deref())?;
+    let sites = sites_of(&state, &user);
     let st = state.clone();
     let (t, d, s) = (tag.clone(), door.clone(), sites.clone());
     let events = tokio::task::spawn_blocking(move || match (t, d) {
@@ -143,18 +141,110 @@ pub async fn query(
         json!({
             "tag": tag,
             "door": door,
-            "from": (from.0 > i64::MIN / 2).then(|| from.to_rfc3339()),
-            "to": (to.0 < i64::MAX / 2).then(|| to.to_rfc3339()),
+            "from": from.to_rfc3339(),
+            "to": to.to_rfc3339(),
             "sites": sites,
             "results": events.len(),
         }),
     );
-    e.reason = Some(reason);
-    e.purpose = Some(purpose);
+    e.reason = non_empty(&q.reason);
+    e.purpose = non_empty(&q.purpose);
+    e.reference = non_empty(&q.reference);
+    e.recipient = non_empty(&q.recipient);
+    e.sites = sites;
     let logged = state.record(e).await?;
     Ok(Json(json!({
         "events": events.iter().map(event_json).collect::<Vec<_>>(),
         "logbook_seq": logged.entry.seq,
     }))
     .into_response())
+}
+
+/// Everything that can refuse a query, in the order 403, 400.
+fn check(state: &AppState, user: &Principal, raw: Option<&str>) -> Result<KeytagQuery, ApiError> {
+    if !user.can(Permission::KeytagsRead) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("role {} may not do this", user.role),
+        ));
+    }
+    let q: KeytagQuery = parse_query(raw)?;
+    non_empty(&q.reason).ok_or_else(|| ApiError::bad_field("reason", "is required"))?;
+    let purpose = non_empty(&q.purpose).ok_or_else(|| ApiError::bad_field("purpose", "is required"))?;
+    let (allowed, kind): (&[&str], &str) = match (non_empty(&q.tag), non_empty(&q.door)) {
+        (Some(_), None) => (&TAG_PURPOSES, "tag"),
+        (None, Some(_)) => (&DOOR_PURPOSES, "door"),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_field(
+                "door",
+                "give either tag or door, not both",
+            ))
+        }
+        (None, None) => return Err(ApiError::bad_field("tag", "give tag or door")),
+    };
+    if !allowed.contains(&purpose.as_str()) {
+        return Err(ApiError::bad_field(
+            "purpose",
+            format!(
+                "{:?} is not a purpose of a query by {kind}; one of {}",
+                truncate(&purpose, 64),
+                allowed.join(", ")
+            ),
+        ));
+    }
+    if purpose == "police" {
+        for (field, v) in [("reference", &q.reference), ("recipient", &q.recipient)] {
+            if non_empty(v).is_none() {
+                return Err(ApiError::bad_field(
+                    field,
+                    "is required for purpose \"police\" (the formal request's case and who receives the data)",
+                ));
+            }
+        }
+    }
+    let (from, to) = parse_range(q.from.as_deref(), q.to.as_deref())?;
+    if let Some(max) = state.keytag_max_range.get(&purpose) {
+        if to.0 - from.0 > duration_to_ticks(*max) {
+            return Err(ApiError::bad_field(
+                "to",
+                format!(
+                    "the range may cover at most {} for purpose {purpose:?}",
+                    humantime::format_duration(*max)
+                ),
+            ));
+        }
+    }
+    Ok(q)
+}
+
+/// Logs a refused query with what was asked, and marks the response as logged.
+async fn refuse(state: &Arc<AppState>, user: &Principal, raw: Option<&str>, err: ApiError) -> Response {
+    let q: KeytagQuery = parse_query(raw).unwrap_or_default();
+    let mut e = entry(
+        user,
+        "keytags.query.refused",
+        json!({
+            "query": raw.map(|r| truncate(r, 256)),
+            "status": err.status().as_u16(),
+        }),
+    );
+    e.reason = non_empty(&q.reason).map(|r| truncate(&r, 1024));
+    e.purpose = non_empty(&q.purpose).map(|r| truncate(&r, 64));
+    e.reference = non_empty(&q.reference).map(|r| truncate(&r, 256));
+    e.recipient = non_empty(&q.recipient).map(|r| truncate(&r, 256));
+    e.text = Some(truncate(err.message(), 512));
+    // Whose sites would have been searched: a scoped user's own refusals stay visible to them.
+    e.sites = if user.sites.is_some() {
+        sites_of(state, user)
+    } else {
+        Vec::new()
+    };
+    if let Err(le) = state.record(e).await {
+        tracing::error!(error = ?le, "could not log a refused key-tag query");
+        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "logbook unavailable")
+            .into_response();
+    }
+    let mut resp = err.into_response();
+    resp.extensions_mut().insert(RefusalLogged);
+    resp
 }

@@ -1,20 +1,32 @@
 //! `GET /api/v1/logbook`, `GET /api/v1/logbook/{seq}`, `GET /api/v1/logbook/verify`, and the
 //! additions that never change an entry: `POST .../{seq}/finding` and `POST .../{seq}/signoff`.
+//!
+//! Site scope: an entry belongs to the sites of its object (`sites`); a user scoped to some sites
+//! lists, reads, adds findings to and signs off only entries all of whose sites are theirs, and
+//! entries without a site (refused requests of unknown origin, configuration events) only `*`
+//! users see. An entry the user may not see is answered like one that does not exist.
+//! `GET .../{seq}` also returns the entries linked to it (`refers_to`: an export's outcome with
+//! the SHA-256 of what was sent, findings, sign-offs). A finding is added by the user who made
+//! the consultation or by someone who may sign off; a sign-off is by someone else than the user
+//! of the entry (four eyes) and binds that entry's hash (`refers_hash`).
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::Principal;
 use super::holds::parse_json;
-use super::{authorize, entry, ApiError, AppState};
-use crate::logbook::{Logbook, LogbookError};
+use super::{
+    authenticate, authorize, entry, entry_visible, parse_query, read_body, ApiError, AppState,
+    JSON_BODY_LIMIT,
+};
+use crate::logbook::{HashedEntry, Logbook, LogbookError};
 use crate::roles::Permission;
 use crate::time::Time90k;
 
@@ -27,15 +39,18 @@ pub struct LogbookQuery {
     from: Option<String>,
     to: Option<String>,
     limit: Option<usize>,
+    after: Option<u64>,
 }
 
-/// `GET /api/v1/logbook?from=&to=&limit=`.
+/// `GET /api/v1/logbook?from=&to=&limit=&after=`: the entries of the user's sites, oldest first
+/// (`after` continues after a seq).
 pub async fn list(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(q): Query<LogbookQuery>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Permission::LogbookRead)?;
+    let user = authorize(&state, &headers, Permission::LogbookRead)?;
+    let q: LogbookQuery = parse_query(raw.as_deref())?;
     let parse = |field: &str, v: &Option<String>, default: Time90k| match v {
         None => Ok(default),
         Some(s) => Time90k::parse_rfc3339(s).map_err(|e| ApiError::bad_field(field, e)),
@@ -43,44 +58,93 @@ pub async fn list(
     let from = parse("from", &q.from, Time90k(i64::MIN / 2))?;
     let to = parse("to", &q.to, Time90k(i64::MAX / 2))?;
     let limit = q.limit.unwrap_or(MAX_ENTRIES).clamp(1, MAX_ENTRIES);
+    let start = q.after.unwrap_or(0).saturating_add(1);
     let st = state.clone();
-    let entries =
-        tokio::task::spawn_blocking(move || Logbook::list(st.store.index(), from, to, limit))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
+    let entries = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for e in Logbook::iter_from(st.store.index(), start) {
+            let e = e?;
+            if e.entry.time >= to {
+                break;
+            }
+            if e.entry.time >= from && entry_visible(&user, &e.entry.body.sites) {
+                out.push(e);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok::<_, LogbookError>(out)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
     Ok(Json(json!({ "entries": entries })).into_response())
 }
 
 fn parse_seq(seq: &str) -> Result<u64, ApiError> {
-    seq.parse()
-        .map_err(|_| ApiError::bad_field("seq", format!("{seq:?} is not an entry number")))
+    seq.parse().map_err(|_| {
+        ApiError::bad_field(
+            "seq",
+            format!("{:?} is not an entry number", seq.chars().take(32).collect::<String>()),
+        )
+    })
 }
 
-async fn fetch(state: &Arc<AppState>, seq: u64) -> Result<crate::logbook::HashedEntry, ApiError> {
+fn no_entry(seq: u64) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no logbook entry {seq}"))
+}
+
+/// An entry the user may see (`own` also lets users see entries they made themselves).
+async fn fetch(
+    state: &Arc<AppState>,
+    user: &Principal,
+    seq: u64,
+    own: bool,
+) -> Result<HashedEntry, ApiError> {
     let st = state.clone();
-    match tokio::task::spawn_blocking(move || Logbook::get(st.store.index(), seq))
+    let e = match tokio::task::spawn_blocking(move || Logbook::get(st.store.index(), seq))
         .await
         .map_err(ApiError::internal)?
     {
-        Ok(e) => Ok(e),
-        Err(LogbookError::NoSuchEntry(_)) => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no logbook entry {seq}"),
-        )),
-        Err(e) => Err(ApiError::internal(e)),
+        Ok(e) => e,
+        Err(LogbookError::NoSuchEntry(_)) => return Err(no_entry(seq)),
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    let mine = own && e.entry.body.user == user.name;
+    if !mine && !entry_visible(user, &e.entry.body.sites) {
+        return Err(no_entry(seq));
     }
+    Ok(e)
 }
 
-/// `GET /api/v1/logbook/{seq}`.
+/// `GET /api/v1/logbook/{seq}`: the entry and the entries linked to it.
 pub async fn get_one(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(seq): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Permission::LogbookRead)?;
+    let user = authorize(&state, &headers, Permission::LogbookRead)?;
     let seq = parse_seq(&seq)?;
-    Ok(Json(fetch(&state, seq).await?).into_response())
+    let e = fetch(&state, &user, seq, false).await?;
+    let st = state.clone();
+    let u = user.clone();
+    let linked = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for l in Logbook::iter_from(st.store.index(), seq.saturating_add(1)) {
+            let l = l?;
+            if l.entry.body.refers_to == Some(seq) && entry_visible(&u, &l.entry.body.sites) {
+                out.push(l);
+            }
+        }
+        Ok::<_, LogbookError>(out)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    let mut v = serde_json::to_value(&e).map_err(ApiError::internal)?;
+    v["linked"] = serde_json::to_value(&linked).map_err(ApiError::internal)?;
+    Ok(Json(v).into_response())
 }
 
 /// `GET /api/v1/logbook/verify`: `{ok, entries, first_bad_seq, problem, head_hash}`.
@@ -110,45 +174,72 @@ struct SignOff {
 }
 
 async fn add(
-    state: Arc<AppState>,
-    user: Arc<Principal>,
-    seq: String,
+    state: &Arc<AppState>,
+    user: &Principal,
+    target: HashedEntry,
     action: &str,
     text: String,
-    field: &str,
 ) -> Result<Response, ApiError> {
-    let seq = parse_seq(&seq)?;
-    if text.trim().is_empty() {
-        return Err(ApiError::bad_field(field, "must not be empty"));
-    }
-    fetch(&state, seq).await?;
-    let mut e = entry(&user, action, json!({ "entry": seq }));
+    let seq = target.entry.seq;
+    let mut e = entry(user, action, json!({ "entry": seq }));
     e.refers_to = Some(seq);
+    e.refers_hash = Some(target.hash);
+    e.sites = target.entry.body.sites;
     e.text = Some(text);
     let logged = state.record(e).await?;
     Ok((StatusCode::CREATED, Json(logged)).into_response())
 }
 
-/// `POST /api/v1/logbook/{seq}/finding` `{finding}`.
+/// `POST /api/v1/logbook/{seq}/finding` `{finding}`: by the user who made the consultation, or
+/// by someone who may sign off.
 pub async fn finding(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(seq): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let user = authorize(&state, &headers, Permission::SignOff)?;
+    let user = authenticate(&state, &headers)?;
+    let signer = user.can(Permission::SignOff);
+    let seq = parse_seq(&seq)?;
+    let target = match fetch(&state, &user, seq, true).await {
+        Ok(t) if signer || t.entry.body.user == user.name => t,
+        Err(e) if signer => return Err(e),
+        // Someone who may not sign off learns nothing about other people's entries.
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "only the user who made the consultation or someone who may sign off adds findings",
+            ))
+        }
+    };
+    let body = read_body(body, JSON_BODY_LIMIT).await?;
     let f: Finding = parse_json(&body)?;
-    add(state, user, seq, "finding", f.finding, "finding").await
+    if f.finding.trim().is_empty() {
+        return Err(ApiError::bad_field("finding", "must not be empty"));
+    }
+    add(&state, &user, target, "finding", f.finding).await
 }
 
-/// `POST /api/v1/logbook/{seq}/signoff` `{note}`.
+/// `POST /api/v1/logbook/{seq}/signoff` `{note}`: four eyes, never one's own entry.
 pub async fn signoff(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(seq): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let user = authorize(&state, &headers, Permission::SignOff)?;
+    let seq = parse_seq(&seq)?;
+    let target = fetch(&state, &user, seq, false).await?;
+    if target.entry.body.user == user.name {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "four eyes: an entry is signed off by someone else than the user who made it",
+        ));
+    }
+    let body = read_body(body, JSON_BODY_LIMIT).await?;
     let s: SignOff = parse_json(&body)?;
-    add(state, user, seq, "signoff", s.note, "note").await
+    if s.note.trim().is_empty() {
+        return Err(ApiError::bad_field("note", "must not be empty"));
+    }
+    add(&state, &user, target, "signoff", s.note).await
 }

@@ -1,9 +1,12 @@
 //! The HTTP API (axum): health, metrics, cameras and their recordings, holds and erasures.
 //!
-//! Every `/api/v1` route authenticates (401 without a valid bearer token), checks the role's
-//! permission and the user's site scope (403), and answers errors as
-//! `{"error": "...", "detail": ...}`. Request counts go to `holdfast_http_requests_total` by route
-//! pattern, never by raw path.
+//! Every `/api/v1` route works in one order: authenticate (401 without a valid bearer token),
+//! check the role's permission (403), and only then read and parse the query and body (413, 400),
+//! so nobody learns anything about a route's parameters without a token. Errors are
+//! `{"error": "...", "detail": ...}`. Site scope is applied everywhere: another site's camera is
+//! answered exactly like a camera that does not exist (404 in a path, 400 "unknown camera" in a
+//! body), holds and logbook entries of other sites are not shown. Request counts go to
+//! `holdfast_http_requests_total` by route pattern, never by raw path.
 
 pub mod auth;
 pub mod export;
@@ -11,15 +14,19 @@ pub mod holds;
 pub mod keytags;
 pub mod logbook;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::body::Body;
+use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -56,6 +63,12 @@ pub struct AppState {
     pub retention: SweeperConfig,
     /// The logbook.
     pub logbook: Arc<Logbook>,
+    /// How far past now a hold's `to` may reach (`holds.max_future`).
+    pub hold_max_future: Duration,
+    /// Default review period of a hold, per camera (its policy's `hold_review`).
+    pub hold_review: HashMap<String, Duration>,
+    /// The longest range of a key-tag query, per purpose (`keytags.max_range`).
+    pub keytag_max_range: BTreeMap<String, Duration>,
 }
 
 impl AppState {
@@ -69,6 +82,84 @@ impl AppState {
         self.metrics.logbook_entries.inc();
         Ok(entry)
     }
+}
+
+impl AppState {
+    /// The site of a configured camera.
+    pub fn camera_site(&self, camera: &str) -> Option<&str> {
+        self.cameras
+            .iter()
+            .find(|c| c.id == camera)
+            .map(|c| c.site.as_str())
+    }
+
+    /// The sites of some cameras, sorted and without repeats (unknown cameras have none).
+    pub fn sites_of<'a>(&self, cameras: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+        let mut v: Vec<String> = cameras
+            .into_iter()
+            .filter_map(|c| self.camera_site(c).map(str::to_owned))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// Whether a user may see a logbook entry: `*` users see every entry; a user scoped to some
+/// sites sees an entry only when it belongs to at least one site and all of its sites are theirs.
+pub fn entry_visible(user: &Principal, sites: &[String]) -> bool {
+    user.sites.is_none() || (!sites.is_empty() && sites.iter().all(|s| user.covers_site(s)))
+}
+
+/// Marks a response whose refusal the handler has logged itself (with what was asked), so the
+/// refusal middleware does not log it a second time.
+#[derive(Debug, Clone, Copy)]
+pub struct RefusalLogged;
+
+/// Largest JSON body (holds, erasures, findings, sign-offs).
+pub const JSON_BODY_LIMIT: usize = 64 << 10;
+/// Largest key-tag batch.
+pub const KEYTAG_BODY_LIMIT: usize = 8 << 20;
+
+/// Reads a request body of at most `limit` bytes: 413 (JSON, with the limit) when it is larger.
+/// Called after authentication, so nobody without a token makes the daemon buffer a body.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match axum::body::to_bytes(body, limit).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let too_long = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if too_long {
+                let mut err = ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body: larger than the limit of {limit} bytes"),
+                );
+                err.detail = json!({ "field": "body", "limit_bytes": limit });
+                Err(err)
+            } else {
+                Err(ApiError::bad_field("body", "could not be read"))
+            }
+        }
+    }
+}
+
+/// Parses a query string (after authentication); errors name the parameter.
+pub fn parse_query<T: DeserializeOwned>(raw: Option<&str>) -> Result<T, ApiError> {
+    let raw = raw.unwrap_or("");
+    let de = serde_urlencoded::Deserializer::new(url::form_urlencoded::parse(raw.as_bytes()));
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.inner().to_string();
+        // serde names a duplicate or missing field in its message, at the parent's path.
+        let field = match (path.as_str(), msg.split('`').nth(1)) {
+            ("." | "", Some(f)) if !f.is_empty() => f.to_owned(),
+            ("." | "", _) => "query".to_owned(),
+            (p, _) => p.to_owned(),
+        };
+        let field: String = field.chars().take(64).collect();
+        ApiError::bad_field(&field, msg.chars().take(200).collect::<String>())
+    })
 }
 
 /// A logbook entry by `user` for `action` on `object`; the caller fills in the rest.
@@ -108,6 +199,16 @@ impl ApiError {
         );
         e.detail = json!({ "field": field });
         e
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.error
     }
 
     pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
@@ -172,7 +273,9 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
         .map(str::to_owned);
     let resp = next.run(req).await;
     let status = resp.status();
-    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+    if (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
+        && resp.extensions().get::<RefusalLogged>().is_none()
+    {
         let user = state.auth.authenticate(authorization.as_deref());
         let e = NewEntry {
             user: user.as_ref().map_or("-".into(), |u| u.name.clone()),
@@ -240,7 +343,9 @@ pub fn authorize_any(
     Ok(user)
 }
 
-async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+/// `GET /healthz`: without a token only `{"status"}` (200 ok, 503 failing); with a token of a
+/// user who may see camera status also the parts and the cameras of the user's sites.
+async fn healthz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let writer = state.writer.is_healthy();
     let index = state.store.index().buckets(None).is_ok();
     let storage_full = state.writer.is_paused();
@@ -249,15 +354,23 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let cameras: HashMap<&str, _> = state
+    let word = if status == StatusCode::OK { "ok" } else { "failing" };
+    let user = authenticate(&state, &headers)
+        .ok()
+        .filter(|u| u.can(Permission::CamerasStatus));
+    let Some(user) = user else {
+        return (status, Json(json!({ "status": word }))).into_response();
+    };
+    let cameras: BTreeMap<&str, _> = state
         .cameras
         .iter()
+        .filter(|c| user.covers_site(&c.site))
         .map(|c| (c.id.as_str(), c.state()))
         .collect();
     (
         status,
         Json(json!({
-            "status": if status == StatusCode::OK { "ok" } else { "failing" },
+            "status": word,
             "writer": if writer { "ok" } else { "failing" },
             "index": if index { "ok" } else { "failing" },
             "storage": if storage_full { "full: only pinned footage left, new video refused" } else { "ok" },
@@ -337,24 +450,30 @@ async fn cameras(
     Ok(Json(list).into_response())
 }
 
-/// A camera the user may see, or 404/403.
+/// A camera the user may see; 404 otherwise, the same for another site's camera as for one that
+/// does not exist (ids cannot be enumerated across sites).
 pub fn camera_in_scope<'a>(
     state: &'a AppState,
     user: &Principal,
     id: &str,
 ) -> Result<&'a CameraStatus, ApiError> {
-    let cam = state
+    state
         .cameras
         .iter()
-        .find(|c| c.id == id)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no camera {id:?}")))?;
-    if !user.covers_site(&cam.site) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("camera {id:?} is not in your sites"),
-        ));
+        .find(|c| c.id == id && user.covers_site(&c.site))
+        .map(|c| &**c)
+        .ok_or_else(|| no_camera(id))
+}
+
+/// The answer for a camera that does not exist or is not the user's.
+pub fn no_camera(id: &str) -> ApiError {
+    let mut shown: String = id.chars().take(64).collect();
+    if shown.len() < id.len() {
+        shown.push('…');
     }
-    Ok(cam)
+    let mut e = ApiError::new(StatusCode::NOT_FOUND, format!("no camera {shown:?}"));
+    e.detail = json!({ "field": "camera" });
+    e
 }
 
 /// A `from`/`to` query.
@@ -382,16 +501,19 @@ async fn recordings(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<RangeQuery>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let user = authorize(&state, &headers, Permission::CamerasStatus)?;
     camera_in_scope(&state, &user, &id)?;
+    let q: RangeQuery = parse_query(raw.as_deref())?;
     let (from, to) = parse_range(q.from.as_deref(), q.to.as_deref())?;
-    let segments = state
-        .store
-        .index()
-        .camera_segments(&id, from, to)
-        .map_err(ApiError::internal)?;
+    let st = state.clone();
+    let cam = id.clone();
+    let segments =
+        tokio::task::spawn_blocking(move || st.store.index().camera_segments(&cam, from, to))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
     let intervals = IntervalSet::from_intervals(
         segments
             .iter()

@@ -431,6 +431,12 @@ pub fn retention_gauges(
     }
     let snap = holds.snapshot();
     m.holds_active.set(snap.active(now).count() as i64);
+    let soon = now.add_ticks(3 * 86_400 * crate::time::TICKS_PER_SEC);
+    m.holds_expiring_soon.set(
+        snap.active(now)
+            .filter(|h| h.expires_at.is_some_and(|e| e <= soon))
+            .count() as i64,
+    );
     let mut pinned = 0u64;
     for camera in snap.pinned_cameras(now) {
         let mut seen = std::collections::HashSet::new();
