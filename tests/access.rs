@@ -294,7 +294,12 @@ fn roles_scope_logbook_exports_and_keytags() {
     let (s, err) = post(&d, "/api/v1/keytags/events", ACCESS, &bad);
     assert_eq!(s, 400, "{err}");
     assert_eq!(err["detail"]["line"], 2, "{err}");
-    let k1 = format!("/api/v1/keytags/events?tag=K1&purpose=tag-check&reason=lost+tag+K1&{range}");
+    let range2 = format!(
+        "from={}&to={}",
+        q(&Time90k::now().add_ticks(-60 * 90_000).to_rfc3339()),
+        q(&Time90k::now().add_ticks(60 * 90_000).to_rfc3339())
+    );
+    let k1 = format!("/api/v1/keytags/events?tag=K1&purpose=tag-check&reason=lost+tag+K1&{range2}");
     let found: serde_json::Value = serde_json::from_str(&d.get(&k1, Some(ADMIN_TOKEN)).1).unwrap();
     assert_eq!(
         found["events"].as_array().unwrap().len(),
@@ -312,11 +317,6 @@ fn roles_scope_logbook_exports_and_keytags() {
     );
     let found: serde_json::Value = serde_json::from_str(&d.get(&k1, Some(ADMIN_TOKEN)).1).unwrap();
     assert_eq!(found["events"].as_array().unwrap().len(), 1);
-    let range2 = format!(
-        "from={}&to={}",
-        q(&Time90k::now().add_ticks(-60 * 90_000).to_rfc3339()),
-        q(&Time90k::now().add_ticks(60 * 90_000).to_rfc3339())
-    );
     let witness =
         format!("/api/v1/keytags/events?door=main&{range2}&purpose=witness-search&reason=break-in");
     let found: serde_json::Value =
