@@ -546,3 +546,103 @@ fn holds_on_cameras_no_longer_configured_stay_visible_and_releasable() {
     );
     assert_eq!((s, r["state"].as_str()), (200, Some("released")), "{r}");
 }
+
+/// A client socket with a tiny receive buffer, so that a client that stops reading stalls the
+/// sender after a few kilobytes instead of after megabytes of kernel buffers.
+fn small_window_connect(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only")
+    };
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let size: libc::c_int = 4096;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &size as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::connect(
+            fd,
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "connect");
+        std::net::TcpStream::from_raw_fd(fd)
+    }
+}
+
+#[test]
+fn an_export_whose_client_stops_reading_is_dropped_and_logged_aborted() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    // camsim's 4 Mbit/s clip: 20 s of it is far more than any socket buffer.
+    let port = support::procs::free_port();
+    let mut sim = std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
+        .args(["camsim", "--streams", "1", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(sim.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("camsim:"), "{line}");
+    let url = format!("rtsp://127.0.0.1:{port}/cam0");
+    let d = Daemon::start(&config_with(&url, "rtsp://127.0.0.1:9/none"), "");
+    d.wait_until(Duration::from_secs(30), |d| {
+        d.camera_state("north-cam") == "recording"
+    });
+    std::thread::sleep(Duration::from_secs(22));
+    let from = Time90k::now().add_ticks(-60 * 90_000).to_rfc3339();
+    let to = Time90k::now().to_rfc3339();
+
+    let t0 = std::time::Instant::now();
+    let mut s = small_window_connect(d.addr);
+    write!(
+        s,
+        "GET /api/v1/cameras/north-cam/export.mp4?from={}&to={}&reason=stall+test HTTP/1.1\r\n\
+         Host: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n",
+        q(&from),
+        q(&to)
+    )
+    .unwrap();
+    let mut head = vec![0u8; 1024];
+    let n = s.read(&mut head).unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let seq = seq_header(&head);
+    // Now stop reading. Within a minute and a bit the daemon gives up and logs the outcome.
+    let mut outcome = serde_json::Value::Null;
+    d.wait_until(Duration::from_secs(100), |d| {
+        let (_, e) = get(d, &format!("/api/v1/logbook/{seq}"), Some(ADMIN_TOKEN));
+        outcome = e["linked"][0].clone();
+        !outcome.is_null()
+    });
+    let waited = t0.elapsed();
+    eprintln!("stalled export dropped after {waited:?}: {outcome}");
+    assert!(waited >= Duration::from_secs(55), "dropped too early: {waited:?}");
+    assert_eq!(outcome["object"]["outcome"], "aborted", "{outcome}");
+    let sent = outcome["object"]["bytes_sent"].as_u64().unwrap();
+    let planned = outcome["object"]["bytes_planned"].as_u64().unwrap();
+    assert!(sent < planned, "{sent} of {planned}");
+    assert!(planned > 4 << 20, "the clip is big enough to stall: {planned}");
+    // Recording went on meanwhile.
+    assert_eq!(d.camera_state("north-cam"), "recording");
+    drop(s);
+    unsafe {
+        libc::kill(sim.id() as i32, libc::SIGTERM);
+    }
+    let _ = sim.wait();
+}
