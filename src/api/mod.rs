@@ -385,7 +385,14 @@ async fn metrics(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if state.metrics_require_auth {
-        authorize(&state, &headers, Permission::CamerasStatus)?;
+        let user = authorize(&state, &headers, Permission::CamerasStatus)?;
+        // The exposition names every camera of every site: for users of every site only.
+        if user.sites.is_some() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "the metrics cover every site; they are for users of every site",
+            ));
+        }
     }
     update_camera_ages(&state);
     let st = state.clone();
