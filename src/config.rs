@@ -931,6 +931,18 @@ impl RawConfig {
                      tls_ca_file to check who it is talking to",
                 );
             }
+            if tls && c.tls_ca_file.is_some() && c.tls_fingerprint.is_some() {
+                e.push(
+                    format!("{key}.tls_ca_file"),
+                    "set tls_fingerprint or tls_ca_file, not both",
+                );
+            }
+            if tls && c.transport == Transport::Udp {
+                e.push(
+                    format!("{key}.transport"),
+                    "must be \"tcp\" for an rtsps:// camera (RTP goes inside the TLS connection)",
+                );
+            }
             if url.is_some() && !tls {
                 for (set, k) in [
                     (c.tls_ca_file.is_some(), "tls_ca_file"),
@@ -1315,5 +1327,17 @@ key_file = "/etc/holdfast/logbook.key"
         assert!(!c.cameras[0].allow_basic_auth);
         let plain_pinned = pinned.replace("rtsps://", "rtsp://");
         assert!(errors(&plain_pinned)[0].starts_with("cameras[0].tls_fingerprint: only for rtsps://"));
+        let udp = pinned.replace(
+            "tls_fingerprint =",
+            "transport = \"udp\"\ntls_fingerprint =",
+        );
+        let errs = errors(&udp);
+        assert!(errs[0].starts_with("cameras[0].transport: must be \"tcp\""), "{errs:?}");
+        let both = pinned.replace(
+            "tls_fingerprint =",
+            "tls_ca_file = \"/etc/holdfast/cam-ca.pem\"\ntls_fingerprint =",
+        );
+        let errs = errors(&both);
+        assert!(errs[0].starts_with("cameras[0].tls_ca_file: set tls_fingerprint or"), "{errs:?}");
     }
 }
