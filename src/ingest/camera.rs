@@ -178,8 +178,8 @@ impl CameraTask {
         let user_agent = format!("holdfast/{}", env!("CARGO_PKG_VERSION"));
         // For rtsps://, the relay lives as long as this session.
         let (url, _relay) = match &self.tls {
-            Some(tls) => {
-                let relay = within("TLS connect", tls::connect(&self.url, tls)).await?;
+            Some(client) => {
+                let relay = within("TLS connect", tls::connect(&self.url, client)).await?;
                 (relay.url.clone(), Some(relay))
             }
             None => {

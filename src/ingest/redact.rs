@@ -25,10 +25,17 @@ pub fn error_text(text: &str, password: Option<&str>) -> String {
     if let Some(p) = password.filter(|p| !p.is_empty()) {
         s = s.replace(p, "<password>");
     }
-    let mut out: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    // Control characters (a camera could inject fake log lines) become spaces; retina's
+    // multi-line texts become one line.
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if !(c == ' ' && out.ends_with(' ')) {
+            out.push(c);
+        }
+    }
+    let out_trimmed = out.trim_end().len();
+    out.truncate(out_trimmed);
     if out.len() > MAX_ERROR_LEN {
         let mut cut = MAX_ERROR_LEN;
         while !out.is_char_boundary(cut) {
@@ -215,6 +222,10 @@ mod tests {
     fn control_characters_and_huge_texts_are_neutralised() {
         let s = error_text("reason\nFAKE LOG LINE\x1b[31m", None);
         assert!(!s.chars().any(char::is_control), "{s:?}");
+        assert_eq!(
+            error_text("401 Unauthorized: no\n\nconn: a->b", None),
+            "401 Unauthorized: no conn: a->b"
+        );
         let huge = "é".repeat(10_000);
         let s = error_text(&huge, None);
         assert!(s.len() <= MAX_ERROR_LEN + 3);
