@@ -263,3 +263,110 @@ fn basic_only_over_plain_rtsp_is_refused_unless_allowed_and_the_password_never_s
         &[("log", &log), ("camera API", &cams_json), ("metrics", &metrics)],
     );
 }
+
+/// A broken camera on a plain TCP socket: answers every request with 200 and, for `/typed`, a body
+/// of the wrong content type, for `/untyped` no content type and an SDP without streams. retina's
+/// errors and warnings then name the URL.
+struct BrokenCamera {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BrokenCamera {
+    fn start() -> BrokenCamera {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((mut s, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // One request per connection is all retina gets before it gives up.
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let req = String::from_utf8_lossy(&buf);
+                let cseq = req
+                    .lines()
+                    .find_map(|l| l.strip_prefix("CSeq:"))
+                    .unwrap_or(" 1")
+                    .trim()
+                    .to_owned();
+                let resp = if req.contains("/typed") {
+                    let body = "hello";
+                    format!(
+                        "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nContent-Type: text/plain\r\n\
+                         Content-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    let body = "v=0\r\nthis is not sdp\r\n";
+                    format!(
+                        "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let _ = s.write_all(resp.as_bytes());
+            }
+        });
+        BrokenCamera {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for BrokenCamera {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_broken_camera_s_errors_and_warnings_never_show_its_url() {
+    let cam = BrokenCamera::start();
+    let url = |path: &str| format!("rtsp://127.0.0.1:{}{path}?channel=1&profile=main", cam.port);
+    let cams = camera("typed", &url("/typed"), "") + &camera("untyped", &url("/untyped"), "");
+    let mut d = Daemon::start(&format!("{POLICY}{cams}"), "");
+    d.wait_until(Duration::from_secs(20), |d| {
+        last_error(d, "typed").contains("unexpected content type")
+            && last_error(d, "untyped").contains("No parseable streams")
+    });
+    let typed = last_error(&d, "typed");
+    let untyped = last_error(&d, "untyped");
+    eprintln!("typed: {typed}\nuntyped: {untyped}");
+    // The message stays useful: what happened, with the URL replaced.
+    assert!(typed.contains("DESCRIBE response at <camera url> has unexpected content type"));
+    let cams_json = d.get("/api/v1/cameras", Some(&d.token)).1;
+    let metrics = d.get("/metrics", None).1;
+    d.stop();
+    let log = d.log_text();
+    assert!(
+        log.contains("has no content type") && log.contains("<camera url>"),
+        "retina's own warning is logged, scrubbed:\n{log}"
+    );
+    let host_path = format!("127.0.0.1:{}/", cam.port);
+    for (what, text) in [("log", &log), ("camera API", &cams_json), ("metrics", &metrics)] {
+        for needle in ["rtsp://", host_path.as_str(), "profile=main"] {
+            assert!(!text.contains(needle), "{needle:?} appears in the {what}:\n{text}");
+        }
+    }
+}

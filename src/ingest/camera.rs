@@ -285,7 +285,7 @@ impl CameraTask {
             Offer::NoChallenge | Offer::Digest => Ok(()),
             Offer::BasicOnly => Err("camera offers only Basic authentication over plain RTSP; \
                  the password would cross the network in clear, so it is not sent: use digest or \
-                 rtsps://, or set allow_basic_auth = true for this camera to accept the risk"
+                 TLS (rtsps), or set allow_basic_auth = true for this camera to accept the risk"
                 .to_owned()),
             Offer::Unparseable => Err("camera asks for an authentication scheme holdfast does \
                  not understand (not Digest, not Basic); the password is not sent"

@@ -89,6 +89,11 @@ fn scrub_urls(text: &str, wanted: impl Fn(&str) -> bool) -> String {
         while end > sep + 3 && b".,;:!?)".contains(&bytes[end - 1]) {
             end -= 1;
         }
+        if end == sep + 3 {
+            // "rtsps://" alone names a scheme, not a camera.
+            search = end;
+            continue;
+        }
         out.push_str(&text[copied..start]);
         out.push_str(URL_PLACEHOLDER);
         copied = end;
@@ -192,6 +197,10 @@ mod tests {
         // Not URLs: left alone.
         assert_eq!(error_text("no frame for 5 s", None), "no frame for 5 s");
         assert_eq!(error_text(":// 1://x", None), ":// 1://x");
+        assert_eq!(
+            error_text("use digest or rtsps://, or allow", None),
+            "use digest or rtsps://, or allow"
+        );
     }
 
     #[test]
