@@ -63,17 +63,21 @@ fn make_certificates(dir: &Path) {
             "req -x509 {EC} -keyout {ca}.key -out {ca}.pem -days 2 -subj /CN=holdfast-test-{ca}"
         ));
     }
-    run(format!("req {EC} -keyout cam.key -out cam.csr -subj /CN=camera"));
+    run(format!(
+        "req {EC} -keyout cam.key -out cam.csr -subj /CN=camera"
+    ));
     std::fs::write(
         dir.join("ext.cnf"),
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n",
     )
     .unwrap();
-    run("x509 -req -in cam.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out cam.pem \
+    run(
+        "x509 -req -in cam.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out cam.pem \
          -extfile ext.cnf"
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" "));
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
 }
 
 fn last_error(d: &Daemon, id: &str) -> String {
@@ -147,14 +151,36 @@ fn rtsps_cameras_record_by_pin_or_ca_file_and_a_wrong_certificate_records_nothin
         key.to_str().unwrap(),
     ]);
     let tls_url = |mount: &str| server.url(mount).replace("rtsp://", "rtsps://");
-    let file = |name: &str| format!("tls_ca_file = {:?}\n", dir.path().join(name).display().to_string());
-    let pin = |pem: &str| format!("tls_fingerprint = \"{}\"\n", fingerprint(&dir.path().join(pem)));
+    let file = |name: &str| {
+        format!(
+            "tls_ca_file = {:?}\n",
+            dir.path().join(name).display().to_string()
+        )
+    };
+    let pin = |pem: &str| {
+        format!(
+            "tls_fingerprint = \"{}\"\n",
+            fingerprint(&dir.path().join(pem))
+        )
+    };
     let c = creds(&pw);
     let cams = camera("pinned", &tls_url("/cam0"), &(c.clone() + &pin("cam.pem")))
         + &camera("by-ca", &tls_url("/cam1"), &(c.clone() + &file("ca.pem")))
-        + &camera("cert-itself", &tls_url("/cam0"), &(c.clone() + &file("cam.pem")))
-        + &camera("wrong-pin", &tls_url("/cam1"), &(c.clone() + &pin("ca.pem")))
-        + &camera("other-ca", &tls_url("/cam0"), &(c.clone() + &file("other-ca.pem")))
+        + &camera(
+            "cert-itself",
+            &tls_url("/cam0"),
+            &(c.clone() + &file("cam.pem")),
+        )
+        + &camera(
+            "wrong-pin",
+            &tls_url("/cam1"),
+            &(c.clone() + &pin("ca.pem")),
+        )
+        + &camera(
+            "other-ca",
+            &tls_url("/cam0"),
+            &(c.clone() + &file("other-ca.pem")),
+        )
         + &camera(
             "wrong-host",
             &tls_url("/cam1").replace("127.0.0.1", "localhost"),
@@ -163,7 +189,10 @@ fn rtsps_cameras_record_by_pin_or_ca_file_and_a_wrong_certificate_records_nothin
     let mut d = Daemon::start(&format!("{POLICY}{cams}"), "segment_target = \"1s\"");
     let good = ["pinned", "by-ca", "cert-itself"];
     let bad = [
-        ("wrong-pin", "certificate fingerprint does not match tls_fingerprint"),
+        (
+            "wrong-pin",
+            "certificate fingerprint does not match tls_fingerprint",
+        ),
         ("other-ca", "certificate is not signed by tls_ca_file"),
         ("wrong-host", "not valid for localhost"),
     ];
@@ -205,10 +234,17 @@ fn rtsps_cameras_record_by_pin_or_ca_file_and_a_wrong_certificate_records_nothin
     assert!(auth.iter().any(|a| a.starts_with("Digest ")), "{auth:?}");
     assert!(auth.iter().all(|a| !a.starts_with("Basic")), "{auth:?}");
     let log = d.log_text();
-    assert!(log.contains("wrong-pin"), "the failing camera is logged by id");
+    assert!(
+        log.contains("wrong-pin"),
+        "the failing camera is logged by id"
+    );
     assert_nothing_leaks(
         &server,
-        &[("log", &log), ("camera API", &cams_json), ("metrics", &metrics)],
+        &[
+            ("log", &log),
+            ("camera API", &cams_json),
+            ("metrics", &metrics),
+        ],
     );
 }
 
@@ -248,7 +284,10 @@ fn basic_only_over_plain_rtsp_is_refused_unless_allowed_and_the_password_never_s
     // did receive Basic for the allowed one (so the recording works and the check can fail).
     std::thread::sleep(Duration::from_millis(300));
     let refused = authorization(&server, "/cam0");
-    assert!(refused.is_empty(), "credentials reached the server: {refused:?}");
+    assert!(
+        refused.is_empty(),
+        "credentials reached the server: {refused:?}"
+    );
     let allowed = authorization(&server, "/cam1");
     assert!(
         allowed.iter().any(|a| a.starts_with("Basic ")),
@@ -257,10 +296,17 @@ fn basic_only_over_plain_rtsp_is_refused_unless_allowed_and_the_password_never_s
     assert_eq!(frames_stored(&d, "refused"), 0);
     assert!(frames_stored(&d, "allowed") > 0);
     let log = d.log_text();
-    assert!(log.contains("refused"), "the refused camera is logged by id");
+    assert!(
+        log.contains("refused"),
+        "the refused camera is logged by id"
+    );
     assert_nothing_leaks(
         &server,
-        &[("log", &log), ("camera API", &cams_json), ("metrics", &metrics)],
+        &[
+            ("log", &log),
+            ("camera API", &cams_json),
+            ("metrics", &metrics),
+        ],
     );
 }
 
@@ -364,9 +410,16 @@ fn a_broken_camera_s_errors_and_warnings_never_show_its_url() {
         "retina's own warning is logged, scrubbed:\n{log}"
     );
     let host_path = format!("127.0.0.1:{}/", cam.port);
-    for (what, text) in [("log", &log), ("camera API", &cams_json), ("metrics", &metrics)] {
+    for (what, text) in [
+        ("log", &log),
+        ("camera API", &cams_json),
+        ("metrics", &metrics),
+    ] {
         for needle in ["rtsp://", host_path.as_str(), "profile=main"] {
-            assert!(!text.contains(needle), "{needle:?} appears in the {what}:\n{text}");
+            assert!(
+                !text.contains(needle),
+                "{needle:?} appears in the {what}:\n{text}"
+            );
         }
     }
 }

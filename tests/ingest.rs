@@ -149,7 +149,10 @@ fn digest_auth_works_and_passwords_never_leak() {
     let host_path = format!("127.0.0.1:{}/cam", server.port);
     for secret in ["s3cret-Pa55word", "wr0ng-Guess-77", "rtsp://", &host_path] {
         for (what, text) in [("log", &log), ("API", &cams_json), ("metrics", &metrics)] {
-            assert!(!text.contains(secret), "{secret:?} reached the {what}:\n{text}");
+            assert!(
+                !text.contains(secret),
+                "{secret:?} reached the {what}:\n{text}"
+            );
         }
     }
     assert!(

@@ -131,8 +131,14 @@ mod tests {
     #[test]
     fn no_challenge_and_nonsense_are_told_apart() {
         assert_eq!(offer("RTSP/1.0 200 OK\r\nCSeq: 1"), Offer::NoChallenge);
-        assert_eq!(offer("RTSP/1.0 404 Not Found\r\nCSeq: 1"), Offer::NoChallenge);
-        assert_eq!(offer("RTSP/1.0 401 Unauthorized\r\nCSeq: 1"), Offer::NoChallenge);
+        assert_eq!(
+            offer("RTSP/1.0 404 Not Found\r\nCSeq: 1"),
+            Offer::NoChallenge
+        );
+        assert_eq!(
+            offer("RTSP/1.0 401 Unauthorized\r\nCSeq: 1"),
+            Offer::NoChallenge
+        );
         assert_eq!(
             offer("RTSP/1.0 401 Unauthorized\r\nWWW-Authenticate: Bearer x=\"y\""),
             Offer::Unparseable

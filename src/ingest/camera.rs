@@ -135,10 +135,7 @@ impl CameraTask {
             self.metrics.up.set(0);
             self.status.set_state(CameraState::Down);
             let e = result.err().unwrap_or_else(|| "stream ended".to_owned());
-            let e = redact::error_text(
-                &e,
-                self.credentials.as_ref().map(|(_, p)| p.expose()),
-            );
+            let e = redact::error_text(&e, self.credentials.as_ref().map(|(_, p)| p.expose()));
             tracing::warn!(camera = %self.status.id, error = %e, "camera session ended; reconnecting");
             self.status.set_error(Some(e));
             if self.segmenter.stats().frames > before {
@@ -193,7 +190,9 @@ impl CameraTask {
             username: u.clone(),
             password: p.expose().to_owned(),
         });
-        let opts = SessionOptions::default().creds(creds).user_agent(user_agent);
+        let opts = SessionOptions::default()
+            .creds(creds)
+            .user_agent(user_agent);
         let mut session = timeout("DESCRIBE", Session::describe(url, opts)).await?;
         let video = session
             .streams()

@@ -183,7 +183,10 @@ mod tests {
              Bad URL <camera url>; only scheme rtsp supported"
         );
         assert_eq!(
-            error_text("Must specify host in rtsp url rtsps://cam.example:322/a/b", None),
+            error_text(
+                "Must specify host in rtsp url rtsps://cam.example:322/a/b",
+                None
+            ),
             "Must specify host in rtsp url <camera url>"
         );
         assert_eq!(
@@ -209,7 +212,10 @@ mod tests {
             scrub_rtsp_urls("repaired schemeless x to rtsp://h:1/p?q=1 see https://docs"),
             "repaired schemeless x to <camera url> see https://docs"
         );
-        assert_eq!(scrub_rtsp_urls("rtspu://h/ rtsps://h/"), "<camera url> <camera url>");
+        assert_eq!(
+            scrub_rtsp_urls("rtspu://h/ rtsps://h/"),
+            "<camera url> <camera url>"
+        );
     }
 
     #[test]
@@ -219,12 +225,21 @@ mod tests {
         assert!(!s.contains("dmlld2Vy"), "{s}");
         assert!(s.contains("Authorization: <redacted>"), "{s}");
         assert!(s.contains("CSeq: 2"), "{s}");
-        let s = error_text("{\"authorization\": \"Digest username=x, response=abc\"}", None);
+        let s = error_text(
+            "{\"authorization\": \"Digest username=x, response=abc\"}",
+            None,
+        );
         assert!(!s.contains("response=abc"), "{s}");
-        let s = error_text("server said: wrong password s3cret-Pa55 for viewer", Some("s3cret-Pa55"));
+        let s = error_text(
+            "server said: wrong password s3cret-Pa55 for viewer",
+            Some("s3cret-Pa55"),
+        );
         assert_eq!(s, "server said: wrong password <password> for viewer");
         // "authorization" as a word without a value is kept.
-        assert_eq!(error_text("authorization failed", None), "authorization failed");
+        assert_eq!(
+            error_text("authorization failed", None),
+            "authorization failed"
+        );
     }
 
     #[test]

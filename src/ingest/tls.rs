@@ -88,9 +88,7 @@ impl TlsClient {
         };
         let trust = match (&camera.tls_fingerprint, &camera.tls_ca_file) {
             (Some(fp), _) => Trust::Fingerprint(*fp),
-            (None, Some(path)) => {
-                Trust::load_ca_file(path).map_err(|m| err("tls_ca_file", m))?
-            }
+            (None, Some(path)) => Trust::load_ca_file(path).map_err(|m| err("tls_ca_file", m))?,
             (None, None) => {
                 return Err(err(
                     "tls_fingerprint",
@@ -273,9 +271,9 @@ fn explain_webpki(e: &TlsError, name: &ServerName<'_>, got: &[u8; 32]) -> String
         ) => format!("certificate is not signed by tls_ca_file (SHA-256 {fp})"),
         TlsError::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        ) => format!(
-            "certificate is signed by tls_ca_file but not valid for {host} (SHA-256 {fp})"
-        ),
+        ) => {
+            format!("certificate is signed by tls_ca_file but not valid for {host} (SHA-256 {fp})")
+        }
         TlsError::InvalidCertificate(
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
         ) => format!("certificate has expired (SHA-256 {fp})"),
@@ -405,7 +403,10 @@ mod tests {
             "{e}"
         );
         let got: [u8; 32] = Sha256::digest(&other).into();
-        assert!(e.contains(&fingerprint_hex(&got)), "names what was presented: {e}");
+        assert!(
+            e.contains(&fingerprint_hex(&got)),
+            "names what was presented: {e}"
+        );
     }
 
     #[test]
@@ -415,7 +416,10 @@ mod tests {
         let v = verifier(Trust::CaFile(vec![CertificateDer::from(der.clone())]));
         assert_eq!(check(&v, &der), Ok(()));
         let e = check(&v, b"another certificate").unwrap_err();
-        assert!(e.starts_with("certificate is not signed by tls_ca_file"), "{e}");
+        assert!(
+            e.starts_with("certificate is not signed by tls_ca_file"),
+            "{e}"
+        );
     }
 
     #[test]
