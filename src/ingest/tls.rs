@@ -433,6 +433,46 @@ mod tests {
         assert_eq!(s.len(), 32 * 3 - 1);
     }
 
+    fn camera(
+        url: &str,
+        ca: Option<std::path::PathBuf>,
+        pin: Option<[u8; 32]>,
+    ) -> crate::config::Camera {
+        crate::config::Camera {
+            id: "cam".into(),
+            site: "site".into(),
+            url: url::Url::parse(url).unwrap(),
+            username: None,
+            password: crate::config::PasswordSource::None,
+            transport: crate::config::Transport::Tcp,
+            allow_basic_auth: false,
+            tls_ca_file: ca,
+            tls_fingerprint: pin,
+            key: "cameras[3]".into(),
+        }
+    }
+
+    #[test]
+    fn camera_settings_pick_the_client_and_name_the_key_of_a_bad_ca_file() {
+        assert!(TlsClient::for_camera(&camera("rtsp://h/x", None, None))
+            .unwrap()
+            .is_none());
+        assert!(
+            TlsClient::for_camera(&camera("rtsps://h/x", None, Some([1; 32])))
+                .unwrap()
+                .is_some()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let e = TlsClient::for_camera(&camera(
+            "rtsps://h/x",
+            Some(dir.path().join("missing.pem")),
+            None,
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "cameras[3].tls_ca_file");
+        assert!(e.message.starts_with("cannot read "), "{e}");
+    }
+
     #[test]
     fn a_ca_file_without_certificates_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
