@@ -852,14 +852,19 @@ impl RawConfig {
                     None
                 }
                 // Tokens or passwords in a query string end up in logs and DESCRIBE answers.
-                Ok(u) if u.query().is_some_and(|q| {
-                    url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| {
-                        let k = k.to_ascii_lowercase();
-                        ["user", "pass", "pwd", "auth", "token", "key", "secret", "login", "cred"]
+                Ok(u)
+                    if u.query().is_some_and(|q| {
+                        url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| {
+                            let k = k.to_ascii_lowercase();
+                            [
+                                "user", "pass", "pwd", "auth", "token", "key", "secret", "login",
+                                "cred",
+                            ]
                             .iter()
                             .any(|w| k.contains(w))
-                    })
-                }) => {
+                        })
+                    }) =>
+                {
                     e.push(
                         format!("{key}.url"),
                         "must not carry credentials in its query string; use username and \
@@ -929,6 +934,18 @@ impl RawConfig {
                     format!("{key}.tls_fingerprint"),
                     "an rtsps:// camera needs tls_fingerprint (its certificate's SHA-256) or \
                      tls_ca_file to check who it is talking to",
+                );
+            }
+            if tls && c.tls_ca_file.is_some() && c.tls_fingerprint.is_some() {
+                e.push(
+                    format!("{key}.tls_ca_file"),
+                    "set tls_fingerprint or tls_ca_file, not both",
+                );
+            }
+            if tls && c.transport == Transport::Udp {
+                e.push(
+                    format!("{key}.transport"),
+                    "must be \"tcp\" for an rtsps:// camera (RTP goes inside the TLS connection)",
                 );
             }
             if url.is_some() && !tls {
@@ -1289,16 +1306,30 @@ key_file = "/etc/holdfast/logbook.key"
             "{GOOD}\n[holds]\nmax_future = \"forever\"\n[keytags.max_range]\nwitness-search = \"30d\"\nbogus = \"1d\"\n"
         );
         let errs = errors(&bad);
-        assert!(errs.iter().any(|e| e.starts_with("holds.max_future:")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.starts_with("keytags.max_range.witness-search:")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.starts_with("keytags.max_range.bogus:")), "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.starts_with("holds.max_future:")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("keytags.max_range.witness-search:")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("keytags.max_range.bogus:")),
+            "{errs:?}"
+        );
     }
 
     #[test]
     fn camera_urls_with_query_credentials_and_tls_settings() {
         let q = GOOD.replace("stream1", "stream1?user=admin&password=geheim");
         let errs = errors(&q);
-        assert!(errs[0].starts_with("cameras[0].url: must not carry credentials"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("cameras[0].url: must not carry credentials"),
+            "{errs:?}"
+        );
         assert!(errs.iter().all(|e| !e.contains("geheim")));
         // A harmless query stays allowed.
         assert!(Config::parse(&GOOD.replace("stream1", "stream1?channel=1")).is_ok());
@@ -1314,6 +1345,26 @@ key_file = "/etc/holdfast/logbook.key"
         assert_eq!(c.cameras[0].tls_fingerprint, Some([0xab; 32]));
         assert!(!c.cameras[0].allow_basic_auth);
         let plain_pinned = pinned.replace("rtsps://", "rtsp://");
-        assert!(errors(&plain_pinned)[0].starts_with("cameras[0].tls_fingerprint: only for rtsps://"));
+        assert!(
+            errors(&plain_pinned)[0].starts_with("cameras[0].tls_fingerprint: only for rtsps://")
+        );
+        let udp = pinned.replace(
+            "tls_fingerprint =",
+            "transport = \"udp\"\ntls_fingerprint =",
+        );
+        let errs = errors(&udp);
+        assert!(
+            errs[0].starts_with("cameras[0].transport: must be \"tcp\""),
+            "{errs:?}"
+        );
+        let both = pinned.replace(
+            "tls_fingerprint =",
+            "tls_ca_file = \"/etc/holdfast/cam-ca.pem\"\ntls_fingerprint =",
+        );
+        let errs = errors(&both);
+        assert!(
+            errs[0].starts_with("cameras[0].tls_ca_file: set tls_fingerprint or"),
+            "{errs:?}"
+        );
     }
 }

@@ -99,6 +99,9 @@ pub async fn run(
             url: cam.url.clone(),
             credentials: cam.username.clone().zip(secret),
             transport: cam.transport,
+            allow_basic_auth: cam.allow_basic_auth,
+            tls: crate::ingest::tls::TlsClient::for_camera(cam)
+                .map_err(|e| anyhow::anyhow!("config: {e}"))?,
             segmenter: Segmenter::new(
                 cam.id.as_str().into(),
                 policy.into(),

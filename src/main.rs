@@ -93,7 +93,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        // Camera URLs (retina logs them through `log`) never reach the log.
+        .with_writer(holdfast::ingest::redact::ScrubbingWriter)
         .init();
     let cli = Cli::parse();
     match cli.command {

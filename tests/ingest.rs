@@ -145,11 +145,20 @@ fn digest_auth_works_and_passwords_never_leak() {
     d.stop();
     let log = d.log_text();
     assert!(log.contains("bad-pw"), "the failing camera is logged by id");
-    for secret in ["s3cret-Pa55word", "wr0ng-Guess-77"] {
+    // Neither the passwords nor the camera URLs (retina's error texts name them) get out.
+    let host_path = format!("127.0.0.1:{}/cam", server.port);
+    for secret in ["s3cret-Pa55word", "wr0ng-Guess-77", "rtsp://", &host_path] {
         for (what, text) in [("log", &log), ("API", &cams_json), ("metrics", &metrics)] {
-            assert!(!text.contains(secret), "a password reached the {what}");
+            assert!(
+                !text.contains(secret),
+                "{secret:?} reached the {what}:\n{text}"
+            );
         }
     }
+    assert!(
+        cams_json.contains("Unauthorized") || cams_json.contains("401"),
+        "last_error still says what went wrong: {cams_json}"
+    );
     assert!(!stored(&d, "good-pw").is_empty());
     assert!(stored(&d, "bad-pw").is_empty());
 }

@@ -12,8 +12,14 @@
 //! flapping) are bridged within a second or two of the camera's return, while a camera that stays
 //! away is soon tried only every 30 s.
 //!
-//! Credentials go to retina only. Errors are logged with the camera id and retina's message, which
-//! never contains the password (the URL carries no credentials; config refuses them there).
+//! Credentials go to retina only, and only when they are safe to send: on a plain `rtsp://` camera
+//! without `allow_basic_auth`, [`super::auth::probe`] first asks (without credentials) what the
+//! camera offers, and a camera that offers only Basic is refused before retina ever sees the
+//! password. `rtsps://` cameras go through [`super::tls`]: TLS (rustls, ring) with the camera's
+//! certificate checked by a pinned fingerprint or `tls_ca_file`, relayed to retina on 127.0.0.1,
+//! RTP interleaved over the one connection. Every error text passes [`super::redact::error_text`]
+//! (no URL, no Authorization header, no password, no control characters) before it is logged or
+//! becomes `last_error`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,8 +34,10 @@ use retina::client::{
 };
 use retina::codec::{CodecItem, FrameFormat, ParametersRef};
 
+use super::auth::Offer;
 use super::segmenter::{FrameIn, Segmenter};
-use super::{CameraState, CameraStatus};
+use super::tls::TlsClient;
+use super::{auth, redact, tls, CameraState, CameraStatus};
 use crate::config::{Secret, Transport};
 use crate::metrics::Metrics;
 use crate::store::segment::CodecConfig;
@@ -55,8 +63,12 @@ pub struct CameraTask {
     pub url: url::Url,
     /// User name and password, if any.
     pub credentials: Option<(String, Secret)>,
-    /// Transport.
+    /// Transport (always TCP for `rtsps://`).
     pub transport: Transport,
+    /// Whether Basic authentication over plain `rtsp://` is acceptable.
+    pub allow_basic_auth: bool,
+    /// TLS settings; `Some` exactly for `rtsps://` cameras.
+    pub tls: Option<TlsClient>,
     /// The segmenter (owns camera id and policy).
     pub segmenter: Segmenter,
     /// Where segments go.
@@ -123,6 +135,7 @@ impl CameraTask {
             self.metrics.up.set(0);
             self.status.set_state(CameraState::Down);
             let e = result.err().unwrap_or_else(|| "stream ended".to_owned());
+            let e = redact::error_text(&e, self.credentials.as_ref().map(|(_, p)| p.expose()));
             tracing::warn!(camera = %self.status.id, error = %e, "camera session ended; reconnecting");
             self.status.set_error(Some(e));
             if self.segmenter.stats().frames > before {
@@ -157,22 +170,38 @@ impl CameraTask {
         add(&self.metrics.dropped_no_key, s.frames_dropped_no_keyframe);
     }
 
-    /// One RTSP session, until it fails. Errors are strings free of credentials.
+    /// One RTSP session, until it fails. The caller scrubs the error text.
     async fn session(&mut self) -> Result<(), String> {
+        let user_agent = format!("holdfast/{}", env!("CARGO_PKG_VERSION"));
+        // For rtsps://, the relay lives as long as this session.
+        let (url, _relay) = match &self.tls {
+            Some(client) => {
+                let relay = within("TLS connect", tls::connect(&self.url, client)).await?;
+                (relay.url.clone(), Some(relay))
+            }
+            None => {
+                if self.credentials.is_some() && !self.allow_basic_auth {
+                    self.refuse_basic_only(&user_agent).await?;
+                }
+                (self.url.clone(), None)
+            }
+        };
         let creds = self.credentials.as_ref().map(|(u, p)| Credentials {
             username: u.clone(),
             password: p.expose().to_owned(),
         });
         let opts = SessionOptions::default()
             .creds(creds)
-            .user_agent(format!("holdfast/{}", env!("CARGO_PKG_VERSION")));
-        let mut session = timeout("DESCRIBE", Session::describe(self.url.clone(), opts)).await?;
+            .user_agent(user_agent);
+        let mut session = timeout("DESCRIBE", Session::describe(url, opts)).await?;
         let video = session
             .streams()
             .iter()
             .position(|s| s.media() == "video" && s.encoding_name().eq_ignore_ascii_case("h264"))
             .ok_or_else(|| "the camera offers no H.264 video stream".to_owned())?;
         let transport = match self.transport {
+            // RTP must stay inside the TLS connection.
+            _ if self.tls.is_some() => RtspTransport::Tcp(Default::default()),
             Transport::Tcp => RtspTransport::Tcp(Default::default()),
             Transport::Udp => RtspTransport::Udp(Default::default()),
         };
@@ -241,6 +270,42 @@ impl CameraTask {
             }
         }
     }
+}
+
+impl CameraTask {
+    /// Refuses the session if the camera offers only Basic authentication (or a challenge nobody
+    /// understands) over plain RTSP, before the password is ever sent.
+    async fn refuse_basic_only(&self, user_agent: &str) -> Result<(), String> {
+        match within("DESCRIBE (authentication probe)", async {
+            auth::probe(&self.url, user_agent).await
+        })
+        .await?
+        {
+            Offer::NoChallenge | Offer::Digest => Ok(()),
+            Offer::BasicOnly => Err("camera offers only Basic authentication over plain RTSP; \
+                 the password would cross the network in clear, so it is not sent: use digest or \
+                 TLS (rtsps), or set allow_basic_auth = true for this camera to accept the risk"
+                .to_owned()),
+            Offer::Unparseable => Err("camera asks for an authentication scheme holdfast does \
+                 not understand (not Digest, not Basic); the password is not sent"
+                .to_owned()),
+        }
+    }
+}
+
+/// Runs `f` within [`CONNECT_TIMEOUT`]; its error text is passed through unchanged.
+async fn within<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(CONNECT_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "{what} timed out after {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        })
 }
 
 async fn timeout<T, E: std::fmt::Display>(

@@ -2,14 +2,22 @@
 //! into segments, and the segments go to the writer. Camera tasks never touch the disk.
 //!
 //! - `camera`: the task (connect, SETUP of the video stream only, PLAY, reconnect with backoff).
+//! - `auth`: what authentication a plain-RTSP camera offers, asked before the password is sent
+//!   (Basic over plain RTSP is refused unless `allow_basic_auth`).
+//! - `tls`: `rtsps://` cameras: rustls with a pinned fingerprint or `tls_ca_file`, relayed to
+//!   retina on 127.0.0.1.
+//! - `redact`: camera URLs, Authorization headers and passwords scrubbed from error texts and logs.
 //! - `segmenter`: frames -> segments (keyframe-aligned, codec changes, broken camera clocks).
 //! - `clock`: RTP media time -> wall-clock time with bounded drift correction.
 //!
 //! [`CameraStatus`] is what the API and the metrics read about each camera.
 
+pub mod auth;
 pub mod camera;
 pub mod clock;
+pub mod redact;
 pub mod segmenter;
+pub mod tls;
 
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 

@@ -6,12 +6,16 @@ Run with Debian's /usr/bin/python3 (it has the GStreamer bindings). Serves on 12
   /cam0 .. /cam{N-1}   live H.264 (videotestsrc ! x264enc), real RTP timestamps
   --audio              every mount also offers a PCMU audio stream
   --digest USER:PASS   digest authentication is required
+  --basic USER:PASS    Basic authentication is required (and the only method offered)
+  --tls-cert PEM --tls-key PEM   the server speaks RTSP over TLS (rtsps) with this certificate
   --resize-after S     the picture changes from 640x360 to 320x240 after S seconds (new SPS/PPS)
   --broken-clip FILE   /broken loops a pre-encoded file: every frame has the SAME RTP timestamp
 
 Every 0.2 s it writes --stats FILE: {"mount": frames sent} counted from RTP marker bits at the
 payloader, so a test can compare what was sent with what holdfast received, and "setups": the
-URL of every SETUP request (which streams a client set up). It prints "ready"
+URL of every SETUP request (which streams a client set up), and "authorization": per mount, the
+Authorization header of every DESCRIBE, SETUP and PLAY request that carried one (recorded before
+the server checks it). It prints "ready"
 once listening, and stops on SIGTERM.
 """
 
@@ -27,12 +31,13 @@ import gi
 gi.require_version("Gst", "1.0")
 gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
+from gi.repository import Gio, GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 Gst.init(None)
 
 FRAMES = {}
 SETUPS = []
+AUTHORIZATION = {}
 LOCK = threading.Lock()
 
 
@@ -87,6 +92,9 @@ def main():
     ap.add_argument("--cameras", type=int, default=1)
     ap.add_argument("--audio", action="store_true")
     ap.add_argument("--digest")
+    ap.add_argument("--basic")
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
     ap.add_argument("--resize-after", type=float)
     ap.add_argument("--broken-clip")
     ap.add_argument("--stats", required=True)
@@ -115,16 +123,28 @@ def main():
         )
         factories.append(("/broken", Factory("/broken", launch, None)))
 
-    if a.digest:
-        user, password = a.digest.split(":", 1)
+    auth = None
+    if a.digest or a.basic or a.tls_cert:
         auth = GstRtspServer.RTSPAuth()
         token = GstRtspServer.RTSPToken()
         token.set_string("media.factory.role", "user")
-        auth.add_digest(user, password, token)
-        auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+        if a.digest:
+            user, password = a.digest.split(":", 1)
+            auth.add_digest(user, password, token)
+            auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+        elif a.basic:
+            user, password = a.basic.split(":", 1)
+            auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+            auth.set_supported_methods(GstRtsp.RTSPAuthMethod.BASIC)
+        else:
+            # TLS without user authentication: everyone gets the factory role.
+            auth.set_default_token(token)
+        if a.tls_cert:
+            cert = Gio.TlsCertificate.new_from_files(a.tls_cert, a.tls_key)
+            auth.set_tls_certificate(cert)
         server.set_auth(auth)
     for path, f in factories:
-        if a.digest:
+        if auth is not None:
             f.add_role_from_structure(
                 Gst.Structure.from_string(
                     "user, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"
@@ -136,7 +156,19 @@ def main():
         with LOCK:
             SETUPS.append(ctx.uri.get_request_uri())
 
-    server.connect("client-connected", lambda _s, client: client.connect("setup-request", on_setup))
+    def on_request(_client, ctx):
+        ok, value = ctx.request.get_header(GstRtsp.RTSPHeaderField.AUTHORIZATION, 0)
+        if ok == GstRtsp.RTSPResult.OK and value is not None and ctx.uri is not None:
+            with LOCK:
+                AUTHORIZATION.setdefault(ctx.uri.abspath, []).append(value)
+        return GstRtsp.RTSPStatusCode.OK
+
+    def on_client(_s, client):
+        client.connect("setup-request", on_setup)
+        for sig in ("pre-describe-request", "pre-setup-request", "pre-play-request"):
+            client.connect(sig, on_request)
+
+    server.connect("client-connected", on_client)
 
     if server.attach(None) == 0:
         print("could not listen", file=sys.stderr)
@@ -144,7 +176,7 @@ def main():
 
     def write_stats():
         with LOCK:
-            data = json.dumps(dict(FRAMES, setups=SETUPS))
+            data = json.dumps(dict(FRAMES, setups=SETUPS, authorization=AUTHORIZATION))
         tmp = a.stats + ".tmp"
         with open(tmp, "w") as fh:
             fh.write(data)
