@@ -128,6 +128,7 @@ impl Rig {
                     requested_by: "police".into(),
                     expires_at: None,
                     keytags: false,
+                    camera_sites: Default::default(),
                 },
                 "test",
                 Time90k::now(),

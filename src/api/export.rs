@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -25,7 +25,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::auth::Principal;
-use super::{
+use super::{Param, 
     authenticate, camera_in_scope, entry, parse_query, parse_range, ApiError, AppState,
     RefusalLogged,
 };
@@ -54,7 +54,7 @@ pub struct FootageQuery {
 pub async fn export(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Param(id): Param,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     footage(state, headers, id, raw, Footage::Export).await
@@ -64,7 +64,7 @@ pub async fn export(
 pub async fn view(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Param(id): Param,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     footage(state, headers, id, raw, Footage::View).await

@@ -10,10 +10,13 @@
 //! answer only once the hold is durable and published to the sweeper. An erasure writes its
 //! intent to the logbook before anything is deleted, and its outcome after.
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,7 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::{Permission, Principal};
-use super::{
+use super::{Param, 
     authorize, authorize_any, entry, read_body, ApiError, AppState, JSON_BODY_LIMIT,
 };
 use crate::retention::erasure::{erase, ErasureError};
@@ -66,6 +69,31 @@ enum Scope {
     Full,
 }
 
+/// The site of one of a hold's cameras: as recorded when the hold was placed (holds from before
+/// that was recorded fall back to the current config; an unknown camera has none).
+fn held_site<'a>(state: &'a AppState, h: &'a Hold, camera: &str) -> Option<&'a str> {
+    match h.camera_sites.get(camera) {
+        Some(s) => Some(s.as_str()),
+        None if h.camera_sites.is_empty() => state.camera_site(camera),
+        None => None,
+    }
+}
+
+/// The sites of a hold (for its logbook entries): empty when any camera's site is unknown, so
+/// such entries are for `*` users only.
+fn hold_sites(state: &AppState, h: &Hold) -> Vec<String> {
+    let mut v = Vec::new();
+    for c in &h.cameras {
+        match held_site(state, h, c) {
+            Some(s) => v.push(s.to_owned()),
+            None => return Vec::new(),
+        }
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
 fn hold_scope(state: &AppState, user: &Principal, h: &Hold) -> Scope {
     if user.sites.is_none() {
         return Scope::Full;
@@ -73,7 +101,7 @@ fn hold_scope(state: &AppState, user: &Principal, h: &Hold) -> Scope {
     let mine = h
         .cameras
         .iter()
-        .filter(|c| state.camera_site(c).is_some_and(|s| user.covers_site(s)))
+        .filter(|c| held_site(state, h, c).is_some_and(|s| user.covers_site(s)))
         .count();
     match mine {
         0 => Scope::None,
@@ -90,18 +118,27 @@ fn hold_view(state: &AppState, user: &Principal, h: &Hold, now: Time90k) -> serd
         let mine: Vec<&String> = h
             .cameras
             .iter()
-            .filter(|c| state.camera_site(c).is_some_and(|s| user.covers_site(s)))
+            .filter(|c| held_site(state, h, c).is_some_and(|s| user.covers_site(s)))
             .collect();
+        let null = serde_json::Value::Null;
         v["cameras"] = json!(mine);
-        v["reason"] = serde_json::Value::Null;
-        v["reference"] = serde_json::Value::Null;
-        v["requested_by"] = serde_json::Value::Null;
+        let sites: BTreeMap<&String, &String> = h
+            .camera_sites
+            .iter()
+            .filter(|(c, _)| mine.contains(c))
+            .collect();
+        v["camera_sites"] = json!(sites);
+        for k in ["reason", "reference", "requested_by", "placed_by", "site"] {
+            v[k] = null.clone();
+        }
         if let Some(r) = v.get_mut("released").filter(|r| r.is_object()) {
-            r["reason"] = serde_json::Value::Null;
+            r["reason"] = null.clone();
+            r["by"] = null.clone();
         }
         if let Some(exts) = v.get_mut("extensions").and_then(|e| e.as_array_mut()) {
             for x in exts {
-                x["reason"] = serde_json::Value::Null;
+                x["reason"] = null.clone();
+                x["by"] = null.clone();
             }
         }
         v["partial"] = json!(true);
@@ -179,6 +216,11 @@ pub async fn place(
             cams.clone()
         }
     };
+    check_len("reason", &req.reason, MAX_REASON)?;
+    check_len("reference", &req.reference, MAX_REFERENCE)?;
+    if let Some(r) = &req.requested_by {
+        check_len("requested_by", r, MAX_REFERENCE)?;
+    }
     let now = Time90k::now();
     // A hold pins what exists: its end may reach only a little past now.
     let latest = now.add_ticks(duration_to_ticks(state.hold_max_future));
@@ -193,16 +235,26 @@ pub async fn place(
             ),
         ));
     }
-    // Every hold has a review date; by default the shortest review period of its cameras.
-    let review = cameras
+    // Every hold has a review date: by default, and at the latest, the shortest review period
+    // of its cameras' policies from now (WB 8: decided within two weeks).
+    let review = review_period(&state, &cameras);
+    let latest_review = now.add_ticks(duration_to_ticks(review));
+    let expires_at = req.expires_at.unwrap_or(latest_review);
+    if expires_at > latest_review {
+        return Err(ApiError::bad_field(
+            "expires_at",
+            format!(
+                "may be at most {} from now ({}): the hold is reviewed by then, and extended if \
+                 it is still needed",
+                humantime::format_duration(review),
+                latest_review.to_rfc3339()
+            ),
+        ));
+    }
+    let camera_sites: BTreeMap<String, String> = cameras
         .iter()
-        .filter_map(|c| state.hold_review.get(c))
-        .min()
-        .copied()
-        .unwrap_or(std::time::Duration::from_secs(14 * 86_400));
-    let expires_at = req
-        .expires_at
-        .unwrap_or_else(|| now.add_ticks(duration_to_ticks(review)));
+        .filter_map(|c| Some((c.clone(), state.camera_site(c)?.to_owned())))
+        .collect();
     let new = NewHold {
         cameras,
         site: req.site,
@@ -213,24 +265,66 @@ pub async fn place(
         requested_by: req.requested_by.unwrap_or_else(|| user.name.clone()),
         expires_at: Some(expires_at),
         keytags: req.keytags,
+        camera_sites,
     };
-    let holds = state.holds.clone();
-    let by = user.name.clone();
-    let hold = tokio::task::spawn_blocking(move || holds.place(new, &by, now))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(hold_error)?;
-    tracing::info!(hold = hold.id, user = %user.name, "hold placed");
-    let mut e = entry(&user, "hold.place", hold_object(&hold));
-    e.reason = Some(hold.reason.clone());
-    e.reference = Some(hold.reference.clone()).filter(|r| !r.is_empty());
-    e.sites = state.sites_of(&hold.cameras);
-    state.record(e).await?;
+    // The change and its logbook entry run to the end even if the client goes away.
+    let st = state.clone();
+    let u = user.clone();
+    let hold = detached(async move {
+        let holds = st.holds.clone();
+        let by = u.name.clone();
+        let hold = tokio::task::spawn_blocking(move || holds.place(new, &by, now))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(hold_error)?;
+        tracing::info!(hold = hold.id, user = %u.name, "hold placed");
+        let mut e = entry(&u, "hold.place", hold_object(&hold));
+        e.reason = Some(hold.reason.clone());
+        e.reference = Some(hold.reference.clone()).filter(|r| !r.is_empty());
+        e.sites = hold_sites(&st, &hold);
+        st.record(e).await?;
+        Ok(hold)
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(hold_view(&state, &user, &hold, now)),
     )
         .into_response())
+}
+
+/// Longest text of a reason, a finding or a note.
+pub const MAX_REASON: usize = 2000;
+/// Longest reference, requester or recipient.
+pub const MAX_REFERENCE: usize = 256;
+
+/// 400 when a text field is longer than `max` bytes.
+pub fn check_len(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
+    if v.len() > max {
+        return Err(ApiError::bad_field(
+            field,
+            format!("is longer than {max} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// The review period of a hold on these cameras: the shortest `hold_review` of their policies.
+fn review_period(state: &AppState, cameras: &[String]) -> Duration {
+    cameras
+        .iter()
+        .filter_map(|c| state.hold_review.get(c))
+        .min()
+        .copied()
+        .unwrap_or(Duration::from_secs(14 * 86_400))
+}
+
+/// Runs `f` as a task of its own, so that a client going away cannot stop it between a change
+/// and its logbook entry.
+async fn detached<T: Send + 'static>(
+    f: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(f).await.map_err(ApiError::internal)?
 }
 
 const HOLD_READERS: [Permission; 3] = [
@@ -286,7 +380,7 @@ fn find_changeable(state: &AppState, user: &Principal, id: &str) -> Result<Arc<H
 pub async fn get_one(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Param(id): Param,
 ) -> Result<Response, ApiError> {
     let user = authorize_any(&state, &headers, &HOLD_READERS)?;
     let h = find(&state, &user, &id)?;
@@ -303,26 +397,49 @@ struct Release {
 pub async fn release(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Param(id): Param,
     body: Body,
 ) -> Result<Response, ApiError> {
     let user = authorize(&state, &headers, Permission::ReleaseHold)?;
     let h = find_changeable(&state, &user, &id)?;
     let body = read_body(body, JSON_BODY_LIMIT).await?;
     let req: Release = parse_json(&body)?;
-    let holds = state.holds.clone();
-    let by = user.name.clone();
+    if req.reason.trim().is_empty() {
+        return Err(ApiError::bad_field("reason", "must not be empty"));
+    }
+    check_len("reason", &req.reason, MAX_REASON)?;
     let now = Time90k::now();
-    let hold = tokio::task::spawn_blocking(move || holds.release(h.id, &req.reason, &by, now))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(hold_error)?;
-    tracing::info!(hold = hold.id, user = %user.name, "hold released");
-    let mut e = entry(&user, "hold.release", hold_object(&hold));
-    e.reason = hold.released.as_ref().map(|r| r.reason.clone());
-    e.reference = Some(hold.reference.clone()).filter(|r| !r.is_empty());
-    e.sites = state.sites_of(&hold.cameras);
-    state.record(e).await?;
+    // Releasing lets footage go at the next sweep: the logbook has it first, and the outcome
+    // after; the whole runs to the end even if the client goes away.
+    let st = state.clone();
+    let u = user.clone();
+    let hold = detached(async move {
+        let mut intent = entry(&u, "hold.release", hold_object(&h));
+        intent.reason = Some(req.reason.clone());
+        intent.reference = Some(h.reference.clone()).filter(|r| !r.is_empty());
+        intent.sites = hold_sites(&st, &h);
+        intent.text = Some("intent: release this hold".into());
+        let intent = st.record(intent).await?;
+        let holds = st.holds.clone();
+        let by = u.name.clone();
+        let id = h.id;
+        let result = tokio::task::spawn_blocking(move || holds.release(id, &req.reason, &by, now))
+            .await
+            .map_err(ApiError::internal)?;
+        let mut outcome = entry(&u, "hold.release.outcome", json!({ "hold": id }));
+        outcome.refers_to = Some(intent.entry.seq);
+        outcome.refers_hash = Some(intent.hash);
+        outcome.sites = hold_sites(&st, &h);
+        outcome.text = Some(match &result {
+            Ok(_) => "done: released".to_owned(),
+            Err(e) => format!("refused: {e}"),
+        });
+        st.record(outcome).await?;
+        let hold = result.map_err(hold_error)?;
+        tracing::info!(hold = hold.id, user = %u.name, "hold released");
+        Ok(hold)
+    })
+    .await?;
     Ok(Json(hold_view(&state, &user, &hold, now)).into_response())
 }
 
@@ -338,28 +455,47 @@ struct Extend {
 pub async fn extend(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Param(id): Param,
     body: Body,
 ) -> Result<Response, ApiError> {
     let user = authorize(&state, &headers, Permission::ReleaseHold)?;
     let h = find_changeable(&state, &user, &id)?;
     let body = read_body(body, JSON_BODY_LIMIT).await?;
     let req: Extend = parse_json(&body)?;
-    let holds = state.holds.clone();
-    let by = user.name.clone();
+    check_len("reason", &req.reason, MAX_REASON)?;
     let now = Time90k::now();
-    let hold = tokio::task::spawn_blocking(move || {
-        holds.extend(h.id, req.expires_at, &req.reason, &by, now)
+    let review = review_period(&state, &h.cameras);
+    let latest = now.add_ticks(duration_to_ticks(review));
+    if req.expires_at > latest {
+        return Err(ApiError::bad_field(
+            "expires_at",
+            format!(
+                "may be at most {} from now ({}); extend again when it is due",
+                humantime::format_duration(review),
+                latest.to_rfc3339()
+            ),
+        ));
+    }
+    let st = state.clone();
+    let u = user.clone();
+    let hold = detached(async move {
+        let holds = st.holds.clone();
+        let by = u.name.clone();
+        let hold = tokio::task::spawn_blocking(move || {
+            holds.extend(h.id, req.expires_at, &req.reason, &by, now)
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(hold_error)?;
+        tracing::info!(hold = hold.id, user = %u.name, "hold extended");
+        let mut e = entry(&u, "hold.extend", hold_object(&hold));
+        e.reason = hold.extensions.last().map(|x| x.reason.clone());
+        e.reference = Some(hold.reference.clone()).filter(|r| !r.is_empty());
+        e.sites = hold_sites(&st, &hold);
+        st.record(e).await?;
+        Ok(hold)
     })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(hold_error)?;
-    tracing::info!(hold = hold.id, user = %user.name, "hold extended");
-    let mut e = entry(&user, "hold.extend", hold_object(&hold));
-    e.reason = hold.extensions.last().map(|x| x.reason.clone());
-    e.reference = Some(hold.reference.clone()).filter(|r| !r.is_empty());
-    e.sites = state.sites_of(&hold.cameras);
-    state.record(e).await?;
+    .await?;
     Ok(Json(hold_view(&state, &user, &hold, now)).into_response())
 }
 
@@ -410,69 +546,77 @@ pub async fn erasure(
         "to": req.to.to_rfc3339(),
         "reference": req.reference,
     });
-    let mut intent = entry(&user, "erasure", object.clone());
-    intent.reason = Some(req.reason.clone());
-    intent.reference = Some(req.reference.clone()).filter(|r| !r.is_empty());
-    intent.sites = vec![site.clone()];
-    intent.text = Some("intent: erase this range unless a hold covers it".into());
-    let intent = state.record(intent).await?;
-
+    check_len("reason", &req.reason, MAX_REASON)?;
+    check_len("reference", &req.reference, MAX_REFERENCE)?;
+    // Intent, erasure and outcome run to the end even if the client goes away.
     let st = state.clone();
-    let camera = req.camera.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        // What the writer has accepted becomes durable first, so it can be erased too.
-        st.writer.flush();
-        erase(
-            &st.store,
-            &st.holds,
-            &camera,
-            req.from,
-            req.to,
-            Time90k::now(),
-        )
+    let u = user.clone();
+    detached(async move {
+        let mut intent = entry(&u, "erasure", object.clone());
+        intent.reason = Some(req.reason.clone());
+        intent.reference = Some(req.reference.clone()).filter(|r| !r.is_empty());
+        intent.sites = vec![site.clone()];
+        intent.text = Some("intent: erase this range unless a hold covers it".into());
+        let intent = st.record(intent).await?;
+
+        let st2 = st.clone();
+        let camera = req.camera.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            // What the writer has accepted becomes durable first, so it can be erased too.
+            st2.writer.flush();
+            erase(
+                &st2.store,
+                &st2.holds,
+                &camera,
+                req.from,
+                req.to,
+                Time90k::now(),
+            )
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        let mut outcome = entry(&u, "erasure.outcome", object);
+        outcome.refers_to = Some(intent.entry.seq);
+        outcome.refers_hash = Some(intent.hash.clone());
+        outcome.sites = vec![site];
+        match result {
+            Ok(e) => {
+                tracing::info!(camera = %req.camera, user = %u.name, reference = %req.reference,
+                    segments = e.segments, "erasure done");
+                outcome.text = Some(format!(
+                    "done: {} segments erased, {} bytes freed",
+                    e.segments, e.bytes_freed
+                ));
+                st.record(outcome).await?;
+                Ok(Json(json!({
+                    "camera": req.camera,
+                    "segments": e.segments,
+                    "record_bytes": e.record_bytes,
+                    "bytes_freed": e.bytes_freed,
+                    "logbook_seq": intent.entry.seq,
+                }))
+                .into_response())
+            }
+            Err(ErasureError::Held(ids)) => {
+                outcome.text = Some(format!("refused: held by hold(s) {ids:?}"));
+                st.record(outcome).await?;
+                let mut e = ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("an active hold covers part of the range: hold(s) {ids:?}"),
+                );
+                e.detail = json!({ "holds": ids });
+                Err(e)
+            }
+            Err(ErasureError::Store(err)) => {
+                outcome.text = Some("failed: storage error (see the daemon's log)".into());
+                if let Err(le) = st.record(outcome).await {
+                    tracing::error!(error = ?le, "could not log an erasure's failure");
+                }
+                Err(ApiError::internal(err))
+            }
+        }
     })
     .await
-    .map_err(ApiError::internal)?;
-    let mut outcome = entry(&user, "erasure.outcome", object);
-    outcome.refers_to = Some(intent.entry.seq);
-    outcome.refers_hash = Some(intent.hash.clone());
-    outcome.sites = vec![site];
-    match result {
-        Ok(e) => {
-            tracing::info!(camera = %req.camera, user = %user.name, reference = %req.reference,
-                segments = e.segments, "erasure done");
-            outcome.text = Some(format!(
-                "done: {} segments erased, {} bytes freed",
-                e.segments, e.bytes_freed
-            ));
-            state.record(outcome).await?;
-            Ok(Json(json!({
-                "camera": req.camera,
-                "segments": e.segments,
-                "record_bytes": e.record_bytes,
-                "bytes_freed": e.bytes_freed,
-                "logbook_seq": intent.entry.seq,
-            }))
-            .into_response())
-        }
-        Err(ErasureError::Held(ids)) => {
-            outcome.text = Some(format!("refused: held by hold(s) {ids:?}"));
-            state.record(outcome).await?;
-            let mut e = ApiError::new(
-                StatusCode::CONFLICT,
-                format!("an active hold covers part of the range: hold(s) {ids:?}"),
-            );
-            e.detail = json!({ "holds": ids });
-            Err(e)
-        }
-        Err(ErasureError::Store(err)) => {
-            outcome.text = Some("failed: storage error (see the daemon's log)".into());
-            if let Err(le) = state.record(outcome).await {
-                tracing::error!(error = ?le, "could not log an erasure's failure");
-            }
-            Err(ApiError::internal(err))
-        }
-    }
 }
 
 fn hold_object(h: &Hold) -> serde_json::Value {

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,7 +22,7 @@ use serde_json::json;
 
 use super::auth::Principal;
 use super::holds::parse_json;
-use super::{
+use super::{Param, 
     authenticate, authorize, entry, entry_visible, parse_query, read_body, ApiError, AppState,
     JSON_BODY_LIMIT,
 };
@@ -122,7 +122,7 @@ async fn fetch(
 pub async fn get_one(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(seq): Path<String>,
+    Param(seq): Param,
 ) -> Result<Response, ApiError> {
     let user = authorize(&state, &headers, Permission::LogbookRead)?;
     let seq = parse_seq(&seq)?;
@@ -195,7 +195,7 @@ async fn add(
 pub async fn finding(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(seq): Path<String>,
+    Param(seq): Param,
     body: Body,
 ) -> Result<Response, ApiError> {
     let user = authenticate(&state, &headers)?;
@@ -224,7 +224,7 @@ pub async fn finding(
 pub async fn signoff(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(seq): Path<String>,
+    Param(seq): Param,
     body: Body,
 ) -> Result<Response, ApiError> {
     let user = authorize(&state, &headers, Permission::SignOff)?;

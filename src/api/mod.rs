@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
+use axum::extract::{MatchedPath, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -109,6 +109,38 @@ impl AppState {
 /// sites sees an entry only when it belongs to at least one site and all of its sites are theirs.
 pub fn entry_visible(user: &Principal, sites: &[String]) -> bool {
     user.sites.is_none() || (!sites.is_empty() && sites.iter().all(|s| user.covers_site(s)))
+}
+
+/// The path parameter of a route (`{id}`, `{seq}`), percent-decoded, invalid UTF-8 replaced.
+/// Unlike axum's `Path` it never rejects, so a malformed parameter cannot answer before
+/// authentication does: handlers authenticate first and then judge the value.
+#[derive(Debug, Clone)]
+pub struct Param(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Param {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let pattern = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default();
+        let value = pattern
+            .split('/')
+            .position(|seg| seg.starts_with('{'))
+            .and_then(|i| parts.uri.path().split('/').nth(i))
+            .map(|raw| {
+                percent_encoding::percent_decode_str(raw)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .unwrap_or_default();
+        Ok(Param(value))
+    }
 }
 
 /// Marks a response whose refusal the handler has logged itself (with what was asked), so the
@@ -507,7 +539,7 @@ pub fn parse_range(from: Option<&str>, to: Option<&str>) -> Result<(Time90k, Tim
 async fn recordings(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Param(id): Param,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let user = authorize(&state, &headers, Permission::CamerasStatus)?;

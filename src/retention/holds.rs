@@ -69,6 +69,11 @@ pub struct Hold {
     pub released: Option<HoldChange>,
     /// Extensions, oldest first.
     pub extensions: Vec<HoldChange>,
+    /// The site of every held camera when the hold was placed: site scope and the sites of the
+    /// hold's logbook entries follow these, not the current config (a camera that moves or
+    /// leaves the config does not move its incident to another site).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub camera_sites: BTreeMap<String, String>,
 }
 
 /// The state of a hold at a moment.
@@ -129,7 +134,13 @@ pub struct NewHold {
     pub expires_at: Option<Time90k>,
     /// Pin key-tag events too.
     pub keytags: bool,
+    /// The site of every camera, as configured when the hold is placed.
+    pub camera_sites: BTreeMap<String, String>,
 }
+
+/// The review period given to holds stored without a review date (placed before every hold
+/// had one): from the moment they are loaded, so none lapses by surprise.
+pub const LEGACY_REVIEW_TICKS: i64 = 14 * 86_400 * crate::time::TICKS_PER_SEC;
 
 /// Why a hold change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -236,16 +247,43 @@ pub struct Holds {
 }
 
 impl Holds {
-    /// Loads the stored holds.
+    /// Loads the stored holds. A hold stored without a review date (from before every hold had
+    /// one) gets one, [`LEGACY_REVIEW_TICKS`] from now, recorded as an extension by `holdfast`.
     pub fn load(store: Arc<Store>) -> Result<Self, HoldError> {
         let mut holds = BTreeMap::new();
+        let now = Time90k::now();
+        let mut batch = IndexBatch::default();
+        let mut changed = 0;
         for (id, json) in store.index().holds().map_err(StoreError::from)? {
-            let h: Hold = serde_json::from_slice(&json).map_err(|e| {
+            let mut h: Hold = serde_json::from_slice(&json).map_err(|e| {
                 StoreError::from(crate::store::index::IndexError::Corrupt(format!(
                     "hold {id}: {e}"
                 )))
             })?;
+            if h.expires_at.is_none() && h.released.is_none() {
+                let review = now.add_ticks(LEGACY_REVIEW_TICKS);
+                h.expires_at = Some(review);
+                h.extensions.push(HoldChange {
+                    at: now,
+                    by: "holdfast".into(),
+                    reason: "review date added: every hold is reviewed (WB 8)".into(),
+                    expires_at: Some(review),
+                });
+                batch.put_hold(
+                    store.index(),
+                    id,
+                    &serde_json::to_vec(&h).expect("a hold serialises"),
+                );
+                changed += 1;
+            }
             holds.insert(id, Arc::new(h));
+        }
+        if changed > 0 {
+            store
+                .index()
+                .commit(batch, true)
+                .map_err(StoreError::from)?;
+            tracing::warn!(holds = changed, "holds without a review date got one, 14 days from now");
         }
         Ok(Holds {
             store,
@@ -309,6 +347,7 @@ impl Holds {
             keytags: req.keytags,
             released: None,
             extensions: Vec::new(),
+            camera_sites: req.camera_sites,
         };
         self.publish(&snap, hold)
     }
@@ -436,6 +475,7 @@ mod tests {
             requested_by: "police".into(),
             expires_at: None,
             keytags: false,
+            camera_sites: BTreeMap::new(),
         }
     }
 
