@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::ingest::camera::{CameraMetrics, CameraTask};
 use crate::ingest::segmenter::Segmenter;
 use crate::ingest::CameraStatus;
-use crate::logbook::Logbook;
+use crate::logbook::{Checkpointer, Logbook};
 use crate::metrics::Metrics;
 use crate::retention::holds::Holds;
 use crate::retention::sweeper::{Sweeper, SweeperConfig};
@@ -43,6 +43,19 @@ pub async fn run(
         .with_context(|| format!("opening the store in {}", config.storage.data_dir.display()))?;
     tracing::info!(data_dir = %config.storage.data_dir.display(), "recovery: {report}");
     let store = Arc::new(store);
+    // The logbook before anything else runs: it refuses to open when its head record, last
+    // entry and newest checkpoint disagree.
+    let (st, settings) = (store.clone(), config.logbook.clone());
+    let logbook = Arc::new(
+        tokio::task::spawn_blocking(move || Logbook::open(st.index(), &settings))
+            .await?
+            .context("opening the logbook")?,
+    );
+    let head = logbook.head();
+    tracing::info!(entries = head.seq, mac = %head.mac, keyed = head.keyed, "logbook open");
+    // Checkpoints every interval, and a last one when this is dropped or stopped.
+    let checkpointer = Checkpointer::spawn(logbook.clone(), config.logbook.checkpoint_interval)
+        .context("starting the logbook checkpoint thread")?;
     let metrics = Arc::new(Metrics::new());
     let writer = Writer::spawn(
         store.clone(),
@@ -57,8 +70,6 @@ pub async fn run(
     )?;
 
     let holds = Arc::new(Holds::load(store.clone()).context("loading holds")?);
-    let logbook = Arc::new(Logbook::open(store.index()).context("opening the logbook")?);
-    tracing::info!(entries = logbook.len(), "logbook open");
     let retention = SweeperConfig {
         policies: config
             .policies
@@ -190,6 +201,7 @@ pub async fn run(
         let _ = t.await;
     }
     tokio::task::spawn_blocking(move || {
+        checkpointer.stop();
         sweeper.stop();
         writer.shutdown();
     })
