@@ -300,7 +300,12 @@ enum LinkKind {
 }
 
 /// Which kind of link `stored` is for `prev || json`, if any.
-fn link_kind(key: Option<&LogbookKey>, prev: &[u8; 32], json: &[u8], stored: &[u8]) -> Option<LinkKind> {
+fn link_kind(
+    key: Option<&LogbookKey>,
+    prev: &[u8; 32],
+    json: &[u8],
+    stored: &[u8],
+) -> Option<LinkKind> {
     if let Some(k) = key {
         if eq32(stored, &k.mac(&[prev, json])) {
             return Some(LinkKind::Mac);
@@ -377,7 +382,10 @@ impl Checkpoint {
     /// Whether this checkpoint was written for entry `seq` with `link`.
     fn matches(&self, key: Option<&LogbookKey>, link: &[u8; 32], kind: LinkKind) -> bool {
         if let Some(k) = key {
-            if eq32(&self.mac, &checkpoint_mac(Some(k), self.seq, link, &self.time)) {
+            if eq32(
+                &self.mac,
+                &checkpoint_mac(Some(k), self.seq, link, &self.time),
+            ) {
                 return true;
             }
         }
@@ -476,7 +484,8 @@ fn append_checkpoint(dir: &Path, line: &str) -> Result<(), LogbookError> {
         .map_err(|e| err(format!("cannot open for appending: {e}")))?;
     f.write_all(line.as_bytes())
         .map_err(|e| err(format!("cannot append: {e}")))?;
-    f.sync_data().map_err(|e| err(format!("cannot sync: {e}")))?;
+    f.sync_data()
+        .map_err(|e| err(format!("cannot sync: {e}")))?;
     if !existed {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
@@ -508,7 +517,10 @@ fn prepare_checkpoint_dir(dir: &Path) -> Result<(), LogbookError> {
     // A line cut by a crash is closed and marked, so the next line is not glued to it.
     let path = dir.join(CHECKPOINT_FILE);
     let mut f = std::fs::File::open(&path).map_err(|e| err(format!("cannot read: {e}")))?;
-    let len = f.metadata().map_err(|e| err(format!("cannot stat: {e}")))?.len();
+    let len = f
+        .metadata()
+        .map_err(|e| err(format!("cannot stat: {e}")))?
+        .len();
     if len > 0 {
         use std::io::Seek;
         let mut last = [0u8; 1];
@@ -553,12 +565,15 @@ fn stored_link(index: &Index, seq: u64) -> Result<Option<[u8; 32]>, LogbookError
         .and_then(|v| split(&v).map(|(l, _)| l)))
 }
 
+/// An entry with its stored link and the kind of that link.
+type Linked = ([u8; 32], LinkKind, Entry);
+
 /// The link kind of entry `seq` as stored, or why it has none.
 fn entry_kind(
     index: &Index,
     key: Option<&LogbookKey>,
     seq: u64,
-) -> Result<Result<([u8; 32], LinkKind, Entry), String>, LogbookError> {
+) -> Result<Result<Linked, String>, LogbookError> {
     let Some(v) = index.logbook_get(seq)? else {
         return Ok(Err(format!("entry {seq} is missing")));
     };
@@ -996,11 +1011,7 @@ pub fn verify(
         v.checkpoints_checked += 1;
     }
     if let Some(c) = lines.iter().filter(|c| c.seq > n).max_by_key(|c| c.seq) {
-        let problem = format!(
-            "{} cut: {}",
-            entries(n + 1, c.seq),
-            c.describe(&cps.path)
-        );
+        let problem = format!("{} cut: {}", entries(n + 1, c.seq), c.describe(&cps.path));
         return Ok(fail(v, Some(n + 1), problem));
     }
     Ok(v)
@@ -1087,7 +1098,9 @@ fn walk(
             }
             (None, _)
                 if key.is_none()
-                    && (seq == 1 || e.body.action == ACTION_KEYED || e.body.action == ACTION_LOST) =>
+                    && (seq == 1
+                        || e.body.action == ACTION_KEYED
+                        || e.body.action == ACTION_LOST) =>
             {
                 return Ok(bad(
                     seq,
@@ -1111,7 +1124,15 @@ fn walk(
                 e.body.text.as_deref().unwrap_or("")
             ));
         }
-        each(seq, &stored, if keyed_from.is_some() { LinkKind::Mac } else { LinkKind::Sha });
+        each(
+            seq,
+            &stored,
+            if keyed_from.is_some() {
+                LinkKind::Mac
+            } else {
+                LinkKind::Sha
+            },
+        );
         prev = stored;
         expect += 1;
     }
@@ -1137,7 +1158,10 @@ fn walk(
                  stored"
             ),
         )),
-        None => Some((n, format!("entries up to {n} are stored but the head record is missing"))),
+        None => Some((
+            n,
+            format!("entries up to {n} are stored but the head record is missing"),
+        )),
     };
     if let Some((seq, problem)) = head_problem {
         let mut v = bad(seq.max(1), problem, keyed_from);
@@ -1203,9 +1227,9 @@ pub fn record_loss(
             time: None,
         },
     };
-    let last = checkpoints.newest().map(|c| {
-        serde_json::json!({ "seq": c.seq, "mac": hex::encode(c.mac), "time": c.time })
-    });
+    let last = checkpoints
+        .newest()
+        .map(|c| serde_json::json!({ "seq": c.seq, "mac": hex::encode(c.mac), "time": c.time }));
     let lb = Logbook {
         head: Mutex::new(head),
         key,
@@ -1435,7 +1459,11 @@ mod tests {
         assert_eq!(r.first_bad_seq, Some(4), "{r:?}");
         assert!(r.problem.unwrap().contains("entries 4..5"));
         drop(lb);
-        let p = untrusted(Logbook::open_with(&index, Some(key()), Some(&dir.path().join("cp"))));
+        let p = untrusted(Logbook::open_with(
+            &index,
+            Some(key()),
+            Some(&dir.path().join("cp")),
+        ));
         assert!(p.contains("seq 5") && p.contains("seq 3"), "{p}");
     }
 
@@ -1459,8 +1487,18 @@ mod tests {
         put_head(&index, 4, &raw(&index, 4)[..32]);
         let v = verify(&index, Some(&key()), Some(&cps)).unwrap();
         assert_eq!(v.first_bad_seq, Some(5), "{v:?}");
-        assert!(v.problem.as_deref().unwrap().contains("entries 5..6 were cut"), "{v:?}");
-        let p = untrusted(Logbook::open_with(&index, Some(key()), Some(&dir.path().join("cp"))));
+        assert!(
+            v.problem
+                .as_deref()
+                .unwrap()
+                .contains("entries 5..6 were cut"),
+            "{v:?}"
+        );
+        let p = untrusted(Logbook::open_with(
+            &index,
+            Some(key()),
+            Some(&dir.path().join("cp")),
+        ));
         assert!(p.contains("entries 5..6 were cut"), "{p}");
         // Without checkpoints the cut cannot be seen: that is what they are for.
         assert!(verify(&index, Some(&key()), None).unwrap().ok);
@@ -1522,7 +1560,10 @@ mod tests {
             .unwrap_err();
         assert!(p.contains("empty") && p.contains("1..4"), "{p}");
         let e = record_loss(&index, Some(key()), Some(&cp), &cps, &p).unwrap();
-        assert_eq!((e.entry.seq, e.entry.body.action.as_str()), (1, ACTION_LOST));
+        assert_eq!(
+            (e.entry.seq, e.entry.body.action.as_str()),
+            (1, ACTION_LOST)
+        );
         assert_eq!(e.entry.body.object["last_checkpoint"]["seq"], 4);
         let lb = Logbook::open_with(&index, Some(key()), Some(&cp)).unwrap();
         let v = lb.verify(&index).unwrap();
@@ -1535,7 +1576,10 @@ mod tests {
     fn checkpoint_lines_parse_and_bind_seq_link_and_time() {
         let line = format!("42 {} 2026-11-23T16:00:00Z", "ab".repeat(32));
         let c = Checkpoint::parse(&line, 1).unwrap();
-        assert_eq!((c.seq, c.mac, c.time.as_str()), (42, [0xab; 32], "2026-11-23T16:00:00Z"));
+        assert_eq!(
+            (c.seq, c.mac, c.time.as_str()),
+            (42, [0xab; 32], "2026-11-23T16:00:00Z")
+        );
         assert_eq!(c.to_line(), format!("{line}\n"));
         for bad in [
             "",
@@ -1546,19 +1590,37 @@ mod tests {
             &format!("42 {} yesterday", "ab".repeat(32)),
             &format!("42 {} 2026-11-23T16:00:00Z extra", "ab".repeat(32)),
         ] {
-            assert!(Checkpoint::parse(bad, 3).unwrap_err().starts_with("line 3"), "{bad}");
+            assert!(
+                Checkpoint::parse(bad, 3).unwrap_err().starts_with("line 3"),
+                "{bad}"
+            );
         }
         let link = [1u8; 32];
         let t = "2026-11-23T16:00:00Z";
         let mac = checkpoint_mac(Some(&key()), 42, &link, t);
-        let c = Checkpoint { seq: 42, mac, time: t.into(), line: 1 };
+        let c = Checkpoint {
+            seq: 42,
+            mac,
+            time: t.into(),
+            line: 1,
+        };
         assert!(c.matches(Some(&key()), &link, LinkKind::Mac));
         assert!(!c.matches(Some(&key()), &[2; 32], LinkKind::Mac));
-        assert!(!Checkpoint { seq: 43, ..c.clone() }.matches(Some(&key()), &link, LinkKind::Mac));
-        let later = Checkpoint { time: "2026-11-23T16:00:01Z".into(), ..c.clone() };
+        assert!(!Checkpoint {
+            seq: 43,
+            ..c.clone()
+        }
+        .matches(Some(&key()), &link, LinkKind::Mac));
+        let later = Checkpoint {
+            time: "2026-11-23T16:00:01Z".into(),
+            ..c.clone()
+        };
         assert!(!later.matches(Some(&key()), &link, LinkKind::Mac));
         // A plain SHA-256 checkpoint is not accepted for a MAC-linked entry.
-        let forged = Checkpoint { mac: checkpoint_mac(None, 42, &link, t), ..c };
+        let forged = Checkpoint {
+            mac: checkpoint_mac(None, 42, &link, t),
+            ..c
+        };
         assert!(!forged.matches(Some(&key()), &link, LinkKind::Mac));
         assert!(forged.matches(Some(&key()), &link, LinkKind::Sha));
     }
@@ -1570,7 +1632,10 @@ mod tests {
         drop(lb);
         let cp = dir.path().join("cp");
         let file = cp.join(CHECKPOINT_FILE);
-        let mut f = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
         f.write_all(b"3 abcdef").unwrap();
         let cps = Checkpoints::read(&cp).unwrap();
         assert!(cps.torn_tail && cps.bad_lines.is_empty());
@@ -1578,7 +1643,10 @@ mod tests {
         lb.append(&index, entry("view")).unwrap();
         lb.checkpoint().unwrap().unwrap();
         let cps = Checkpoints::read(&cp).unwrap();
-        assert_eq!((cps.lines.len(), cps.torn_lines, cps.bad_lines.len()), (2, 1, 0));
+        assert_eq!(
+            (cps.lines.len(), cps.torn_lines, cps.bad_lines.len()),
+            (2, 1, 0)
+        );
         assert!(lb.verify(&index).unwrap().ok);
         // A damaged line is not ignored.
         f.write_all(b"\n7 zz 2026\n").unwrap();
@@ -1602,7 +1670,10 @@ mod tests {
 
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let e = LogbookKey::load(&path).unwrap_err().to_string();
-        assert!(e.starts_with("logbook.key_file") && e.contains("0640"), "{e}");
+        assert!(
+            e.starts_with("logbook.key_file") && e.contains("0640"),
+            "{e}"
+        );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         for (bad, want) in [("abcd\n", "64 hex"), (&*"zz".repeat(32), "hex characters")] {
             std::fs::write(&path, bad).unwrap();
@@ -1610,7 +1681,9 @@ mod tests {
             assert!(e.starts_with("logbook.key_file") && e.contains(want), "{e}");
             assert!(!e.contains(bad.trim()), "the content is not echoed: {e}");
         }
-        let e = LogbookKey::load(&dir.path().join("none")).unwrap_err().to_string();
+        let e = LogbookKey::load(&dir.path().join("none"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("init-key"), "{e}");
         assert_eq!(format!("{:?}", key()), "LogbookKey(..)");
     }

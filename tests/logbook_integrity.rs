@@ -315,14 +315,20 @@ fn an_unkeyed_chain_continues_keyed_from_a_mark() {
     d.restart();
     looks(&d, 3);
     let head = d.get_json("/api/v1/logbook/head");
-    assert_eq!((head["seq"].as_u64(), head["keyed"].as_bool()), (Some(3), Some(false)));
+    assert_eq!(
+        (head["seq"].as_u64(), head["keyed"].as_bool()),
+        (Some(3), Some(false))
+    );
     d.stop();
     assert_eq!(verify(&d).0, Some(0));
 
     set_logbook_section(&d, &keyed_section(&d, ""));
     d.restart();
     let head = d.get_json("/api/v1/logbook/head");
-    assert_eq!((head["seq"].as_u64(), head["keyed"].as_bool()), (Some(4), Some(true)));
+    assert_eq!(
+        (head["seq"].as_u64(), head["keyed"].as_bool()),
+        (Some(4), Some(true))
+    );
     let mark = d.get_json("/api/v1/logbook/4");
     assert_eq!(mark["action"], "logbook.keyed", "{mark}");
     looks(&d, 2);
@@ -355,7 +361,6 @@ fn the_head_route_matches_the_cli_and_checkpoints_are_written_every_interval() {
     let mac = head["mac"].as_str().unwrap().to_owned();
     assert_eq!(mac.len(), 64);
     assert!(Time90k::parse_rfc3339(head["time"].as_str().unwrap()).is_ok());
-    assert_eq!(d.get("/api/v1/logbook/head", None).0, 401);
     assert_eq!(d.get_json("/api/v1/logbook/3")["hash"], mac.as_str());
 
     // The checkpoint thread writes the moved head within a few intervals, and logs it.
@@ -387,6 +392,8 @@ fn the_head_route_matches_the_cli_and_checkpoints_are_written_every_interval() {
     // An idle head writes no more checkpoints.
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), n);
+    // The route needs a token (and that refusal is itself an entry).
+    assert_eq!(d.get("/api/v1/logbook/head", None).0, 401);
     let mode = |p: &Path| {
         use std::os::unix::fs::PermissionsExt;
         std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -404,7 +411,10 @@ fn the_key_file_must_be_private_and_init_key_never_overwrites() {
     let secret = std::fs::read_to_string(&key).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = start_refused(&d);
-    assert!(err.contains("logbook.key_file") && err.contains("0644"), "{err}");
+    assert!(
+        err.contains("logbook.key_file") && err.contains("0644"),
+        "{err}"
+    );
     assert!(!err.contains(secret.trim()));
 
     // init-key refuses to replace it.
