@@ -779,6 +779,14 @@ impl Logbook {
                 )));
             }
         }
+        if checkpoint_dir.is_some() && cps.lines.is_empty() && check.head.seq > 0 {
+            tracing::warn!(
+                entries = check.head.seq,
+                file = %cps.path.display(),
+                "the logbook has entries but no checkpoints: if checkpoints were written \
+                 before, the file was removed or emptied"
+            );
+        }
         let checkpointed = cps
             .newest()
             .filter(|c| c.seq == check.head.seq)
@@ -986,6 +994,13 @@ pub fn verify(
     }
     if let Some(bad) = cps.bad_lines.first() {
         return Ok(fail(v, None, format!("{}: {bad}", cps.path.display())));
+    }
+    if cps.lines.is_empty() && v.entries > 0 {
+        v.notes.push(format!(
+            "no checkpoints in {}: a cut tail cannot be seen (if checkpoints were written \
+             before, the file was removed or emptied)",
+            cps.path.display()
+        ));
     }
     let lost = lost_checkpoints(index)?;
     let skip = superseded(cps, &lost);
@@ -1377,6 +1392,7 @@ mod tests {
         let v = lb.verify(&index).unwrap();
         assert!(v.ok, "{v:?}");
         assert_eq!((v.entries, v.keyed_from), (5, Some(1)));
+        assert!(v.notes[0].starts_with("no checkpoints"), "{v:?}");
         // The link is the HMAC of the previous link and the JSON, not plain SHA-256.
         let (l1, j2) = (raw(&index, 1)[..32].to_vec(), raw(&index, 2));
         assert_eq!(j2[..32], key().mac(&[&l1, &j2[32..]]));

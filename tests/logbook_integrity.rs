@@ -389,6 +389,13 @@ fn the_head_route_matches_the_cli_and_checkpoints_are_written_every_interval() {
     );
     assert!(out.contains(&format!("checkpoints: {n} checked")), "{out}");
     assert!(out.contains("keyed (HMAC-SHA256) from seq 1"), "{out}");
+    let v = d.get_json("/api/v1/logbook/verify");
+    assert_eq!(
+        (v["ok"].as_bool(), v["entries"].as_u64()),
+        (Some(true), Some(3)),
+        "{v}"
+    );
+    assert_eq!(v["head_hash"], mac.as_str());
     // An idle head writes no more checkpoints.
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), n);
