@@ -600,24 +600,32 @@ fn entry_kind(
     }
 }
 
-/// The checkpoints that `logbook.lost` entries name (`(seq, mac hex, time)`): lines up to the
-/// last of these in the file belong to a logbook that was lost, and the chain says so.
+/// The checkpoint a `logbook.lost` entry names (`(seq, mac hex, time)`), if any.
+fn lost_checkpoint(e: &Entry) -> Option<(u64, String, String)> {
+    if e.body.action != ACTION_LOST {
+        return None;
+    }
+    let c = &e.body.object["last_checkpoint"];
+    Some((
+        c["seq"].as_u64()?,
+        c["mac"].as_str()?.to_owned(),
+        c["time"].as_str()?.to_owned(),
+    ))
+}
+
+/// The checkpoints that `logbook.lost` entries name: lines up to the last of these in the file
+/// belong to a logbook that was lost, and the chain says so.
 fn lost_checkpoints(index: &Index) -> Result<Vec<(u64, String, String)>, LogbookError> {
     let mut out = Vec::new();
     for item in index.logbook_entries(1) {
         let (_, v) = item?;
         let Some((_, json)) = split(&v) else { continue };
-        let Ok(e) = serde_json::from_slice::<Entry>(json) else {
-            continue;
-        };
-        if e.body.action != ACTION_LOST {
-            continue;
-        }
-        let c = &e.body.object["last_checkpoint"];
-        if let (Some(seq), Some(mac), Some(time)) =
-            (c["seq"].as_u64(), c["mac"].as_str(), c["time"].as_str())
+        if let Some(c) = serde_json::from_slice::<Entry>(json)
+            .ok()
+            .as_ref()
+            .and_then(lost_checkpoint)
         {
-            out.push((seq, mac.to_owned(), time.to_owned()));
+            out.push(c);
         }
     }
     Ok(out)
@@ -968,10 +976,12 @@ pub fn verify(
         .map(|c| c.lines.iter().map(|l| l.seq).collect())
         .unwrap_or_default();
     let mut links = std::collections::HashMap::new();
-    let mut v = walk(index, key, |seq, link, kind| {
+    let mut lost = Vec::new();
+    let mut v = walk(index, key, |seq, link, kind, e| {
         if wanted.contains(&seq) {
             links.insert(seq, (*link, kind));
         }
+        lost.extend(lost_checkpoint(e));
     })?;
     let Some(cps) = checkpoints else {
         return Ok(v);
@@ -1002,7 +1012,6 @@ pub fn verify(
             cps.path.display()
         ));
     }
-    let lost = lost_checkpoints(index)?;
     let skip = superseded(cps, &lost);
     if skip > 0 {
         v.notes.push(format!(
@@ -1034,7 +1043,7 @@ pub fn verify(
 
 /// Checks the chain and head record only.
 fn verify_chain(index: &Index, key: Option<&LogbookKey>) -> Result<Verification, LogbookError> {
-    walk(index, key, |_, _, _| {})
+    walk(index, key, |_, _, _, _| {})
 }
 
 fn fail(mut v: Verification, seq: Option<u64>, problem: String) -> Verification {
@@ -1048,7 +1057,7 @@ fn fail(mut v: Verification, seq: Option<u64>, problem: String) -> Verification 
 fn walk(
     index: &Index,
     key: Option<&LogbookKey>,
-    mut each: impl FnMut(u64, &[u8; 32], LinkKind),
+    mut each: impl FnMut(u64, &[u8; 32], LinkKind, &Entry),
 ) -> Result<Verification, LogbookError> {
     let mut prev = [0u8; 32];
     let mut expect = 1u64;
@@ -1147,6 +1156,7 @@ fn walk(
             } else {
                 LinkKind::Sha
             },
+            &e,
         );
         prev = stored;
         expect += 1;
