@@ -309,11 +309,11 @@ fn logbook_verify(c: &Config) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default()
         );
     } else {
-        println!(
-            "logbook TAMPERED: first bad seq {}: {}",
-            v.first_bad_seq.unwrap_or(0),
-            v.problem.as_deref().unwrap_or_default()
-        );
+        let problem = v.problem.as_deref().unwrap_or_default();
+        match v.first_bad_seq {
+            Some(seq) => println!("logbook TAMPERED: first bad seq {seq}: {problem}"),
+            None => println!("logbook TAMPERED: {problem}"),
+        }
     }
     for note in &v.notes {
         println!("note: {note}");
