@@ -1,10 +1,11 @@
 //! `holdfast run`: wires the stages together and runs until SIGTERM or Ctrl-C.
 //!
-//! Start-up order: open the store (recovery runs and reports), load the holds, start the writer
-//! thread, the sweeper thread, one camera task per configured camera, then serve HTTP. Shutdown
-//! runs the other way: stop HTTP, tell the camera tasks to hand their buffered frames to the
-//! writer, stop the sweeper, then let the writer make everything durable before the process
-//! exits.
+//! Start-up order: open the store (recovery runs and reports), open the logbook (refused when it
+//! disagrees with its head record or newest checkpoint) and start its checkpoint thread, load the
+//! holds, start the writer thread, the sweeper thread, one camera task per configured camera,
+//! then serve HTTP. Shutdown runs the other way: stop HTTP, tell the camera tasks to hand their
+//! buffered frames to the writer, write a last logbook checkpoint, stop the sweeper, then let the
+//! writer make everything durable before the process exits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
