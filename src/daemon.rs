@@ -1,10 +1,11 @@
 //! `holdfast run`: wires the stages together and runs until SIGTERM or Ctrl-C.
 //!
-//! Start-up order: open the store (recovery runs and reports), load the holds, start the writer
-//! thread, the sweeper thread, one camera task per configured camera, then serve HTTP. Shutdown
-//! runs the other way: stop HTTP, tell the camera tasks to hand their buffered frames to the
-//! writer, stop the sweeper, then let the writer make everything durable before the process
-//! exits.
+//! Start-up order: open the store (recovery runs and reports), open the logbook (refused when it
+//! disagrees with its head record or newest checkpoint) and start its checkpoint thread, load the
+//! holds, start the writer thread, the sweeper thread, one camera task per configured camera,
+//! then serve HTTP. Shutdown runs the other way: stop HTTP, tell the camera tasks to hand their
+//! buffered frames to the writer, write a last logbook checkpoint, stop the sweeper, then let the
+//! writer make everything durable before the process exits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use crate::config::Config;
 use crate::ingest::camera::{CameraMetrics, CameraTask};
 use crate::ingest::segmenter::Segmenter;
 use crate::ingest::CameraStatus;
-use crate::logbook::Logbook;
+use crate::logbook::{Checkpointer, Logbook};
 use crate::metrics::Metrics;
 use crate::retention::holds::Holds;
 use crate::retention::sweeper::{Sweeper, SweeperConfig};
@@ -43,6 +44,19 @@ pub async fn run(
         .with_context(|| format!("opening the store in {}", config.storage.data_dir.display()))?;
     tracing::info!(data_dir = %config.storage.data_dir.display(), "recovery: {report}");
     let store = Arc::new(store);
+    // The logbook before anything else runs: it refuses to open when its head record, last
+    // entry and newest checkpoint disagree.
+    let (st, settings) = (store.clone(), config.logbook.clone());
+    let logbook = Arc::new(
+        tokio::task::spawn_blocking(move || Logbook::open(st.index(), &settings))
+            .await?
+            .context("opening the logbook")?,
+    );
+    let head = logbook.head();
+    tracing::info!(entries = head.seq, mac = %head.mac, keyed = head.keyed, "logbook open");
+    // Checkpoints every interval, and a last one when this is dropped or stopped.
+    let checkpointer = Checkpointer::spawn(logbook.clone(), config.logbook.checkpoint_interval)
+        .context("starting the logbook checkpoint thread")?;
     let metrics = Arc::new(Metrics::new());
     let writer = Writer::spawn(
         store.clone(),
@@ -57,8 +71,6 @@ pub async fn run(
     )?;
 
     let holds = Arc::new(Holds::load(store.clone()).context("loading holds")?);
-    let logbook = Arc::new(Logbook::open(store.index()).context("opening the logbook")?);
-    tracing::info!(entries = logbook.len(), "logbook open");
     let retention = SweeperConfig {
         policies: config
             .policies
@@ -206,6 +218,7 @@ pub async fn run(
         let _ = t.await;
     }
     tokio::task::spawn_blocking(move || {
+        checkpointer.stop();
         sweeper.stop();
         writer.shutdown();
     })

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use holdfast::config::Config;
+use holdfast::logbook;
 use holdfast::store::{recovery, Store};
 
 #[derive(Parser)]
@@ -57,11 +58,16 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Rebuilds the index from the bucket files (the daemon must be stopped).
+    /// Rebuilds the index from the bucket files (the daemon must be stopped). Never rebuilds the
+    /// logbook: refuses when the logbook is missing, cut or disagrees with its checkpoints.
     Reindex {
         /// The config file.
         #[arg(long)]
         config: PathBuf,
+        /// Go on when the logbook was lost or cut, appending a `logbook.lost` entry that records
+        /// the loss (and the last checkpoint it knew) in the chain.
+        #[arg(long)]
+        force: bool,
     },
     /// Checks every indexed segment against its bytes on disk (CRC); exit 1 on damage.
     Verify {
@@ -78,9 +84,17 @@ enum Command {
 
 #[derive(Subcommand)]
 enum LogbookCommand {
-    /// Checks the hash chain; prints the head hash; exit 1 and the first bad seq on tampering.
+    /// Checks the chain (MACs with logbook.key_file), the head record and every checkpoint;
+    /// prints the head; exit 1 naming the first bad seq, or the cut tail, on tampering.
     /// Works while the daemon runs (opens the index read-only).
     Verify {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Creates logbook.key_file (a random 32-byte key, mode 0600, its directory 0700 if
+    /// missing); never overwrites an existing key; never prints the key.
+    InitKey {
         /// The config file.
         #[arg(long)]
         config: PathBuf,
@@ -148,34 +162,13 @@ fn main() -> ExitCode {
             })
         })),
         Command::CheckConfig { config } => check_config(&config),
-        Command::Reindex { config } => with_config(&config, |c| {
-            let store = Store::open_without_recovery(&c.storage.data_dir)?;
-            let report = recovery::reindex(&store, c.storage.bucket_secs())?;
-            println!("reindex: {report}");
-            Ok(ExitCode::SUCCESS)
-        }),
+        Command::Reindex { config, force } => with_config(&config, |c| reindex(&c, force)),
         Command::Logbook {
             what: LogbookCommand::Verify { config },
-        } => with_config(&config, |c| {
-            let index =
-                holdfast::store::index::Index::open_read_only(&c.storage.data_dir.join("index"))?;
-            let v = holdfast::logbook::Logbook::verify(&index)?;
-            if v.ok {
-                println!(
-                    "logbook intact: {} entries, head hash {}",
-                    v.entries,
-                    v.head_hash.unwrap_or_default()
-                );
-                Ok(ExitCode::SUCCESS)
-            } else {
-                println!(
-                    "logbook TAMPERED: first bad seq {}: {}",
-                    v.first_bad_seq.unwrap_or(0),
-                    v.problem.unwrap_or_default()
-                );
-                Ok(ExitCode::FAILURE)
-            }
-        }),
+        } => with_config(&config, |c| logbook_verify(&c)),
+        Command::Logbook {
+            what: LogbookCommand::InitKey { config },
+        } => with_config(&config, |c| logbook_init_key(&c)),
         Command::Verify { config } => with_config(&config, |c| {
             let (store, report) = Store::open(&c.storage.data_dir, c.storage.bucket_secs())?;
             println!("recovery: {report}");
@@ -196,6 +189,182 @@ fn main() -> ExitCode {
             })
         }),
     }
+}
+
+/// `holdfast reindex`: refuses (unless `force`) when the logbook is gone or cut, because a
+/// rebuilt index would otherwise carry an empty logbook that verifies.
+fn reindex(c: &Config, force: bool) -> anyhow::Result<ExitCode> {
+    let checkpoints = logbook::Checkpoints::read(&c.logbook.checkpoint_dir)?;
+    let key = load_key(c)?;
+    let index_dir = c.storage.data_dir.join("index");
+    let mut cause = None;
+    if !index_dir.exists() {
+        if let Some(cp) = checkpoints.newest() {
+            cause = Some(format!(
+                "the index directory {} is missing, but the checkpoint at seq {} (written {}) in \
+                 {} shows the logbook had entries 1..{}",
+                index_dir.display(),
+                cp.seq,
+                cp.time,
+                checkpoints.path.display(),
+                cp.seq
+            ));
+        }
+    }
+    let refuse = |cause: &str| {
+        anyhow::anyhow!(
+            "refusing to reindex: {cause}. reindex never rebuilds the logbook from footage: \
+             restore {} from a backup, or run `holdfast reindex --force --config FILE` to go on \
+             with an entry in the logbook that records the loss",
+            index_dir.display()
+        )
+    };
+    if let (Some(cause), false) = (&cause, force) {
+        return Err(refuse(cause));
+    }
+    let store = Store::open_without_recovery(&c.storage.data_dir)?;
+    if cause.is_none() {
+        cause = logbook::check_before_reindex(store.index(), key.as_ref(), &checkpoints)?.err();
+    }
+    if let Some(cause) = cause {
+        if !force {
+            return Err(refuse(&cause));
+        }
+        let e = logbook::record_loss(
+            store.index(),
+            key,
+            Some(&c.logbook.checkpoint_dir),
+            &checkpoints,
+            &cause,
+        )?;
+        println!(
+            "reindex --force: the loss is recorded as logbook entry {} ({}): {cause}",
+            e.entry.seq,
+            logbook::ACTION_LOST
+        );
+    }
+    let report = recovery::reindex(&store, c.storage.bucket_secs())?;
+    println!("reindex: {report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_key(c: &Config) -> anyhow::Result<Option<logbook::LogbookKey>> {
+    Ok(c.logbook
+        .key_file
+        .as_deref()
+        .map(logbook::LogbookKey::load)
+        .transpose()?)
+}
+
+/// `holdfast logbook verify`: the chain, the head record and every checkpoint.
+fn logbook_verify(c: &Config) -> anyhow::Result<ExitCode> {
+    // Checkpoints first: every line read then refers to entries already synced to the index.
+    let checkpoints = logbook::Checkpoints::read(&c.logbook.checkpoint_dir)?;
+    let key = load_key(c)?;
+    let index_dir = c.storage.data_dir.join("index");
+    if !index_dir.exists() {
+        return match checkpoints.newest() {
+            Some(cp) => {
+                println!(
+                    "logbook TAMPERED: first bad seq 1: entries 1..{} were cut: the index \
+                     directory {} is missing; checkpoint at seq {} (written {}) in {}",
+                    cp.seq,
+                    index_dir.display(),
+                    cp.seq,
+                    cp.time,
+                    checkpoints.path.display()
+                );
+                Ok(ExitCode::FAILURE)
+            }
+            None => Err(anyhow::anyhow!(
+                "no index at {} (and no checkpoints in {})",
+                index_dir.display(),
+                checkpoints.path.display()
+            )),
+        };
+    }
+    let index = holdfast::store::index::Index::open_read_only(&index_dir)?;
+    let v = logbook::verify(&index, key.as_ref(), Some(&checkpoints))?;
+    if v.ok {
+        println!(
+            "logbook intact: {} entries, head hash {}",
+            v.entries,
+            v.head_hash.as_deref().unwrap_or_default()
+        );
+        match v.keyed_from {
+            Some(1) => println!("chain: keyed (HMAC-SHA256) from seq 1"),
+            Some(k) => println!(
+                "chain: plain SHA-256 up to seq {}, keyed (HMAC-SHA256) from seq {k}",
+                k - 1
+            ),
+            None if v.entries == 0 => println!("chain: empty"),
+            None => println!("chain: plain SHA-256 (unkeyed)"),
+        }
+        println!(
+            "checkpoints: {} checked in {}{}",
+            v.checkpoints_checked,
+            checkpoints.path.display(),
+            checkpoints
+                .newest()
+                .map(|c| format!("; newest at seq {} ({})", c.seq, c.time))
+                .unwrap_or_default()
+        );
+    } else {
+        let problem = v.problem.as_deref().unwrap_or_default();
+        match v.first_bad_seq {
+            Some(seq) => println!("logbook TAMPERED: first bad seq {seq}: {problem}"),
+            None => println!("logbook TAMPERED: {problem}"),
+        }
+    }
+    for note in &v.notes {
+        println!("note: {note}");
+    }
+    Ok(if v.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `holdfast logbook init-key`: a new key at `logbook.key_file`, never over an existing one.
+fn logbook_init_key(c: &Config) -> anyhow::Result<ExitCode> {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(path) = &c.logbook.key_file else {
+        anyhow::bail!(
+            "logbook.key_file is not set (the config runs the logbook unkeyed): set \
+             logbook.key_file, remove logbook.unkeyed, then run init-key again"
+        );
+    };
+    if path.exists() {
+        anyhow::bail!(
+            "logbook.key_file {}: exists already; not overwritten (entries linked with the old \
+             key could no longer be checked)",
+            path.display()
+        );
+    }
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                anyhow::anyhow!("logbook.key_file: cannot create {}: {e}", dir.display())
+            })?;
+    }
+    logbook::write_new_key(path)
+        .map_err(|e| anyhow::anyhow!("logbook.key_file {}: cannot create: {e}", path.display()))?;
+    println!(
+        "logbook key written to {} (mode 0600). Make it readable by the user the daemon runs as \
+         only (e.g. `chown holdfast: {}`). Keep a copy offline, apart from backups of the data \
+         directory: without it the chain cannot be checked, and whoever holds it can rewrite \
+         the logbook.",
+        path.display(),
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {

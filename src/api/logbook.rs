@@ -154,7 +154,7 @@ pub async fn verify(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Permission::LogbookRead)?;
     let st = state.clone();
-    let v = tokio::task::spawn_blocking(move || Logbook::verify(st.store.index()))
+    let v = tokio::task::spawn_blocking(move || st.logbook.verify(st.store.index()))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
@@ -242,4 +242,14 @@ pub async fn signoff(
         return Err(ApiError::bad_field("note", "must not be empty"));
     }
     add(&state, &user, target, "signoff", s.note).await
+}
+
+/// `GET /api/v1/logbook/head`: `{seq, mac, time, keyed}`, the head of the chain, for a case
+/// system to record (a later `logbook verify` shows whether the chain still holds that entry).
+pub async fn head(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Permission::LogbookRead)?;
+    Ok(Json(state.logbook.head()).into_response())
 }

@@ -279,6 +279,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/logbook", get(logbook::list))
         .route("/api/v1/logbook/verify", get(logbook::verify))
+        .route("/api/v1/logbook/head", get(logbook::head))
         .route("/api/v1/logbook/{seq}", get(logbook::get_one))
         .route("/api/v1/logbook/{seq}/finding", post(logbook::finding))
         .route("/api/v1/logbook/{seq}/signoff", post(logbook::signoff))
