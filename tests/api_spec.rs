@@ -443,6 +443,29 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_schema() {
     );
     // The daemon never stopped answering.
     assert_eq!(d.get("/healthz", None).0, 200, "the daemon is unhealthy");
+    // What the daemon answered, by status (its own request counter), and proof that footage
+    // really went out: the live examples exported and played real recordings.
+    let (_, metrics) = d.get("/metrics", Some(FUZZ_TOKEN));
+    let answered = |route: &str, status: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("holdfast_http_requests_total{"))
+            .filter(|l| route.is_empty() || l.contains(&format!("route=\"{route}\"")))
+            .filter(|l| l.contains(&format!("status=\"{status}")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum()
+    };
+    const EXPORT: &str = "/api/v1/cameras/{id}/export.mp4";
+    const VIEW: &str = "/api/v1/cameras/{id}/view.mp4";
+    println!(
+        "daemon answers: {} 2xx, {} 4xx, {} 5xx; MP4s sent: {} exports, {} views",
+        answered("", "2"),
+        answered("", "4"),
+        answered("", "5"),
+        answered(EXPORT, "200"),
+        answered(VIEW, "200")
+    );
     assert!(
         out.status.success(),
         "schemathesis found problems (exit {:?}):\n{stdout}\n{stderr}\ndaemon log tail:\n{}",
@@ -458,4 +481,10 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_schema() {
             .join("\n")
     );
     assert!(cases > 0, "schemathesis ran no case:\n{stdout}");
+    for route in [EXPORT, VIEW] {
+        assert!(
+            answered(route, "200") > 0,
+            "no 200 from {route}: the run never got footage out\n{stdout}"
+        );
+    }
 }
