@@ -41,7 +41,7 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         // serde reports a missing field at the parent's path; name the field itself.
         let field = match msg.split_once("missing field `") {
             Some((_, rest)) => rest.split('`').next().unwrap_or("body").to_owned(),
-            None if path == "." => "body".to_owned(),
+            None if path == "." || path.is_empty() => "body".to_owned(),
             None => path,
         };
         let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
