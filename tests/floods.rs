@@ -189,9 +189,9 @@ fn slow_clients_are_cut_and_a_bad_token_flood_is_coalesced_while_recording_goes_
     // A valid token is never throttled.
     assert_eq!(d.get("/api/v1/holds", Some(ADMIN_TOKEN)).0, 200);
 
-    // Recording: let two more seconds pass, stop the camera (it writes its final count), and
+    // Recording: let five more seconds pass, stop the camera (it writes its final count), and
     // compare with what the daemon recorded in the same window.
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(5));
     server.stop();
     let sent = server.frames_sent("/cam0") as f64 - sent0;
     let mut rec = recorded(&d) - rec0;
@@ -215,7 +215,7 @@ fn slow_clients_are_cut_and_a_bad_token_flood_is_coalesced_while_recording_goes_
         flood_time.as_secs_f64(),
         t_flood.elapsed().as_secs_f64()
     );
-    assert!(sent >= 25.0, "the camera kept sending: {sent}");
+    assert!(sent >= 100.0, "the camera kept sending: {sent}");
     // 1 %, plus one frame for the moment the window opened (the camera counts at its payloader).
     assert!(
         (sent - rec).abs() <= sent * 0.01 + 1.0,
@@ -366,9 +366,14 @@ fn timeouts_limits_and_json_errors() {
         .as_bytes(),
     );
     assert_eq!(s, 405, "{head}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(v["detail"]["allow"].as_str().unwrap().contains("GET"), "{v}");
-    assert!(head.to_ascii_lowercase().contains("content-type: application/json"));
+    assert!(is_json_error(&body), "{body}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(
+        head.lines()
+            .any(|l| l.starts_with("allow:") && l.contains("get") && l.contains("post")),
+        "{head}"
+    );
     // An extractor's plain-text rejection (a query that does not parse) comes out as JSON too.
     let (s, body) = d.get("/api/v1/logbook?limit=many", Some(ADMIN_TOKEN));
     assert_eq!(s, 400, "{body}");

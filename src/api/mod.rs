@@ -305,7 +305,7 @@ fn is_json(resp: &Response) -> bool {
 }
 
 /// Rewrites every error response that is not JSON yet (axum's plain-text extractor rejections,
-/// 405, timeouts) into `{"error": ..., "detail": ...}`, keeping status and headers.
+/// 405) into `{"error": ..., "detail": null}`, keeping status and headers.
 async fn json_errors(resp: Response) -> Response {
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error()) || is_json(&resp) {
@@ -320,18 +320,11 @@ async fn json_errors(resp: Response) -> Response {
         .canonical_reason()
         .unwrap_or("error")
         .to_ascii_lowercase();
-    let (error, detail) = match status {
-        StatusCode::METHOD_NOT_ALLOWED => {
-            let allow = parts
-                .headers
-                .get(axum::http::header::ALLOW)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            (reason, json!({ "allow": allow }))
-        }
-        _ if text.is_empty() => (reason, serde_json::Value::Null),
-        _ => (text, serde_json::Value::Null),
+    // (A 405's `Allow` header is added by axum after this layer; it stays a header.)
+    let (error, detail) = if text.is_empty() {
+        (reason, serde_json::Value::Null)
+    } else {
+        (text, serde_json::Value::Null)
     };
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     parts.headers.insert(
