@@ -129,7 +129,11 @@ fn slow_clients_are_cut_and_a_bad_token_flood_is_coalesced_while_recording_goes_
         latencies.len(),
         worst.as_millis()
     );
-    assert_eq!(cut.len(), SLOW_CLIENTS, "every half-sent request is cut off");
+    assert_eq!(
+        cut.len(),
+        SLOW_CLIENTS,
+        "every half-sent request is cut off"
+    );
     assert!(
         fastest_cut >= Duration::from_millis(1900),
         "not before the header timeout"
@@ -139,7 +143,10 @@ fn slow_clients_are_cut_and_a_bad_token_flood_is_coalesced_while_recording_goes_
         "within header_timeout + 3 s"
     );
     assert!(latencies.len() >= 5, "the authorised client was answered");
-    assert!(worst < Duration::from_secs(1), "authorised client waited {worst:?}");
+    assert!(
+        worst < Duration::from_secs(1),
+        "authorised client waited {worst:?}"
+    );
     drop(slow);
 
     // 2. Flood: FLOOD requests with a bad token, from FLOOD_THREADS threads.
@@ -148,7 +155,11 @@ fn slow_clients_are_cut_and_a_bad_token_flood_is_coalesced_while_recording_goes_
         .unwrap()
         .len();
     // Start the window right after the camera server wrote its stats, so both counts match.
-    let stats_mtime = || std::fs::metadata(&server.stats).and_then(|m| m.modified()).ok();
+    let stats_mtime = || {
+        std::fs::metadata(&server.stats)
+            .and_then(|m| m.modified())
+            .ok()
+    };
     let m0 = stats_mtime();
     while stats_mtime() == m0 {
         std::thread::sleep(Duration::from_millis(5));
@@ -206,8 +217,11 @@ fn slow_clients_are_cut_and_a_bad_token_flood_is_coalesced_while_recording_goes_
     }
     let dropped = {
         let (_, text) = d.get("/metrics", Some(ADMIN_TOKEN));
-        metric_value(&text, "holdfast_camera_frames_dropped_total{camera=\"cam-a\"}")
-            .unwrap_or(0.0)
+        metric_value(
+            &text,
+            "holdfast_camera_frames_dropped_total{camera=\"cam-a\"}",
+        )
+        .unwrap_or(0.0)
     };
     eprintln!(
         "flood: {FLOOD} bad-token requests in {:.2} s ({n401} x 401, {n429} x 429); camera: \
@@ -229,10 +243,7 @@ fn slow_clients_are_cut_and_a_bad_token_flood_is_coalesced_while_recording_goes_
         .as_array()
         .unwrap()
         .clone();
-    let denied: Vec<_> = entries
-        .iter()
-        .filter(|e| e["action"] == "denied")
-        .collect();
+    let denied: Vec<_> = entries.iter().filter(|e| e["action"] == "denied").collect();
     let counted: u64 = denied
         .iter()
         .map(|e| e["object"]["count"].as_u64().unwrap_or(0))
@@ -248,7 +259,11 @@ fn slow_clients_are_cut_and_a_bad_token_flood_is_coalesced_while_recording_goes_
         denied.len() <= 5,
         "at most a handful of entries: {denied:#?}"
     );
-    assert_eq!(counted, (FLOOD + 1) as u64, "the flood and the throttled probe");
+    assert_eq!(
+        counted,
+        (FLOOD + 1) as u64,
+        "the flood and the throttled probe"
+    );
     for e in &denied {
         assert_eq!(e["object"]["route"], "/api/v1/holds");
         assert_eq!(e["object"]["source"], "127.0.0.1");
@@ -260,7 +275,7 @@ fn slow_clients_are_cut_and_a_bad_token_flood_is_coalesced_while_recording_goes_
 #[test]
 fn timeouts_limits_and_json_errors() {
     let d = Daemon::start(
-        "header_timeout = \"1s\"\nidle_timeout = \"3s\"\n",
+        "header_timeout = \"1s\"\nidle_timeout = \"3s\"\nmax_connections = 4\n",
         "",
     );
 
@@ -291,7 +306,10 @@ fn timeouts_limits_and_json_errors() {
     ka.set_nonblocking(true).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let _ = ka.read_to_end(&mut rest);
-    assert!(!closed(&mut ka), "idle connection closed before the idle timeout");
+    assert!(
+        !closed(&mut ka),
+        "idle connection closed before the idle timeout"
+    );
     ka.set_nonblocking(false).unwrap();
     let t = Instant::now();
     loop {
@@ -310,6 +328,26 @@ fn timeouts_limits_and_json_errors() {
          (idle_timeout 3 s)",
         silent_cut.as_secs_f64(),
         idle_cut.as_secs_f64()
+    );
+
+    // At the cap, a new connection waits in the accept queue until a served one closes (here:
+    // four silent ones, cut by the header timeout).
+    let silent: Vec<_> = (0..4)
+        .map(|_| TcpStream::connect(d.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let (s, body) = d.get("/api/v1/cameras", Some(ADMIN_TOKEN));
+    let queued = t.elapsed();
+    assert_eq!(s, 200, "{body}");
+    assert!(
+        queued >= Duration::from_millis(600) && queued < Duration::from_secs(3),
+        "answered after {queued:?} with the 4 connection slots taken"
+    );
+    drop(silent);
+    eprintln!(
+        "with max_connections = 4 taken by silent clients, a request was answered after {:.2} s",
+        queued.as_secs_f64()
     );
 
     // 413: declared too long, and a chunked body that runs past the limit.

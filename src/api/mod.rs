@@ -331,8 +331,8 @@ async fn json_errors(resp: Response) -> Response {
         axum::http::header::CONTENT_TYPE,
         axum::http::HeaderValue::from_static("application/json"),
     );
-    let body = serde_json::to_vec(&json!({ "error": error, "detail": detail }))
-        .expect("JSON serializes");
+    let body =
+        serde_json::to_vec(&json!({ "error": error, "detail": detail })).expect("JSON serializes");
     Response::from_parts(parts, axum::body::Body::from(body))
 }
 

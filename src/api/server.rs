@@ -244,7 +244,14 @@ async fn connection(
                     return;
                 }
             };
-            serve_io(Tracked::new(tls, activity.clone()), peer, activity, shared, close).await
+            serve_io(
+                Tracked::new(tls, activity.clone()),
+                peer,
+                activity,
+                shared,
+                close,
+            )
+            .await
         }
         None => {
             serve_io(
