@@ -297,6 +297,7 @@ async fn serve_io<I>(
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .keep_alive(true)
+        .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES);
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
