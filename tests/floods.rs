@@ -194,9 +194,22 @@ fn slow_clients_are_cut_and_a_bad_token_flood_is_coalesced_while_recording_goes_
     let n429 = statuses.iter().filter(|&&s| s == 429).count();
     assert_eq!(n401 + n429, FLOOD, "only 401 and 429: {statuses:?}");
     assert!(n401 >= 20 && n429 > 0, "401: {n401}, 429: {n429}");
-    let (s, body) = d.get("/api/v1/holds", None);
+    let (s, head, body) = raw(
+        d.addr,
+        b"GET /api/v1/holds HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(s, 429, "a throttled address without a token: {body}");
     assert!(is_json_error(&body), "{body}");
+    let retry_after: u64 = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("retry-after: ")
+                .map(str::to_owned)
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a Retry-After header");
+    assert!((1..=60).contains(&retry_after), "{head}");
     // A valid token is never throttled.
     assert_eq!(d.get("/api/v1/holds", Some(ADMIN_TOKEN)).0, 200);
 
@@ -432,4 +445,87 @@ fn timeouts_limits_and_json_errors() {
     let (s, body) = d.get("/api/v1/logbook?limit=many", Some(ADMIN_TOKEN));
     assert_eq!(s, 400, "{body}");
     assert!(is_json_error(&body), "{body}");
+}
+
+#[test]
+fn over_tls_a_silent_client_is_cut_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let port = support::procs::free_port();
+    let config = dir.path().join("holdfast.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\ndata_dir = {:?}\n\n[http]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = {:?}\n\
+             tls_key = {:?}\nheader_timeout = \"1s\"\n{}",
+            dir.path().join("data").display().to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
+            support::procs::logbook_section(dir.path()),
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    let curl = |path: &str| -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "--max-time", "3", "-w", "\n%{http_code}"])
+            .arg(format!("https://127.0.0.1:{port}{path}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let t0 = Instant::now();
+    while !curl("/healthz").ends_with("200") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "HTTPS never came up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A client that connects and never starts the TLS handshake is cut at the header timeout.
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 64];
+    assert_eq!(silent.read(&mut buf).unwrap_or(0), 0);
+    let cut = t.elapsed();
+    // Meanwhile and after, errors over TLS are JSON too.
+    let out = curl("/no/such/route");
+    assert!(
+        out.ends_with("404") && out.contains("no such route"),
+        "{out}"
+    );
+    eprintln!(
+        "TLS: a silent client was cut after {:.2} s",
+        cut.as_secs_f64()
+    );
+    assert!(
+        cut >= Duration::from_millis(900) && cut < Duration::from_secs(3),
+        "silent TLS client cut after {cut:?}"
+    );
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success(), "clean shutdown");
 }
