@@ -125,6 +125,8 @@ struct Shared {
     tls: Option<TlsAcceptor>,
     header_timeout: Duration,
     idle_timeout: Duration,
+    body_timeout: Duration,
+    write_stall: Duration,
 }
 
 /// Serves `state`'s router on `listener` until `stop` resolves, then shuts down gracefully.
@@ -142,6 +144,8 @@ pub async fn serve(
         tls,
         header_timeout: http.header_timeout,
         idle_timeout: http.idle_timeout,
+        body_timeout: BODY_TIMEOUT,
+        write_stall: WRITE_STALL_TIMEOUT,
     });
     let slots = Arc::new(Semaphore::new(http.max_connections.max(1)));
     let (close_tx, close_rx) = watch::channel(false);
@@ -224,8 +228,8 @@ async fn connection(
     close: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let activity = Arc::new(Activity::new(shared.header_timeout, shared.idle_timeout));
-    match shared.tls.clone() {
+    let activity = Arc::new(Activity::new(&shared));
+    let _ = match shared.tls.clone() {
         Some(acceptor) => {
             // The handshake counts against the header timeout.
             let tls = match tokio::time::timeout_at(
@@ -263,16 +267,18 @@ async fn connection(
             )
             .await
         }
-    }
+    };
 }
 
+/// Serves one connection; returns why the server cut it, if it did.
 async fn serve_io<I>(
     io: Tracked<I>,
     peer: SocketAddr,
     activity: Arc<Activity>,
     shared: Arc<Shared>,
     mut close: watch::Receiver<bool>,
-) where
+) -> Option<&'static str>
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc = {
@@ -282,7 +288,7 @@ async fn serve_io<I>(
             let mut router = shared.router.clone();
             req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(shared.limits.clone());
-            let req = req.map(|b| TimedBody::new(b, BODY_TIMEOUT));
+            let req = req.map(|b| TimedBody::new(b, shared.body_timeout));
             async move {
                 let resp = router.call(req).await?;
                 Ok::<_, Infallible>(resp.map(|inner| GuardedBody {
@@ -312,11 +318,11 @@ async fn serve_io<I>(
                 if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
-                return;
+                return None;
             }
             why = activity.expired() => {
                 tracing::debug!(%peer, "closing connection: {why}");
-                return;
+                return Some(why);
             }
             r = close.changed(), if !closing => {
                 if r.is_err() {
@@ -333,6 +339,7 @@ struct Activity {
     started: Instant,
     header_timeout: Duration,
     idle_timeout: Duration,
+    write_stall: Duration,
     state: Mutex<ActivityState>,
     changed: Notify,
 }
@@ -350,16 +357,17 @@ struct ActivityState {
 }
 
 impl Activity {
-    fn new(header_timeout: Duration, idle_timeout: Duration) -> Self {
+    fn new(shared: &Shared) -> Self {
         let now = Instant::now();
         Self {
             started: now,
-            header_timeout,
-            idle_timeout,
+            header_timeout: shared.header_timeout,
+            idle_timeout: shared.idle_timeout,
+            write_stall: shared.write_stall,
             state: Mutex::new(ActivityState {
                 in_flight: 0,
                 idle: false,
-                deadline: Some((now + header_timeout, "header timeout")),
+                deadline: Some((now + shared.header_timeout, "header timeout")),
                 write_blocked_since: None,
             }),
             changed: Notify::new(),
@@ -419,7 +427,7 @@ impl Activity {
             let now = Instant::now();
             let wake = {
                 let s = self.lock();
-                let stall = s.write_blocked_since.map(|t| t + WRITE_STALL_TIMEOUT);
+                let stall = s.write_blocked_since.map(|t| t + self.write_stall);
                 if stall.is_some_and(|t| t <= now) {
                     return "the client stopped reading";
                 }
@@ -582,5 +590,135 @@ impl HttpBody for GuardedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One connection over an in-memory pipe with a 16 KiB buffer, serving `router`.
+    fn connect(
+        router: axum::Router,
+        write_stall: Duration,
+        body_timeout: Duration,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<Option<&'static str>>,
+    ) {
+        let shared = Arc::new(Shared {
+            router,
+            limits: Arc::new(Limits::new()),
+            tls: None,
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+            body_timeout,
+            write_stall,
+        });
+        let (client, server) = tokio::io::duplex(16 * 1024);
+        let activity = Arc::new(Activity::new(&shared));
+        let (close_tx, close_rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let _keep = close_tx;
+            serve_io(
+                Tracked::new(server, activity.clone()),
+                "127.0.0.1:1".parse().unwrap(),
+                activity,
+                shared,
+                close_rx,
+            )
+            .await
+        });
+        (client, task)
+    }
+
+    fn big_body_router(len: usize) -> axum::Router {
+        let body = Bytes::from(vec![b'x'; len]);
+        axum::Router::new().route(
+            "/big",
+            axum::routing::get(move || {
+                let b = body.clone();
+                async move { b }
+            }),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_cut_after_the_write_stall_timeout() {
+        let (mut client, task) = connect(
+            big_body_router(4 << 20),
+            Duration::from_millis(500),
+            BODY_TIMEOUT,
+        );
+        client
+            .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        let t = Instant::now();
+        let why = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the connection is cut")
+            .unwrap();
+        assert_eq!(why, Some("the client stopped reading"));
+        assert!(
+            t.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_but_steady_reader_gets_the_whole_response() {
+        let len = 256 * 1024;
+        let (mut client, task) = connect(
+            big_body_router(len),
+            Duration::from_millis(500),
+            BODY_TIMEOUT,
+        );
+        client
+            .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            // 16 KiB every 100 ms: never stalled for 500 ms, about 1.6 s in all.
+            let n = client.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let split = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        assert_eq!(got.len() - split - 4, len);
+        assert_eq!(task.await.unwrap(), None, "the connection ended normally");
+    }
+
+    #[tokio::test]
+    async fn a_request_body_that_does_not_arrive_in_time_fails() {
+        let router = axum::Router::new().route(
+            "/echo",
+            axum::routing::post(|b: Bytes| async move { b.len().to_string() }),
+        );
+        let (mut client, _task) = connect(router, WRITE_STALL_TIMEOUT, Duration::from_millis(500));
+        client
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+            .await
+            .unwrap();
+        let t = Instant::now();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        assert!(text.contains("did not arrive within"), "{text}");
+        assert!(t.elapsed() >= Duration::from_millis(400));
     }
 }
