@@ -237,13 +237,20 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
             status: status.as_u16(),
             user: user.map(|u| (u.name.clone(), u.role.clone())),
         });
-        for e in entries {
-            if let Err(err) = state.record(e).await {
-                tracing::error!(error = ?err, "could not log a refused request");
-                resp = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "logbook unavailable")
-                    .into_response();
-                break;
+        // In a task of its own: a client that hangs up cannot cut the writing short (the
+        // entries have left the coalescing table).
+        let st = state.clone();
+        let written = tokio::spawn(async move {
+            for e in entries {
+                st.record(e).await?;
             }
+            Ok::<(), ApiError>(())
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::error!(outcome = ?written, "could not log a refused request");
+            resp = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "logbook unavailable")
+                .into_response();
         }
     }
     state

@@ -149,13 +149,17 @@ pub async fn serve(
     });
     let slots = Arc::new(Semaphore::new(http.max_connections.max(1)));
     let (close_tx, close_rx) = watch::channel(false);
+    let (flusher_stop, mut flusher_stopped) = tokio::sync::oneshot::channel::<()>();
     let flusher = {
         let (state, limits) = (state.clone(), limits.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(FLUSH_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut flusher_stopped => break,
+                }
                 limits.purge();
                 write_refusals(&state, limits.flush_expired()).await;
             }
@@ -206,7 +210,8 @@ pub async fn serve(
         while conns.join_next().await.is_some() {}
     }
     tracing::info!(connections = open, "HTTP stopped");
-    flusher.abort();
+    // Not aborted: a flush under way finishes, so no count taken from the table is lost.
+    let _ = flusher_stop.send(());
     let _ = flusher.await;
     write_refusals(&state, limits.flush_all()).await;
     Ok(())
