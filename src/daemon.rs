@@ -6,6 +6,9 @@
 //! then serve HTTP. Shutdown runs the other way: stop HTTP, tell the camera tasks to hand their
 //! buffered frames to the writer, write a last logbook checkpoint, stop the sweeper, then let the
 //! writer make everything durable before the process exits.
+//!
+//! The camera tasks run on a runtime of their own (two worker threads); HTTP and everything
+//! else run on the main runtime.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,6 +102,9 @@ pub async fn run(
     )
     .spawn();
 
+    // Camera sessions get a runtime of their own, so nothing the API does (synchronous RocksDB
+    // reads, logbook fsyncs, a flood of requests) runs on the threads that carry them.
+    let camera_rt = CameraRuntime::new()?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut statuses = Vec::new();
     let mut tasks = Vec::new();
@@ -123,7 +129,7 @@ pub async fn run(
             metrics: CameraMetrics::new(&metrics, &cam.id),
             shutdown: shutdown_rx.clone(),
         };
-        tasks.push(tokio::spawn(task.run()));
+        tasks.push(camera_rt.spawn(task.run()));
     }
     tracing::info!(cameras = tasks.len(), "camera tasks started");
 
@@ -164,11 +170,9 @@ pub async fn run(
             .collect(),
         keytag_max_range: config.keytags.max_range.clone(),
     });
-    let listener = std::net::TcpListener::bind(config.http.listen)
+    let listener = api::server::bind(config.http.listen)
         .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
-    listener.set_nonblocking(true)?;
     let addr: SocketAddr = listener.local_addr()?;
-    let app = api::router(state);
     let stopped = async move {
         match stop {
             Some(rx) => {
@@ -178,40 +182,16 @@ pub async fn run(
         }
         tracing::info!("stopping");
     };
-    match (&config.http.tls_cert, &config.http.tls_key) {
-        (Some(cert), Some(key)) => {
-            // ring as the crypto provider (no C toolchain beyond what RocksDB needs).
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .with_context(|| {
-                    format!(
-                        "http.tls_cert/http.tls_key: cannot use {} and {} as a PEM certificate \
-                         chain and private key",
-                        cert.display(),
-                        key.display()
-                    )
-                })?;
-            tracing::info!(%addr, "HTTPS API listening");
-            let handle = axum_server::Handle::new();
-            let h = handle.clone();
-            tokio::spawn(async move {
-                stopped.await;
-                h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
-            });
-            axum_server::from_tcp_rustls(listener, tls)
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await?;
-        }
-        _ => {
-            tracing::info!(%addr, "HTTP API listening");
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await?;
-        }
+    let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => Some(api::server::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    if tls.is_some() {
+        tracing::info!(%addr, "HTTPS API listening");
+    } else {
+        tracing::info!(%addr, "HTTP API listening");
     }
+    api::server::serve(listener, &config.http, tls, state, stopped).await?;
 
     let _ = shutdown_tx.send(true);
     for t in tasks {
@@ -219,12 +199,52 @@ pub async fn run(
     }
     tokio::task::spawn_blocking(move || {
         checkpointer.stop();
+        camera_rt.shutdown();
         sweeper.stop();
         writer.shutdown();
     })
     .await?;
     tracing::info!("stopped; everything received is durable");
     Ok(())
+}
+
+/// The runtime the camera tasks run on (two worker threads), apart from the HTTP runtime.
+struct CameraRuntime(Option<tokio::runtime::Runtime>);
+
+impl CameraRuntime {
+    fn new() -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("camera")
+            .enable_all()
+            .build()
+            .context("starting the camera runtime")?;
+        Ok(Self(Some(rt)))
+    }
+
+    fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.0.as_ref().expect("running").spawn(f)
+    }
+
+    /// Shuts the runtime down, waiting a little for its threads (call off the async threads).
+    fn shutdown(mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for CameraRuntime {
+    fn drop(&mut self) {
+        // On an early return from `run` (inside async code), do not block.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -234,9 +234,32 @@ fn every_route_keeps_to_the_users_sites() {
         (review.0 - fortnight.0).abs() < 120 * 90_000,
         "review date {review} is not 14 days from now"
     );
+    // A review date beyond the policy's review period, or in the past, is refused.
+    for bad in ["9999-12-31T00:00:00Z".to_owned(), later.clone(), from.clone()] {
+        let (s, e) = err(post(
+            &d,
+            "/api/v1/holds",
+            Some(K_NORTH),
+            &hold(r#""cameras":["north-cam"]"#, &format!(r#","expires_at":"{bad}""#)),
+        ));
+        assert_eq!((s, e["detail"]["field"].as_str()), (400, Some("expires_at")), "{bad}: {e}");
+    }
+    // A hold due for review in two days: a caretaker may place it but neither extend nor
+    // release it; a manager extends it, within the review period only.
+    let in_two_days = Time90k::now().add_ticks(2 * 86_400 * 90_000).to_rfc3339();
+    let (s, h) = post(
+        &d,
+        "/api/v1/holds",
+        Some(K_NORTH),
+        &hold(r#""cameras":["north-cam"]"#, &format!(r#","expires_at":"{in_two_days}""#)),
+    );
+    assert_eq!(s, 201, "{h}");
     let hid = h["id"].as_u64().unwrap();
-    // A caretaker may place holds but neither extend nor release them.
-    let extend = format!(r#"{{"expires_at":"{later}","reason":"court case pending"}}"#);
+    let forever = r#"{"expires_at":"9999-12-31T00:00:00Z","reason":"keep it"}"#;
+    let (s, e) = err(post(&d, &format!("/api/v1/holds/{hid}/extend"), Some(M_NORTH), forever));
+    assert_eq!((s, e["detail"]["field"].as_str()), (400, Some("expires_at")), "{e}");
+    let in_ten_days = Time90k::now().add_ticks(10 * 86_400 * 90_000).to_rfc3339();
+    let extend = format!(r#"{{"expires_at":"{in_ten_days}","reason":"court case pending"}}"#);
     assert_eq!(
         err(post(&d, &format!("/api/v1/holds/{hid}/extend"), Some(K_NORTH), &extend)).0,
         403

@@ -171,7 +171,7 @@ pub async fn place(
     body: Body,
 ) -> Result<Response, ApiError> {
     let user = authorize(&state, &headers, Permission::PlaceHold)?;
-    let body = read_body(body, JSON_BODY_LIMIT).await?;
+    let body = read_body(&headers, body, JSON_BODY_LIMIT).await?;
     let req: PlaceHold = parse_json(&body)?;
     let cameras = match (req.cameras, &req.site) {
         (Some(_), Some(_)) => {
@@ -402,7 +402,7 @@ pub async fn release(
 ) -> Result<Response, ApiError> {
     let user = authorize(&state, &headers, Permission::ReleaseHold)?;
     let h = find_changeable(&state, &user, &id)?;
-    let body = read_body(body, JSON_BODY_LIMIT).await?;
+    let body = read_body(&headers, body, JSON_BODY_LIMIT).await?;
     let req: Release = parse_json(&body)?;
     if req.reason.trim().is_empty() {
         return Err(ApiError::bad_field("reason", "must not be empty"));
@@ -460,7 +460,7 @@ pub async fn extend(
 ) -> Result<Response, ApiError> {
     let user = authorize(&state, &headers, Permission::ReleaseHold)?;
     let h = find_changeable(&state, &user, &id)?;
-    let body = read_body(body, JSON_BODY_LIMIT).await?;
+    let body = read_body(&headers, body, JSON_BODY_LIMIT).await?;
     let req: Extend = parse_json(&body)?;
     check_len("reason", &req.reason, MAX_REASON)?;
     let now = Time90k::now();
@@ -519,7 +519,7 @@ pub async fn erasure(
     body: Body,
 ) -> Result<Response, ApiError> {
     let user = authorize(&state, &headers, Permission::Erase)?;
-    let body = read_body(body, JSON_BODY_LIMIT).await?;
+    let body = read_body(&headers, body, JSON_BODY_LIMIT).await?;
     let req: EraseRequest = parse_json(&body)?;
     let Some(site) = state
         .camera_site(&req.camera)

@@ -42,7 +42,7 @@ pub async fn submit(
     body: Body,
 ) -> Result<Response, ApiError> {
     let user = authorize(&state, &headers, Permission::KeytagsWrite)?;
-    let body = read_body(body, KEYTAG_BODY_LIMIT).await?;
+    let body = read_body(&headers, body, KEYTAG_BODY_LIMIT).await?;
     let text =
         std::str::from_utf8(&body).map_err(|_| ApiError::bad_field("body", "is not UTF-8 text"))?;
     let only_site = match &user.sites {

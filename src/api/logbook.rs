@@ -212,7 +212,7 @@ pub async fn finding(
             ))
         }
     };
-    let body = read_body(body, JSON_BODY_LIMIT).await?;
+    let body = read_body(&headers, body, JSON_BODY_LIMIT).await?;
     let f: Finding = parse_json(&body)?;
     if f.finding.trim().is_empty() {
         return Err(ApiError::bad_field("finding", "must not be empty"));
@@ -236,7 +236,7 @@ pub async fn signoff(
             "four eyes: an entry is signed off by someone else than the user who made it",
         ));
     }
-    let body = read_body(body, JSON_BODY_LIMIT).await?;
+    let body = read_body(&headers, body, JSON_BODY_LIMIT).await?;
     let s: SignOff = parse_json(&body)?;
     if s.note.trim().is_empty() {
         return Err(ApiError::bad_field("note", "must not be empty"));

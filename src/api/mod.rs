@@ -12,7 +12,9 @@ pub mod auth;
 pub mod export;
 pub mod holds;
 pub mod keytags;
+pub mod limits;
 pub mod logbook;
+pub mod server;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -143,32 +145,34 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Param {
     }
 }
 
-/// Marks a response whose refusal the handler has logged itself (with what was asked), so the
-/// refusal middleware does not log it a second time.
-#[derive(Debug, Clone, Copy)]
-pub struct RefusalLogged;
-
-/// Largest JSON body (holds, erasures, findings, sign-offs).
-pub const JSON_BODY_LIMIT: usize = 64 << 10;
-/// Largest key-tag batch.
-pub const KEYTAG_BODY_LIMIT: usize = 8 << 20;
 
 /// Reads a request body of at most `limit` bytes: 413 (JSON, with the limit) when it is larger.
 /// Called after authentication, so nobody without a token makes the daemon buffer a body.
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let too_long = || {
+        let mut err = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body: larger than the limit of {limit} bytes"),
+        );
+        err.detail = json!({ "field": "body", "limit_bytes": limit });
+        err
+    };
+    // A declared length over the limit is refused before a byte of the body is read.
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_long());
+    }
     match axum::body::to_bytes(body, limit).await {
         Ok(b) => Ok(b),
         Err(e) => {
-            let too_long = std::error::Error::source(&e)
+            let over = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
                 || e.to_string().contains("length limit");
-            if too_long {
-                let mut err = ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("body: larger than the limit of {limit} bytes"),
-                );
-                err.detail = json!({ "field": "body", "limit_bytes": limit });
-                Err(err)
+            if over {
+                Err(too_long())
             } else {
                 Err(ApiError::bad_field("body", "could not be read"))
             }
@@ -283,44 +287,105 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/logbook/{seq}", get(logbook::get_one))
         .route("/api/v1/logbook/{seq}/finding", post(logbook::finding))
         .route("/api/v1/logbook/{seq}/signoff", post(logbook::signoff))
+        .fallback(no_such_route)
+        .layer(axum::middleware::from_fn(limit_bodies))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_requests,
         ))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
 }
 
-/// Counts every request, and writes every refused one (401, 403) to the logbook: who tried
-/// what. The token itself is never logged; an unknown one shows as user `-`.
+/// Largest JSON request body (holds, erasures, findings, sign-offs), in bytes.
+pub const JSON_BODY_LIMIT: usize = 64 * 1024;
+/// Largest key-tag batch (`POST /api/v1/keytags/events`), in bytes.
+pub const KEYTAG_BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// Marks a response whose refusal (401/403) the handler already wrote to the logbook itself, so
+/// the refusal middleware does not log it again. Insert it into the response's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct RefusalLogged;
+
+/// Counts every request; answers 429 to a source that keeps failing authentication (unless the
+/// request carries a valid token); writes refused requests (401, 403, 429) to the logbook
+/// coalesced per source, route and status (`api::limits`). The token itself is never logged; an
+/// unknown one shows as user `-`.
 async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    use self::limits::{Limits, Refusal};
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let method = req.method().to_string();
-    let path = req.uri().path().to_owned();
+    let path = limits::truncate_utf8(req.uri().path(), limits::MAX_PATH_BYTES).to_owned();
     let authorization = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let resp = next.run(req).await;
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    // Without the serving loop's tables (a router used on its own), every refusal is logged.
+    let limits = req
+        .extensions()
+        .get::<Arc<Limits>>()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(Limits::new()));
+    let throttled = limits
+        .throttled(peer)
+        .filter(|_| state.auth.authenticate(authorization.as_deref()).is_none());
+    let mut resp = match throttled {
+        Some(wait) => {
+            let secs = wait.as_secs().max(1);
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed authentications from this address; try again later",
+            );
+            e.detail = json!({ "retry_after_secs": secs });
+            let mut r = e.into_response();
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+            r
+        }
+        None => next.run(req).await,
+    };
     let status = resp.status();
-    if (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
-        && resp.extensions().get::<RefusalLogged>().is_none()
-    {
-        let user = state.auth.authenticate(authorization.as_deref());
-        let e = NewEntry {
-            user: user.as_ref().map_or("-".into(), |u| u.name.clone()),
-            role: user.as_ref().map_or("-".into(), |u| u.role.clone()),
-            action: "denied".into(),
-            object: json!({ "method": method, "path": path, "route": route }),
-            text: Some(format!("HTTP {}", status.as_u16())),
-            ..Default::default()
-        };
-        if let Err(err) = state.record(e).await {
-            tracing::error!(error = ?err, "could not log a refused request");
-            return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "logbook unavailable")
+    let refused = matches!(
+        status,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS
+    );
+    if refused && resp.extensions().get::<RefusalLogged>().is_none() {
+        if status == StatusCode::UNAUTHORIZED {
+            limits.auth_failed(peer);
+        }
+        let user = (status == StatusCode::FORBIDDEN)
+            .then(|| state.auth.authenticate(authorization.as_deref()))
+            .flatten();
+        let entries = limits.refused(Refusal {
+            peer,
+            method,
+            path,
+            route: route.clone(),
+            status: status.as_u16(),
+            user: user.map(|u| (u.name.clone(), u.role.clone())),
+        });
+        // In a task of its own: a client that hangs up cannot cut the writing short (the
+        // entries have left the coalescing table).
+        let st = state.clone();
+        let written = tokio::spawn(async move {
+            for e in entries {
+                st.record(e).await?;
+            }
+            Ok::<(), ApiError>(())
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::error!(outcome = ?written, "could not log a refused request");
+            resp = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "logbook unavailable")
                 .into_response();
         }
     }
@@ -333,6 +398,78 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
         })
         .inc();
     resp
+}
+
+/// 404 for every path no route matches.
+async fn no_such_route(uri: axum::http::Uri) -> ApiError {
+    let mut e = ApiError::new(StatusCode::NOT_FOUND, "no such route");
+    e.detail = json!({ "path": limits::truncate_utf8(uri.path(), limits::MAX_PATH_BYTES) });
+    e
+}
+
+fn body_too_large(limit: usize) -> Response {
+    let mut e = ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is larger than {limit} bytes"),
+    );
+    e.detail = json!({ "limit_bytes": limit });
+    e.into_response()
+}
+
+/// Request body limits: [`KEYTAG_BODY_LIMIT`] for key-tag batches, [`JSON_BODY_LIMIT`] for
+/// everything else, as a backstop under the handlers' own `read_body`. A body is read only after
+/// authentication, so a too-long body answers 413 (with `limit_bytes`) only to someone who may
+/// send it; everyone else gets 401/403 first and the body is never read.
+async fn limit_bodies(req: Request, next: Next) -> Response {
+    let limit = match req.extensions().get::<MatchedPath>() {
+        Some(m) if m.as_str() == "/api/v1/keytags/events" => KEYTAG_BODY_LIMIT,
+        _ => JSON_BODY_LIMIT,
+    };
+    let req = req.map(|b| axum::body::Body::new(http_body_util::Limited::new(b, limit)));
+    let resp = next.run(req).await;
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json(&resp) {
+        return body_too_large(limit);
+    }
+    resp
+}
+
+fn is_json(resp: &Response) -> bool {
+    resp.headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// Rewrites every error response that is not JSON yet (axum's plain-text extractor rejections,
+/// 405) into `{"error": ..., "detail": null}`, keeping status and headers.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(&resp) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let reason = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase();
+    // (A 405's `Allow` header is added by axum after this layer; it stays a header.)
+    let (error, detail) = if text.is_empty() {
+        (reason, serde_json::Value::Null)
+    } else {
+        (text, serde_json::Value::Null)
+    };
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    let body =
+        serde_json::to_vec(&json!({ "error": error, "detail": detail })).expect("JSON serializes");
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// Authenticates only (401 without a valid token).
