@@ -992,7 +992,19 @@ impl RawConfig {
             let key = format!("users[{i}]");
             if u.name.trim().is_empty() {
                 e.push(format!("{key}.name"), "must not be empty");
-            } else if !names.insert(u.name.clone()) {
+            } else if u.name == "-" || u.name == "holdfast" {
+                e.push(
+                    format!("{key}.name"),
+                    format!("{:?} is reserved (the logbook uses it for the daemon itself or for requests without a valid token)", u.name),
+                );
+            } else if u.name.len() > 64
+                || u.name.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                e.push(
+                    format!("{key}.name"),
+                    "1 to 64 characters without spaces or control characters",
+                );
+            } else if !names.insert(u.name.to_lowercase()) {
                 e.push(
                     format!("{key}.name"),
                     format!("duplicate user {:?}", u.name),
@@ -1366,5 +1378,25 @@ key_file = "/etc/holdfast/logbook.key"
             errs[0].starts_with("cameras[0].tls_ca_file: set tls_fingerprint or"),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn user_names_are_unique_whatever_their_case_and_not_reserved() {
+        let user = |name: &str| {
+            format!(
+                "\n[[users]]\nname = \"{name}\"\nrole = \"auditor\"\ntoken_sha256 = \"{}\"\nsites = [\"*\"]\n",
+                "ab".repeat(32)
+            )
+        };
+        let errs = errors(&format!("{GOOD}{}", user("J.DeVries")));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("users[1].name: duplicate")),
+            "{errs:?}"
+        );
+        for reserved in ["-", "holdfast"] {
+            let errs = errors(&format!("{GOOD}{}", user(reserved)));
+            assert!(errs.iter().any(|e| e.contains("is reserved")), "{errs:?}");
+        }
     }
 }

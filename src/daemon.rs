@@ -164,7 +164,9 @@ pub async fn run(
                 let review = config
                     .policies
                     .get(config.camera_policy(c))
-                    .map_or(std::time::Duration::from_secs(14 * 86_400), |p| p.hold_review);
+                    .map_or(std::time::Duration::from_secs(14 * 86_400), |p| {
+                        p.hold_review
+                    });
                 (c.id.clone(), review)
             })
             .collect(),

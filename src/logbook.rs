@@ -958,12 +958,10 @@ impl Logbook {
         index: &Index,
         seq: u64,
     ) -> impl Iterator<Item = Result<HashedEntry, LogbookError>> + '_ {
-        index
-            .logbook_entries(seq)
-            .filter_map(|item| match item {
-                Err(e) => Some(Err(e.into())),
-                Ok((seq, v)) => decode(seq, &v).ok().map(Ok),
-            })
+        index.logbook_entries(seq).filter_map(|item| match item {
+            Err(e) => Some(Err(e.into())),
+            Ok((seq, v)) => decode(seq, &v).ok().map(Ok),
+        })
     }
 
     /// Checks the whole chain with this logbook's key, the head record, and every checkpoint.

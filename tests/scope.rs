@@ -23,6 +23,7 @@ const P_NORTH: &str = "tok-privacy-north-0123456789";
 const T_NORTH: &str = "tok-technician-north-0123456789";
 const DOOR_NORTH: &str = "tok-door-north-0123456789";
 const A_ALL: &str = "tok-auditor-all-0123456789";
+const DOOR_SOUTH: &str = "tok-door-south-0123456789";
 
 fn config(server: &RtspServer) -> String {
     config_with(&server.url("/cam0"), &server.url("/cam1"))
@@ -44,8 +45,19 @@ fn config_with(north_url: &str, south_url: &str) -> String {
     c.push_str(&user("k.north", "caretaker", K_NORTH, "[\"north\"]"));
     c.push_str(&user("p.north", "privacy_officer", P_NORTH, "[\"north\"]"));
     c.push_str(&user("t.north", "technician", T_NORTH, "[\"north\"]"));
-    c.push_str(&user("door-north", "access_system", DOOR_NORTH, "[\"north\"]"));
+    c.push_str(&user(
+        "door-north",
+        "access_system",
+        DOOR_NORTH,
+        "[\"north\"]",
+    ));
     c.push_str(&user("a.all", "auditor", A_ALL, "[\"*\"]"));
+    c.push_str(&user(
+        "door-south",
+        "access_system",
+        DOOR_SOUTH,
+        "[\"south\"]",
+    ));
     c
 }
 
@@ -108,7 +120,10 @@ fn every_route_keeps_to_the_users_sites() {
         assert_eq!(h, serde_json::json!({ "status": "ok" }), "{tok:?}");
     }
     let (_, h) = get(&d, "/healthz", Some(M_NORTH));
-    assert_eq!(h["cameras"], serde_json::json!({ "north-cam": "recording" }));
+    assert_eq!(
+        h["cameras"],
+        serde_json::json!({ "north-cam": "recording" })
+    );
     let (_, h) = get(&d, "/healthz", Some(ADMIN_TOKEN));
     assert_eq!(h["cameras"].as_object().unwrap().len(), 2);
 
@@ -150,17 +165,36 @@ fn every_route_keeps_to_the_users_sites() {
         hold(r#""cameras":["nope-cam"]"#, ""),
     ] {
         let (s, e) = err(post(&d, "/api/v1/holds", Some(M_NORTH), &body));
-        assert_eq!((s, e["detail"]["field"].as_str()), (400, Some("cameras[0]")), "{e}");
-        assert!(e["error"].as_str().unwrap().contains("unknown camera"), "{e}");
-    }
-    let (s, e) = err(post(&d, "/api/v1/holds", Some(M_NORTH), &hold(r#""site":"south""#, "")));
-    assert_eq!((s, e["detail"]["field"].as_str()), (400, Some("site")), "{e}");
-    for cam in ["south-cam", "nope-cam"] {
-        let body = format!(
-            r#"{{"camera":"{cam}","from":"{from}","to":"{to}","reason":"data subject"}}"#
+        assert_eq!(
+            (s, e["detail"]["field"].as_str()),
+            (400, Some("cameras[0]")),
+            "{e}"
         );
+        assert!(
+            e["error"].as_str().unwrap().contains("unknown camera"),
+            "{e}"
+        );
+    }
+    let (s, e) = err(post(
+        &d,
+        "/api/v1/holds",
+        Some(M_NORTH),
+        &hold(r#""site":"south""#, ""),
+    ));
+    assert_eq!(
+        (s, e["detail"]["field"].as_str()),
+        (400, Some("site")),
+        "{e}"
+    );
+    for cam in ["south-cam", "nope-cam"] {
+        let body =
+            format!(r#"{{"camera":"{cam}","from":"{from}","to":"{to}","reason":"data subject"}}"#);
         let (s, e) = err(post(&d, "/api/v1/erasures", Some(P_NORTH), &body));
-        assert_eq!((s, e["detail"]["field"].as_str()), (400, Some("camera")), "{e}");
+        assert_eq!(
+            (s, e["detail"]["field"].as_str()),
+            (400, Some("camera")),
+            "{e}"
+        );
     }
 
     // A hold across both sites: a north manager sees only its north camera, none of the south
@@ -175,7 +209,10 @@ fn every_route_keeps_to_the_users_sites() {
     );
     assert_eq!(s, 201, "{cross}");
     let cross_id = cross["id"].as_u64().unwrap();
-    for path in ["/api/v1/holds".to_owned(), format!("/api/v1/holds/{cross_id}")] {
+    for path in [
+        "/api/v1/holds".to_owned(),
+        format!("/api/v1/holds/{cross_id}"),
+    ] {
         let (s, v) = get(&d, &path, Some(M_NORTH));
         assert_eq!(s, 200);
         let text = v.to_string();
@@ -226,7 +263,12 @@ fn every_route_keeps_to_the_users_sites() {
     ));
     assert_eq!((s, e["detail"]["field"].as_str()), (400, Some("to")), "{e}");
     let now = Time90k::now();
-    let (s, h) = post(&d, "/api/v1/holds", Some(K_NORTH), &hold(r#""cameras":["north-cam"]"#, ""));
+    let (s, h) = post(
+        &d,
+        "/api/v1/holds",
+        Some(K_NORTH),
+        &hold(r#""cameras":["north-cam"]"#, ""),
+    );
     assert_eq!(s, 201, "{h}");
     let review = Time90k::parse_rfc3339(h["expires_at"].as_str().unwrap()).unwrap();
     let fortnight = now.add_ticks(14 * 86_400 * 90_000);
@@ -235,14 +277,25 @@ fn every_route_keeps_to_the_users_sites() {
         "review date {review} is not 14 days from now"
     );
     // A review date beyond the policy's review period, or in the past, is refused.
-    for bad in ["9999-12-31T00:00:00Z".to_owned(), later.clone(), from.clone()] {
+    for bad in [
+        "9999-12-31T00:00:00Z".to_owned(),
+        later.clone(),
+        from.clone(),
+    ] {
         let (s, e) = err(post(
             &d,
             "/api/v1/holds",
             Some(K_NORTH),
-            &hold(r#""cameras":["north-cam"]"#, &format!(r#","expires_at":"{bad}""#)),
+            &hold(
+                r#""cameras":["north-cam"]"#,
+                &format!(r#","expires_at":"{bad}""#),
+            ),
         ));
-        assert_eq!((s, e["detail"]["field"].as_str()), (400, Some("expires_at")), "{bad}: {e}");
+        assert_eq!(
+            (s, e["detail"]["field"].as_str()),
+            (400, Some("expires_at")),
+            "{bad}: {e}"
+        );
     }
     // A hold due for review in two days: a caretaker may place it but neither extend nor
     // release it; a manager extends it, within the review period only.
@@ -251,21 +304,45 @@ fn every_route_keeps_to_the_users_sites() {
         &d,
         "/api/v1/holds",
         Some(K_NORTH),
-        &hold(r#""cameras":["north-cam"]"#, &format!(r#","expires_at":"{in_two_days}""#)),
+        &hold(
+            r#""cameras":["north-cam"]"#,
+            &format!(r#","expires_at":"{in_two_days}""#),
+        ),
     );
     assert_eq!(s, 201, "{h}");
     let hid = h["id"].as_u64().unwrap();
     let forever = r#"{"expires_at":"9999-12-31T00:00:00Z","reason":"keep it"}"#;
-    let (s, e) = err(post(&d, &format!("/api/v1/holds/{hid}/extend"), Some(M_NORTH), forever));
-    assert_eq!((s, e["detail"]["field"].as_str()), (400, Some("expires_at")), "{e}");
+    let (s, e) = err(post(
+        &d,
+        &format!("/api/v1/holds/{hid}/extend"),
+        Some(M_NORTH),
+        forever,
+    ));
+    assert_eq!(
+        (s, e["detail"]["field"].as_str()),
+        (400, Some("expires_at")),
+        "{e}"
+    );
     let in_ten_days = Time90k::now().add_ticks(10 * 86_400 * 90_000).to_rfc3339();
     let extend = format!(r#"{{"expires_at":"{in_ten_days}","reason":"court case pending"}}"#);
     assert_eq!(
-        err(post(&d, &format!("/api/v1/holds/{hid}/extend"), Some(K_NORTH), &extend)).0,
+        err(post(
+            &d,
+            &format!("/api/v1/holds/{hid}/extend"),
+            Some(K_NORTH),
+            &extend
+        ))
+        .0,
         403
     );
     assert_eq!(
-        post(&d, &format!("/api/v1/holds/{hid}/extend"), Some(M_NORTH), &extend).0,
+        post(
+            &d,
+            &format!("/api/v1/holds/{hid}/extend"),
+            Some(M_NORTH),
+            &extend
+        )
+        .0,
         200
     );
     assert_eq!(
@@ -284,20 +361,39 @@ fn every_route_keeps_to_the_users_sites() {
         &d,
         "/api/v1/holds",
         Some(ADMIN_TOKEN),
-        &hold(r#""cameras":["north-cam"]"#, &format!(r#","expires_at":"{soon}""#)),
+        &hold(
+            r#""cameras":["north-cam"]"#,
+            &format!(r#","expires_at":"{soon}""#),
+        ),
     );
     assert_eq!(s, 201);
     assert_eq!(d.metric("holdfast_holds_expiring_soon"), 1.0);
 
-    // 401 -> 403 -> 400, always in that order, always the JSON shape.
+    // 401 -> 403 -> 400, always in that order, always the JSON shape; a malformed path
+    // parameter is judged after authentication too.
+    let bad_path = format!("/api/v1/cameras/%FF%FE/export.mp4?{range}&reason=x");
+    assert_eq!(err(get(&d, &bad_path, None)).0, 401);
+    assert_eq!(err(get(&d, &bad_path, Some(K_NORTH))).0, 404);
+    assert_eq!(err(get(&d, "/api/v1/holds/%FF", None)).0, 401);
+    assert_eq!(err(get(&d, "/api/v1/holds/%FF", Some(M_NORTH))).0, 404);
     let bad_query = "/api/v1/logbook?limit=many";
     assert_eq!(err(get(&d, bad_query, None)).0, 401);
     assert_eq!(err(get(&d, bad_query, Some(K_NORTH))).0, 403);
     let (s, e) = err(get(&d, bad_query, Some(M_NORTH)));
-    assert_eq!((s, e["detail"]["field"].as_str()), (400, Some("limit")), "{e}");
+    assert_eq!(
+        (s, e["detail"]["field"].as_str()),
+        (400, Some("limit")),
+        "{e}"
+    );
     assert_eq!(err(post(&d, "/api/v1/holds", None, "{garbage")).0, 401);
-    assert_eq!(err(post(&d, "/api/v1/holds", Some(A_NORTH), "{garbage")).0, 403);
-    assert_eq!(err(post(&d, "/api/v1/holds", Some(K_NORTH), "{garbage")).0, 400);
+    assert_eq!(
+        err(post(&d, "/api/v1/holds", Some(A_NORTH), "{garbage")).0,
+        403
+    );
+    assert_eq!(
+        err(post(&d, "/api/v1/holds", Some(K_NORTH), "{garbage")).0,
+        400
+    );
     let bad_export = "/api/v1/cameras/north-cam/export.mp4?from=yesterday&from=today";
     assert_eq!(err(get(&d, bad_export, None)).0, 401);
     assert_eq!(err(get(&d, bad_export, Some(A_NORTH))).0, 403);
@@ -344,6 +440,32 @@ fn every_route_keeps_to_the_users_sites() {
             403,
         ),
     ];
+    let two_days_ago = Time90k::now().add_ticks(-49 * 3600 * 90_000).to_rfc3339();
+    for (path, field) in [
+        (
+            format!("/api/v1/cameras/north-cam/export.mp4?{range}&reason=x&purpose=Police"),
+            "purpose",
+        ),
+        (
+            format!("/api/v1/cameras/north-cam/export.mp4?{range}&reason=x&recipient=insurer"),
+            "reference",
+        ),
+        (
+            format!(
+                "/api/v1/cameras/north-cam/export.mp4?from={}&to={}&reason=x",
+                q(&two_days_ago),
+                q(&to)
+            ),
+            "to",
+        ),
+    ] {
+        let (s, e) = err(get(&d, &path, Some(M_NORTH)));
+        assert_eq!(
+            (s, e["detail"]["field"].as_str()),
+            (400, Some(field)),
+            "{path}: {e}"
+        );
+    }
     for (tok, path, want) in &refusals {
         let (s, _, body) = http_get_bytes(d.addr, path, Some(tok));
         assert_eq!(s, *want, "{path}: {}", String::from_utf8_lossy(&body));
@@ -359,7 +481,9 @@ fn every_route_keeps_to_the_users_sites() {
             "no logged refusal with status {want}: {refused:?}"
         );
     }
-    assert!(refused.iter().any(|e| e["reason"] == "case 7" && e["purpose"] == "police"));
+    assert!(refused
+        .iter()
+        .any(|e| e["reason"] == "case 7" && e["purpose"] == "police"));
 
     // Key tags: a range is required and capped per purpose; police needs a reference.
     let t = Time90k::now().to_rfc3339();
@@ -370,11 +494,32 @@ fn every_route_keeps_to_the_users_sites() {
         &format!(r#"[{{"tag":"T77","door":"north-main","time":"{t}"}}]"#),
     );
     assert_eq!(s, 200, "{r}");
+    let (s, r) = post(
+        &d,
+        "/api/v1/keytags/events",
+        Some(DOOR_SOUTH),
+        &format!(r#"[{{"tag":"T77","door":"north-main","time":"{t}"}}]"#),
+    );
+    assert_eq!(s, 200, "a south door of the same name: {r}");
+    let (s, e) = err(post(
+        &d,
+        "/api/v1/keytags/events",
+        Some(DOOR_NORTH),
+        &format!(r#"[{{"tag":"T78","door":"x","time":"{t}","site":"south"}}]"#),
+    ));
+    assert_eq!(s, 400, "{e}");
     let week_ago = Time90k::now().add_ticks(-8 * 86_400 * 90_000).to_rfc3339();
     let keytag_cases = [
-        ("tag=T77&purpose=tag-check&reason=broken+tag".to_owned(), "from"),
         (
-            format!("tag=T77&purpose=tag-check&reason=broken+tag&from={}&to={}", q(&week_ago), q(&t)),
+            "tag=T77&purpose=tag-check&reason=broken+tag".to_owned(),
+            "from",
+        ),
+        (
+            format!(
+                "tag=T77&purpose=tag-check&reason=broken+tag&from={}&to={}",
+                q(&week_ago),
+                q(&t)
+            ),
             "to",
         ),
         (
@@ -383,8 +528,16 @@ fn every_route_keeps_to_the_users_sites() {
         ),
     ];
     for (query, field) in &keytag_cases {
-        let (s, e) = err(get(&d, &format!("/api/v1/keytags/events?{query}"), Some(M_NORTH)));
-        assert_eq!((s, e["detail"]["field"].as_str()), (400, Some(*field)), "{query}: {e}");
+        let (s, e) = err(get(
+            &d,
+            &format!("/api/v1/keytags/events?{query}"),
+            Some(M_NORTH),
+        ));
+        assert_eq!(
+            (s, e["detail"]["field"].as_str()),
+            (400, Some(*field)),
+            "{query}: {e}"
+        );
     }
     let soon_after = Time90k::now().add_ticks(60 * 90_000).to_rfc3339();
     let (s, found) = get(
@@ -397,7 +550,23 @@ fn every_route_keeps_to_the_users_sites() {
         Some(M_NORTH),
     );
     assert_eq!(s, 200, "{found}");
-    assert_eq!(found["events"].as_array().unwrap().len(), 1);
+    let evs = found["events"].as_array().unwrap();
+    assert_eq!(evs.len(), 1, "only north's event: {found}");
+    assert_eq!(evs[0]["site"], "north");
+    let (_, found) = get(
+        &d,
+        &format!(
+            "/api/v1/keytags/events?door=north-main&purpose=witness-search&reason=fire&from={}&to={}",
+            q(&from),
+            q(&soon_after)
+        ),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(
+        found["events"].as_array().unwrap().len(),
+        2,
+        "both sites for a * user"
+    );
     let north = entries(&d, M_NORTH);
     assert_eq!(
         north
@@ -423,16 +592,27 @@ fn every_route_keeps_to_the_users_sites() {
         .unwrap()["seq"]
         .as_u64()
         .unwrap();
-    assert!(all.iter().any(|e| e["sites"].as_array().is_none()), "entries without a site exist");
+    assert!(
+        all.iter().any(|e| e["sites"].as_array().is_none()),
+        "entries without a site exist"
+    );
     for tok in [A_NORTH, M_NORTH] {
         for e in entries(&d, tok) {
-            let sites = e["sites"].as_array().expect("scoped users see only entries with sites");
+            let sites = e["sites"]
+                .as_array()
+                .expect("scoped users see only entries with sites");
             assert!(sites.iter().all(|s| s == "north"), "{e}");
             assert!(!e.to_string().contains("south"), "{e}");
         }
-        assert_eq!(err(get(&d, &format!("/api/v1/logbook/{south_seq}"), Some(tok))).0, 404);
+        assert_eq!(
+            err(get(&d, &format!("/api/v1/logbook/{south_seq}"), Some(tok))).0,
+            404
+        );
     }
-    assert_eq!(get(&d, &format!("/api/v1/logbook/{south_seq}"), Some(A_ALL)).0, 200);
+    assert_eq!(
+        get(&d, &format!("/api/v1/logbook/{south_seq}"), Some(A_ALL)).0,
+        200
+    );
     assert_eq!(
         err(post(
             &d,
@@ -483,6 +663,32 @@ fn every_route_keeps_to_the_users_sites() {
     assert_eq!(s, 201, "{signed}");
     assert_eq!(signed["refers_hash"], exported["hash"]);
     let signoff_seq = signed["seq"].as_u64().unwrap();
+    // Nor an entry about one's own: the manager's own export, a finding on it by someone else.
+    let (s, head, _) = http_get_bytes(
+        d.addr,
+        &format!("/api/v1/cameras/north-cam/view.mp4?{range}&reason=own+look"),
+        Some(M_NORTH),
+    );
+    assert_eq!(s, 200);
+    let own = seq_header(&head);
+    let (s, f) = post(
+        &d,
+        &format!("/api/v1/logbook/{own}/finding"),
+        Some(ADMIN_TOKEN),
+        r#"{"finding":"nothing to see"}"#,
+    );
+    assert_eq!(s, 201, "{f}");
+    assert_eq!(
+        err(post(
+            &d,
+            &format!("/api/v1/logbook/{}/signoff", f["seq"]),
+            Some(M_NORTH),
+            r#"{"note":"fine"}"#
+        ))
+        .0,
+        403,
+        "a finding about one's own look"
+    );
     assert_eq!(
         err(post(
             &d,
@@ -512,7 +718,10 @@ fn every_route_keeps_to_the_users_sites() {
     let outcome = &intent["linked"][0];
     assert_eq!(outcome["action"], "erasure.outcome", "{intent}");
     assert!(outcome["seq"].as_u64().unwrap() > intent_seq);
-    assert!(outcome["text"].as_str().unwrap().starts_with("done"), "{outcome}");
+    assert!(
+        outcome["text"].as_str().unwrap().starts_with("done"),
+        "{outcome}"
+    );
 
     let v = get(&d, "/api/v1/logbook/verify", Some(A_ALL)).1;
     assert_eq!(v["ok"], true, "{v}");
@@ -551,14 +760,31 @@ fn holds_on_cameras_no_longer_configured_stay_visible_and_releasable() {
     // A `*` user still sees the hold and can release it; a scoped user sees nothing of it.
     let (s, all) = get(&d, "/api/v1/holds", Some(ADMIN_TOKEN));
     assert_eq!(s, 200);
-    let held = all.as_array().unwrap().iter().find(|x| x["id"] == id).unwrap();
+    let held = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == id)
+        .unwrap();
     assert_eq!(held["cameras"], serde_json::json!(["south-cam"]));
     assert_eq!(held["state"], "active");
     let (_, mine) = get(&d, "/api/v1/holds", Some(M_NORTH));
-    assert!(mine.as_array().unwrap().iter().all(|x| x["id"] != id), "{mine}");
-    assert_eq!(err(get(&d, &format!("/api/v1/holds/{id}"), Some(M_NORTH))).0, 404);
+    assert!(
+        mine.as_array().unwrap().iter().all(|x| x["id"] != id),
+        "{mine}"
+    );
     assert_eq!(
-        err(post(&d, &format!("/api/v1/holds/{id}/release"), Some(M_NORTH), r#"{"reason":"x"}"#)).0,
+        err(get(&d, &format!("/api/v1/holds/{id}"), Some(M_NORTH))).0,
+        404
+    );
+    assert_eq!(
+        err(post(
+            &d,
+            &format!("/api/v1/holds/{id}/release"),
+            Some(M_NORTH),
+            r#"{"reason":"x"}"#
+        ))
+        .0,
         404
     );
     let (s, r) = post(
@@ -612,7 +838,13 @@ fn an_export_whose_client_stops_reading_is_dropped_and_logged_aborted() {
     // camsim's 4 Mbit/s clip: 20 s of it is far more than any socket buffer.
     let port = support::procs::free_port();
     let mut sim = std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
-        .args(["camsim", "--streams", "1", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "camsim",
+            "--streams",
+            "1",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -655,12 +887,18 @@ fn an_export_whose_client_stops_reading_is_dropped_and_logged_aborted() {
     });
     let waited = t0.elapsed();
     eprintln!("stalled export dropped after {waited:?}: {outcome}");
-    assert!(waited >= Duration::from_secs(55), "dropped too early: {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(55),
+        "dropped too early: {waited:?}"
+    );
     assert_eq!(outcome["object"]["outcome"], "aborted", "{outcome}");
     let sent = outcome["object"]["bytes_sent"].as_u64().unwrap();
     let planned = outcome["object"]["bytes_planned"].as_u64().unwrap();
     assert!(sent < planned, "{sent} of {planned}");
-    assert!(planned > 4 << 20, "the clip is big enough to stall: {planned}");
+    assert!(
+        planned > 4 << 20,
+        "the clip is big enough to stall: {planned}"
+    );
     // Recording went on meanwhile.
     assert_eq!(d.camera_state("north-cam"), "recording");
     drop(s);

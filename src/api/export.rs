@@ -25,8 +25,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::auth::Principal;
-use super::{Param, 
-    authenticate, camera_in_scope, entry, parse_query, parse_range, ApiError, AppState,
+use super::{
+    authenticate, camera_in_scope, entry, parse_query, parse_range, ApiError, AppState, Param,
     RefusalLogged,
 };
 use crate::export::{mp4, plan, send_payloads};
@@ -38,6 +38,26 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Purposes that hand footage to a third party: `recipient` and `reference` are required.
 pub const HAND_OVER_PURPOSES: [&str; 2] = ["police", "hand-over"];
+
+/// The purposes a look at footage may name (none is an incident look by a role that may look
+/// for any purpose). A closed list, so that `Police` or `politie` cannot dodge the hand-over
+/// rules.
+pub const PURPOSES: [&str; 5] = [
+    "incident",
+    "technical",
+    "subject-access",
+    "police",
+    "hand-over",
+];
+
+/// The longest range of one export or view.
+pub const MAX_RANGE_SECS: i64 = 24 * 3600;
+
+/// Exports and views streaming at once; more are refused (503) until one ends. Each holds a
+/// blocking thread while it runs.
+pub const MAX_CONCURRENT: usize = 32;
+
+static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT);
 
 /// Query of an export or view.
 #[derive(Deserialize, Default)]
@@ -149,6 +169,7 @@ struct Prepared {
     site: String,
     plan: crate::export::Plan,
     head: Bytes,
+    slot: tokio::sync::SemaphorePermit<'static>,
 }
 
 /// Everything that can refuse the request, in the order 403, 400, 404.
@@ -167,6 +188,16 @@ async fn prepare(
     }
     let q: FootageQuery = parse_query(raw)?;
     let purpose = non_empty(q.purpose.clone());
+    if let Some(p) = purpose.as_deref().filter(|p| !PURPOSES.contains(p)) {
+        return Err(ApiError::bad_field(
+            "purpose",
+            format!(
+                "{:?} is not a purpose; one of {}",
+                truncate(p, 64),
+                PURPOSES.join(", ")
+            ),
+        ));
+    }
     if !user.may_footage(kind, purpose.as_deref()) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -190,13 +221,46 @@ async fn prepare(
             if non_empty(v.clone()).is_none() {
                 return Err(ApiError::bad_field(
                     field,
-                    format!("is required for purpose {p:?} (who receives the copy, under which case)"),
+                    format!(
+                        "is required for purpose {p:?} (who receives the copy, under which case)"
+                    ),
                 ));
             }
         }
     }
+    // A copy for someone else is a hand-over, whatever the purpose says.
+    if non_empty(q.recipient.clone()).is_some() && non_empty(q.reference.clone()).is_none() {
+        return Err(ApiError::bad_field(
+            "reference",
+            "is required when the footage goes to a recipient (the case it is handed over for)",
+        ));
+    }
+    for (field, v, max) in [
+        ("reason", &q.reason, 2000),
+        ("recipient", &q.recipient, 256),
+        ("reference", &q.reference, 256),
+    ] {
+        if v.as_ref().is_some_and(|v| v.len() > max) {
+            return Err(ApiError::bad_field(
+                field,
+                format!("is longer than {max} bytes"),
+            ));
+        }
+    }
     let (from, to) = parse_range(q.from.as_deref(), q.to.as_deref())?;
+    if to.0 - from.0 > MAX_RANGE_SECS * crate::time::TICKS_PER_SEC {
+        return Err(ApiError::bad_field(
+            "to",
+            "an export or view covers at most 24 hours; ask for several",
+        ));
+    }
 
+    let slot = SLOTS.try_acquire().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_CONCURRENT} exports and views are running; try again shortly"),
+        )
+    })?;
     let st = state.clone();
     let cam = id.to_owned();
     let (plan, head) = tokio::task::spawn_blocking(move || {
@@ -228,6 +292,7 @@ async fn prepare(
         site,
         plan,
         head,
+        slot,
     })
 }
 
@@ -245,6 +310,7 @@ async fn send(
         site,
         plan,
         head,
+        slot,
     } = p;
     let total = head.len() as u64 + plan.payload_len();
 
@@ -274,9 +340,10 @@ async fn send(
     let camera = id.clone();
     let rt = tokio::runtime::Handle::current();
     let (seq, hash) = (logged.entry.seq, logged.hash.clone());
-    let completion = {
+    let finish = {
         let user = user.clone();
-        move |outcome: &str, sent: u64, sha: String| {
+        let st = state.clone();
+        move |outcome: &'static str, sent: u64, sha: String| {
             let mut c: NewEntry = entry(
                 &user,
                 &format!("{}.outcome", kind.name()),
@@ -291,59 +358,45 @@ async fn send(
             c.refers_to = Some(seq);
             c.refers_hash = Some(hash);
             c.sites = vec![site];
-            c
+            match st.logbook.append(st.store.index(), c) {
+                Ok(_) => {
+                    st.metrics.logbook_entries.inc();
+                }
+                Err(e) => tracing::error!(error = %e, "could not log an export's outcome"),
+            }
         }
     };
+    // The producer reads one verified segment at a time; it gives up when the connection has
+    // taken nothing for STALL_TIMEOUT (the serving loop cuts such a connection too).
     tokio::task::spawn_blocking(move || {
-        let mut sha = Sha256::new();
-        let mut sent = 0u64;
-        let mut gone = false;
-        // Hands one chunk to the connection, waiting at most STALL_TIMEOUT for room.
-        let mut push = |b: Bytes| -> bool {
-            let n = b.len() as u64;
-            let chunk = b.clone();
-            match rt.block_on(tokio::time::timeout(STALL_TIMEOUT, tx.send(Ok(b)))) {
-                Ok(Ok(())) => {
-                    sha.update(&chunk);
-                    sent += n;
-                    true
-                }
-                Ok(Err(_)) => {
-                    gone = true;
-                    false
-                }
+        let _slot = slot;
+        let send = |item: Result<Bytes, std::io::Error>| -> bool {
+            match rt.block_on(tokio::time::timeout(STALL_TIMEOUT, tx.send(item))) {
+                Ok(Ok(())) => true,
+                Ok(Err(_)) => false,
                 Err(_) => {
                     tracing::warn!(camera = %id, "export dropped: the client stopped reading");
-                    gone = true;
                     false
                 }
             }
         };
-        let mut failed = !push(head);
-        if !failed {
-            if let Err(err) = send_payloads(&st.store, &plan, &mut push) {
+        if send(Ok(head)) {
+            if let Err(err) = send_payloads(&st.store, &plan, |b| send(Ok(b))) {
                 tracing::error!(camera = %id, error = %err, "export stopped: stored footage failed its check");
-                failed = true;
-                let _ = tx.blocking_send(Err(std::io::Error::other("stored footage failed its check")));
+                send(Err(std::io::Error::other(
+                    "stored footage failed its check",
+                )));
             }
         }
-        drop(push);
-        let outcome = if failed || gone || sent != total {
-            "aborted"
-        } else {
-            "complete"
-        };
-        let c = completion(outcome, sent, hex::encode(sha.finalize()));
-        match st.logbook.append(st.store.index(), c) {
-            Ok(_) => {
-                st.metrics.logbook_entries.inc();
-            }
-            Err(e) => tracing::error!(error = %e, "could not log an export's outcome"),
-        }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
+    let stream = Delivery {
+        rx,
+        sha: Sha256::new(),
+        sent: 0,
+        total,
+        failed: false,
+        finish: Some(Box::new(finish)),
+    };
     let disposition = format!(
         "{}; filename=\"{}_{}.mp4\"",
         if kind == Footage::Export {
@@ -371,4 +424,65 @@ async fn send(
         h.insert("x-holdfast-logbook-seq", v);
     }
     Ok(resp)
+}
+
+/// What an export's outcome entry records, once the response body is done with.
+type Finish = Box<dyn FnOnce(&'static str, u64, String) + Send>;
+
+/// The response body of an export: passes the producer's chunks to hyper and counts and hashes
+/// exactly what hyper took, so the outcome entry names the bytes that went to the connection.
+/// When hyper drops it (all sent, the client gone, or the connection cut), the outcome is
+/// written: `complete` only when every planned byte went out.
+struct Delivery {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    sha: Sha256,
+    sent: u64,
+    total: u64,
+    failed: bool,
+    finish: Option<Finish>,
+}
+
+impl futures::Stream for Delivery {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match this.rx.poll_recv(cx) {
+            std::task::Poll::Ready(Some(Ok(b))) => {
+                this.sha.update(&b);
+                this.sent += b.len() as u64;
+                std::task::Poll::Ready(Some(Ok(b)))
+            }
+            std::task::Poll::Ready(Some(Err(e))) => {
+                this.failed = true;
+                std::task::Poll::Ready(Some(Err(e)))
+            }
+            other => other,
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        let Some(finish) = self.finish.take() else {
+            return;
+        };
+        let outcome = if !self.failed && self.sent == self.total {
+            "complete"
+        } else {
+            "aborted"
+        };
+        let sha = hex::encode(std::mem::take(&mut self.sha).finalize());
+        let sent = self.sent;
+        // The append syncs: never on the async threads.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(move || finish(outcome, sent, sha));
+            }
+            Err(_) => finish(outcome, sent, sha),
+        }
+    }
 }

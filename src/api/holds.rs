@@ -25,8 +25,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::{Permission, Principal};
-use super::{Param, 
-    authorize, authorize_any, entry, read_body, ApiError, AppState, JSON_BODY_LIMIT,
+use super::{
+    authorize, authorize_any, entry, read_body, ApiError, AppState, Param, JSON_BODY_LIMIT,
 };
 use crate::retention::erasure::{erase, ErasureError};
 use crate::retention::holds::{Hold, HoldError, NewHold};
@@ -190,7 +190,10 @@ pub async fn place(
                 if !state.camera_site(c).is_some_and(|s| user.covers_site(s)) {
                     return Err(ApiError::bad_field(
                         &format!("cameras[{i}]"),
-                        format!("unknown camera {:?}", c.chars().take(64).collect::<String>()),
+                        format!(
+                            "unknown camera {:?}",
+                            c.chars().take(64).collect::<String>()
+                        ),
                     ));
                 }
             }
@@ -204,7 +207,10 @@ pub async fn place(
             let Some(cams) = cams else {
                 return Err(ApiError::bad_field(
                     "site",
-                    format!("unknown site {:?}", site.chars().take(64).collect::<String>()),
+                    format!(
+                        "unknown site {:?}",
+                        site.chars().take(64).collect::<String>()
+                    ),
                 ));
             };
             if cams.is_empty() {

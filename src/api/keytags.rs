@@ -170,7 +170,22 @@ fn check(state: &AppState, user: &Principal, raw: Option<&str>) -> Result<Keytag
     }
     let q: KeytagQuery = parse_query(raw)?;
     non_empty(&q.reason).ok_or_else(|| ApiError::bad_field("reason", "is required"))?;
-    let purpose = non_empty(&q.purpose).ok_or_else(|| ApiError::bad_field("purpose", "is required"))?;
+    for (field, v, max) in [
+        ("tag", &q.tag, 128),
+        ("door", &q.door, 128),
+        ("reason", &q.reason, 2000),
+        ("reference", &q.reference, 256),
+        ("recipient", &q.recipient, 256),
+    ] {
+        if v.as_ref().is_some_and(|v| v.len() > max) {
+            return Err(ApiError::bad_field(
+                field,
+                format!("is longer than {max} bytes"),
+            ));
+        }
+    }
+    let purpose =
+        non_empty(&q.purpose).ok_or_else(|| ApiError::bad_field("purpose", "is required"))?;
     let (allowed, kind): (&[&str], &str) = match (non_empty(&q.tag), non_empty(&q.door)) {
         (Some(_), None) => (&TAG_PURPOSES, "tag"),
         (None, Some(_)) => (&DOOR_PURPOSES, "door"),
@@ -218,7 +233,12 @@ fn check(state: &AppState, user: &Principal, raw: Option<&str>) -> Result<Keytag
 }
 
 /// Logs a refused query with what was asked, and marks the response as logged.
-async fn refuse(state: &Arc<AppState>, user: &Principal, raw: Option<&str>, err: ApiError) -> Response {
+async fn refuse(
+    state: &Arc<AppState>,
+    user: &Principal,
+    raw: Option<&str>,
+    err: ApiError,
+) -> Response {
     let q: KeytagQuery = parse_query(raw).unwrap_or_default();
     let mut e = entry(
         user,

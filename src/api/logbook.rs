@@ -22,9 +22,9 @@ use serde_json::json;
 
 use super::auth::Principal;
 use super::holds::parse_json;
-use super::{Param, 
+use super::{
     authenticate, authorize, entry, entry_visible, parse_query, read_body, ApiError, AppState,
-    JSON_BODY_LIMIT,
+    Param, JSON_BODY_LIMIT,
 };
 use crate::logbook::{HashedEntry, Logbook, LogbookError};
 use crate::roles::Permission;
@@ -60,33 +60,63 @@ pub async fn list(
     let limit = q.limit.unwrap_or(MAX_ENTRIES).clamp(1, MAX_ENTRIES);
     let start = q.after.unwrap_or(0).saturating_add(1);
     let st = state.clone();
-    let entries = tokio::task::spawn_blocking(move || {
+    let (entries, next_after) = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
+        let mut scanned = 0usize;
+        let mut next_after = None;
         for e in Logbook::iter_from(st.store.index(), start) {
             let e = e?;
+            let e_seq = e.entry.seq;
             if e.entry.time >= to {
                 break;
             }
-            if e.entry.time >= from && entry_visible(&user, &e.entry.body.sites) {
+            if e.entry.time >= from && entry_visible(&user, &entry_sites(&st, &e)) {
                 out.push(e);
                 if out.len() >= limit {
                     break;
                 }
             }
+            scanned += 1;
+            if scanned >= SCAN_BUDGET {
+                next_after = Some(e_seq);
+                break;
+            }
         }
-        Ok::<_, LogbookError>(out)
+        Ok::<_, LogbookError>((out, next_after))
     })
     .await
     .map_err(ApiError::internal)?
     .map_err(ApiError::internal)?;
-    Ok(Json(json!({ "entries": entries })).into_response())
+    Ok(Json(json!({ "entries": entries, "next_after": next_after })).into_response())
+}
+
+/// Entries one request looks at, at most (a listing then says where to go on).
+pub const SCAN_BUDGET: usize = 100_000;
+
+/// The sites an entry belongs to: its own `sites`; for an entry written before entries carried
+/// them, the site of the camera it names (a look at footage), else none.
+pub fn entry_sites(state: &AppState, e: &HashedEntry) -> Vec<String> {
+    if !e.entry.body.sites.is_empty() {
+        return e.entry.body.sites.clone();
+    }
+    e.entry
+        .body
+        .object
+        .get("camera")
+        .and_then(|c| c.as_str())
+        .and_then(|c| state.camera_site(c))
+        .map(|s| vec![s.to_owned()])
+        .unwrap_or_default()
 }
 
 fn parse_seq(seq: &str) -> Result<u64, ApiError> {
     seq.parse().map_err(|_| {
         ApiError::bad_field(
             "seq",
-            format!("{:?} is not an entry number", seq.chars().take(32).collect::<String>()),
+            format!(
+                "{:?} is not an entry number",
+                seq.chars().take(32).collect::<String>()
+            ),
         )
     })
 }
@@ -112,7 +142,7 @@ async fn fetch(
         Err(e) => return Err(ApiError::internal(e)),
     };
     let mine = own && e.entry.body.user == user.name;
-    if !mine && !entry_visible(user, &e.entry.body.sites) {
+    if !mine && !entry_visible(user, &entry_sites(state, &e)) {
         return Err(no_entry(seq));
     }
     Ok(e)
@@ -131,9 +161,10 @@ pub async fn get_one(
     let u = user.clone();
     let linked = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
-        for l in Logbook::iter_from(st.store.index(), seq.saturating_add(1)) {
+        let start = seq.saturating_add(1);
+        for l in Logbook::iter_from(st.store.index(), start).take(SCAN_BUDGET) {
             let l = l?;
-            if l.entry.body.refers_to == Some(seq) && entry_visible(&u, &l.entry.body.sites) {
+            if l.entry.body.refers_to == Some(seq) && entry_visible(&u, &entry_sites(&st, &l)) {
                 out.push(l);
             }
         }
@@ -200,23 +231,31 @@ pub async fn finding(
 ) -> Result<Response, ApiError> {
     let user = authenticate(&state, &headers)?;
     let signer = user.can(Permission::SignOff);
-    let seq = parse_seq(&seq)?;
-    let target = match fetch(&state, &user, seq, true).await {
-        Ok(t) if signer || t.entry.body.user == user.name => t,
-        Err(e) if signer => return Err(e),
-        // Someone who may not sign off learns nothing about other people's entries.
-        _ => {
-            return Err(ApiError::new(
+    let seq =
+        match parse_seq(&seq) {
+            Ok(s) => s,
+            Err(_) if !signer => return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "only the user who made the consultation or someone who may sign off adds findings",
-            ))
-        }
-    };
+            )),
+            Err(e) => return Err(e),
+        };
+    let target =
+        match fetch(&state, &user, seq, true).await {
+            Ok(t) if signer || t.entry.body.user == user.name => t,
+            Err(e) if signer => return Err(e),
+            // Someone who may not sign off learns nothing about other people's entries.
+            _ => return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "only the user who made the consultation or someone who may sign off adds findings",
+            )),
+        };
     let body = read_body(&headers, body, JSON_BODY_LIMIT).await?;
     let f: Finding = parse_json(&body)?;
     if f.finding.trim().is_empty() {
         return Err(ApiError::bad_field("finding", "must not be empty"));
     }
+    super::holds::check_len("finding", &f.finding, 4000)?;
     add(&state, &user, target, "finding", f.finding).await
 }
 
@@ -230,17 +269,38 @@ pub async fn signoff(
     let user = authorize(&state, &headers, Permission::SignOff)?;
     let seq = parse_seq(&seq)?;
     let target = fetch(&state, &user, seq, false).await?;
-    if target.entry.body.user == user.name {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "four eyes: an entry is signed off by someone else than the user who made it",
-        ));
+    // Four eyes: not one's own entry, nor an entry about one's own (a finding or outcome that
+    // refers, perhaps through others, to a consultation the signer made).
+    let mut link = Some(target.clone());
+    let mut depth = 0;
+    while let Some(e) = link {
+        if e.entry.body.user.eq_ignore_ascii_case(&user.name) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "four eyes: entry {} is by you or about your own entry {}; someone else signs it off",
+                    seq, e.entry.seq
+                ),
+            ));
+        }
+        depth += 1;
+        link = match e.entry.body.refers_to {
+            Some(r) if depth < 32 && r < e.entry.seq => {
+                let st = state.clone();
+                tokio::task::spawn_blocking(move || Logbook::get(st.store.index(), r))
+                    .await
+                    .map_err(ApiError::internal)?
+                    .ok()
+            }
+            _ => None,
+        };
     }
     let body = read_body(&headers, body, JSON_BODY_LIMIT).await?;
     let s: SignOff = parse_json(&body)?;
     if s.note.trim().is_empty() {
         return Err(ApiError::bad_field("note", "must not be empty"));
     }
+    super::holds::check_len("note", &s.note, 4000)?;
     add(&state, &user, target, "signoff", s.note).await
 }
 

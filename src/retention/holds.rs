@@ -283,7 +283,10 @@ impl Holds {
                 .index()
                 .commit(batch, true)
                 .map_err(StoreError::from)?;
-            tracing::warn!(holds = changed, "holds without a review date got one, 14 days from now");
+            tracing::warn!(
+                holds = changed,
+                "holds without a review date got one, 14 days from now"
+            );
         }
         Ok(Holds {
             store,
