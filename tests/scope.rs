@@ -706,9 +706,7 @@ fn every_route_keeps_to_the_users_sites() {
         &d,
         "/api/v1/erasures",
         Some(P_NORTH),
-        &format!(
-            r#"{{"camera":"north-cam","from":"2020-01-01T00:00:00Z","to":"2020-01-02T00:00:00Z","reason":"data subject request","reference":"AVG-12"}}"#
-        ),
+        r#"{"camera":"north-cam","from":"2020-01-01T00:00:00Z","to":"2020-01-02T00:00:00Z","reason":"data subject request","reference":"AVG-12"}"#,
     );
     assert_eq!(s, 200, "{r}");
     let intent_seq = r["logbook_seq"].as_u64().unwrap();
