@@ -748,15 +748,33 @@ fn check_open(
 
 impl Logbook {
     /// Opens the logbook as configured: loads the key, checks the head record against the last
-    /// entry and the chain against the newest checkpoint, and continues an unkeyed chain keyed
-    /// (appending a `logbook.keyed` entry) when a key is configured.
+    /// entry and the chain against the newest checkpoint. An unkeyed chain is never continued
+    /// keyed silently at start (someone who can rewrite the data directory could otherwise have
+    /// a forged unkeyed chain sealed under the key): that takes `holdfast logbook seal`, once,
+    /// by an operator ([`Logbook::seal`]).
     pub fn open(index: &Index, settings: &LogbookSettings) -> Result<Self, LogbookError> {
         let key = settings
             .key_file
             .as_deref()
             .map(LogbookKey::load)
             .transpose()?;
-        Self::open_with(index, key, Some(&settings.checkpoint_dir))
+        Self::open_inner(index, key, Some(&settings.checkpoint_dir), false)
+    }
+
+    /// `holdfast logbook seal`: checks an unkeyed chain whole and continues it keyed from a
+    /// `logbook.keyed` entry (the daemon stopped). A chain that is keyed already is left as it is.
+    pub fn seal(index: &Index, settings: &LogbookSettings) -> Result<Self, LogbookError> {
+        let key = settings
+            .key_file
+            .as_deref()
+            .map(LogbookKey::load)
+            .transpose()?;
+        if key.is_none() {
+            return Err(LogbookError::Untrusted(
+                "logbook.key_file is not set: there is no key to seal the chain with".into(),
+            ));
+        }
+        Self::open_inner(index, key, Some(&settings.checkpoint_dir), true)
     }
 
     /// Like [`Logbook::open`] with the key and checkpoint directory given (`None`: unkeyed, no
@@ -765,6 +783,15 @@ impl Logbook {
         index: &Index,
         key: Option<LogbookKey>,
         checkpoint_dir: Option<&Path>,
+    ) -> Result<Self, LogbookError> {
+        Self::open_inner(index, key, checkpoint_dir, true)
+    }
+
+    fn open_inner(
+        index: &Index,
+        key: Option<LogbookKey>,
+        checkpoint_dir: Option<&Path>,
+        seal: bool,
     ) -> Result<Self, LogbookError> {
         let cps = match checkpoint_dir {
             Some(dir) => {
@@ -775,6 +802,14 @@ impl Logbook {
         };
         let check = check_open(index, key.as_ref(), &cps)?;
         let upgrade = key.is_some() && check.last_kind == Some(LinkKind::Sha);
+        if upgrade && !seal {
+            return Err(LogbookError::Untrusted(format!(
+                "the logbook's {} entries are not keyed yet, and logbook.key_file is set: check \
+                 them with `holdfast logbook verify`, then continue the chain keyed once with \
+                 `holdfast logbook seal --config FILE` (the daemon never does this by itself)",
+                check.head.seq
+            )));
+        }
         if upgrade {
             // Continuing keyed is a one-time event: the whole unkeyed chain must be intact
             // first, or a forged tail would be sealed under the key.
@@ -1074,6 +1109,11 @@ fn walk(
     let mut expect = 1u64;
     let mut keyed_from = None;
     let mut notes = Vec::new();
+    // The head record as it was before the walk: the entries the walk sees (a snapshot taken
+    // after this read) reach at least that far. Entries appended while the walk runs are not
+    // a cut; the head record read after the walk may then be ahead of what the walk saw.
+    let head_before = index.logbook_head()?;
+    let mut link_at_head_before = None;
     let bad = |seq: u64, problem: String, keyed_from: Option<u64>| Verification {
         ok: false,
         entries: seq - 1,
@@ -1169,12 +1209,21 @@ fn walk(
             },
             &e,
         );
+        if head_before.is_some_and(|(hs, _)| hs == seq) {
+            link_at_head_before = Some(stored);
+        }
         prev = stored;
         expect += 1;
     }
     let n = expect - 1;
-    let head_problem = match index.logbook_head()? {
+    let head_after = index.logbook_head()?;
+    let appended_meanwhile = matches!(
+        (head_before, head_after, link_at_head_before),
+        (Some((b, bh)), Some((a, _)), Some(l)) if b <= n && a > n && l == bh
+    ) || (head_before.is_none() && n == 0);
+    let head_problem = match head_after {
         Some((seq, hash)) if seq == n && hash == prev => None,
+        Some(_) if appended_meanwhile => None,
         None if n == 0 => None,
         Some((seq, _)) if seq > n => Some((
             n + 1,
@@ -1723,5 +1772,25 @@ mod tests {
             .to_string();
         assert!(e.contains("init-key"), "{e}");
         assert_eq!(format!("{:?}", key()), "LogbookKey(..)");
+    }
+
+    #[test]
+    fn verify_while_entries_are_appended_reports_no_cut() {
+        let (_dir, index, lb) = setup(5, Some(key()));
+        std::thread::scope(|t| {
+            let writer = t.spawn(|| {
+                for i in 0..300 {
+                    lb.append(&index, entry(&format!("during-{i}"))).unwrap();
+                }
+            });
+            let mut checks = 0;
+            while !writer.is_finished() {
+                let v = lb.verify(&index).unwrap();
+                assert!(v.ok, "a verify beside appends: {v:?}");
+                checks += 1;
+            }
+            assert!(checks > 0);
+        });
+        assert!(lb.verify(&index).unwrap().ok);
     }
 }

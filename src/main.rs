@@ -99,6 +99,13 @@ enum LogbookCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Continues an unkeyed logbook keyed (once, the daemon stopped): checks the whole unkeyed
+    /// chain, then appends a `logbook.keyed` entry; every later entry is linked with the key.
+    Seal {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -169,6 +176,19 @@ fn main() -> ExitCode {
         Command::Logbook {
             what: LogbookCommand::InitKey { config },
         } => with_config(&config, |c| logbook_init_key(&c)),
+        Command::Logbook {
+            what: LogbookCommand::Seal { config },
+        } => with_config(&config, |c| {
+            let index = holdfast::store::index::Index::open(&c.storage.data_dir.join("index"))?;
+            let lb = holdfast::logbook::Logbook::seal(&index, &c.logbook)?;
+            lb.checkpoint()?;
+            let head = lb.head();
+            println!(
+                "logbook sealed: keyed from seq {} on; head {} at seq {}",
+                head.seq, head.mac, head.seq
+            );
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Verify { config } => with_config(&config, |c| {
             let (store, report) = Store::open(&c.storage.data_dir, c.storage.bucket_secs())?;
             println!("recovery: {report}");

@@ -258,7 +258,7 @@ fn roles_scope_logbook_exports_and_keytags() {
     // every one without a complaint.
     let (s, head, mp4) = http_get_bytes(
         d.addr,
-        &format!("/api/v1/cameras/cam-a/export.mp4?{range}&reason=incident-42&recipient=police"),
+        &format!("/api/v1/cameras/cam-a/export.mp4?{range}&reason=incident-42&recipient=police&reference=PL-42"),
         Some(ADMIN_TOKEN),
     );
     assert_eq!(s, 200, "{head}");
@@ -279,6 +279,7 @@ fn roles_scope_logbook_exports_and_keytags() {
     assert_eq!(logged["action"], "export");
     assert_eq!(logged["reason"], "incident-42");
     assert_eq!(logged["recipient"], "police");
+    assert_eq!(logged["reference"], "PL-42");
     let (frames, secs, codec) = ffprobe(&clip);
     assert_eq!(codec, "h264");
     assert_eq!(frames, logged["object"]["frames"].as_u64().unwrap());

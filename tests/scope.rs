@@ -730,7 +730,17 @@ fn every_route_keeps_to_the_users_sites() {
 fn holds_on_cameras_no_longer_configured_stay_visible_and_releasable() {
     // No camera needs to answer for this: holds are about the index and the config.
     let dead = "rtsp://127.0.0.1:9/none";
-    let mut d = Daemon::start(&config_with(dead, dead), "");
+    // (Lines before the first table land in `[http]`.)
+    let mut d = Daemon::start(
+        &format!("metrics_require_auth = true\n{}", config_with(dead, dead)),
+        "",
+    );
+    // With metrics_require_auth, the exposition (which names every camera) is for `*` users.
+    assert_eq!(err(get(&d, "/metrics", None)).0, 401);
+    assert_eq!(err(get(&d, "/metrics", Some(M_NORTH))).0, 403);
+    let (s, text) = d.get("/metrics", Some(ADMIN_TOKEN));
+    assert_eq!(s, 200);
+    assert!(text.contains("south-cam"));
     let from = Time90k::now().add_ticks(-3600 * 90_000).to_rfc3339();
     let to = Time90k::now().to_rfc3339();
     let (s, h) = post(
