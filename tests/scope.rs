@@ -721,6 +721,36 @@ fn every_route_keeps_to_the_users_sites() {
         "{outcome}"
     );
 
+    // A valid token cannot write refusals without bound: past the per-user budget a refused
+    // look is answered 429, and those are logged coalesced.
+    let statuses: Vec<u16> = (0..40)
+        .map(|i| {
+            http_get_bytes(
+                d.addr,
+                &format!("/api/v1/cameras/north-cam/export.mp4?{range}&reason=try-{i}"),
+                Some(T_NORTH),
+            )
+            .0
+        })
+        .collect();
+    let throttled = statuses.iter().filter(|s| **s == 429).count();
+    assert!(throttled >= 10, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 403 || *s == 429),
+        "{statuses:?}"
+    );
+    let all = entries(&d, A_ALL);
+    let own = all
+        .iter()
+        .filter(|e| e["user"] == "t.north" && e["action"] == "export.refused")
+        .count();
+    assert!(own <= 30, "{own} refusals of one user logged one by one");
+    assert!(
+        all.iter()
+            .any(|e| e["action"] == "denied" && e["object"]["status"] == 429),
+        "the 429s are logged, coalesced"
+    );
+
     let v = get(&d, "/api/v1/logbook/verify", Some(A_ALL)).1;
     assert_eq!(v["ok"], true, "{v}");
     let _ = PRIVACY_TOKEN;

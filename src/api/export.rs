@@ -59,6 +59,43 @@ pub const MAX_CONCURRENT: usize = 32;
 
 static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT);
 
+/// Exports and views one user may have streaming at once (so a few slow readers of one account
+/// cannot take every slot).
+pub const MAX_PER_USER: usize = 4;
+
+/// One of a user's streaming slots; given back when dropped.
+struct UserSlot(String);
+
+fn user_slots() -> &'static std::sync::Mutex<std::collections::HashMap<String, usize>> {
+    static T: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
+        std::sync::LazyLock::new(Default::default);
+    &T
+}
+
+impl UserSlot {
+    fn take(user: &str) -> Option<UserSlot> {
+        let mut t = user_slots().lock().unwrap_or_else(|p| p.into_inner());
+        let n = t.entry(user.to_owned()).or_insert(0);
+        if *n >= MAX_PER_USER {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot(user.to_owned()))
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut t = user_slots().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = t.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.0);
+            }
+        }
+    }
+}
+
 /// Query of an export or view.
 #[derive(Deserialize, Default)]
 pub struct FootageQuery {
@@ -116,6 +153,9 @@ async fn refuse(
     raw: Option<&str>,
     err: ApiError,
 ) -> Response {
+    if !super::refusal_budget(&user.name) {
+        return super::refusals_exhausted();
+    }
     // Only a camera the user may see gives the entry a site; anything else is for `*` users.
     let sites: Vec<String> = state
         .camera_site(id)
@@ -169,7 +209,7 @@ struct Prepared {
     site: String,
     plan: crate::export::Plan,
     head: Bytes,
-    slot: tokio::sync::SemaphorePermit<'static>,
+    slot: (tokio::sync::SemaphorePermit<'static>, UserSlot),
 }
 
 /// Everything that can refuse the request, in the order 403, 400, 404.
@@ -255,6 +295,12 @@ async fn prepare(
         ));
     }
 
+    let user_slot = UserSlot::take(&user.name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("you have {MAX_PER_USER} exports and views running; wait for one to end"),
+        )
+    })?;
     let slot = SLOTS.try_acquire().map_err(|_| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -292,7 +338,7 @@ async fn prepare(
         site,
         plan,
         head,
-        slot,
+        slot: (slot, user_slot),
     })
 }
 

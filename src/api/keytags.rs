@@ -239,6 +239,9 @@ async fn refuse(
     raw: Option<&str>,
     err: ApiError,
 ) -> Response {
+    if !super::refusal_budget(&user.name) {
+        return super::refusals_exhausted();
+    }
     let q: KeytagQuery = parse_query(raw).unwrap_or_default();
     let mut e = entry(
         user,

@@ -209,6 +209,43 @@ pub fn parse_query<T: DeserializeOwned>(raw: Option<&str>) -> Result<T, ApiError
     })
 }
 
+/// Refused looks a user may have logged one by one per minute; past that, further refusals are
+/// answered 429, which the refusal middleware logs coalesced. A valid token cannot be used to
+/// write synced entries without bound.
+pub const REFUSAL_BUDGET_PER_MINUTE: u32 = 30;
+
+/// Whether `user` may have another refusal logged individually this minute (and counts it).
+pub fn refusal_budget(user: &str) -> bool {
+    use std::sync::{LazyLock, Mutex};
+    use std::time::Instant;
+    static TABLE: LazyLock<Mutex<HashMap<String, (Instant, u32)>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+    let mut t = TABLE.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    if t.len() >= 4096 {
+        t.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+    }
+    let slot = t.entry(user.to_owned()).or_insert((now, 0));
+    if now.duration_since(slot.0) >= Duration::from_secs(60) {
+        *slot = (now, 0);
+    }
+    slot.1 += 1;
+    slot.1 <= REFUSAL_BUDGET_PER_MINUTE
+}
+
+/// The answer to a refusal past the user's budget.
+pub fn refusals_exhausted() -> Response {
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many refused requests from this user; try again in a minute",
+    );
+    e.detail = json!({ "retry_after_secs": 60 });
+    let mut r = e.into_response();
+    r.headers_mut()
+        .insert(axum::http::header::RETRY_AFTER, 60u64.into());
+    r
+}
+
 /// A logbook entry by `user` for `action` on `object`; the caller fills in the rest.
 pub fn entry(user: &Principal, action: &str, object: serde_json::Value) -> NewEntry {
     NewEntry {

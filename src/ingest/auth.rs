@@ -22,8 +22,11 @@ pub const RTSP_DEFAULT_PORT: u16 = 554;
 /// What a camera's answer to a credential-less DESCRIBE says about its authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Offer {
-    /// No challenge (it answered without asking for credentials, or some other status).
+    /// No challenge: it answered the DESCRIBE (200) without asking for credentials.
     NoChallenge,
+    /// Neither 200 nor a 401 challenge (another status, or no status): what retina would be
+    /// asked later cannot be told, so the password is not sent (fail closed).
+    Unanswered(Option<u16>),
     /// retina would answer with Digest.
     Digest,
     /// retina would answer with Basic: the password would go in clear.
@@ -39,8 +42,10 @@ pub fn offer(head: &str) -> Offer {
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse::<u16>().ok());
-    if status != Some(401) {
-        return Offer::NoChallenge;
+    match status {
+        Some(401) => {}
+        Some(200) => return Offer::NoChallenge,
+        other => return Offer::Unanswered(other),
     }
     let challenges: Vec<&str> = lines
         .filter_map(|l| {
@@ -51,7 +56,7 @@ pub fn offer(head: &str) -> Offer {
         })
         .collect();
     if challenges.is_empty() {
-        return Offer::NoChallenge;
+        return Offer::Unanswered(Some(401));
     }
     match http_auth::PasswordClient::try_from(challenges.join(", ").as_str()) {
         Ok(http_auth::PasswordClient::Digest(_)) => Offer::Digest,
@@ -131,18 +136,19 @@ mod tests {
     #[test]
     fn no_challenge_and_nonsense_are_told_apart() {
         assert_eq!(offer("RTSP/1.0 200 OK\r\nCSeq: 1"), Offer::NoChallenge);
+        // Anything else fails closed: the password is not sent on a guess.
         assert_eq!(
             offer("RTSP/1.0 404 Not Found\r\nCSeq: 1"),
-            Offer::NoChallenge
+            Offer::Unanswered(Some(404))
         );
         assert_eq!(
             offer("RTSP/1.0 401 Unauthorized\r\nCSeq: 1"),
-            Offer::NoChallenge
+            Offer::Unanswered(Some(401))
         );
         assert_eq!(
             offer("RTSP/1.0 401 Unauthorized\r\nWWW-Authenticate: Bearer x=\"y\""),
             Offer::Unparseable
         );
-        assert_eq!(offer(""), Offer::NoChallenge);
+        assert_eq!(offer(""), Offer::Unanswered(None));
     }
 }

@@ -289,6 +289,12 @@ impl CameraTask {
             Offer::Unparseable => Err("camera asks for an authentication scheme holdfast does \
                  not understand (not Digest, not Basic); the password is not sent"
                 .to_owned()),
+            Offer::Unanswered(status) => Err(format!(
+                "camera answered a DESCRIBE without credentials with {}, neither 200 nor a \
+                 401 challenge, so it cannot be told that the password would not go in clear; \
+                 it is not sent (retrying)",
+                status.map_or("no RTSP status".to_owned(), |s| format!("status {s}"))
+            )),
         }
     }
 }
