@@ -57,6 +57,14 @@ pub async fn run(
     );
     let head = logbook.head();
     tracing::info!(entries = head.seq, mac = %head.mac, keyed = head.keyed, "logbook open");
+    // Anchor the head at once (not only after the first interval): entries since the last
+    // checkpoint before a crash or power cut are covered from now on.
+    {
+        let lb = logbook.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || lb.checkpoint()).await? {
+            tracing::warn!(error = %e, "logbook: could not write a checkpoint at start");
+        }
+    }
     // Checkpoints every interval, and a last one when this is dropped or stopped.
     let checkpointer = Checkpointer::spawn(logbook.clone(), config.logbook.checkpoint_interval)
         .context("starting the logbook checkpoint thread")?;

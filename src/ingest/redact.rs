@@ -155,8 +155,11 @@ pub struct ScrubbingStderr;
 
 impl Write for ScrubbingStderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // Whole lines only: a short write would let the rest (perhaps a URL split in two)
+        // come in another call, past the check.
         if memchr::memmem::find(buf, b"://").is_none() {
-            return std::io::stderr().write(buf);
+            std::io::stderr().write_all(buf)?;
+            return Ok(buf.len());
         }
         let text = String::from_utf8_lossy(buf);
         std::io::stderr().write_all(scrub_rtsp_urls(&text).as_bytes())?;
