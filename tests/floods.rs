@@ -396,6 +396,30 @@ fn timeouts_limits_and_json_errors() {
         queued.as_secs_f64()
     );
 
+    // At the cap, an idle keep-alive connection makes room: four clients that made one request
+    // each and keep their connections open do not keep a fifth out until their idle timeout.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        let mut c = TcpStream::connect(d.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: holdfast\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = c.read(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        idle.push(c);
+    }
+    let t = Instant::now();
+    let (s, _) = d.get("/healthz", None);
+    let waited = t.elapsed();
+    eprintln!("with 4 of 4 slots idle keep-alive, a new client was answered after {waited:?}");
+    assert_eq!(s, 200);
+    assert!(
+        waited < Duration::from_millis(1500),
+        "waited {waited:?} (idle timeout is 3 s)"
+    );
+    drop(idle);
+
     // 413: declared too long, and a chunked body that runs past the limit.
     let big = "x".repeat(70 * 1024);
     let req = format!(

@@ -200,6 +200,13 @@ fn held_footage_outlives_retention_unheld_goes_and_release_lets_it_go() {
     );
     let kept = intervals(&d, b(2), b(3));
     assert!(!kept.is_empty(), "held range still there");
+    // The last segment of b(2) may run past b(3) into the second hold (31..33 s): it is pinned
+    // by that hold, legitimately, and shows here clipped at b(3). Judge the first hold without it.
+    let kept: Vec<_> = kept
+        .into_iter()
+        .filter(|i| !(i.1 == b(3) && i.0 >= t(b0, 27)))
+        .collect();
+    assert!(!kept.is_empty(), "held range still there");
     let (kf, kt) = (kept[0].0, kept.last().unwrap().1);
     assert!(
         kf <= t(b0, 25) && kt >= t(b0, 27),

@@ -127,6 +127,31 @@ struct Shared {
     idle_timeout: Duration,
     body_timeout: Duration,
     write_stall: Duration,
+    /// Every open connection's timing state, so that at the connection cap an idle keep-alive
+    /// connection can be closed to make room (otherwise a few hundred clients that send a
+    /// cheap request now and then could hold every slot forever).
+    open: Mutex<Vec<std::sync::Weak<Activity>>>,
+}
+
+impl Shared {
+    /// At the connection cap: closes the keep-alive connection that has been idle longest, if
+    /// any is idle. Returns whether one was asked to close.
+    fn reclaim_idle(&self) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|w| w.strong_count() > 0);
+        let oldest = open
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter_map(|a| a.idle_deadline().map(|d| (d, a)))
+            .min_by_key(|(d, _)| *d);
+        match oldest {
+            Some((_, a)) => {
+                a.close_now("closed to make room for a new connection");
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Serves `state`'s router on `listener` until `stop` resolves, then shuts down gracefully.
@@ -146,6 +171,7 @@ pub async fn serve(
         idle_timeout: http.idle_timeout,
         body_timeout: BODY_TIMEOUT,
         write_stall: WRITE_STALL_TIMEOUT,
+        open: Mutex::new(Vec::new()),
     });
     let slots = Arc::new(Semaphore::new(http.max_connections.max(1)));
     let (close_tx, close_rx) = watch::channel(false);
@@ -169,6 +195,9 @@ pub async fn serve(
     let mut conns = JoinSet::new();
     tokio::pin!(stop);
     loop {
+        if slots.available_permits() == 0 {
+            shared.reclaim_idle();
+        }
         let permit = tokio::select! {
             _ = &mut stop => break,
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
@@ -234,6 +263,13 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::new(&shared));
+    {
+        let mut open = shared.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.len() >= 4096 {
+            open.retain(|w| w.strong_count() > 0);
+        }
+        open.push(Arc::downgrade(&activity));
+    }
     let _ = match shared.tls.clone() {
         Some(acceptor) => {
             // The handshake counts against the header timeout.
@@ -421,6 +457,24 @@ impl Activity {
         if s.in_flight == 0 {
             s.idle = true;
             s.deadline = Some((Instant::now() + self.idle_timeout, "idle timeout"));
+            drop(s);
+            self.changed.notify_one();
+        }
+    }
+
+    /// When an idle keep-alive connection (no request in flight, none begun) times out.
+    fn idle_deadline(&self) -> Option<Instant> {
+        let s = self.lock();
+        (s.idle && s.in_flight == 0 && s.write_blocked_since.is_none())
+            .then(|| s.deadline.map(|(t, _)| t))
+            .flatten()
+    }
+
+    /// Closes an idle connection now (see [`Shared::reclaim_idle`]).
+    fn close_now(&self, why: &'static str) {
+        let mut s = self.lock();
+        if s.idle && s.in_flight == 0 {
+            s.deadline = Some((Instant::now(), why));
             drop(s);
             self.changed.notify_one();
         }
@@ -620,6 +674,7 @@ mod tests {
             idle_timeout: Duration::from_secs(5),
             body_timeout,
             write_stall,
+            open: Mutex::new(Vec::new()),
         });
         let (client, server) = tokio::io::duplex(16 * 1024);
         let activity = Arc::new(Activity::new(&shared));
