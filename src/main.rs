@@ -117,6 +117,12 @@ fn main() -> ExitCode {
         // Camera URLs (retina logs them through `log`) never reach the log.
         .with_writer(holdfast::ingest::redact::ScrubbingWriter)
         .init();
+    // A panic's message goes through the same scrubbing as every log line (a camera task that
+    // panics on a hostile stream must not print its URL).
+    std::panic::set_hook(Box::new(|info| {
+        let text = holdfast::ingest::redact::scrub_rtsp_urls(&info.to_string());
+        tracing::error!(panic = %text, "panicked");
+    }));
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => with_config(&config, |c| {
