@@ -26,8 +26,8 @@ use sha2::{Digest, Sha256};
 
 use super::auth::Principal;
 use super::{
-    authenticate, camera_in_scope, entry, parse_query, parse_range, ApiError, AppState, Param,
-    RefusalLogged,
+    authenticate, camera_in_scope, check_len, entry, log_refusal, parse_query, parse_range,
+    ApiError, AppState, Param, MAX_REASON, MAX_REFERENCE,
 };
 use crate::export::{mp4, plan, send_payloads};
 use crate::logbook::NewEntry;
@@ -153,9 +153,6 @@ async fn refuse(
     raw: Option<&str>,
     err: ApiError,
 ) -> Response {
-    if !super::refusal_budget(&user.name) {
-        return super::refusals_exhausted();
-    }
     // Only a camera the user may see gives the entry a site; anything else is for `*` users.
     let sites: Vec<String> = state
         .camera_site(id)
@@ -176,16 +173,8 @@ async fn refuse(
     e.purpose = non_empty(q.purpose).map(|r| truncate(&r, 64));
     e.recipient = non_empty(q.recipient).map(|r| truncate(&r, 256));
     e.reference = non_empty(q.reference).map(|r| truncate(&r, 256));
-    e.text = Some(truncate(err.message(), 512));
     e.sites = sites;
-    if let Err(le) = state.record(e).await {
-        tracing::error!(error = ?le, "could not log a refused footage request");
-        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "logbook unavailable")
-            .into_response();
-    }
-    let mut resp = err.into_response();
-    resp.extensions_mut().insert(RefusalLogged);
-    resp
+    log_refusal(state, user, e, err).await
 }
 
 async fn footage(
@@ -276,16 +265,11 @@ async fn prepare(
         ));
     }
     for (field, v, max) in [
-        ("reason", &q.reason, 2000),
-        ("recipient", &q.recipient, 256),
-        ("reference", &q.reference, 256),
+        ("reason", &q.reason, MAX_REASON),
+        ("recipient", &q.recipient, MAX_REFERENCE),
+        ("reference", &q.reference, MAX_REFERENCE),
     ] {
-        if v.as_ref().is_some_and(|v| v.len() > max) {
-            return Err(ApiError::bad_field(
-                field,
-                format!("is longer than {max} bytes"),
-            ));
-        }
+        check_len(field, v.as_deref().unwrap_or(""), max)?;
     }
     let (from, to) = parse_range(q.from.as_deref(), q.to.as_deref())?;
     if to.0 - from.0 > MAX_RANGE_SECS * crate::time::TICKS_PER_SEC {

@@ -26,7 +26,8 @@ use serde_json::json;
 
 use super::auth::{Permission, Principal};
 use super::{
-    authorize, authorize_any, entry, read_body, ApiError, AppState, Param, JSON_BODY_LIMIT,
+    authorize, authorize_any, check_len, entry, read_body, ApiError, AppState, Param,
+    JSON_BODY_LIMIT, MAX_REASON, MAX_REFERENCE,
 };
 use crate::retention::erasure::{erase, ErasureError};
 use crate::retention::holds::{Hold, HoldError, NewHold};
@@ -297,22 +298,6 @@ pub async fn place(
         Json(hold_view(&state, &user, &hold, now)),
     )
         .into_response())
-}
-
-/// Longest text of a reason, a finding or a note.
-pub const MAX_REASON: usize = 2000;
-/// Longest reference, requester or recipient.
-pub const MAX_REFERENCE: usize = 256;
-
-/// 400 when a text field is longer than `max` bytes.
-pub fn check_len(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
-    if v.len() > max {
-        return Err(ApiError::bad_field(
-            field,
-            format!("is longer than {max} bytes"),
-        ));
-    }
-    Ok(())
 }
 
 /// The review period of a hold on these cameras: the shortest `hold_review` of their policies.

@@ -23,8 +23,8 @@ use serde_json::json;
 use super::auth::Principal;
 use super::export::truncate;
 use super::{
-    authenticate, authorize, entry, parse_query, parse_range, read_body, ApiError, AppState,
-    RefusalLogged, KEYTAG_BODY_LIMIT,
+    authenticate, authorize, check_len, entry, log_refusal, parse_query, parse_range, read_body,
+    ApiError, AppState, KEYTAG_BODY_LIMIT, MAX_REASON, MAX_REFERENCE,
 };
 use crate::keytags::{self, Event};
 use crate::roles::Permission;
@@ -173,16 +173,11 @@ fn check(state: &AppState, user: &Principal, raw: Option<&str>) -> Result<Keytag
     for (field, v, max) in [
         ("tag", &q.tag, 128),
         ("door", &q.door, 128),
-        ("reason", &q.reason, 2000),
-        ("reference", &q.reference, 256),
-        ("recipient", &q.recipient, 256),
+        ("reason", &q.reason, MAX_REASON),
+        ("reference", &q.reference, MAX_REFERENCE),
+        ("recipient", &q.recipient, MAX_REFERENCE),
     ] {
-        if v.as_ref().is_some_and(|v| v.len() > max) {
-            return Err(ApiError::bad_field(
-                field,
-                format!("is longer than {max} bytes"),
-            ));
-        }
+        check_len(field, v.as_deref().unwrap_or(""), max)?;
     }
     let purpose =
         non_empty(&q.purpose).ok_or_else(|| ApiError::bad_field("purpose", "is required"))?;
@@ -239,9 +234,6 @@ async fn refuse(
     raw: Option<&str>,
     err: ApiError,
 ) -> Response {
-    if !super::refusal_budget(&user.name) {
-        return super::refusals_exhausted();
-    }
     let q: KeytagQuery = parse_query(raw).unwrap_or_default();
     let mut e = entry(
         user,
@@ -255,19 +247,11 @@ async fn refuse(
     e.purpose = non_empty(&q.purpose).map(|r| truncate(&r, 64));
     e.reference = non_empty(&q.reference).map(|r| truncate(&r, 256));
     e.recipient = non_empty(&q.recipient).map(|r| truncate(&r, 256));
-    e.text = Some(truncate(err.message(), 512));
     // Whose sites would have been searched: a scoped user's own refusals stay visible to them.
     e.sites = if user.sites.is_some() {
         sites_of(state, user)
     } else {
         Vec::new()
     };
-    if let Err(le) = state.record(e).await {
-        tracing::error!(error = ?le, "could not log a refused key-tag query");
-        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "logbook unavailable")
-            .into_response();
-    }
-    let mut resp = err.into_response();
-    resp.extensions_mut().insert(RefusalLogged);
-    resp
+    log_refusal(state, user, e, err).await
 }

@@ -255,7 +255,7 @@ pub async fn finding(
     if f.finding.trim().is_empty() {
         return Err(ApiError::bad_field("finding", "must not be empty"));
     }
-    super::holds::check_len("finding", &f.finding, 4000)?;
+    super::check_len("finding", &f.finding, 4000)?;
     add(&state, &user, target, "finding", f.finding).await
 }
 
@@ -300,7 +300,7 @@ pub async fn signoff(
     if s.note.trim().is_empty() {
         return Err(ApiError::bad_field("note", "must not be empty"));
     }
-    super::holds::check_len("note", &s.note, 4000)?;
+    super::check_len("note", &s.note, 4000)?;
     add(&state, &user, target, "signoff", s.note).await
 }
 

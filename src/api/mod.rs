@@ -209,13 +209,52 @@ pub fn parse_query<T: DeserializeOwned>(raw: Option<&str>) -> Result<T, ApiError
     })
 }
 
+/// Longest text of a reason, a finding or a note.
+pub const MAX_REASON: usize = 2000;
+/// Longest reference, requester or recipient.
+pub const MAX_REFERENCE: usize = 256;
+
+/// 400 when a text field is longer than `max` bytes.
+pub fn check_len(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
+    if v.len() > max {
+        return Err(ApiError::bad_field(
+            field,
+            format!("is longer than {max} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Logs a refused look (an export, view or key-tag query that was refused) with what was asked,
+/// and answers with `err`, marked so that the refusal middleware does not log it again. Past the
+/// user's budget the refusal is answered 429 instead (which the middleware logs coalesced).
+pub async fn log_refusal(
+    state: &Arc<AppState>,
+    user: &Principal,
+    mut e: NewEntry,
+    err: ApiError,
+) -> Response {
+    if !refusal_budget(&user.name) {
+        return refusals_exhausted();
+    }
+    e.text = Some(export::truncate(err.message(), 512));
+    if let Err(le) = state.record(e).await {
+        tracing::error!(error = ?le, "could not log a refused request");
+        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "logbook unavailable")
+            .into_response();
+    }
+    let mut resp = err.into_response();
+    resp.extensions_mut().insert(RefusalLogged);
+    resp
+}
+
 /// Refused looks a user may have logged one by one per minute; past that, further refusals are
 /// answered 429, which the refusal middleware logs coalesced. A valid token cannot be used to
 /// write synced entries without bound.
 pub const REFUSAL_BUDGET_PER_MINUTE: u32 = 30;
 
 /// Whether `user` may have another refusal logged individually this minute (and counts it).
-pub fn refusal_budget(user: &str) -> bool {
+fn refusal_budget(user: &str) -> bool {
     use std::sync::{LazyLock, Mutex};
     use std::time::Instant;
     static TABLE: LazyLock<Mutex<HashMap<String, (Instant, u32)>>> =
@@ -234,7 +273,7 @@ pub fn refusal_budget(user: &str) -> bool {
 }
 
 /// The answer to a refusal past the user's budget.
-pub fn refusals_exhausted() -> Response {
+fn refusals_exhausted() -> Response {
     let mut e = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "too many refused requests from this user; try again in a minute",
