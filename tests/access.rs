@@ -418,22 +418,7 @@ fn roles_scope_logbook_exports_and_keytags() {
 #[test]
 fn with_a_certificate_the_api_speaks_https_only() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let ok = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    let (cert, key) = support::procs::self_signed_cert(dir.path());
     let port = support::procs::free_port();
     let config = dir.path().join("holdfast.toml");
     std::fs::write(

@@ -505,21 +505,7 @@ fn timeouts_limits_and_json_errors() {
 #[test]
 fn over_tls_a_silent_client_is_cut_and_others_are_served() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let ok = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    let (cert, key) = support::procs::self_signed_cert(dir.path());
     let port = support::procs::free_port();
     let config = dir.path().join("holdfast.toml");
     std::fs::write(

@@ -470,6 +470,27 @@ pub fn ffmpeg_errors(path: &Path) -> String {
     s
 }
 
+/// A self-signed certificate for 127.0.0.1 and its key (PEM), made with `openssl` in `dir`:
+/// `(cert.pem, key.pem)`.
+pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ok = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (scripts/setup.sh installs it)");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    (cert, key)
+}
+
 /// A `[logbook]` section for a test daemon in `dir`: a fresh key file (0600) and a checkpoint
 /// directory, both outside the data directory (`dir/data`).
 pub fn logbook_section(dir: &Path) -> String {
