@@ -24,6 +24,7 @@ const T_NORTH: &str = "tok-technician-north-0123456789";
 const DOOR_NORTH: &str = "tok-door-north-0123456789";
 const A_ALL: &str = "tok-auditor-all-0123456789";
 const DOOR_SOUTH: &str = "tok-door-south-0123456789";
+const A_SOUTH: &str = "tok-auditor-south-0123456789";
 
 fn config(server: &RtspServer) -> String {
     config_with(&server.url("/cam0"), &server.url("/cam1"))
@@ -58,6 +59,7 @@ fn config_with(north_url: &str, south_url: &str) -> String {
         DOOR_SOUTH,
         "[\"south\"]",
     ));
+    c.push_str(&user("a.south", "auditor", A_SOUTH, "[\"south\"]"));
     c
 }
 
@@ -613,6 +615,11 @@ fn every_route_keeps_to_the_users_sites() {
         get(&d, &format!("/api/v1/logbook/{south_seq}"), Some(A_ALL)).0,
         200
     );
+    // And the other way: the north manager's refused probes of the south camera (logged with
+    // what was asked, for `*` users) are not the south site's to read either.
+    let south = entries(&d, A_SOUTH);
+    assert!(south.iter().any(|e| e["seq"] == south_seq));
+    assert!(south.iter().all(|e| e["user"] != "m.north"), "{south:?}");
     assert_eq!(
         err(post(
             &d,
@@ -746,9 +753,10 @@ fn every_route_keeps_to_the_users_sites() {
         .count();
     assert!(own <= 30, "{own} refusals of one user logged one by one");
     assert!(
-        all.iter()
-            .any(|e| e["action"] == "denied" && e["object"]["status"] == 429),
-        "the 429s are logged, coalesced"
+        all.iter().any(|e| e["action"] == "denied"
+            && e["object"]["status"] == 429
+            && e["object"]["users"].to_string().contains("t.north")),
+        "the 429s are logged, coalesced, naming the user"
     );
 
     let v = get(&d, "/api/v1/logbook/verify", Some(A_ALL)).1;

@@ -93,11 +93,16 @@ pub async fn list(
 /// Entries one request looks at, at most (a listing then says where to go on).
 pub const SCAN_BUDGET: usize = 100_000;
 
-/// The sites an entry belongs to: its own `sites`; for an entry written before entries carried
-/// them, the site of the camera it names (a look at footage), else none.
+/// The sites an entry belongs to: its own `sites`; for a look at footage (`export`, `view`)
+/// written before entries carried sites, the site of the camera it names. Every other entry
+/// without sites (a refusal of another site's camera, say) is for `*` users only; current
+/// `export` and `view` entries always carry their site, so only old ones are derived.
 pub fn entry_sites(state: &AppState, e: &HashedEntry) -> Vec<String> {
     if !e.entry.body.sites.is_empty() {
         return e.entry.body.sites.clone();
+    }
+    if !matches!(e.entry.body.action.as_str(), "export" | "view") {
+        return Vec::new();
     }
     e.entry
         .body
@@ -285,12 +290,31 @@ pub async fn signoff(
         }
         depth += 1;
         link = match e.entry.body.refers_to {
-            Some(r) if depth < 32 && r < e.entry.seq => {
+            Some(r) if r < e.entry.seq => {
+                // Too long a chain, or a link that cannot be read, is refused: the rule must
+                // not give way where it cannot be checked.
+                if depth >= 32 {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        format!("entry {seq} refers through too many entries to check four eyes"),
+                    ));
+                }
                 let st = state.clone();
-                tokio::task::spawn_blocking(move || Logbook::get(st.store.index(), r))
+                let linked = tokio::task::spawn_blocking(move || Logbook::get(st.store.index(), r))
                     .await
-                    .map_err(ApiError::internal)?
-                    .ok()
+                    .map_err(ApiError::internal)?;
+                match linked {
+                    Ok(l) => Some(l),
+                    Err(_) => {
+                        return Err(ApiError::new(
+                            StatusCode::FORBIDDEN,
+                            format!(
+                                "entry {r}, which entry {seq} refers to, cannot be read: four eyes \
+                                 cannot be checked (run holdfast logbook verify)"
+                            ),
+                        ))
+                    }
+                }
             }
             _ => None,
         };

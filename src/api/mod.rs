@@ -449,7 +449,7 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
         if status == StatusCode::UNAUTHORIZED {
             limits.auth_failed(peer);
         }
-        let user = (status == StatusCode::FORBIDDEN)
+        let user = (status != StatusCode::UNAUTHORIZED)
             .then(|| state.auth.authenticate(authorization.as_deref()))
             .flatten();
         let entries = limits.refused(Refusal {

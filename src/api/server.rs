@@ -194,14 +194,7 @@ pub async fn serve(
 
     let mut conns = JoinSet::new();
     tokio::pin!(stop);
-    loop {
-        if slots.available_permits() == 0 {
-            shared.reclaim_idle();
-        }
-        let permit = tokio::select! {
-            _ = &mut stop => break,
-            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-        };
+    'accept: loop {
         let (stream, peer) = tokio::select! {
             _ = &mut stop => break,
             r = listener.accept() => match r {
@@ -211,6 +204,19 @@ pub async fn serve(
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
+                }
+            },
+        };
+        // A client is waiting: at the cap, an idle keep-alive connection makes room, checked
+        // again while the client waits (connections go idle later too).
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => loop {
+                shared.reclaim_idle();
+                tokio::select! {
+                    _ = &mut stop => break 'accept,
+                    p = slots.clone().acquire_owned() => break p.expect("the semaphore is never closed"),
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 }
             },
         };
