@@ -98,6 +98,7 @@ fn build(cameras: usize) -> Farm {
             min_free: MinFree::Bytes(0),
             keytags: Default::default(),
             camera_sites: Default::default(),
+            camera_policies: Default::default(),
         },
         metrics,
     );

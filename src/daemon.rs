@@ -80,6 +80,15 @@ pub async fn run(
         metrics.clone(),
         None,
     )?;
+    // Every bucket the writer creates records its policy's retention, so that it still expires
+    // after the policy is renamed or removed.
+    writer.handle().set_retention(
+        config
+            .policies
+            .iter()
+            .map(|(name, p)| (name.clone(), p.video.as_secs()))
+            .collect(),
+    );
 
     let holds = Arc::new(Holds::load(store.clone()).context("loading holds")?);
     let retention = SweeperConfig {
@@ -99,6 +108,11 @@ pub async fn run(
             .cameras
             .iter()
             .map(|c| (c.id.clone(), c.site.clone()))
+            .collect(),
+        camera_policies: config
+            .cameras
+            .iter()
+            .map(|c| (c.id.clone(), config.camera_policy(c).to_owned()))
             .collect(),
     };
     let sweeper = Sweeper::new(

@@ -427,6 +427,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 c.cameras.len(),
                 c.users.len()
             );
+            for w in orphan_policy_warnings(&c) {
+                println!("warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Err(errs) => {
@@ -436,6 +439,53 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Warnings about footage on disk of policies the config no longer has (renamed or removed):
+/// it still expires, by the retention recorded in its buckets or its cameras' current policy
+/// if shorter. Reads the index read-only (also while the daemon runs); no data dir, no warning.
+fn orphan_policy_warnings(c: &Config) -> Vec<String> {
+    let index_dir = c.storage.data_dir.join("index");
+    if !index_dir.exists() {
+        return Vec::new();
+    }
+    let buckets = match holdfast::store::index::Index::open_read_only(&index_dir)
+        .and_then(|i| i.buckets(None))
+    {
+        Ok(b) => b,
+        Err(e) => {
+            return vec![format!(
+                "could not read the index in {} to look for footage of removed policies: {e}",
+                index_dir.display()
+            )]
+        }
+    };
+    let mut orphans: std::collections::BTreeMap<&str, (u64, u64, Vec<Option<u64>>)> =
+        Default::default();
+    for b in &buckets {
+        if b.expired || c.policies.contains_key(&b.policy) {
+            continue;
+        }
+        let o = orphans.entry(&b.policy).or_default();
+        o.0 += 1;
+        o.1 += b.committed_len;
+        if !o.2.contains(&b.retention_secs) {
+            o.2.push(b.retention_secs);
+        }
+    }
+    orphans
+        .into_iter()
+        .map(|(policy, (n, bytes, rets))| {
+            let rets: Vec<String> = rets
+                .iter()
+                .map(|r| r.map_or("unknown".to_owned(), |s| format!("{s}s")))
+                .collect();
+            format!(
+                "policy {policy:?} is not in the config but {n} bucket(s) of it ({bytes} bytes)                  are on disk: they expire by their recorded retention ({}) or their cameras'                  current policy if shorter (if it was renamed, that is expected)",
+                rets.join(", ")
+            )
+        })
+        .collect()
 }
 
 fn with_config(

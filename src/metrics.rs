@@ -82,6 +82,12 @@ pub struct Metrics {
     pub sweeper_bytes_freed: Counter,
     /// Unix time of the last sweep that finished without error.
     pub sweeper_last_success: GaugeF64,
+    /// `holdfast_sweeper_errors_total`: sweep steps that failed (one bucket's expiry, a reclaim
+    /// run, the key-tag sweep) and are retried at the next sweep.
+    pub sweeper_errors: Counter,
+    /// `holdfast_sweeper_pressure_stalled`: 1 while early expiry has stopped because expiring
+    /// footage gave back no space (snapshots, another process filling the disk).
+    pub sweeper_pressure_stalled: Gauge,
     /// Holds active now.
     pub holds_active: Gauge,
     /// `holdfast_holds_expiring_soon`: active holds whose review date is within three days.
@@ -211,6 +217,18 @@ impl Metrics {
             "Unix time of the last sweep that finished without error",
             sweeper_last_success.clone(),
         );
+        let sweeper_errors = Counter::default();
+        registry.register(
+            "holdfast_sweeper_errors",
+            "Sweep steps that failed (a bucket's expiry, a reclaim run, the key-tag sweep); retried at the next sweep",
+            sweeper_errors.clone(),
+        );
+        let sweeper_pressure_stalled = Gauge::default();
+        registry.register(
+            "holdfast_sweeper_pressure_stalled",
+            "1 while early expiry has stopped because expiring footage gave back no space",
+            sweeper_pressure_stalled.clone(),
+        );
         let keytag_events = Counter::default();
         registry.register(
             "holdfast_keytag_events",
@@ -277,6 +295,8 @@ impl Metrics {
             sweeper_buckets_deleted,
             sweeper_bytes_freed,
             sweeper_last_success,
+            sweeper_errors,
+            sweeper_pressure_stalled,
             holds_active,
             holds_expiring_soon,
             keytag_events,

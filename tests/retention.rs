@@ -110,6 +110,7 @@ impl Rig {
                 min_free,
                 keytags: Default::default(),
                 camera_sites: Default::default(),
+                camera_policies: Default::default(),
             },
             self.metrics.clone(),
         )

@@ -255,3 +255,90 @@ fn held_footage_outlives_retention_unheld_goes_and_release_lets_it_go() {
         .iter()
         .all(|e| e.end() > t(b0, 30)));
 }
+
+/// Issue 9 point 4, reproduced as the issue did: a 40 s policy with 10 s buckets, the policy
+/// renamed in the config, a restart: the old policy's buckets must still go at the end of their
+/// retention, show in the gauges under their old name meanwhile, and `check-config` must warn.
+#[test]
+fn buckets_of_a_renamed_policy_still_expire() {
+    let server = RtspServer::start(&["--cameras", "1"]);
+    let config = CONFIG
+        .replace("URL", &server.url("/cam0"))
+        .replace("\"60s\"", "\"40s\"");
+    let mut d = Daemon::start(&config, "bucket = \"10s\"\nsegment_target = \"1s\"");
+    d.wait_until(Duration::from_secs(20), |d| {
+        d.camera_state("cam") == "recording"
+    });
+    let old_dir = d.data_dir.join("buckets/short");
+    let files = |dir: &PathBuf| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|r| r.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    };
+    // At least two closed buckets of the old policy.
+    d.wait_until(Duration::from_secs(40), |_| files(&old_dir).len() >= 3);
+    d.stop();
+    let stopped = Time90k::now();
+    let old = files(&old_dir);
+    assert!(old.len() >= 3, "{old:?}");
+
+    // Rename the policy ("short" -> "renamed", same 40 s) and restart.
+    let path = d.dir().join("holdfast.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let renamed = text
+        .replace("[policies.short]", "[policies.renamed]")
+        .replace("policy = \"short\"", "policy = \"renamed\"");
+    assert_ne!(text, renamed);
+    std::fs::write(&path, renamed).unwrap();
+
+    // check-config names the policy whose buckets are on disk but not in the config.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning") && stdout.contains("\"short\""),
+        "check-config warns about the old policy: {stdout}"
+    );
+
+    d.restart();
+    // Meanwhile the old buckets count in the used-bytes gauge under their old name.
+    assert!(
+        d.metric("holdfast_storage_used_bytes{policy=\"short\"}") > 0.0,
+        "old policy's bytes are visible"
+    );
+    // Every old bucket's data is older than `stopped`: all must be gone 40 s after it (plus a
+    // sweep interval and slack), and the overdue gauge must never report them late.
+    let deadline = stopped.add_ticks(48 * TICKS_PER_SEC);
+    while Time90k::now() < deadline {
+        assert_eq!(
+            d.metric("holdfast_retention_overdue_bytes{policy=\"short\"}"),
+            0.0
+        );
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    d.wait_until(Duration::from_secs(6), |_| files(&old_dir).is_empty());
+    assert_eq!(
+        d.metric("holdfast_storage_used_bytes{policy=\"short\"}"),
+        0.0
+    );
+    assert!(
+        !files(&d.data_dir.join("buckets/renamed")).is_empty(),
+        "recording goes on under the new name"
+    );
+    assert!(
+        d.log_text().contains("not in the config"),
+        "the daemon says why the old buckets go"
+    );
+    d.stop();
+    let (store, _) = Store::open(&d.data_dir, 10).unwrap();
+    assert!(store
+        .index()
+        .buckets(Some("short"))
+        .unwrap()
+        .iter()
+        .all(|b| b.expired || b.segments == 0));
+}

@@ -86,6 +86,9 @@ pub fn erase(
     }
     index.commit(batch, true).map_err(StoreError::from)?;
     drop(_gate);
+    for e in &entries {
+        holds.ledger().invalidate(&e.policy, e.bucket);
+    }
     out.bytes_freed = store.reclaim()?.bytes_freed;
     tracing::info!(camera, %from, %to, segments = out.segments, "erased");
     Ok(out)

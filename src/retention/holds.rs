@@ -244,6 +244,7 @@ pub struct Holds {
     store: Arc<Store>,
     current: ArcSwap<HoldSnapshot>,
     gate: Mutex<()>,
+    ledger: super::ledger::Ledger,
 }
 
 impl Holds {
@@ -292,12 +293,18 @@ impl Holds {
             store,
             current: ArcSwap::from_pointee(HoldSnapshot::build(1, holds)),
             gate: Mutex::new(()),
+            ledger: super::ledger::Ledger::new(),
         })
     }
 
     /// The current snapshot (lock-free).
     pub fn snapshot(&self) -> Arc<HoldSnapshot> {
         self.current.load_full()
+    }
+
+    /// The pinned-bytes ledger (see [`super::ledger`]): whoever deletes index entries tells it.
+    pub fn ledger(&self) -> &super::ledger::Ledger {
+        &self.ledger
     }
 
     /// Takes the gate: no hold changes until the guard is dropped. For irreversible deletions

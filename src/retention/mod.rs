@@ -5,6 +5,7 @@
 //! - [`holds`]: holds, their storage, the lock-free snapshot and the gate.
 //! - [`sweeper`]: the thread that expires buckets, honours holds and relieves disk pressure.
 //! - [`erasure`]: early deletion of a camera's range, refused where a hold covers it.
+//! - [`ledger`]: pinned bytes kept per bucket, so gauges do not walk every held segment.
 //!
 //! The invariants (design brief, "Retention and holds") and where each is enforced are listed in
 //! ARCHITECTURE.md.
@@ -12,4 +13,5 @@
 pub mod erasure;
 pub mod holds;
 pub mod intervals;
+pub mod ledger;
 pub mod sweeper;

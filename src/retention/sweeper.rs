@@ -2,31 +2,46 @@
 //!
 //! Every `sweeper.interval` (and on demand) one sweep runs on its own thread:
 //!
-//! 1. **Expiry.** For each policy, each bucket whose *oldest* segment has reached the policy's
-//!    video retention is expired (retention is a maximum: the newest data of the bucket goes up
-//!    to one bucket window early). Expiring a bucket:
+//! 1. **Expiry.** Each bucket whose *oldest* segment has reached its retention is expired
+//!    (retention is a maximum: the newest data of the bucket goes up to one bucket window early).
+//!    A bucket's retention is its policy's, while the policy is in the config; for a bucket of a
+//!    policy that left the config (renamed, removed) it is [`bucket_retention`]: the retention
+//!    recorded in the bucket when it was created, or the current policy of its cameras if that is
+//!    shorter (see `design/retention.md` for the rule when neither is known). Expiring a bucket:
 //!    - asks the writer to retire it (pending segments made durable, file closed, no appends);
 //!    - finds the pinned segments by asking, per camera with an active hold, only for the
 //!      segments in the hold's range (one seek each): the cost depends on what is held, never on
 //!      the number of cameras in the bucket;
-//!    - takes the hold gate, re-plans if the hold snapshot changed meanwhile, and commits one
-//!      batch: a range delete of the bucket's segment keys, the pinned entries put back, the
-//!      bucket marked expired, a whole-bucket reclaim record;
+//!    - takes the hold gate, re-plans if the hold snapshot changed meanwhile, and otherwise
+//!      re-reads the planned entries (an erasure may have deleted some after a hold lapsed), and
+//!      commits one batch: a range delete of the bucket's segment keys, the pinned entries that
+//!      still exist put back, the bucket marked expired, a whole-bucket reclaim record;
 //!    - frees the bytes (`Store::reclaim`): unlink when nothing is pinned, holes otherwise.
+//!
+//!    A bucket whose expiry fails (a corrupt entry, an index write error such as ENOSPC) is
+//!    logged and counted (`holdfast_sweeper_errors_total`); the sweep goes on with the next one
+//!    and the failed one is tried again at the next sweep.
 //! 2. **Released and lapsed holds.** Expired buckets keep only pinned entries; each sweep checks
 //!    them against the current snapshot and deletes those no longer pinned the same way.
-//! 3. **Disk pressure.** While free space is below `storage.min_free`, the oldest buckets whose
-//!    window has closed are expired early, one at a time. When none is left (everything is
-//!    pinned, or still being written), the writer is paused (new segments are dropped and
-//!    counted as `storage_full`), `/healthz` fails and `holdfast_storage_writes_paused` is 1;
-//!    writing resumes by itself once space is back above the floor.
+//! 3. **Disk pressure.** When free space is below `storage.min_free`, the oldest buckets whose
+//!    window has closed are expired early, one at a time, until free space is back above the
+//!    floor plus a margin (hysteresis: [`pressure_margin`], one bucket's worth of recording,
+//!    at most 5% of the disk), then it stops. After each early expiry the free space is measured
+//!    again: when [`MAX_NO_GAIN`] expiries in a row gave back less than half of what they freed
+//!    (snapshots keep the blocks, another process fills the disk, unlinks keep failing), it
+//!    stops, says so (log, `holdfast_sweeper_pressure_stalled` = 1) and does not expire early
+//!    again until free space has risen. When nothing is left to expire or it stalled, the writer
+//!    is paused (new segments are dropped and counted as `storage_full`), `/healthz` fails and
+//!    `holdfast_storage_writes_paused` is 1; writing resumes by itself once space is back above
+//!    the floor.
 //!
-//! The retention gauges (`holdfast_retention_overdue_bytes` and friends) are computed from the
-//! bucket list by [`retention_gauges`], at every sweep and at every scrape.
+//! The retention gauges are computed by [`retention_gauges`] at every sweep and scrape, from the
+//! bucket records (one per bucket) and the pinned-bytes [`Ledger`](super::ledger::Ledger): no
+//! held segment is walked unless the holds or the bucket holding it changed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -35,10 +50,14 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::holds::{HoldSnapshot, Holds};
 use crate::config::MinFree;
 use crate::metrics::{Metrics, PolicyLabel};
-use crate::store::index::{BucketInfo, IndexBatch, Reclaim, SegmentEntry};
+use crate::store::index::{BucketInfo, IndexBatch, Reclaim, SegmentEntry, CF_SEGMENTS};
 use crate::store::writer::WriterHandle;
 use crate::store::{Store, StoreError};
 use crate::time::{duration_to_ticks, Time90k, TICKS_PER_SEC};
+
+/// Early expiries in a row that may give back (almost) nothing before the disk-pressure loop
+/// stops and reports a stall.
+pub const MAX_NO_GAIN: u32 = 3;
 
 /// Settings of the sweeper.
 #[derive(Debug, Clone)]
@@ -53,6 +72,9 @@ pub struct SweeperConfig {
     pub keytags: BTreeMap<String, Duration>,
     /// The site of each camera (a camera hold with `keytags: true` pins its site's events).
     pub camera_sites: HashMap<String, String>,
+    /// The current policy of each camera (through its site): buckets of a policy that left the
+    /// config expire by it when it is shorter than what they recorded.
+    pub camera_policies: HashMap<String, String>,
 }
 
 /// What one sweep did.
@@ -72,7 +94,20 @@ pub struct SweepReport {
     pub writes_paused: bool,
     /// Key-tag events deleted at the end of their retention.
     pub keytag_events_deleted: u64,
+    /// Steps that failed (a bucket's expiry, a reclaim run, the key-tag sweep); retried next time.
+    pub errors: u64,
+    /// Early expiry stopped because expiring gave back no space (see the module doc).
+    pub pressure_stalled: bool,
 }
+
+/// Disk-pressure state kept between sweeps.
+#[derive(Debug, Default)]
+struct Pressure {
+    /// Free bytes when early expiry stalled: it is tried again once free space rises above.
+    stalled_at: Option<u64>,
+}
+
+type Hook = Box<dyn Fn() + Send + Sync>;
 
 /// The sweeper's parts. [`Sweeper::sweep`] runs one sweep; [`Sweeper::spawn`] runs them forever.
 pub struct Sweeper {
@@ -81,6 +116,8 @@ pub struct Sweeper {
     writer: WriterHandle,
     cfg: SweeperConfig,
     metrics: Arc<Metrics>,
+    pressure: Mutex<Pressure>,
+    before_gate: Option<Hook>,
 }
 
 impl Sweeper {
@@ -98,58 +135,38 @@ impl Sweeper {
             writer,
             cfg,
             metrics,
+            pressure: Mutex::default(),
+            before_gate: None,
         }
     }
 
-    /// One sweep at `now` (see the module doc).
+    /// Test seam: runs `f` in [`Sweeper::sweep`] after an expiry was planned and before the
+    /// hold gate is taken (where a concurrent erasure or hold change can slip in).
+    #[doc(hidden)]
+    pub fn with_before_gate(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.before_gate = Some(Box::new(f));
+        self
+    }
+
+    /// One sweep at `now` (see the module doc). Fails only when the bucket list cannot be read;
+    /// a failure of one bucket is counted in [`SweepReport::errors`] and the sweep goes on.
     pub fn sweep(&self, now: Time90k) -> Result<SweepReport, StoreError> {
         let mut report = SweepReport::default();
         let index = self.store.index();
-        for (policy, retention) in &self.cfg.policies {
-            let retention = duration_to_ticks(*retention);
-            for b in index.buckets(Some(policy))? {
-                if b.expired {
-                    report.released_entries += self.recheck_expired(&b, now)?;
-                } else if oldest(&b).add_ticks(retention) <= now {
-                    self.expire(&b, now)?;
-                    report.buckets_expired += 1;
-                }
-            }
-        }
-        self.account(self.store.reclaim()?, &mut report);
-
-        // Disk pressure: oldest closed buckets first, whatever their policy.
-        while let Some((free, floor)) = self.free_space() {
-            if free >= floor {
-                self.writer.set_paused(false);
-                break;
-            }
-            let mut candidates: Vec<BucketInfo> = index
-                .buckets(None)?
-                .into_iter()
-                .filter(|b| {
-                    !b.expired && b.start.add_ticks(i64::from(b.window_secs) * TICKS_PER_SEC) <= now
-                })
-                .collect();
-            candidates.sort_by_key(oldest);
-            let Some(b) = candidates.first() else {
-                if !self.writer.is_paused() {
-                    tracing::error!(
-                        free,
-                        floor,
-                        "storage below its floor and only pinned or current footage is left: \
-                         new video is refused until space returns"
-                    );
-                }
-                self.writer.set_paused(true);
-                break;
+        for b in index.buckets(None)? {
+            let done = if b.expired {
+                self.recheck_expired(&b, now)
+                    .map(|n| report.released_entries += n)
+            } else {
+                self.expire_if_due(&b, now)
+                    .map(|e| report.buckets_expired += u64::from(e))
             };
-            tracing::warn!(policy = %b.policy, bucket = %b.start, free, floor,
-                "storage below its floor: expiring the oldest bucket early");
-            self.expire(b, now)?;
-            report.buckets_expired_early += 1;
-            self.account(self.store.reclaim()?, &mut report);
+            if let Err(e) = done {
+                self.failed(&mut report, &b, "expiry", &e);
+            }
         }
+        self.run_reclaim(&mut report);
+        self.relieve_pressure(now, &mut report)?;
         report.writes_paused = self.writer.is_paused();
 
         // Key-tag events: same rule, their own retention, pinned by holds with `keytags`.
@@ -166,8 +183,14 @@ impl Sweeper {
                 |c| self.cfg.camera_sites.get(c).cloned(),
                 now,
             );
-            report.keytag_events_deleted =
-                crate::keytags::sweep(self.store.index(), &retention, &pins, now)?;
+            match crate::keytags::sweep(self.store.index(), &retention, &pins, now) {
+                Ok(n) => report.keytag_events_deleted = n,
+                Err(e) => {
+                    report.errors += 1;
+                    self.metrics.sweeper_errors.inc();
+                    tracing::error!(error = %e, "key-tag sweep failed; retrying next sweep");
+                }
+            }
         }
         self.metrics
             .storage_writes_paused
@@ -183,21 +206,144 @@ impl Sweeper {
         Ok(report)
     }
 
-    fn account(&self, r: crate::store::reclaim::ReclaimReport, report: &mut SweepReport) {
-        report.files_removed += r.files_removed;
-        report.bytes_freed += r.bytes_freed;
-        self.metrics.sweeper_bytes_freed.inc_by(r.bytes_freed);
+    fn failed(&self, report: &mut SweepReport, b: &BucketInfo, what: &str, e: &StoreError) {
+        report.errors += 1;
+        self.metrics.sweeper_errors.inc();
+        tracing::error!(policy = %b.policy, bucket = %b.start, error = %e,
+            "bucket {what} failed; going on with the others, retrying next sweep");
     }
 
-    /// (free, floor) in bytes, or `None` when the file system cannot be asked.
-    fn free_space(&self) -> Option<(u64, u64)> {
+    fn run_reclaim(&self, report: &mut SweepReport) -> u64 {
+        match self.store.reclaim() {
+            Ok(r) => {
+                report.files_removed += r.files_removed;
+                report.bytes_freed += r.bytes_freed;
+                self.metrics.sweeper_bytes_freed.inc_by(r.bytes_freed);
+                r.bytes_freed
+            }
+            Err(e) => {
+                report.errors += 1;
+                self.metrics.sweeper_errors.inc();
+                tracing::error!(error = %e, "freeing bytes failed; retrying next sweep");
+                0
+            }
+        }
+    }
+
+    /// Expires `b` when its retention has passed. Returns whether it did.
+    fn expire_if_due(&self, b: &BucketInfo, now: Time90k) -> Result<bool, StoreError> {
+        let r = bucket_retention(&self.store, &self.cfg, b)?;
+        if oldest(b).add_ticks(r.ticks) > now {
+            return Ok(false);
+        }
+        if r.orphan {
+            tracing::warn!(policy = %b.policy, bucket = %b.start, retention_secs = r.ticks / TICKS_PER_SEC,
+                recorded = ?b.retention_secs,
+                "expiring a bucket of a policy that is not in the config (renamed or removed)");
+        }
+        self.expire(b, now)?;
+        Ok(true)
+    }
+
+    /// The disk-pressure loop (module doc, step 3).
+    fn relieve_pressure(&self, now: Time90k, report: &mut SweepReport) -> Result<(), StoreError> {
+        let Some((mut free, total, floor)) = self.free_space() else {
+            return Ok(());
+        };
+        let mut pressure = self.pressure.lock().unwrap_or_else(|e| e.into_inner());
+        if free >= floor {
+            if self.writer.is_paused() {
+                tracing::info!(free, floor, "storage back above its floor: recording resumes");
+            }
+            self.writer.set_paused(false);
+            pressure.stalled_at = None;
+            self.metrics.sweeper_pressure_stalled.set(0);
+            return Ok(());
+        }
+        if let Some(at) = pressure.stalled_at {
+            if free <= at {
+                report.pressure_stalled = true;
+                self.writer.set_paused(true);
+                return Ok(());
+            }
+            tracing::info!(
+                free,
+                stalled_at = at,
+                "free space rose: early expiry tried again"
+            );
+            pressure.stalled_at = None;
+            self.metrics.sweeper_pressure_stalled.set(0);
+        }
+        let mut candidates: Vec<BucketInfo> = self
+            .store
+            .index()
+            .buckets(None)?
+            .into_iter()
+            .filter(|b| {
+                !b.expired && b.start.add_ticks(i64::from(b.window_secs) * TICKS_PER_SEC) <= now
+            })
+            .collect();
+        candidates.sort_by_key(oldest);
+        let target = floor.saturating_add(pressure_margin(total, &candidates));
+        let mut no_gain = 0;
+        for b in &candidates {
+            if free >= target {
+                break;
+            }
+            tracing::warn!(policy = %b.policy, bucket = %b.start, free, floor, target,
+                "storage below its floor: expiring the oldest bucket early");
+            if let Err(e) = self.expire(b, now) {
+                self.failed(report, b, "early expiry", &e);
+                continue;
+            }
+            report.buckets_expired_early += 1;
+            let freed = self.run_reclaim(report);
+            let Some((after, _, _)) = self.free_space() else {
+                break;
+            };
+            let gain = after.saturating_sub(free);
+            free = after;
+            if freed == 0 || gain < freed / 2 {
+                no_gain += 1;
+                if no_gain >= MAX_NO_GAIN {
+                    tracing::error!(free, floor, expired_without_gain = no_gain,
+                        "storage below its floor and expiring footage gives back no space \
+                         (snapshots holding the blocks, another process filling the disk, or \
+                         files that cannot be removed): early expiry stops until free space rises");
+                    pressure.stalled_at = Some(free);
+                    report.pressure_stalled = true;
+                    self.metrics.sweeper_pressure_stalled.set(1);
+                    break;
+                }
+            } else {
+                no_gain = 0;
+            }
+        }
+        if free < floor {
+            if !self.writer.is_paused() {
+                tracing::error!(
+                    free,
+                    floor,
+                    "storage below its floor and nothing more can be expired: \
+                     new video is refused until space returns"
+                );
+            }
+            self.writer.set_paused(true);
+        } else {
+            self.writer.set_paused(false);
+        }
+        Ok(())
+    }
+
+    /// (free, total, floor) in bytes, or `None` when the file system cannot be asked.
+    fn free_space(&self) -> Option<(u64, u64, u64)> {
         let (free, total) = statvfs(self.store.root())?;
         self.metrics.storage_free_bytes.set(free as i64);
         let floor = match self.cfg.min_free {
             MinFree::Percent(p) => (total as f64 * p / 100.0) as u64,
             MinFree::Bytes(b) => b,
         };
-        Some((free, floor))
+        Some((free, total, floor))
     }
 
     /// Expires one bucket: everything in it goes except what the holds pin.
@@ -216,10 +362,24 @@ impl Sweeper {
         };
         let planned = self.holds.snapshot();
         let mut pinned = pinned_in_bucket(&self.store, &b, &planned, now)?;
+        if let Some(f) = &self.before_gate {
+            f();
+        }
         let _gate = self.holds.gate();
         let current = self.holds.snapshot();
         if current.version != planned.version {
             pinned = pinned_in_bucket(&self.store, &b, &current, now)?;
+        } else if !pinned.is_empty() {
+            // Same holds, but entries may have gone since planning (an erasure after a hold
+            // lapsed, at its own later `now`): putting those back would make entries point at
+            // punched bytes. Only what still exists, as it exists now, is kept.
+            let mut still = Vec::with_capacity(pinned.len());
+            for e in pinned {
+                if index.get_raw(CF_SEGMENTS, &e.key())?.is_some() {
+                    still.push(e);
+                }
+            }
+            pinned = still;
         }
         let mut batch = IndexBatch::default();
         batch.delete_bucket_segments(index, &b.policy, b.start);
@@ -231,6 +391,8 @@ impl Sweeper {
         batch.put_bucket(index, &info);
         batch.put_reclaim(index, &whole(&b));
         index.commit(batch, true)?;
+        drop(_gate);
+        self.holds.ledger().invalidate(&b.policy, b.start);
         tracing::info!(policy = %b.policy, bucket = %b.start, pinned = pinned.len(), "bucket expired");
         Ok(())
     }
@@ -261,10 +423,12 @@ impl Sweeper {
         }
         batch.put_reclaim(index, &whole(b));
         index.commit(batch, true)?;
+        drop(_gate);
+        self.holds.ledger().invalidate(&b.policy, b.start);
         Ok(gone.len() as u64)
     }
 
-    /// Runs sweeps every interval until the handle is stopped. `trigger` on the handle runs one
+/// Runs sweeps every interval until the handle is stopped. `trigger` on the handle runs one
     /// at once (tests, and after a hold is released).
     pub fn spawn(self) -> SweeperHandle {
         let (tx, rx) = crossbeam_channel::unbounded::<Cmd>();
@@ -392,8 +556,109 @@ pub fn pinned_in_bucket(
     Ok(out.into_values().collect())
 }
 
-/// Updates the retention gauges from the index: overdue bytes, oldest unpinned age, used bytes
-/// per policy, pinned bytes, active holds, free space.
+/// How long a bucket's footage may be kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketRetention {
+    /// Retention in 90 kHz ticks.
+    pub ticks: i64,
+    /// The bucket's policy is not in the config (renamed or removed).
+    pub orphan: bool,
+}
+
+/// The retention of a bucket. Its policy's, while the policy is in the config. Otherwise the
+/// shortest of: the retention recorded in the bucket when it was created, and the current
+/// policy of each camera with footage in it. When neither is known (a bucket recorded before
+/// buckets remembered their retention, of cameras no longer configured), the shortest video
+/// retention in the config: retention is a maximum, and that is the only one the operator has
+/// allowed for any footage today (`design/retention.md`).
+pub fn bucket_retention(
+    store: &Store,
+    cfg: &SweeperConfig,
+    b: &BucketInfo,
+) -> Result<BucketRetention, StoreError> {
+    if let Some(d) = cfg.policies.get(&b.policy) {
+        return Ok(BucketRetention {
+            ticks: duration_to_ticks(*d),
+            orphan: false,
+        });
+    }
+    let recorded = b.retention_secs.map(|s| {
+        i64::try_from(s)
+            .unwrap_or(i64::MAX / TICKS_PER_SEC)
+            .saturating_mul(TICKS_PER_SEC)
+    });
+    let mut cameras: Option<i64> = None;
+    for camera in bucket_cameras(store, b)? {
+        let current = cfg
+            .camera_policies
+            .get(&camera)
+            .and_then(|p| cfg.policies.get(p));
+        if let Some(d) = current {
+            let t = duration_to_ticks(*d);
+            cameras = Some(cameras.map_or(t, |c| c.min(t)));
+        }
+    }
+    let ticks = match (recorded, cameras) {
+        (Some(r), Some(c)) => r.min(c),
+        (Some(r), None) => r,
+        (None, Some(c)) => c,
+        (None, None) => cfg
+            .policies
+            .values()
+            .map(|d| duration_to_ticks(*d))
+            .min()
+            .unwrap_or(0),
+    };
+    Ok(BucketRetention {
+        ticks,
+        orphan: true,
+    })
+}
+
+/// The cameras with entries in a bucket: one seek per camera (skipping over its entries).
+fn bucket_cameras(store: &Store, b: &BucketInfo) -> Result<Vec<String>, StoreError> {
+    let index = store.index();
+    let db = index.db();
+    let cf = db
+        .cf_handle(CF_SEGMENTS)
+        .expect("column family created at open");
+    let prefix = crate::store::index::bucket_key(&b.policy, b.start);
+    let mut it = db.raw_iterator_cf(cf);
+    it.seek(&prefix);
+    let mut out = Vec::new();
+    while let Some(k) = it.key() {
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        let rest = &k[prefix.len()..];
+        let Some(z) = rest.iter().position(|&c| c == 0) else {
+            break;
+        };
+        out.push(String::from_utf8_lossy(&rest[..z]).into_owned());
+        // Past every entry of this camera: its id followed by a byte above the separator.
+        let mut next = k[..prefix.len() + z].to_vec();
+        next.push(1);
+        it.seek(&next);
+    }
+    it.status()
+        .map_err(|e| StoreError::from(crate::store::index::IndexError::from(e)))?;
+    Ok(out)
+}
+
+/// How far above the floor early expiry goes before it stops (hysteresis): about one bucket of
+/// recording (the newest closed bucket's size), so that early expiry runs once per bucket
+/// window rather than at every sweep, but at most 5% of the disk, so that a huge bucket on a
+/// small disk does not take far more than needed.
+pub fn pressure_margin(total: u64, candidates: &[BucketInfo]) -> u64 {
+    let bucket = candidates.last().map_or(0, |b| b.committed_len);
+    bucket.min(total / 20)
+}
+
+/// Updates the retention gauges: overdue bytes, oldest unpinned age and used bytes per policy
+/// (every policy with buckets on disk, also one that left the config, by its name), pinned bytes
+/// (from the ledger), active holds, free space. Reads one record per bucket and stats one file
+/// per bucket; held segments are read only where holds or buckets changed (see
+/// [`super::ledger`]).
 pub fn retention_gauges(
     store: &Store,
     holds: &Holds,
@@ -402,32 +667,49 @@ pub fn retention_gauges(
     now: Time90k,
 ) -> Result<(), StoreError> {
     let interval = duration_to_ticks(cfg.interval);
-    for (policy, retention) in &cfg.policies {
-        let retention = duration_to_ticks(*retention);
+    let buckets = store.index().buckets(None)?;
+    #[derive(Default)]
+    struct PerPolicy {
+        overdue: u64,
+        oldest_unpinned: Option<Time90k>,
+        used: u64,
+    }
+    let mut per: BTreeMap<String, PerPolicy> = cfg
+        .policies
+        .keys()
+        .map(|p| (p.clone(), PerPolicy::default()))
+        .collect();
+    for b in &buckets {
+        let p = per.entry(b.policy.clone()).or_default();
+        p.used += allocated(&store.bucket_path(&b.policy, b.start));
+        if b.expired || b.segments == 0 {
+            continue;
+        }
+        let o = oldest(b);
+        p.oldest_unpinned = Some(p.oldest_unpinned.map_or(o, |x: Time90k| x.min(o)));
+        let retention = bucket_retention(store, cfg, b)?.ticks;
+        if o.add_ticks(retention.saturating_add(interval)) < now {
+            p.overdue += b.committed_len;
+        }
+    }
+    // Policies shown before whose buckets are all gone drop to 0.
+    for gone in holds.ledger().note_policies(per.keys()) {
+        per.entry(gone).or_default();
+    }
+    for (policy, p) in &per {
         let label = PolicyLabel {
             policy: policy.clone(),
         };
-        let mut overdue = 0u64;
-        let mut oldest_unpinned: Option<Time90k> = None;
-        let mut used = 0u64;
-        for b in store.index().buckets(Some(policy))? {
-            used += allocated(&store.bucket_path(&b.policy, b.start));
-            if b.expired || b.segments == 0 {
-                continue;
-            }
-            let o = oldest(&b);
-            oldest_unpinned = Some(oldest_unpinned.map_or(o, |x: Time90k| x.min(o)));
-            if o.add_ticks(retention + interval) < now {
-                overdue += b.committed_len;
-            }
-        }
         m.retention_overdue_bytes
             .get_or_create(&label)
-            .set(overdue as i64);
+            .set(p.overdue as i64);
         m.oldest_unpinned_age.get_or_create(&label).set(
-            oldest_unpinned.map_or(0.0, |o| (now.0 - o.0).max(0) as f64 / TICKS_PER_SEC as f64),
+            p.oldest_unpinned
+                .map_or(0.0, |o| (now.0 - o.0).max(0) as f64 / TICKS_PER_SEC as f64),
         );
-        m.storage_used_bytes.get_or_create(&label).set(used as i64);
+        m.storage_used_bytes
+            .get_or_create(&label)
+            .set(p.used as i64);
     }
     let snap = holds.snapshot();
     m.holds_active.set(snap.active(now).count() as i64);
@@ -437,21 +719,10 @@ pub fn retention_gauges(
             .filter(|h| h.expires_at.is_some_and(|e| e <= soon))
             .count() as i64,
     );
-    let mut pinned = 0u64;
-    for camera in snap.pinned_cameras(now) {
-        let mut seen = std::collections::HashSet::new();
-        for i in snap.pins(camera, now).intervals() {
-            for e in store
-                .index()
-                .camera_segments(camera, Time90k(i.from), Time90k(i.to))?
-            {
-                if seen.insert(e.key()) {
-                    pinned += e.record_len();
-                }
-            }
-        }
-    }
-    m.pinned_bytes.set(pinned as i64);
+    let totals = holds
+        .ledger()
+        .refresh(store.index(), &buckets, &snap, now)?;
+    m.pinned_bytes.set(totals.pinned_bytes as i64);
     if let Some((free, _)) = statvfs(store.root()) {
         m.storage_free_bytes.set(free as i64);
     }

@@ -61,8 +61,12 @@ const LOGBOOK_HEAD: &[u8] = b"logbook_head";
 /// A raw (key, value) of a column family.
 pub type RawEntry = (Box<[u8]>, Box<[u8]>);
 const SEGMENT_VALUE_VERSION: u8 = 1;
-const BUCKET_VALUE_VERSION: u8 = 1;
-const BUCKET_VALUE_LEN: usize = 38;
+/// Version 1 (38 bytes) had no retention; version 2 appends it (46 bytes).
+const BUCKET_VALUE_VERSION: u8 = 2;
+const BUCKET_VALUE_V1_LEN: usize = 38;
+const BUCKET_VALUE_LEN: usize = 46;
+/// Stored retention meaning "not recorded" (a bucket written before buckets recorded it).
+const RETENTION_UNKNOWN: u64 = u64::MAX;
 /// `reclaim` value meaning "everything in the bucket no entry references".
 const RECLAIM_ALL: u64 = u64::MAX;
 const INDEX_FORMAT: &[u8] = b"1";
@@ -184,6 +188,10 @@ pub struct BucketInfo {
     /// The sweeper expired it: what is left in it is pinned by holds, nothing is added any more,
     /// and recovery never re-indexes records in it.
     pub expired: bool,
+    /// Video retention (seconds) of the policy when the writer created the bucket; `None` for a
+    /// bucket recorded before buckets remembered it ("unknown"). Lets the sweeper expire buckets
+    /// of a policy that has since left the config (see `design/retention.md`).
+    pub retention_secs: Option<u64>,
 }
 
 impl BucketInfo {
@@ -198,6 +206,7 @@ impl BucketInfo {
             last_end: Time90k(i64::MIN),
             segments: 0,
             expired: false,
+            retention_secs: None,
         }
     }
 
@@ -223,17 +232,25 @@ impl BucketInfo {
         v.extend_from_slice(&self.last_end.0.to_be_bytes());
         v.extend_from_slice(&self.segments.to_be_bytes());
         v.push(u8::from(self.expired));
+        v.extend_from_slice(&self.retention_secs.unwrap_or(RETENTION_UNKNOWN).to_be_bytes());
         v
     }
 
     fn decode(key: &[u8], value: &[u8]) -> Result<Self, IndexError> {
         let (policy, start) = parse_bucket_key(key)
             .ok_or_else(|| IndexError::Corrupt(format!("bucket key {}", hex::encode(key))))?;
-        if value.len() != BUCKET_VALUE_LEN || value[0] != BUCKET_VALUE_VERSION {
-            return Err(IndexError::Corrupt(format!(
-                "bucket value of {policy} {start}"
-            )));
-        }
+        let retention_secs = match (value.first(), value.len()) {
+            (Some(1), BUCKET_VALUE_V1_LEN) => None,
+            (Some(&BUCKET_VALUE_VERSION), BUCKET_VALUE_LEN) => {
+                let r = u64::from_be_bytes(value[38..46].try_into().expect("8 bytes"));
+                (r != RETENTION_UNKNOWN).then_some(r)
+            }
+            _ => {
+                return Err(IndexError::Corrupt(format!(
+                    "bucket value of {policy} {start}"
+                )))
+            }
+        };
         let r = Reader(&value[1..]);
         Ok(BucketInfo {
             policy,
@@ -244,6 +261,7 @@ impl BucketInfo {
             last_end: Time90k(r.u64(20) as i64),
             segments: r.u64(28),
             expired: value[37] != 0,
+            retention_secs,
         })
     }
 }
@@ -826,6 +844,19 @@ mod tests {
         b.add(&e);
         assert_eq!(BucketInfo::decode(&b.key(), &b.encode_value()).unwrap(), b);
         assert_eq!(b.committed_len, 12345 + 1100);
+        b.retention_secs = Some(40);
+        assert_eq!(BucketInfo::decode(&b.key(), &b.encode_value()).unwrap(), b);
+        // A record of the first format (no retention) reads as "unknown".
+        let v1 = {
+            let mut v = b.encode_value();
+            v.truncate(BUCKET_VALUE_V1_LEN);
+            v[0] = 1;
+            v
+        };
+        let old = BucketInfo::decode(&b.key(), &v1).unwrap();
+        assert_eq!(old.retention_secs, None);
+        assert_eq!(old.committed_len, b.committed_len);
+        assert!(BucketInfo::decode(&b.key(), &v1[..37]).is_err());
     }
 
     #[test]

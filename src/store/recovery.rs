@@ -131,6 +131,7 @@ fn scan(store: &Store, bucket_secs: u32, from_scratch: bool) -> Result<RecoveryR
             tracing::error!(path = %path.display(), committed = info.committed_len, len = file_len,
                 "bucket file is shorter than its committed length: dropping entries past its end");
             let mut kept = BucketInfo::empty(policy, *start, info.window_secs);
+            kept.retention_secs = info.retention_secs;
             for e in index.bucket_segments(policy, *start)? {
                 if e.end_offset() > file_len {
                     batch.delete_segment(index, &e);

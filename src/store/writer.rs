@@ -99,6 +99,8 @@ struct Shared {
     alive: AtomicBool,
     healthy: AtomicBool,
     paused: AtomicBool,
+    /// Video retention (seconds) per policy, recorded in each bucket the writer creates.
+    retention: std::sync::RwLock<HashMap<String, u64>>,
 }
 
 /// A cloneable handle to submit segments to the writer.
@@ -173,6 +175,12 @@ impl WriterHandle {
         rx.recv().is_ok()
     }
 
+    /// Sets the video retention (seconds) per policy that new buckets record (see
+    /// `BucketInfo::retention_secs`). Set before segments are submitted.
+    pub fn set_retention(&self, retention: HashMap<String, u64>) {
+        *self.shared.retention.write().unwrap_or_else(|e| e.into_inner()) = retention;
+    }
+
     /// Pauses (true) or resumes (false) accepting new segments: the disk-pressure brake.
     pub fn set_paused(&self, paused: bool) {
         self.shared.paused.store(paused, Ordering::Release);
@@ -222,6 +230,7 @@ impl Writer {
             alive: AtomicBool::new(true),
             healthy: AtomicBool::new(true),
             paused: AtomicBool::new(false),
+            retention: Default::default(),
         });
         let handle = WriterHandle {
             tx,
@@ -463,8 +472,12 @@ impl WriterThread {
                 .metadata()
                 .map_err(StoreError::io("stat", &path))?
                 .len();
-            let info =
+            let mut info =
                 indexed.unwrap_or_else(|| BucketInfo::empty(policy, start, self.cfg.bucket_secs));
+            if info.retention_secs.is_none() {
+                let r = self.shared.retention.read().unwrap_or_else(|e| e.into_inner());
+                info.retention_secs = r.get(&**policy).copied();
+            }
             self.open.insert(
                 key.clone(),
                 OpenBucket {
