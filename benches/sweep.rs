@@ -5,6 +5,12 @@
 //!
 //! `cargo bench --bench sweep`. Criterion reports time per bucket for each; the holdfast figure
 //! should not grow with the number of cameras, the baseline's grows linearly.
+//!
+//! Second group (issue 9 point 6): a site-wide hold over 200 cameras x 7 days of index entries.
+//! A `/metrics` scrape (`retention_gauges`, pinned bytes from the ledger) against the full walk
+//! of every held segment that every scrape and sweep did before (`pinned_bytes_full`, the old
+//! computation kept as the baseline); and a sweep expiring one bucket, against the same sweep
+//! plus that full walk.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -14,8 +20,9 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use holdfast::config::MinFree;
 use holdfast::metrics::Metrics;
-use holdfast::retention::holds::Holds;
-use holdfast::retention::sweeper::{Sweeper, SweeperConfig};
+use holdfast::retention::holds::{Holds, NewHold};
+use holdfast::retention::ledger::pinned_bytes_full;
+use holdfast::retention::sweeper::{retention_gauges, Sweeper, SweeperConfig};
 use holdfast::store::index::{BucketInfo, IndexBatch, SegmentEntry};
 use holdfast::store::writer::{Writer, WriterConfig};
 use holdfast::store::Store;
@@ -51,17 +58,25 @@ struct Farm {
     _writer: Writer,
     t0: Time90k,
     next: i64,
+    store: Arc<Store>,
+    holds: Arc<Holds>,
+    metrics: Arc<Metrics>,
+    cfg: SweeperConfig,
 }
 
 fn build(cameras: usize) -> Farm {
+    build_days(cameras, BUCKETS)
+}
+
+fn build_days(cameras: usize, buckets: i64) -> Farm {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path(), 3600).unwrap();
     let store = Arc::new(store);
     let t0 = Time90k::now()
-        .add_ticks(-(BUCKETS + 2) * HOUR)
+        .add_ticks(-(buckets + 2) * HOUR)
         .floor_to(3600);
     std::fs::create_dir_all(store.policy_dir(POLICY)).unwrap();
-    for b in 0..BUCKETS {
+    for b in 0..buckets {
         let start = t0.add_ticks(b * HOUR);
         let mut info = BucketInfo::empty(POLICY, start, 3600);
         let mut batch = IndexBatch::default();
@@ -88,19 +103,20 @@ fn build(cameras: usize) -> Farm {
     )
     .unwrap();
     let holds = Arc::new(Holds::load(store.clone()).unwrap());
+    let cfg = SweeperConfig {
+        policies: BTreeMap::from([(POLICY.to_owned(), Duration::from_secs(1))]),
+        interval: Duration::from_secs(60),
+        min_free: MinFree::Bytes(0),
+        keytags: Default::default(),
+        camera_sites: Default::default(),
+        camera_policies: Default::default(),
+    };
     let sweeper = Sweeper::new(
-        store,
-        holds,
+        store.clone(),
+        holds.clone(),
         writer.handle(),
-        SweeperConfig {
-            policies: BTreeMap::from([(POLICY.to_owned(), Duration::from_secs(1))]),
-            interval: Duration::from_secs(60),
-            min_free: MinFree::Bytes(0),
-            keytags: Default::default(),
-            camera_sites: Default::default(),
-            camera_policies: Default::default(),
-        },
-        metrics,
+        cfg.clone(),
+        metrics.clone(),
     );
     Farm {
         _dir: dir,
@@ -108,6 +124,10 @@ fn build(cameras: usize) -> Farm {
         _writer: writer,
         t0,
         next: 0,
+        store,
+        holds,
+        metrics,
+        cfg,
     }
 }
 
@@ -189,5 +209,93 @@ fn bench_sweep(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_sweep);
+const HELD_CAMERAS: usize = 200;
+const HELD_BUCKETS: i64 = 7 * 24;
+
+/// A farm of 200 cameras x 7 days with one hold over every camera and all of it.
+fn held_farm() -> Farm {
+    let farm = build_days(HELD_CAMERAS, HELD_BUCKETS);
+    farm.holds
+        .place(
+            NewHold {
+                cameras: (0..HELD_CAMERAS).map(|c| format!("cam-{c:03}")).collect(),
+                site: Some("site".into()),
+                from: farm.t0,
+                to: Time90k::now().add_ticks(24 * HOUR),
+                reason: "site-wide incident".into(),
+                reference: "BENCH-1".into(),
+                requested_by: "police".into(),
+                expires_at: None,
+                keytags: false,
+                camera_sites: Default::default(),
+            },
+            "bench",
+            Time90k::now(),
+        )
+        .unwrap();
+    farm
+}
+
+fn bench_site_hold(c: &mut Criterion) {
+    let mut group = c.benchmark_group("site_hold_200_cameras_7d");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(5));
+    let farm = held_farm();
+    let now = Time90k::now();
+    let index = farm.store.index();
+    let snap = farm.holds.snapshot();
+    let full = pinned_bytes_full(index, &snap, now).unwrap();
+    let entries = HELD_CAMERAS as u64 * HELD_BUCKETS as u64 * SEGS_PER_CAMERA_HOUR as u64;
+    assert_eq!(full, entries * RECORD, "the hold pins every entry");
+    group.bench_function("scrape_full_walk_baseline", |b| {
+        b.iter(|| pinned_bytes_full(index, &snap, now).unwrap())
+    });
+    group.bench_function("scrape_retention_gauges_ledger", |b| {
+        b.iter(|| {
+            retention_gauges(&farm.store, &farm.holds, &farm.cfg, &farm.metrics, now).unwrap();
+        })
+    });
+    assert_eq!(
+        holdfast::metrics::Metrics::encode(&farm.metrics)
+            .lines()
+            .find(|l| l.starts_with("holdfast_pinned_bytes "))
+            .unwrap(),
+        format!("holdfast_pinned_bytes {full}")
+    );
+    drop(farm);
+
+    for baseline in [false, true] {
+        let mut farm = held_farm();
+        let name = if baseline {
+            "sweep_one_bucket_plus_full_walk_baseline"
+        } else {
+            "sweep_one_bucket_ledger"
+        };
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    if farm.next >= HELD_BUCKETS {
+                        farm = held_farm();
+                    }
+                    farm.next += 1;
+                    let now = farm.t0.add_ticks(farm.next * HOUR);
+                    let t = Instant::now();
+                    let r = farm.sweeper.sweep(now).unwrap();
+                    if baseline {
+                        let snap = farm.holds.snapshot();
+                        pinned_bytes_full(farm.store.index(), &snap, now).unwrap();
+                    }
+                    total += t.elapsed();
+                    assert_eq!(r.buckets_expired, 1, "{r:?}");
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_sweep, bench_site_hold);
 criterion_main!(benches);

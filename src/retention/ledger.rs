@@ -139,9 +139,21 @@ impl Ledger {
                 g.buckets[&key].pinned
             } else {
                 totals.buckets_recounted += 1;
-                let pinned = count_bucket(index, b, &pins)?;
-                g.buckets.insert(key.clone(), Cached { basis, pinned });
-                pinned
+                match count_bucket(index, b, &pins) {
+                    Ok(pinned) => {
+                        g.buckets.insert(key.clone(), Cached { basis, pinned });
+                        pinned
+                    }
+                    Err(e) => {
+                        // One unreadable bucket does not take every gauge down: it counts as
+                        // 0 now and is recounted at the next refresh.
+                        tracing::warn!(policy = %b.policy, bucket = %b.start, error = %e,
+                            "pinned bytes of a bucket could not be counted");
+                        g.buckets.remove(&key);
+                        g.invalid.insert(key.clone());
+                        0
+                    }
+                }
             };
             totals.pinned_bytes += pinned;
             seen.insert(key);

@@ -253,7 +253,11 @@ impl Sweeper {
         let mut pressure = self.pressure.lock().unwrap_or_else(|e| e.into_inner());
         if free >= floor {
             if self.writer.is_paused() {
-                tracing::info!(free, floor, "storage back above its floor: recording resumes");
+                tracing::info!(
+                    free,
+                    floor,
+                    "storage back above its floor: recording resumes"
+                );
             }
             self.writer.set_paused(false);
             pressure.stalled_at = None;
@@ -306,10 +310,14 @@ impl Sweeper {
             if freed == 0 || gain < freed / 2 {
                 no_gain += 1;
                 if no_gain >= MAX_NO_GAIN {
-                    tracing::error!(free, floor, expired_without_gain = no_gain,
+                    tracing::error!(
+                        free,
+                        floor,
+                        expired_without_gain = no_gain,
                         "storage below its floor and expiring footage gives back no space \
                          (snapshots holding the blocks, another process filling the disk, or \
-                         files that cannot be removed): early expiry stops until free space rises");
+                         files that cannot be removed): early expiry stops until free space rises"
+                    );
                     pressure.stalled_at = Some(free);
                     report.pressure_stalled = true;
                     self.metrics.sweeper_pressure_stalled.set(1);
@@ -428,7 +436,7 @@ impl Sweeper {
         Ok(gone.len() as u64)
     }
 
-/// Runs sweeps every interval until the handle is stopped. `trigger` on the handle runs one
+    /// Runs sweeps every interval until the handle is stopped. `trigger` on the handle runs one
     /// at once (tests, and after a hold is released).
     pub fn spawn(self) -> SweeperHandle {
         let (tx, rx) = crossbeam_channel::unbounded::<Cmd>();

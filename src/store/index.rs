@@ -232,7 +232,12 @@ impl BucketInfo {
         v.extend_from_slice(&self.last_end.0.to_be_bytes());
         v.extend_from_slice(&self.segments.to_be_bytes());
         v.push(u8::from(self.expired));
-        v.extend_from_slice(&self.retention_secs.unwrap_or(RETENTION_UNKNOWN).to_be_bytes());
+        v.extend_from_slice(
+            &self
+                .retention_secs
+                .unwrap_or(RETENTION_UNKNOWN)
+                .to_be_bytes(),
+        );
         v
     }
 

@@ -178,7 +178,11 @@ impl WriterHandle {
     /// Sets the video retention (seconds) per policy that new buckets record (see
     /// `BucketInfo::retention_secs`). Set before segments are submitted.
     pub fn set_retention(&self, retention: HashMap<String, u64>) {
-        *self.shared.retention.write().unwrap_or_else(|e| e.into_inner()) = retention;
+        *self
+            .shared
+            .retention
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = retention;
     }
 
     /// Pauses (true) or resumes (false) accepting new segments: the disk-pressure brake.
@@ -475,7 +479,11 @@ impl WriterThread {
             let mut info =
                 indexed.unwrap_or_else(|| BucketInfo::empty(policy, start, self.cfg.bucket_secs));
             if info.retention_secs.is_none() {
-                let r = self.shared.retention.read().unwrap_or_else(|e| e.into_inner());
+                let r = self
+                    .shared
+                    .retention
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner());
                 info.retention_secs = r.get(&**policy).copied();
             }
             self.open.insert(
