@@ -914,3 +914,84 @@ fn pinned_bytes_ledger_equals_the_full_walk() {
         }
     }
 }
+
+/// Issue 9 point 5: a RocksDB write error (here EFBIG from RLIMIT_FSIZE, which fails the WAL
+/// append the way ENOSPC does) during a sweep or an erasure is an error, counted and logged: no
+/// panic, no exit, reads still work. Runs in a child process, because the limit applies to the
+/// whole process.
+#[test]
+fn rocksdb_write_errors_do_not_stop_the_sweeper() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "rocksdb_write_errors_child",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("HOLDFAST_TEST_FSIZE_CHILD", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("CHILD-OK"), "{text}");
+}
+
+#[test]
+#[ignore = "run in a child process by rocksdb_write_errors_do_not_stop_the_sweeper"]
+fn rocksdb_write_errors_child() {
+    if std::env::var_os("HOLDFAST_TEST_FSIZE_CHILD").is_none() {
+        return;
+    }
+    let rig = Rig::new();
+    rig.record(&["cam-a"], 40, 2_000);
+    rig.hold(&["cam-a"], 12, 14);
+    let sweeper = rig.sweeper(60, MinFree::Bytes(0));
+    // The WAL cannot grow any more: every RocksDB write from here on fails.
+    let wal = std::fs::read_dir(rig._dir.path().join("index"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .max()
+        .expect("a WAL file");
+    // SAFETY: plain libc calls; SIGXFSZ ignored so that writes past the limit fail with EFBIG.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        let lim = libc::rlimit {
+            rlim_cur: wal,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+    }
+    let r = sweeper
+        .sweep(rig.t(100))
+        .expect("reads still work: the sweep reports");
+    assert_eq!(r.buckets_expired, 0, "{r:?}");
+    assert!(r.errors >= 4, "every bucket's failure counted: {r:?}");
+    assert!(rig.metric("holdfast_sweeper_errors_total") >= 4.0);
+    assert!(matches!(
+        erase(
+            &rig.store,
+            &rig.holds,
+            "cam-a",
+            rig.t(30),
+            rig.t(34),
+            Time90k::now()
+        ),
+        Err(ErasureError::Store(_))
+    ));
+    // And again: still no panic, still counted.
+    let r = sweeper
+        .sweep(rig.t(101))
+        .expect("a second sweep reports too");
+    assert!(r.errors >= 4, "{r:?}");
+    println!("CHILD-OK");
+    // The writer's last commit at drop fails too: leave without running destructors that
+    // would only log that.
+    std::process::exit(0);
+}
