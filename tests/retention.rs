@@ -749,39 +749,50 @@ fn a_failed_expiry_does_not_stop_the_others() {
 #[test]
 fn disk_pressure_stops_when_expiring_frees_nothing() {
     let _disk = exclusive_disk();
-    let rig = Rig::new();
-    rig.record(&["cam-a"], 60, 40_000);
-    let snap = rig._dir.path().join("snapshot");
-    std::fs::create_dir(&snap).unwrap();
-    for s in (0..60).step_by(10) {
-        std::fs::hard_link(rig.bucket_file(s), snap.join(format!("{s}.seg"))).unwrap();
+    // Free space is measured on a disk other programs use too: a large change by someone else
+    // during the sweep can hide the stall, so the scenario gets three tries on fresh stores.
+    let mut last = None;
+    for _ in 0..3 {
+        let rig = Rig::new();
+        rig.record(&["cam-a"], 60, 40_000);
+        let snap = rig._dir.path().join("snapshot");
+        std::fs::create_dir(&snap).unwrap();
+        for s in (0..60).step_by(10) {
+            std::fs::hard_link(rig.bucket_file(s), snap.join(format!("{s}.seg"))).unwrap();
+        }
+        let sweeper = rig.sweeper(86_400 * 28, MinFree::Bytes(u64::MAX));
+        let r = sweeper.sweep(rig.t(61)).unwrap();
+        if !r.pressure_stalled {
+            last = Some(r);
+            continue;
+        }
+        assert!(r.writes_paused, "{r:?}");
+        assert_eq!(
+            r.buckets_expired_early,
+            u64::from(holdfast::retention::sweeper::MAX_NO_GAIN),
+            "{r:?}"
+        );
+        assert_eq!(rig.metric("holdfast_sweeper_pressure_stalled"), 1.0);
+        let left = (0..60)
+            .step_by(10)
+            .filter(|&s| !rig.expired(POLICY, s))
+            .count();
+        assert_eq!(left, 3, "the rest is not expired for nothing");
+        // The next sweep does not go on (unless free space rose meanwhile: then bounded again).
+        let r = sweeper.sweep(rig.t(62)).unwrap();
+        assert!(
+            r.buckets_expired_early <= u64::from(holdfast::retention::sweeper::MAX_NO_GAIN),
+            "{r:?}"
+        );
+        assert!(r.writes_paused);
+        // Space is back: writing resumes and the stall clears.
+        let ok = rig.sweeper(86_400 * 28, MinFree::Bytes(0));
+        let r = ok.sweep(rig.t(63)).unwrap();
+        assert!(!r.writes_paused && !r.pressure_stalled, "{r:?}");
+        assert_eq!(rig.metric("holdfast_sweeper_pressure_stalled"), 0.0);
+        return;
     }
-    let sweeper = rig.sweeper(86_400 * 28, MinFree::Bytes(u64::MAX));
-    let r = sweeper.sweep(rig.t(61)).unwrap();
-    assert!(r.pressure_stalled && r.writes_paused, "{r:?}");
-    assert_eq!(
-        r.buckets_expired_early,
-        u64::from(holdfast::retention::sweeper::MAX_NO_GAIN),
-        "{r:?}"
-    );
-    assert_eq!(rig.metric("holdfast_sweeper_pressure_stalled"), 1.0);
-    let left = (0..60)
-        .step_by(10)
-        .filter(|&s| !rig.expired(POLICY, s))
-        .count();
-    assert_eq!(left, 3, "the rest is not expired for nothing");
-    // The next sweep does not go on (unless free space rose meanwhile: then at most as many).
-    let r = sweeper.sweep(rig.t(62)).unwrap();
-    assert!(
-        r.buckets_expired_early <= u64::from(holdfast::retention::sweeper::MAX_NO_GAIN),
-        "{r:?}"
-    );
-    assert!(r.writes_paused);
-    // Space is back: writing resumes and the stall clears.
-    let ok = rig.sweeper(86_400 * 28, MinFree::Bytes(0));
-    let r = ok.sweep(rig.t(63)).unwrap();
-    assert!(!r.writes_paused && !r.pressure_stalled, "{r:?}");
-    assert_eq!(rig.metric("holdfast_sweeper_pressure_stalled"), 0.0);
+    panic!("early expiry never stalled although nothing was freed: {last:?}");
 }
 
 /// Issue 9 point 5: hysteresis. Below the floor, early expiry frees what is needed plus about
@@ -789,22 +800,22 @@ fn disk_pressure_stops_when_expiring_frees_nothing() {
 #[test]
 fn disk_pressure_frees_what_is_needed_plus_a_margin_and_stops() {
     let _disk = exclusive_disk();
-    let rig = Rig::new();
-    rig.record(&["cam-a"], 80, 40_000);
-    let bucket = allocated(&rig.bucket_file(10)).unwrap();
-    let free = {
-        let s = nix_free(rig.store.root());
-        s
-    };
-    // Short of 1.5 buckets: 2 to reach the floor, one more for the margin (3); other tests
-    // writing to the same disk meanwhile may add one or two.
-    let sweeper = rig.sweeper(86_400 * 28, MinFree::Bytes(free + bucket * 3 / 2));
-    let r = sweeper.sweep(rig.t(81)).unwrap();
-    assert!(
-        (2..=6).contains(&r.buckets_expired_early),
-        "frees what is needed plus a margin, not all 8: {r:?}"
-    );
-    assert!(!r.writes_paused, "{r:?}");
+    // As above: three tries, in case another program changes free space a lot meanwhile.
+    let mut last = None;
+    for _ in 0..3 {
+        let rig = Rig::new();
+        rig.record(&["cam-a"], 80, 40_000);
+        let bucket = allocated(&rig.bucket_file(10)).unwrap();
+        let free = nix_free(rig.store.root());
+        // Short of 1.5 buckets: 2 to reach the floor, one more for the margin (3).
+        let sweeper = rig.sweeper(86_400 * 28, MinFree::Bytes(free + bucket * 3 / 2));
+        let r = sweeper.sweep(rig.t(81)).unwrap();
+        if (2..=4).contains(&r.buckets_expired_early) && !r.writes_paused {
+            return;
+        }
+        last = Some(r);
+    }
+    panic!("frees what is needed plus a margin, not all 8: {last:?}");
 }
 
 fn nix_free(p: &Path) -> u64 {
@@ -921,6 +932,7 @@ fn pinned_bytes_ledger_equals_the_full_walk() {
 /// whole process.
 #[test]
 fn rocksdb_write_errors_do_not_stop_the_sweeper() {
+    let _disk = shared_disk();
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",

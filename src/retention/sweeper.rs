@@ -21,14 +21,17 @@
 //!    A bucket whose expiry fails (a corrupt entry, an index write error such as ENOSPC) is
 //!    logged and counted (`holdfast_sweeper_errors_total`); the sweep goes on with the next one
 //!    and the failed one is tried again at the next sweep.
-//! 2. **Released and lapsed holds.** Expired buckets keep only pinned entries; each sweep checks
-//!    them against the current snapshot and deletes those no longer pinned the same way.
+//! 2. **Released and lapsed holds.** Expired buckets keep only pinned entries. A sweep checks
+//!    an expired bucket's entries against the current snapshot when it has not checked them yet,
+//!    or when a pin that meets the bucket's time span ended since the previous sweep (released,
+//!    lapsed, shortened), and deletes those no longer pinned the same way. Nothing is ever added
+//!    to an expired bucket, so the others need no look: a sweep does not walk held segments.
 //! 3. **Disk pressure.** When free space is below `storage.min_free`, the oldest buckets whose
 //!    window has closed are expired early, one at a time, until free space is back above the
 //!    floor plus a margin (hysteresis: [`pressure_margin`], one bucket's worth of recording,
 //!    at most 5% of the disk), then it stops. After each early expiry the free space is measured
-//!    again: when [`MAX_NO_GAIN`] expiries in a row gave back less than half of what they freed
-//!    (snapshots keep the blocks, another process fills the disk, unlinks keep failing), it
+//!    again: when the last [`MAX_NO_GAIN`] expiries together gave back less than a quarter of
+//!    what they freed (snapshots keep the blocks, another process fills the disk, unlinks fail), it
 //!    stops, says so (log, `holdfast_sweeper_pressure_stalled` = 1) and does not expire early
 //!    again until free space has risen. When nothing is left to expire or it stalled, the writer
 //!    is paused (new segments are dropped and counted as `storage_full`), `/healthz` fails and
@@ -39,7 +42,7 @@
 //! bucket records (one per bucket) and the pinned-bytes [`Ledger`](super::ledger::Ledger): no
 //! held segment is walked unless the holds or the bucket holding it changed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -48,6 +51,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::holds::{HoldSnapshot, Holds};
+use super::intervals::IntervalSet;
 use crate::config::MinFree;
 use crate::metrics::{Metrics, PolicyLabel};
 use crate::store::index::{BucketInfo, IndexBatch, Reclaim, SegmentEntry, CF_SEGMENTS};
@@ -100,6 +104,16 @@ pub struct SweepReport {
     pub pressure_stalled: bool,
 }
 
+/// What the previous sweep knew of expired buckets, so that their pinned remains are re-checked
+/// only when a pin that meets them ended (point 6: no walk of every held segment per sweep).
+#[derive(Debug, Default)]
+struct Rechecked {
+    /// The pins per camera at the previous sweep.
+    pins: HashMap<String, IntervalSet>,
+    /// Expired buckets whose entries were all checked against those pins.
+    buckets: HashSet<(String, Time90k)>,
+}
+
 /// Disk-pressure state kept between sweeps.
 #[derive(Debug, Default)]
 struct Pressure {
@@ -117,6 +131,7 @@ pub struct Sweeper {
     cfg: SweeperConfig,
     metrics: Arc<Metrics>,
     pressure: Mutex<Pressure>,
+    rechecked: Mutex<Rechecked>,
     before_gate: Option<Hook>,
 }
 
@@ -136,6 +151,7 @@ impl Sweeper {
             cfg,
             metrics,
             pressure: Mutex::default(),
+            rechecked: Mutex::default(),
             before_gate: None,
         }
     }
@@ -153,10 +169,36 @@ impl Sweeper {
     pub fn sweep(&self, now: Time90k) -> Result<SweepReport, StoreError> {
         let mut report = SweepReport::default();
         let index = self.store.index();
+        // Where pins ended since the last sweep: only expired buckets meeting those ranges (or
+        // not checked yet) can hold entries to delete now.
+        let snap = self.holds.snapshot();
+        let pins: HashMap<String, IntervalSet> = snap
+            .pinned_cameras(now)
+            .into_iter()
+            .map(|c| (c.to_owned(), snap.pins(c, now)))
+            .collect();
+        let mut rechecked = self.rechecked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ended = IntervalSet::new();
+        for (cam, old) in &rechecked.pins {
+            let left = match pins.get(cam) {
+                Some(new) => old.difference(new),
+                None => old.clone(),
+            };
+            ended = ended.union(&left);
+        }
+        let mut seen = HashSet::new();
         for b in index.buckets(None)? {
             let done = if b.expired {
-                self.recheck_expired(&b, now)
-                    .map(|n| report.released_entries += n)
+                let key = (b.policy.clone(), b.start);
+                seen.insert(key.clone());
+                if rechecked.buckets.contains(&key) && !ended.overlaps(&span(&b)) {
+                    continue;
+                }
+                rechecked.buckets.remove(&key);
+                self.recheck_expired(&b, now).map(|n| {
+                    report.released_entries += n;
+                    rechecked.buckets.insert(key);
+                })
             } else {
                 self.expire_if_due(&b, now)
                     .map(|e| report.buckets_expired += u64::from(e))
@@ -165,6 +207,9 @@ impl Sweeper {
                 self.failed(&mut report, &b, "expiry", &e);
             }
         }
+        rechecked.buckets.retain(|k| seen.contains(k));
+        rechecked.pins = pins;
+        drop(rechecked);
         self.run_reclaim(&mut report);
         self.relieve_pressure(now, &mut report)?;
         report.writes_paused = self.writer.is_paused();
@@ -289,7 +334,8 @@ impl Sweeper {
             .collect();
         candidates.sort_by_key(oldest);
         let target = floor.saturating_add(pressure_margin(total, &candidates));
-        let mut no_gain = 0;
+        // (free space before, bytes the reclaim step freed) of each early expiry of this sweep.
+        let mut steps: Vec<(u64, u64)> = Vec::new();
         for b in &candidates {
             if free >= target {
                 break;
@@ -302,18 +348,26 @@ impl Sweeper {
             }
             report.buckets_expired_early += 1;
             let freed = self.run_reclaim(report);
+            let before = free;
             let Some((after, _, _)) = self.free_space() else {
                 break;
             };
-            let gain = after.saturating_sub(free);
             free = after;
-            if freed == 0 || gain < freed / 2 {
-                no_gain += 1;
-                if no_gain >= MAX_NO_GAIN {
+            steps.push((before, freed));
+            // Judged over the last MAX_NO_GAIN expiries together, so that one reading disturbed
+            // by other writers does not decide: less than a quarter of what they freed came
+            // back means deleting does not help.
+            if steps.len() >= MAX_NO_GAIN as usize {
+                let window = &steps[steps.len() - MAX_NO_GAIN as usize..];
+                let freed: u64 = window.iter().map(|w| w.1).sum();
+                let gain = after.saturating_sub(window[0].0);
+                if gain.saturating_mul(4) < freed || freed == 0 {
                     tracing::error!(
                         free,
                         floor,
-                        expired_without_gain = no_gain,
+                        expired_without_gain = MAX_NO_GAIN,
+                        freed,
+                        gain,
                         "storage below its floor and expiring footage gives back no space \
                          (snapshots holding the blocks, another process filling the disk, or \
                          files that cannot be removed): early expiry stops until free space rises"
@@ -323,8 +377,6 @@ impl Sweeper {
                     self.metrics.sweeper_pressure_stalled.set(1);
                     break;
                 }
-            } else {
-                no_gain = 0;
             }
         }
         if free < floor {
@@ -520,6 +572,12 @@ fn oldest(b: &BucketInfo) -> Time90k {
     } else {
         b.first_start
     }
+}
+
+/// The time span a bucket's data covers.
+fn span(b: &BucketInfo) -> super::intervals::Interval {
+    let o = oldest(b);
+    super::intervals::Interval::new(o.0, b.last_end.0.max(o.0 + 1))
 }
 
 fn whole(b: &BucketInfo) -> Reclaim {
