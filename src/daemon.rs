@@ -27,6 +27,7 @@ use crate::retention::sweeper::{Sweeper, SweeperConfig};
 use crate::store::writer::{Writer, WriterConfig};
 use crate::store::Store;
 use crate::time::duration_to_ticks;
+use crate::wallclock::TrustedClock;
 
 /// Runs the daemon until `stop` resolves (or SIGTERM/Ctrl-C when `stop` is `None`).
 pub async fn run(
@@ -69,6 +70,21 @@ pub async fn run(
     let checkpointer = Checkpointer::spawn(logbook.clone(), config.logbook.checkpoint_interval)
         .context("starting the logbook checkpoint thread")?;
     let metrics = Arc::new(Metrics::new());
+    // The trusted clock before anything asks for the time: it compares the wall clock with the
+    // trusted time saved before the restart and with the newest footage (crate::wallclock).
+    let clock = {
+        let (st, m, settings) = (store.clone(), metrics.clone(), config.clock);
+        tokio::task::spawn_blocking(move || TrustedClock::open(st.index(), settings, m))
+            .await?
+            .context("reading the saved clock state")?
+    };
+    let clock_monitor = clock
+        .spawn_monitor(
+            store.clone(),
+            logbook.clone(),
+            config.storage.data_dir.clone(),
+        )
+        .context("starting the clock thread")?;
     let writer = Writer::spawn(
         store.clone(),
         WriterConfig {
@@ -108,7 +124,10 @@ pub async fn run(
         retention.clone(),
         metrics.clone(),
     )
-    .spawn();
+    .spawn_with_now({
+        let clock = clock.clone();
+        move || clock.retention_now()
+    });
 
     // Camera sessions get a runtime of their own, so nothing the API does (synchronous RocksDB
     // reads, logbook fsyncs, a flood of requests) runs on the threads that carry them.
@@ -136,6 +155,7 @@ pub async fn run(
             writer: writer.handle(),
             metrics: CameraMetrics::new(&metrics, &cam.id),
             shutdown: shutdown_rx.clone(),
+            clock: clock.clone(),
         };
         tasks.push(camera_rt.spawn(task.run()));
     }
@@ -179,6 +199,7 @@ pub async fn run(
             })
             .collect(),
         keytag_max_range: config.keytags.max_range.clone(),
+        clock,
     });
     let listener = api::server::bind(config.http.listen)
         .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
@@ -211,6 +232,7 @@ pub async fn run(
         checkpointer.stop();
         camera_rt.shutdown();
         sweeper.stop();
+        clock_monitor.stop();
         writer.shutdown();
     })
     .await?;
