@@ -1238,6 +1238,33 @@ key_file = "/etc/holdfast/logbook.key"
     }
 
     #[test]
+    fn clock_settings_have_defaults_and_named_errors() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.clock, ClockSettings::default());
+        assert_eq!(c.clock.jump_threshold, Duration::from_secs(600));
+        assert_eq!(c.clock.confirm_after, Duration::from_secs(3600));
+        let c = Config::parse(&format!(
+            "{GOOD}\n[clock]\njump_threshold = \"2m\"\nconfirm_after = \"30m\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.clock.jump_threshold, Duration::from_secs(120));
+        assert_eq!(c.clock.confirm_after, Duration::from_secs(1800));
+        let errs = errors(&format!(
+            "{GOOD}\n[clock]\njump_threshold = \"soon\"\nconfirm_after = \"90d\"\n"
+        ));
+        assert!(
+            errs.iter().any(|e| e.starts_with("clock.jump_threshold")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.starts_with("clock.confirm_after")),
+            "{errs:?}"
+        );
+        let errs = errors(&format!("{GOOD}\n[clock]\njump = \"1m\"\n"));
+        assert!(errs.iter().any(|e| e.contains("jump")), "{errs:?}");
+    }
+
+    #[test]
     fn good_config_loads_with_defaults() {
         let c = Config::parse(GOOD).unwrap();
         assert_eq!(c.storage.bucket_secs(), 3600);

@@ -132,6 +132,15 @@ pub async fn run(
     // Camera sessions get a runtime of their own, so nothing the API does (synchronous RocksDB
     // reads, logbook fsyncs, a flood of requests) runs on the threads that carry them.
     let camera_rt = CameraRuntime::new()?;
+    // New footage starts after the newest footage on disk, even after a backward step of the
+    // wall clock that was confirmed before this start (design/time.md).
+    let newest_recorded = store
+        .index()
+        .buckets(None)?
+        .iter()
+        .filter(|b| b.segments > 0)
+        .map(|b| b.last_end)
+        .max();
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut statuses = Vec::new();
     let mut tasks = Vec::new();
@@ -151,7 +160,8 @@ pub async fn run(
                 cam.id.as_str().into(),
                 policy.into(),
                 duration_to_ticks(config.storage.segment_target),
-            ),
+            )
+            .not_before(newest_recorded),
             writer: writer.handle(),
             metrics: CameraMetrics::new(&metrics, &cam.id),
             shutdown: shutdown_rx.clone(),

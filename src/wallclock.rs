@@ -489,7 +489,12 @@ impl TrustedClock {
                     None
                 }
             });
-        let newest = index.buckets(None)?.iter().map(|b| b.last_end).max();
+        let newest = index
+            .buckets(None)?
+            .iter()
+            .filter(|b| b.segments > 0)
+            .map(|b| b.last_end)
+            .max();
         let boot_id = boot_id();
         let (det, ev) = Detector::resume(
             settings,
