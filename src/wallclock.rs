@@ -946,6 +946,37 @@ mod tests {
     }
 
     #[test]
+    fn only_plain_small_request_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(REQUEST_FILE);
+        let good = serde_json::to_vec(&Request {
+            by: "ops".into(),
+            boot_id: "b".into(),
+            mono_ns: 1,
+            nonce: 7,
+        })
+        .unwrap();
+        // A link to a file the daemon may read is refused (and removed).
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, &good).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(read_request(dir.path()).is_none());
+        assert!(std::fs::symlink_metadata(&path).is_err(), "removed");
+        // Too large, or not a request: refused and removed.
+        std::fs::write(&path, vec![b' '; 5000]).unwrap();
+        assert!(read_request(dir.path()).is_none());
+        std::fs::write(&path, b"accept please").unwrap();
+        assert!(read_request(dir.path()).is_none());
+        assert!(!path.exists());
+        // A plain request is read.
+        std::fs::write(&path, &good).unwrap();
+        assert_eq!(read_request(dir.path()).map(|r| r.nonce), Some(7));
+        // No file, nothing to do.
+        std::fs::remove_file(&path).unwrap();
+        assert!(read_request(dir.path()).is_none());
+    }
+
+    #[test]
     fn small_steps_are_followed() {
         let mut d = Detector::new(settings(), T0, m(0));
         let (r, ev) = d.observe(T0.add_ticks(10 * S + 300 * S), m(10));
