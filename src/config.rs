@@ -99,6 +99,26 @@ pub struct Config {
     pub holds: HoldSettings,
     /// `[keytags]`.
     pub keytags: KeytagSettings,
+    /// `[clock]`.
+    pub clock: ClockSettings,
+}
+
+/// `[clock]`: when a step of the wall clock is believed (see `crate::wallclock`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockSettings {
+    /// A step of the wall clock against the monotonic clock larger than this is a jump.
+    pub jump_threshold: Duration,
+    /// How long (on the monotonic clock) a jumped wall clock must hold before it is believed.
+    pub confirm_after: Duration,
+}
+
+impl Default for ClockSettings {
+    fn default() -> Self {
+        Self {
+            jump_threshold: Duration::from_secs(600),
+            confirm_after: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// `[logbook]`: how the logbook's chain is keyed and anchored outside the data directory.
@@ -379,6 +399,15 @@ struct RawConfig {
     holds: RawHolds,
     #[serde(default)]
     keytags: RawKeytags,
+    #[serde(default)]
+    clock: RawClock,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClock {
+    jump_threshold: Option<String>,
+    confirm_after: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -738,6 +767,31 @@ impl RawConfig {
             Duration::from_secs(1),
             DAY,
         );
+        let clock_default = ClockSettings::default();
+        let clock = ClockSettings {
+            jump_threshold: self.clock.jump_threshold.as_deref().map_or(
+                clock_default.jump_threshold,
+                |v| {
+                    e.duration(
+                        "clock.jump_threshold",
+                        v,
+                        Duration::from_secs(1),
+                        Duration::from_secs(7 * 86_400),
+                    )
+                },
+            ),
+            confirm_after: self.clock.confirm_after.as_deref().map_or(
+                clock_default.confirm_after,
+                |v| {
+                    e.duration(
+                        "clock.confirm_after",
+                        v,
+                        Duration::from_secs(1),
+                        Duration::from_secs(30 * 86_400),
+                    )
+                },
+            ),
+        };
 
         let mut policies = BTreeMap::new();
         for (name, p) in &self.policies {
@@ -1122,6 +1176,7 @@ impl RawConfig {
             sweeper: Sweeper {
                 interval: sweep_interval,
             },
+            clock,
             policies,
             sites,
             cameras,
@@ -1180,6 +1235,33 @@ key_file = "/etc/holdfast/logbook.key"
             .iter()
             .map(|e| e.to_string())
             .collect()
+    }
+
+    #[test]
+    fn clock_settings_have_defaults_and_named_errors() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.clock, ClockSettings::default());
+        assert_eq!(c.clock.jump_threshold, Duration::from_secs(600));
+        assert_eq!(c.clock.confirm_after, Duration::from_secs(3600));
+        let c = Config::parse(&format!(
+            "{GOOD}\n[clock]\njump_threshold = \"2m\"\nconfirm_after = \"30m\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.clock.jump_threshold, Duration::from_secs(120));
+        assert_eq!(c.clock.confirm_after, Duration::from_secs(1800));
+        let errs = errors(&format!(
+            "{GOOD}\n[clock]\njump_threshold = \"soon\"\nconfirm_after = \"90d\"\n"
+        ));
+        assert!(
+            errs.iter().any(|e| e.starts_with("clock.jump_threshold")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.starts_with("clock.confirm_after")),
+            "{errs:?}"
+        );
+        let errs = errors(&format!("{GOOD}\n[clock]\njump = \"1m\"\n"));
+        assert!(errs.iter().any(|e| e.contains("jump")), "{errs:?}");
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::retention::sweeper::{Sweeper, SweeperConfig};
 use crate::store::writer::{Writer, WriterConfig};
 use crate::store::Store;
 use crate::time::duration_to_ticks;
+use crate::wallclock::TrustedClock;
 
 /// Runs the daemon until `stop` resolves (or SIGTERM/Ctrl-C when `stop` is `None`).
 pub async fn run(
@@ -69,6 +70,21 @@ pub async fn run(
     let checkpointer = Checkpointer::spawn(logbook.clone(), config.logbook.checkpoint_interval)
         .context("starting the logbook checkpoint thread")?;
     let metrics = Arc::new(Metrics::new());
+    // The trusted clock before anything asks for the time: it compares the wall clock with the
+    // trusted time saved before the restart and with the newest footage (crate::wallclock).
+    let clock = {
+        let (st, m, settings) = (store.clone(), metrics.clone(), config.clock);
+        tokio::task::spawn_blocking(move || TrustedClock::open(st.index(), settings, m))
+            .await?
+            .context("reading the saved clock state")?
+    };
+    let clock_monitor = clock
+        .spawn_monitor(
+            store.clone(),
+            logbook.clone(),
+            config.storage.data_dir.clone(),
+        )
+        .context("starting the clock thread")?;
     let writer = Writer::spawn(
         store.clone(),
         WriterConfig {
@@ -122,11 +138,23 @@ pub async fn run(
         retention.clone(),
         metrics.clone(),
     )
-    .spawn();
+    .spawn_with_now({
+        let clock = clock.clone();
+        move || clock.retention_now()
+    });
 
     // Camera sessions get a runtime of their own, so nothing the API does (synchronous RocksDB
     // reads, logbook fsyncs, a flood of requests) runs on the threads that carry them.
     let camera_rt = CameraRuntime::new()?;
+    // New footage starts after the newest footage on disk, even after a backward step of the
+    // wall clock that was confirmed before this start (design/time.md).
+    let newest_recorded = store
+        .index()
+        .buckets(None)?
+        .iter()
+        .filter(|b| b.segments > 0)
+        .map(|b| b.last_end)
+        .max();
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut statuses = Vec::new();
     let mut tasks = Vec::new();
@@ -146,10 +174,12 @@ pub async fn run(
                 cam.id.as_str().into(),
                 policy.into(),
                 duration_to_ticks(config.storage.segment_target),
-            ),
+            )
+            .not_before(newest_recorded),
             writer: writer.handle(),
             metrics: CameraMetrics::new(&metrics, &cam.id),
             shutdown: shutdown_rx.clone(),
+            clock: clock.clone(),
         };
         tasks.push(camera_rt.spawn(task.run()));
     }
@@ -193,6 +223,7 @@ pub async fn run(
             })
             .collect(),
         keytag_max_range: config.keytags.max_range.clone(),
+        clock,
     });
     let listener = api::server::bind(config.http.listen)
         .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
@@ -225,6 +256,7 @@ pub async fn run(
         checkpointer.stop();
         camera_rt.shutdown();
         sweeper.stop();
+        clock_monitor.stop();
         writer.shutdown();
     })
     .await?;

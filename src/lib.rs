@@ -27,3 +27,4 @@ pub mod retention;
 pub mod roles;
 pub mod store;
 pub mod time;
+pub mod wallclock;

@@ -80,6 +80,23 @@ enum Command {
         #[command(subcommand)]
         what: LogbookCommand,
     },
+    /// The trusted clock (wall-clock jumps).
+    Clock {
+        #[command(subcommand)]
+        what: ClockCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClockCommand {
+    /// Tells the daemon running with this config to trust the wall clock now, after a jump it
+    /// holds back (recorded in the logbook as `clock.accept` by `cli:<user>`). Needs write access
+    /// to the data directory (the daemon's user or root); waits up to 15 s for the answer.
+    Accept {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -193,6 +210,22 @@ fn main() -> ExitCode {
                 "logbook sealed: keyed from seq {} on; head {} at seq {}",
                 head.seq, head.mac, head.seq
             );
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Clock {
+            what: ClockCommand::Accept { config },
+        } => with_config(&config, |c| {
+            let by = std::env::var("SUDO_USER")
+                .or_else(|_| std::env::var("USER"))
+                .unwrap_or_else(|_| "unknown".into());
+            // SAFETY: getuid has no preconditions.
+            let by = format!("{by} (uid {})", unsafe { libc::getuid() });
+            let msg = holdfast::wallclock::request_accept(
+                &c.storage.data_dir,
+                &by,
+                std::time::Duration::from_secs(15),
+            )?;
+            println!("clock: {msg}");
             Ok(ExitCode::SUCCESS)
         }),
         Command::Verify { config } => with_config(&config, |c| {

@@ -38,6 +38,13 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
+/// Label set of clock jump counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `forward` or `backward`.
+    pub direction: String,
+}
+
 /// Label set of per-policy metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabel {
@@ -108,6 +115,10 @@ pub struct Metrics {
     pub storage_used_bytes: Family<PolicyLabel, Gauge>,
     /// 1 while new video is refused because only pinned data is left on a full disk.
     pub storage_writes_paused: Gauge,
+    /// Wall-clock jumps against the monotonic clock, by direction (`crate::wallclock`).
+    pub clock_jumps: Family<DirectionLabel, Counter>,
+    /// Wall clock minus trusted time, in seconds (0 while the wall clock is trusted).
+    pub clock_offset_seconds: GaugeF64,
 }
 
 impl Default for Metrics {
@@ -289,8 +300,22 @@ impl Metrics {
             "1 while new video is refused: the disk is below its floor and only pinned footage is left",
             storage_writes_paused.clone(),
         );
+        let clock_jumps = Family::<DirectionLabel, Counter>::default();
+        registry.register(
+            "holdfast_clock_jumps",
+            "Steps of the wall clock against the monotonic clock beyond clock.jump_threshold",
+            clock_jumps.clone(),
+        );
+        let clock_offset_seconds = GaugeF64::default();
+        registry.register(
+            "holdfast_clock_offset_seconds",
+            "Wall clock minus the trusted time (0 while the wall clock is trusted)",
+            clock_offset_seconds.clone(),
+        );
         Self {
             registry,
+            clock_jumps,
+            clock_offset_seconds,
             sweeper_runs,
             sweeper_buckets_deleted,
             sweeper_bytes_freed,

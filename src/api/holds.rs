@@ -228,7 +228,8 @@ pub async fn place(
     if let Some(r) = &req.requested_by {
         check_len("requested_by", r, MAX_REFERENCE)?;
     }
-    let now = Time90k::now();
+    // The footage clock: a hold pins footage, whose times it is checked against.
+    let now = state.clock.now();
     // A hold pins what exists: its end may reach only a little past now.
     let latest = now.add_ticks(duration_to_ticks(state.hold_max_future));
     if req.to > latest {
@@ -330,7 +331,7 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let user = authorize_any(&state, &headers, &HOLD_READERS)?;
-    let now = Time90k::now();
+    let now = state.clock.retention_now();
     let snap = state.holds.snapshot();
     let out: Vec<_> = snap
         .holds()
@@ -375,7 +376,7 @@ pub async fn get_one(
 ) -> Result<Response, ApiError> {
     let user = authorize_any(&state, &headers, &HOLD_READERS)?;
     let h = find(&state, &user, &id)?;
-    Ok(Json(hold_view(&state, &user, &h, Time90k::now())).into_response())
+    Ok(Json(hold_view(&state, &user, &h, state.clock.retention_now())).into_response())
 }
 
 #[derive(Deserialize)]
@@ -399,7 +400,7 @@ pub async fn release(
         return Err(ApiError::bad_field("reason", "must not be empty"));
     }
     check_len("reason", &req.reason, MAX_REASON)?;
-    let now = Time90k::now();
+    let now = state.clock.retention_now();
     // Releasing lets footage go at the next sweep: the logbook has it first, and the outcome
     // after; the whole runs to the end even if the client goes away.
     let st = state.clone();
@@ -454,7 +455,7 @@ pub async fn extend(
     let body = read_body(&headers, body, JSON_BODY_LIMIT).await?;
     let req: Extend = parse_json(&body)?;
     check_len("reason", &req.reason, MAX_REASON)?;
-    let now = Time90k::now();
+    let now = state.clock.retention_now();
     let review = review_period(&state, &h.cameras);
     let latest = now.add_ticks(duration_to_ticks(review));
     if req.expires_at > latest {
@@ -561,7 +562,7 @@ pub async fn erasure(
                 &camera,
                 req.from,
                 req.to,
-                Time90k::now(),
+                st2.clock.retention_now(),
             )
         })
         .await

@@ -9,6 +9,7 @@
 //! `holdfast_http_requests_total` by route pattern, never by raw path.
 
 pub mod auth;
+pub mod clock;
 pub mod export;
 pub mod holds;
 pub mod keytags;
@@ -71,6 +72,8 @@ pub struct AppState {
     pub hold_review: HashMap<String, Duration>,
     /// The longest range of a key-tag query, per purpose (`keytags.max_range`).
     pub keytag_max_range: BTreeMap<String, Duration>,
+    /// The trusted clock (retention and hold review dates are judged by it).
+    pub clock: Arc<crate::wallclock::TrustedClock>,
 }
 
 impl AppState {
@@ -374,6 +377,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/logbook/{seq}", get(logbook::get_one))
         .route("/api/v1/logbook/{seq}/finding", post(logbook::finding))
         .route("/api/v1/logbook/{seq}/signoff", post(logbook::signoff))
+        .route("/api/v1/clock/accept", post(clock::accept))
         .fallback(no_such_route)
         .layer(axum::middleware::from_fn(limit_bodies))
         .layer(axum::middleware::from_fn_with_state(
@@ -637,6 +641,7 @@ async fn healthz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
             "index": if index { "ok" } else { "failing" },
             "storage": if storage_full { "full: only pinned footage left, new video refused" } else { "ok" },
             "cameras": cameras,
+            "clock": state.clock.status(),
         })),
     )
         .into_response()
@@ -664,7 +669,7 @@ async fn metrics(
             &st.holds,
             &st.retention,
             &st.metrics,
-            Time90k::now(),
+            st.clock.retention_now(),
         )
     })
     .await
@@ -678,7 +683,7 @@ async fn metrics(
 }
 
 fn update_camera_ages(state: &AppState) {
-    let now = Time90k::now();
+    let now = state.clock.now();
     for c in &state.cameras {
         // A camera that never delivered has no age (its `holdfast_camera_up` is 0).
         let Some(last) = c.last_frame_at() else {
@@ -788,7 +793,7 @@ async fn recordings(
             .iter()
             .map(|s| Interval::new(s.start.max(from).0, s.end().min(to).0)),
     );
-    let until = to.min(Time90k::now()).max(from);
+    let until = to.min(state.clock.now()).max(from);
     let gaps = intervals.complement_within(Interval::new(from.0, until.0));
     let fmt = |v: &IntervalSet| -> Vec<serde_json::Value> {
         v.intervals()

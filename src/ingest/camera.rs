@@ -42,7 +42,6 @@ use crate::config::{Secret, Transport};
 use crate::metrics::Metrics;
 use crate::store::segment::CodecConfig;
 use crate::store::writer::WriterHandle;
-use crate::time::Time90k;
 
 /// Longest wait for one RTSP request (DESCRIBE, SETUP, PLAY).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,6 +76,8 @@ pub struct CameraTask {
     pub metrics: CameraMetrics,
     /// Becomes true when the daemon stops.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The trusted clock: frames are stamped with its time, not the raw wall clock.
+    pub clock: Arc<crate::wallclock::TrustedClock>,
 }
 
 /// Metric handles of one camera, looked up once.
@@ -244,7 +245,7 @@ impl CameraTask {
                         ))));
                 }
             }
-            let arrival = Time90k::now();
+            let arrival = self.clock.now();
             let key = frame.is_random_access_point();
             let rtp = frame.timestamp().timestamp();
             let data = Bytes::from(frame.into_data());

@@ -104,6 +104,13 @@ impl Segmenter {
         }
     }
 
+    /// Never stamps a frame before `t` (the end of what was recorded before a restart), so a
+    /// wall clock stepped back cannot make new footage overlap older footage.
+    pub fn not_before(mut self, t: Option<Time90k>) -> Self {
+        self.last_end = t;
+        self
+    }
+
     /// What it has done so far.
     pub fn stats(&self) -> SegmenterStats {
         self.stats

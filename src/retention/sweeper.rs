@@ -491,10 +491,16 @@ impl Sweeper {
     /// Runs sweeps every interval until the handle is stopped. `trigger` on the handle runs one
     /// at once (tests, and after a hold is released).
     pub fn spawn(self) -> SweeperHandle {
+        self.spawn_with_now(Time90k::now)
+    }
+
+    /// [`Sweeper::spawn`] with the source of "now" of every sweep: the daemon passes its trusted
+    /// clock (`crate::wallclock`), so a wall-clock jump alone expires nothing and lapses no hold.
+    pub fn spawn_with_now(self, now: impl Fn() -> Time90k + Send + 'static) -> SweeperHandle {
         let (tx, rx) = crossbeam_channel::unbounded::<Cmd>();
         let thread = std::thread::Builder::new()
             .name("holdfast-sweeper".into())
-            .spawn(move || self.run(rx))
+            .spawn(move || self.run(rx, now))
             .expect("spawning the sweeper thread");
         SweeperHandle {
             tx,
@@ -502,7 +508,7 @@ impl Sweeper {
         }
     }
 
-    fn run(self, rx: Receiver<Cmd>) {
+    fn run(self, rx: Receiver<Cmd>, now: impl Fn() -> Time90k) {
         loop {
             let mut done: Option<Sender<()>> = None;
             match rx.recv_timeout(self.cfg.interval) {
@@ -511,7 +517,7 @@ impl Sweeper {
                 Err(RecvTimeoutError::Timeout) => {}
             }
             let t0 = std::time::Instant::now();
-            match self.sweep(Time90k::now()) {
+            match self.sweep(now()) {
                 Ok(r) => {
                     if r != SweepReport::default() {
                         tracing::info!(?r, took = ?t0.elapsed(), "sweep");
