@@ -36,9 +36,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, TimeOrNow,
 };
 
 /// An operation that a fault rule can make fail.
@@ -83,6 +83,8 @@ pub struct CutReport {
     pub files_rolled_back: u64,
     /// Created files and directories removed (their directory was not fsynced).
     pub entries_removed: u64,
+    /// Their paths, and the paths of the files rolled back.
+    pub paths: Vec<String>,
 }
 
 /// Counters of what the layer saw.
@@ -144,7 +146,11 @@ impl Inner {
     }
     fn check(&mut self, op: Op, rel: &Path) -> Result<(), Errno> {
         let p = rel.to_string_lossy();
-        if let Some(r) = self.rules.iter().find(|r| r.op == op && p.contains(&r.pattern)) {
+        if let Some(r) = self
+            .rules
+            .iter()
+            .find(|r| r.op == op && p.contains(&r.pattern))
+        {
             let errno = r.errno;
             *self.stats.injected.entry(format!("{op:?}")).or_default() += 1;
             return Err(Errno::from_i32(errno));
@@ -272,7 +278,10 @@ impl fuser::Filesystem for Fs {
             tri!(reply, s.check(Op::Write, &rel));
             let f = tri!(
                 reply,
-                OpenOptions::new().write(true).open(&abs).map_err(Errno::from)
+                OpenOptions::new()
+                    .write(true)
+                    .open(&abs)
+                    .map_err(Errno::from)
             );
             let cur = f.metadata().map(|m| m.len()).unwrap_or(0);
             s.remember(ino.0, &f, size.min(cur), cur.saturating_sub(size), 0);
@@ -628,13 +637,21 @@ impl fuser::Filesystem for Fs {
         let mut s = self.lock();
         let rel = tri!(reply, s.rel(ino.0));
         let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
-        tri!(reply, s.check(if punch { Op::Punch } else { Op::Write }, &rel));
+        tri!(
+            reply,
+            s.check(if punch { Op::Punch } else { Op::Write }, &rel)
+        );
         let (f, _) = tri!(reply, s.file(fh));
         if !punch || length <= MAX_PUNCH_UNDO {
             s.remember(ino.0, &f, offset, if punch { length } else { 0 }, 0);
         }
         let r = unsafe {
-            libc::fallocate(f.as_raw_fd(), mode, offset as libc::off_t, length as libc::off_t)
+            libc::fallocate(
+                f.as_raw_fd(),
+                mode,
+                offset as libc::off_t,
+                length as libc::off_t,
+            )
         };
         if r != 0 {
             reply.error(Errno::from(std::io::Error::last_os_error()));
@@ -722,7 +739,9 @@ impl FaultFs {
             s.files.clear();
             let undo = std::mem::take(&mut s.undo);
             for (ino, log) in undo {
-                let Some(rel) = s.paths.get(&ino) else { continue };
+                let Some(rel) = s.paths.get(&ino) else {
+                    continue;
+                };
                 let Ok(f) = OpenOptions::new().write(true).open(s.abs(rel)) else {
                     continue;
                 };
@@ -730,11 +749,13 @@ impl FaultFs {
                     continue;
                 }
                 report.files_rolled_back += 1;
+                report.paths.push(format!("rolled back: {}", rel.display()));
                 for u in log.iter().rev() {
                     report.writes_dropped += 1;
                     report.bytes_dropped += u.written;
                     if !u.old.is_empty() {
-                        f.write_all_at(&u.old, u.offset).expect("faultfs: undo write");
+                        f.write_all_at(&u.old, u.offset)
+                            .expect("faultfs: undo write");
                     }
                     f.set_len(u.old_len).expect("faultfs: undo set_len");
                 }
@@ -748,6 +769,9 @@ impl FaultFs {
                 match std::fs::symlink_metadata(&abs) {
                     Ok(m) if m.ino() == c.ino => {
                         report.entries_removed += 1;
+                        report
+                            .paths
+                            .push(format!("removed: {}", parent.join(&c.name).display()));
                         if m.is_dir() {
                             std::fs::remove_dir_all(&abs).expect("faultfs: undo mkdir");
                         } else {
@@ -758,7 +782,8 @@ impl FaultFs {
                 }
             }
         }
-        self.mount_again().expect("faultfs: mount again after the power cut");
+        self.mount_again()
+            .expect("faultfs: mount again after the power cut");
         report
     }
 
@@ -769,6 +794,13 @@ impl FaultFs {
             pattern: pattern.to_owned(),
             errno,
         });
+    }
+
+    /// Removes the rules for `op` on `pattern`.
+    pub fn unfail(&self, op: Op, pattern: &str) {
+        self.lock()
+            .rules
+            .retain(|r| !(r.op == op && r.pattern == pattern));
     }
 
     /// Removes every fault rule.

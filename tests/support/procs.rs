@@ -315,7 +315,9 @@ impl Daemon {
 
     /// Whether the daemon process has exited (`Some(exit status)`), reaping it.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Its config file.
@@ -554,4 +556,43 @@ pub fn user(name: &str, role: &str, token: &str, sites: &str) -> String {
         "\n[[users]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\nsites = {sites}\n",
         hex::encode(sha2::Sha256::digest(token.as_bytes()))
     )
+}
+
+/// `holdfast camsim`: N simulated cameras looping the shipped 720p 4 Mbit/s clip
+/// (`rtsp://127.0.0.1:PORT/cam0` ..); stopped when the handle drops.
+pub struct Camsim {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Camsim {
+    /// Starts `streams` streams and waits until the server listens.
+    pub fn start(streams: usize) -> Camsim {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_holdfast"))
+            .args(["camsim", "--streams", &streams.to_string(), "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("camsim:"), "{line}");
+        Camsim { child, port }
+    }
+
+    /// URL of stream `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("rtsp://127.0.0.1:{}/cam{i}", self.port)
+    }
+}
+
+impl Drop for Camsim {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
 }
