@@ -520,9 +520,15 @@ impl Findings {
     }
     fn assert_none(&self, log: &str) {
         if !self.0.is_empty() {
-            let tail: Vec<_> = log.lines().rev().take(30).collect();
+            // The last errors and warnings of the daemon, not its debug chatter.
+            let tail: Vec<_> = log
+                .lines()
+                .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+                .rev()
+                .take(30)
+                .collect();
             panic!(
-                "{} failed:\n- {}\nlog tail:\n{}",
+                "{} failed:\n- {}\nlast errors and warnings of the daemon:\n{}",
                 self.0.len(),
                 self.0.join("\n- "),
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
@@ -596,9 +602,14 @@ fn faulty_disk_stays_local_and_frees_later() {
     });
     let start = Time90k::now();
     std::thread::sleep(Duration::from_secs(3));
-    // cam1's first seconds are held: its first bucket is later punched, not unlinked.
+    // One second of cam1's first whole bucket is held (a hold may reach into the near future):
+    // that bucket is later punched around it, not unlinked.
     let first1 = intervals(&d, "cam1")[0].0;
-    let held = (first1, first1.add_ticks(secs(2.0)));
+    let held_bucket = first1.floor_to(10).add_ticks(secs(10.0));
+    let held = (
+        held_bucket.add_ticks(secs(1.0)),
+        held_bucket.add_ticks(secs(2.0)),
+    );
     place_hold(&d, "cam1", held.0, held.1);
 
     // 1. EIO on every write to p0's buckets: cam0 loses segments, cam1 goes on.
@@ -635,10 +646,46 @@ fn faulty_disk_stays_local_and_frees_later() {
         format!("cam1's failed syncs counted ({sync_errors} segments)"),
     );
     fs.unfail(Op::Fsync, "buckets/p1/");
+    let cam0_sync =
+        d.metric(r#"holdfast_segments_dropped_total{camera="cam0",reason="sync_error"}"#);
+    f.check(
+        cam0_sync == 0.0,
+        format!("cam0 (p0) loses no segment to p1's failed fdatasync: {cam0_sync} dropped as sync_error"),
+    );
     let t4 = Time90k::now();
     f.check(
         records_past(&d, "cam1", t4.add_ticks(secs(2.0)), Duration::from_secs(20)),
         "cam1 records again once fdatasync succeeds",
+    );
+
+    // 2b. RocksDB's own writes and syncs fail with ENOSPC for 3 s: once they work again, the
+    // index takes commits again (a hold can be placed) and both cameras record on.
+    fs.fail(Op::Write, "index/", libc::ENOSPC);
+    fs.fail(Op::Fsync, "index/", libc::ENOSPC);
+    std::thread::sleep(Duration::from_secs(3));
+    let index_errors = fs.stats().injected.values().sum::<u64>();
+    fs.unfail(Op::Write, "index/");
+    fs.unfail(Op::Fsync, "index/");
+    let t5 = Time90k::now();
+    let hold_ok = eventually(Duration::from_secs(20), || {
+        let (status, _) = d.post(
+            "/api/v1/holds",
+            &format!(
+                r#"{{"cameras":["cam0"],"from":"{}","to":"{}","reason":"after ENOSPC"}}"#,
+                t5.add_ticks(-secs(30.0)).to_rfc3339(),
+                t5.add_ticks(-secs(29.0)).to_rfc3339()
+            ),
+        );
+        status == 201
+    });
+    f.check(
+        hold_ok,
+        "the index takes commits again after RocksDB's ENOSPC (a hold placed)",
+    );
+    f.check(
+        records_past(&d, "cam0", t5.add_ticks(secs(2.0)), Duration::from_secs(20))
+            && records_past(&d, "cam1", t5.add_ticks(secs(2.0)), Duration::from_secs(5)),
+        format!("both cameras record again after RocksDB's ENOSPC ({index_errors} errors injected so far)"),
     );
 
     // 3. Expiry (40 s retention, 10 s buckets) while unlink (p0) and punch (p1) fail.
@@ -654,13 +701,11 @@ fn faulty_disk_stays_local_and_frees_later() {
         start.add_ticks(-secs(20.0)),
         overdue_before,
     );
-    // p1's buckets after the held one.
-    let p1_gone = bucket_files(
-        &fs.backing,
-        "p1",
-        first1.floor_to(10).add_ticks(secs(10.0)),
-        overdue_before,
-    );
+    // p1's buckets but the held one.
+    let p1_gone: Vec<_> = bucket_files(&fs.backing, "p1", first1, overdue_before)
+        .into_iter()
+        .filter(|p| !p.ends_with(format!("{}.seg", holdfast::time::bucket_stem(held_bucket))))
+        .collect();
     f.check(
         !p0_stuck.is_empty(),
         format!("p0's expired buckets are still on disk while unlink fails: {p0_stuck:?}"),
@@ -699,30 +744,41 @@ fn faulty_disk_stays_local_and_frees_later() {
     eprintln!("errors injected so far: {injected:?}");
 
     // 4. The faults clear: what could not be freed is freed.
-    let first1_file = bucket_files(&fs.backing, "p1", first1, first1.add_ticks(1));
-    let allocated_before: Vec<u64> = first1_file.iter().filter_map(|p| allocated(p)).collect();
+    let held_file = bucket_files(&fs.backing, "p1", held_bucket, held_bucket.add_ticks(1));
+    let allocated_before: Vec<u64> = held_file.iter().filter_map(|p| allocated(p)).collect();
     fs.clear();
     f.check(
         eventually(Duration::from_secs(30), || {
-            bucket_files(
-                &fs.backing,
-                "p0",
-                start.add_ticks(-secs(20.0)),
-                overdue_before,
-            )
-            .is_empty()
+            p0_stuck.iter().all(|p| !p.exists())
         }),
-        "p0's expired buckets are unlinked once unlink works again",
+        format!(
+            "p0's buckets whose unlink failed are unlinked once unlink works again: {p0_stuck:?}"
+        ),
+    );
+    // Nothing past its retention is left on disk, indexed or not (a bucket whose every commit
+    // failed is not in the index, so no sweep ever sees it).
+    let left: Vec<(String, u64)> = ["p0", "p1"]
+        .iter()
+        .flat_map(|p| bucket_files(&fs.backing, p, start.add_ticks(-secs(20.0)), overdue_before))
+        .filter(|p| !p.ends_with(format!("{}.seg", holdfast::time::bucket_stem(held_bucket))))
+        .map(|p| {
+            let name = p.strip_prefix(&fs.backing).unwrap().display().to_string();
+            (name, std::fs::metadata(&p).map_or(0, |m| m.len()))
+        })
+        .collect();
+    f.check(
+        left.is_empty(),
+        format!("no bucket file past its retention is left on disk: {left:?}"),
     );
     f.check(
         eventually(Duration::from_secs(10), || {
-            first1_file
+            held_file
                 .iter()
                 .zip(&allocated_before)
                 .all(|(p, before)| allocated(p).is_some_and(|a| a < *before))
         }),
         format!(
-            "p1's held bucket {first1_file:?} ({allocated_before:?} bytes allocated) is punched \
+            "p1's held bucket {held_file:?} ({allocated_before:?} bytes allocated) is punched \
              once punching works again"
         ),
     );
@@ -912,14 +968,16 @@ fn full_disk_expires_unpinned_only_and_resumes() {
 
     // B: the disk fills up completely: the daemon pauses (or fails writes), then resumes by
     // itself once the other program's file goes.
-    let got = fill(&filler, disk.free());
-    eprintln!("filler grown by {got} bytes; free now {}", disk.free());
+    // The other program takes every byte that is freed, as it is freed.
+    let mut got = 0;
     f.check(
         eventually(Duration::from_secs(30), || {
+            got += fill(&filler, disk.free());
             d.metric("holdfast_storage_writes_paused") == 1.0
         }),
         "writes paused on a disk full of pinned, current and foreign data",
     );
+    eprintln!("filler grown by {got} bytes; free now {}", disk.free());
     std::fs::remove_file(&filler).unwrap();
     let t = Time90k::now();
     eprintln!("filler removed; free now {}", disk.free());
