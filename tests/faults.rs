@@ -4,14 +4,17 @@
 //!   unsynced writes on a power cut, catches a program that claims durability before fsync,
 //!   injects EIO/ENOSPC where told, and io_uring `writev`/`fdatasync` work through it.
 //! - `power_cuts_lose_nothing_committed`: the daemon records two GStreamer cameras through
-//!   faultfs; at random moments it is SIGKILLed and the power cut (unsynced writes dropped), then
-//!   `holdfast verify` and `holdfast logbook verify` must pass, every range the API showed as
-//!   recorded before the cut must still be recorded, every hold still there. 5 cuts in the normal
-//!   run; `HOLDFAST_POWER_CUTS=50` for the long form.
+//!   faultfs; at random moments it is SIGKILLed and the power cut (unsynced writes dropped),
+//!   half the time after a plain crash and the recovery that follows it, sometimes again while it
+//!   starts; then `holdfast verify` (no dangling entry dropped, no damage) and `holdfast logbook
+//!   verify` must pass, every range the API showed as recorded before the cut must still be
+//!   recorded, every hold still there. 5 cuts in the normal run; `HOLDFAST_POWER_CUTS=50` for the
+//!   long form.
 //! - `faulty_disk_stays_local_and_frees_later`: EIO on writes of one policy's buckets, ENOSPC on
-//!   fdatasync of another's, EIO on unlink and on hole punching during expiry: the other camera
-//!   keeps recording, errors are counted, and what could not be freed is freed once the fault
-//!   clears.
+//!   fdatasync of another's, ENOSPC on RocksDB's own writes and syncs, EIO on unlink and on hole
+//!   punching during expiry: the other camera keeps recording and loses nothing, errors are
+//!   counted (`holdfast_reclaim_errors_total{op}`, `holdfast_reclaim_pending_bytes`, /healthz),
+//!   and what could not be freed is freed once the fault clears.
 //! - `full_disk_expires_unpinned_only_and_resumes`: the data dir on a 256 MiB loop-mounted ext4
 //!   image filled by another file: early expiry of unpinned data only, the held range intact,
 //!   ingest resumes by itself once space returns, `holdfast verify` clean. Skipped, with a printed
