@@ -2,14 +2,15 @@
 # Installs what holdfast needs to build, test and run its demo on Debian 12:
 # clang/libclang (RocksDB's bindings), GStreamer's RTSP server (test cameras), ffmpeg/ffprobe
 # (export checks, clip making), prometheus (promtool), faketime (tests/clock.rs moves the daemon's
-# wall clock with libfaketime), and schemathesis from PyPI (tests/api_spec.rs
+# wall clock with libfaketime), fuse3 and e2fsprogs (tests/faults.rs: the faultfs FUSE layer and
+# the loop-mounted ext4 image), and schemathesis from PyPI (tests/api_spec.rs
 # runs it against docs/api.yaml) in a venv of its own. Needs root (or sudo) and a Rust toolchain.
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 PKGS=(
   build-essential clang libclang-dev pkg-config
-  ffmpeg prometheus curl openssl python3 python3-venv faketime
+  ffmpeg prometheus curl openssl python3 python3-venv faketime fuse3 e2fsprogs
   gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gst-1.0 gstreamer1.0-tools
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad
 )

@@ -103,6 +103,9 @@ impl Store {
             }
         }
         let index = Index::open(&data_dir.join("index"))?;
+        // RocksDB creates `index/` but never fsyncs the data directory: without this, a power
+        // cut soon after the first start loses the whole index (tests/faults.rs power cuts).
+        sync_dir(data_dir)?;
         Ok(Store {
             root: data_dir.to_owned(),
             index,

@@ -178,9 +178,20 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with extra environment variables.
     pub fn start_env(rest: &str, storage_extra: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::start_in(rest, storage_extra, env, None)
+    }
+
+    /// Like [`Daemon::start_env`], with the data directory at `data_dir` (a mount made by the
+    /// test) instead of `dir/data`.
+    pub fn start_in(
+        rest: &str,
+        storage_extra: &str,
+        env: &[(&str, &str)],
+        data_dir: Option<&Path>,
+    ) -> Daemon {
         use sha2::Digest;
         let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().join("data");
+        let data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let token_hash = hex::encode(sha2::Sha256::digest(ADMIN_TOKEN.as_bytes()));
         let privacy_hash = hex::encode(sha2::Sha256::digest(PRIVACY_TOKEN.as_bytes()));
@@ -279,14 +290,39 @@ impl Daemon {
         }
     }
 
+    /// Kills the daemon with SIGKILL (no flush, no shutdown) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Starts the stopped daemon again on the same config and data; waits for /healthz.
     pub fn restart(&mut self) {
         self.stop();
-        let config = self.dir.path().join("holdfast.toml");
-        self.child = Some(spawn_daemon(&config, &self.log, &self.env));
+        self.spawn_again();
         self.wait_until(Duration::from_secs(30), |d| {
             d.get("/healthz", None).0 == 200
         });
+    }
+
+    /// Starts the stopped daemon again without waiting for anything.
+    pub fn spawn_again(&mut self) {
+        let config = self.config_path();
+        self.child = Some(spawn_daemon(&config, &self.log, &self.env));
+    }
+
+    /// Whether the daemon process has exited (`Some(exit status)`), reaping it.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Its config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("holdfast.toml")
     }
 
     /// The daemon's log so far.
@@ -520,4 +556,43 @@ pub fn user(name: &str, role: &str, token: &str, sites: &str) -> String {
         "\n[[users]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\nsites = {sites}\n",
         hex::encode(sha2::Sha256::digest(token.as_bytes()))
     )
+}
+
+/// `holdfast camsim`: N simulated cameras looping the shipped 720p 4 Mbit/s clip
+/// (`rtsp://127.0.0.1:PORT/cam0` ..); stopped when the handle drops.
+pub struct Camsim {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Camsim {
+    /// Starts `streams` streams and waits until the server listens.
+    pub fn start(streams: usize) -> Camsim {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_holdfast"))
+            .args(["camsim", "--streams", &streams.to_string(), "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("camsim:"), "{line}");
+        Camsim { child, port }
+    }
+
+    /// URL of stream `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("rtsp://127.0.0.1:{}/cam{i}", self.port)
+    }
+}
+
+impl Drop for Camsim {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
 }
