@@ -922,6 +922,59 @@ mod tests {
     }
 
     #[test]
+    fn reclaim_keys_of_different_work_never_collide_and_old_keys_are_upgraded() {
+        let all = Reclaim {
+            policy: "p".into(),
+            bucket: Time90k(3600),
+            offset: 0,
+            len: None,
+        };
+        let range0 = Reclaim {
+            len: Some(1100),
+            ..all.clone()
+        };
+        let range0b = Reclaim {
+            len: Some(2200),
+            ..all.clone()
+        };
+        assert_ne!(all.key(), range0.key());
+        assert_ne!(range0.key(), range0b.key());
+        for r in [&all, &range0, &range0b] {
+            let v = r.len.unwrap_or(RECLAIM_ALL).to_be_bytes();
+            assert_eq!(Reclaim::decode_any(&r.key(), &v).unwrap(), (r.clone(), false));
+        }
+        // A key whose kind byte disagrees with its value is corrupt, not guessed.
+        assert!(Reclaim::decode_any(&all.key(), &1100u64.to_be_bytes()).is_err());
+
+        // Old format (`bucket offset`): a range at offset 0 that overwrote an expired bucket's
+        // whole-bucket record. Opening the index rewrites it and brings the whole record back.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let index = Index::open(dir.path()).unwrap();
+            let mut b = BucketInfo::empty("p", Time90k(3600), 3600);
+            b.expired = true;
+            let mut batch = IndexBatch::default();
+            batch.put_bucket(&index, &b);
+            let mut old = bucket_key("p", Time90k(3600));
+            old.extend_from_slice(&0u64.to_be_bytes());
+            batch.put_raw(&index, CF_RECLAIM, &old, &1100u64.to_be_bytes());
+            index.commit(batch, true).unwrap();
+            let got = index.reclaims().unwrap();
+            assert_eq!(got, vec![range0.clone()], "old keys are read");
+        }
+        let index = Index::open(dir.path()).unwrap();
+        let mut got = index.reclaims().unwrap();
+        got.sort_by_key(|r| r.len);
+        assert_eq!(got, vec![range0.clone(), all.clone()]);
+        let raw: Vec<_> = index
+            .db
+            .iterator_cf(index.cf(CF_RECLAIM), IteratorMode::Start)
+            .map(|i| i.unwrap().0)
+            .collect();
+        assert!(raw.iter().all(|k| k.len() == 2 + 9 + 17), "{raw:?}");
+    }
+
+    #[test]
     fn camera_lookup_finds_overlaps_without_other_cameras() {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path()).unwrap();

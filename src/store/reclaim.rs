@@ -191,6 +191,38 @@ impl Store {
             Some(len) => len,
             None => std::fs::metadata(&path).map_or(0, |m| m.blocks() * 512),
         };
+        // A whole bucket with nothing pinned left goes by unlink, which needs no write access
+        // to the file itself.
+        let kept = match r.len {
+            Some(_) => None,
+            None => Some(
+                index
+                    .bucket_segments(&r.policy, r.bucket)
+                    .map_err(|e| fail("index", estimate)(e.into()))?,
+            ),
+        };
+        if kept.as_ref().is_some_and(|k| k.is_empty()) {
+            let mut batch = IndexBatch::default();
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    if let Some(dir) = path.parent() {
+                        // The unlink happened: the bytes are free. A failed directory sync is
+                        // counted; the record stays, and the retry finds the file gone.
+                        sync_dir(dir).map_err(fail("sync_dir", 0))?;
+                    }
+                    report.files_removed += 1;
+                    report.bytes_freed += estimate;
+                }
+                // Unlinked before a crash; only the bucket record was left.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("unlink", "unlink", estimate)(e)),
+            }
+            batch.delete_bucket(index, &r.policy, r.bucket);
+            batch.delete_reclaim(index, r);
+            return index
+                .commit(batch, true)
+                .map_err(|e| fail("index", 0)(e.into()));
+        }
         let file = match OpenOptions::new().write(true).open(&path) {
             Ok(f) => Some(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -201,33 +233,15 @@ impl Store {
             let meta = file.metadata().map_err(io("stat", "stat", estimate))?;
             let before = meta.blocks() * 512;
             let file_len = meta.len();
-            let to_free = match r.len {
-                Some(len) => IntervalSet::from_intervals([byte_range(r.offset, r.offset + len)]),
-                None => {
-                    let kept = index
-                        .bucket_segments(&r.policy, r.bucket)
-                        .map_err(|e| fail("index", before)(e.into()))?;
-                    if kept.is_empty() {
-                        drop(file);
-                        std::fs::remove_file(&path).map_err(io("unlink", "unlink", before))?;
-                        if let Some(dir) = path.parent() {
-                            // The unlink happened: the bytes are free. A failed directory sync
-                            // is counted; the record stays, and the retry finds the file gone.
-                            sync_dir(dir).map_err(fail("sync_dir", 0))?;
-                        }
-                        report.files_removed += 1;
-                        report.bytes_freed += before;
-                        batch.delete_bucket(index, &r.policy, r.bucket);
-                        batch.delete_reclaim(index, r);
-                        return index
-                            .commit(batch, true)
-                            .map_err(|e| fail("index", 0)(e.into()));
-                    }
-                    IntervalSet::from_intervals(
-                        kept.iter().map(|e| byte_range(e.offset, e.end_offset())),
-                    )
-                    .complement_within(byte_range(0, file_len))
-                }
+            let to_free = match &kept {
+                None => IntervalSet::from_intervals([byte_range(
+                    r.offset,
+                    r.offset + r.len.unwrap_or(0),
+                )]),
+                Some(kept) => IntervalSet::from_intervals(
+                    kept.iter().map(|e| byte_range(e.offset, e.end_offset())),
+                )
+                .complement_within(byte_range(0, file_len)),
             };
             for i in to_free.intervals() {
                 punch_hole(&file, i).map_err(io("punch", "punch hole in", estimate))?;
@@ -235,16 +249,9 @@ impl Store {
             file.sync_data().map_err(io("punch", "sync", estimate))?;
             let after = file.metadata().map_err(io("stat", "stat", 0))?.blocks() * 512;
             report.bytes_freed += before.saturating_sub(after);
-        } else if r.len.is_none()
-            && index
-                .bucket_segments(&r.policy, r.bucket)
-                .map_err(|e| fail("index", 0)(e.into()))?
-                .is_empty()
-        {
-            // Unlinked before a crash; only the bucket record was left. (A missing file that
-            // still has pinned entries keeps them: recovery reports them.)
-            batch.delete_bucket(index, &r.policy, r.bucket);
         }
+        // A missing file with pinned entries left keeps them (recovery reports them); a missing
+        // file of a range record has nothing left to free.
         batch.delete_reclaim(index, r);
         index
             .commit(batch, true)
