@@ -552,6 +552,7 @@ fn an_immutable_bucket_file_stops_neither_the_other_buckets_nor_the_start() {
 
     // A restart while the file is still stuck: recovery counts it and starts anyway.
     let dir = rig.store.root().to_owned();
+    drop(sweeper);
     let Rig {
         writer,
         store,

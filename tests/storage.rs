@@ -494,7 +494,7 @@ fn missing_bucket_files_are_reported_held_entries_kept_and_most_missing_refused(
                 cameras: vec![held.camera.clone()],
                 site: None,
                 from: held.start,
-                to: held.start.add_ticks(1),
+                to: held.end(),
                 reason: "incident".into(),
                 reference: "PL-9".into(),
                 requested_by: "police".into(),

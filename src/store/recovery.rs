@@ -70,6 +70,8 @@ pub struct RecoveryReport {
     pub unsynced_dropped: u64,
     /// Bucket files the index names that are missing.
     pub missing: MissingFiles,
+    /// Bucket files that could not be opened or stat'ed (left alone, logged).
+    pub files_unreadable: u64,
 }
 
 /// What recovery may do when bucket files are missing.
@@ -112,7 +114,9 @@ impl std::fmt::Display for RecoveryReport {
             f,
             "{} bucket files, {} bytes scanned, {} segments re-indexed, {} bytes truncated, \
              {} bytes skipped, {} dangling entries dropped, {} empty files removed, \
-             {} interrupted deletions finished ({} bytes freed)",
+             {} interrupted deletions finished ({} bytes freed, {} failed and retried later), \
+             {} duplicate keys not indexed, {} unsynced records cut off, {} bucket files missing, \
+             {} unreadable",
             self.files,
             self.bytes_scanned,
             self.segments_reindexed,
@@ -121,7 +125,12 @@ impl std::fmt::Display for RecoveryReport {
             self.entries_dropped,
             self.files_removed,
             self.reclaim.records,
-            self.reclaim.bytes_freed
+            self.reclaim.bytes_freed,
+            self.reclaim.failed,
+            self.duplicates_skipped,
+            self.unsynced_dropped,
+            self.missing.files.len(),
+            self.files_unreadable
         )
     }
 }
@@ -305,12 +314,14 @@ fn scan(
 
     for ((policy, start), path) in &files {
         report.files += 1;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(StoreError::io("open", path))?;
-        let file_len = file.metadata().map_err(StoreError::io("stat", path))?.len();
+        let file_len = match std::fs::metadata(path) {
+            Ok(m) => m.len(),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot stat bucket file: skipped");
+                report.files_unreadable += 1;
+                continue;
+            }
+        };
         let indexed = if from_scratch {
             None
         } else {
@@ -340,8 +351,29 @@ fn scan(
         if info.expired {
             // What is left is pinned and indexed; everything else was deleted on purpose and
             // must never come back.
+            if changed {
+                batch.put_bucket(index, &info);
+            }
             continue;
         }
+        if was_indexed && file_len == info.committed_len {
+            // Nothing past the committed length: nothing to scan (the file is not even opened).
+            if changed {
+                batch.put_bucket(index, &info);
+            }
+            continue;
+        }
+        // One file that cannot be opened (immutable, EIO) does not stop the start: its
+        // unindexed tail stays unindexed.
+        let file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e,
+                    "cannot open bucket file for recovery: skipped");
+                report.files_unreadable += 1;
+                continue;
+            }
+        };
         let mut scan = scan_file(&file, path, info.committed_len, file_len)?;
         report.bytes_scanned += file_len - info.committed_len;
         report.bytes_skipped += scan.skipped;
