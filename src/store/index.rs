@@ -965,7 +965,7 @@ mod tests {
         let index = Index::open(dir.path()).unwrap();
         let mut got = index.reclaims().unwrap();
         got.sort_by_key(|r| r.len);
-        assert_eq!(got, vec![range0.clone(), all.clone()]);
+        assert_eq!(got, vec![all.clone(), range0.clone()]);
         let raw: Vec<_> = index
             .db
             .iterator_cf(index.cf(CF_RECLAIM), IteratorMode::Start)
