@@ -971,7 +971,7 @@ mod tests {
             .iterator_cf(index.cf(CF_RECLAIM), IteratorMode::Start)
             .map(|i| i.unwrap().0)
             .collect();
-        assert!(raw.iter().all(|k| k.len() == 2 + 9 + 17), "{raw:?}");
+        assert!(raw.iter().all(|k| k.len() == "p".len() + 9 + 17), "{raw:?}");
     }
 
     #[test]
