@@ -29,8 +29,8 @@ use crate::logbook::{Checkpointer, Logbook};
 use crate::metrics::Metrics;
 use crate::retention::holds::Holds;
 use crate::retention::sweeper::{Sweeper, SweeperConfig};
-use crate::store::writer::{Writer, WriterConfig};
 use crate::store::recovery::RecoverOptions;
+use crate::store::writer::{Writer, WriterConfig};
 use crate::store::Store;
 use crate::time::duration_to_ticks;
 
@@ -81,7 +81,9 @@ pub async fn run_with(
     let (store, report) =
         tokio::task::spawn_blocking(move || Store::open_with(&data_dir, bucket_secs, recover))
             .await?
-        .with_context(|| format!("opening the store in {}", config.storage.data_dir.display()))?;
+            .with_context(|| {
+                format!("opening the store in {}", config.storage.data_dir.display())
+            })?;
     tracing::info!(data_dir = %config.storage.data_dir.display(), "recovery: {report}");
     let store = Arc::new(store);
     // The logbook before anything else runs: it refuses to open when its head record, last
@@ -298,7 +300,9 @@ pub async fn run_with(
 async fn writer_death(w: crate::store::writer::WriterHandle) -> String {
     loop {
         if !w.is_alive() {
-            return w.death().unwrap_or_else(|| "the writer thread ended".into());
+            return w
+                .death()
+                .unwrap_or_else(|| "the writer thread ended".into());
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }

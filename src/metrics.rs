@@ -461,7 +461,10 @@ mod tests {
             text.contains(r#"holdfast_reclaim_errors_total{op="unlink"} 1"#),
             "{text}"
         );
-        assert!(text.contains("holdfast_reclaim_pending_bytes 4096"), "{text}");
+        assert!(
+            text.contains("holdfast_reclaim_pending_bytes 4096"),
+            "{text}"
+        );
         assert!(text.contains("holdfast_index_missing_files 2"), "{text}");
     }
 }

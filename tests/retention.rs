@@ -576,7 +576,7 @@ fn an_immutable_bucket_file_stops_neither_the_other_buckets_nor_the_start() {
 }
 
 #[test]
-fn a_bucket_file_that_cannot_be_opened_is_retried_without_privileges() {
+fn a_bucket_file_that_cannot_be_unlinked_is_retried_without_privileges() {
     // Without root tricks: the bucket file replaced by a directory of the same name (unlink
     // fails with EISDIR, for root too; a read-only directory would not stop root).
     let rig = Rig::new();

@@ -520,7 +520,10 @@ fn missing_bucket_files_are_reported_held_entries_kept_and_most_missing_refused(
     assert_eq!(report.missing.files.len(), 1, "{report:?}");
     assert!(!report.missing.accepted);
     let f = &report.missing.files[0];
-    assert_eq!(f.held, vec![(hold.id, held.camera.clone(), held.start, held.end())]);
+    assert_eq!(
+        f.held,
+        vec![(hold.id, held.camera.clone(), held.start, held.end())]
+    );
     assert_eq!(report.missing.held_entries_kept, 1);
     assert_eq!(report.missing.entries_dropped, f.entries - 1);
     assert_eq!(store.metrics().index_missing_files.get(), 1);
@@ -548,9 +551,18 @@ fn missing_bucket_files_are_reported_held_entries_kept_and_most_missing_refused(
         std::fs::rename(aside.join(i.to_string()), p).unwrap();
     }
     let (store, report) = Store::open(dir.path(), BUCKET).unwrap();
-    assert_eq!(report.missing.files.len(), 1, "only the first file is still missing");
+    assert_eq!(
+        report.missing.files.len(),
+        1,
+        "only the first file is still missing"
+    );
     let v = store.verify().unwrap();
-    assert_eq!(v.bad.len(), 1, "the held entry of the missing file: {:?}", v.bad);
+    assert_eq!(
+        v.bad.len(),
+        1,
+        "the held entry of the missing file: {:?}",
+        v.bad
+    );
     drop(store);
 
     // Accepted: everything of the missing files is forgotten.

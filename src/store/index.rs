@@ -295,7 +295,8 @@ impl Reclaim {
     fn decode_any(key: &[u8], value: &[u8]) -> Result<(Self, bool), IndexError> {
         let bad = || IndexError::Corrupt(format!("reclaim key {}", hex::encode(key)));
         let z = key.iter().position(|&b| b == 0).ok_or_else(bad)?;
-        let (policy, bucket) = parse_bucket_key(key.get(..z + 9).ok_or_else(bad)?).ok_or_else(bad)?;
+        let (policy, bucket) =
+            parse_bucket_key(key.get(..z + 9).ok_or_else(bad)?).ok_or_else(bad)?;
         if value.len() != 8 {
             return Err(bad());
         }
@@ -833,7 +834,10 @@ impl Index {
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
             self.db.write_opt(batch, &wo)?;
-            tracing::info!(records = n, "reclaim records rewritten in the new key format");
+            tracing::info!(
+                records = n,
+                "reclaim records rewritten in the new key format"
+            );
         }
         Ok(())
     }
@@ -941,7 +945,10 @@ mod tests {
         assert_ne!(range0.key(), range0b.key());
         for r in [&all, &range0, &range0b] {
             let v = r.len.unwrap_or(RECLAIM_ALL).to_be_bytes();
-            assert_eq!(Reclaim::decode_any(&r.key(), &v).unwrap(), (r.clone(), false));
+            assert_eq!(
+                Reclaim::decode_any(&r.key(), &v).unwrap(),
+                (r.clone(), false)
+            );
         }
         // A key whose kind byte disagrees with its value is corrupt, not guessed.
         assert!(Reclaim::decode_any(&all.key(), &1100u64.to_be_bytes()).is_err());

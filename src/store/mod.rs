@@ -150,7 +150,10 @@ impl Store {
 
     /// Bucket files the index names that were missing at start-up (and what they held).
     pub fn missing_files(&self) -> recovery::MissingFiles {
-        self.missing.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.missing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The data directory.

@@ -69,9 +69,7 @@ pub struct ReclaimStatus {
 /// The retry delay after `failures` failures in a row: 1 s, 2 s, 4 s, .. at most 10 min.
 pub fn backoff(failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(20);
-    BACKOFF_FIRST
-        .saturating_mul(1u32 << exp)
-        .min(BACKOFF_MAX)
+    BACKOFF_FIRST.saturating_mul(1u32 << exp).min(BACKOFF_MAX)
 }
 
 struct Retry {
@@ -177,7 +175,8 @@ impl Store {
     fn reclaim_one(&self, r: &Reclaim, report: &mut ReclaimReport) -> Result<(), Failure> {
         let index = self.index();
         let path = self.bucket_path(&r.policy, r.bucket);
-        let fail = |op: &'static str, bytes: u64| move |error: StoreError| Failure { op, error, bytes };
+        let fail =
+            |op: &'static str, bytes: u64| move |error: StoreError| Failure { op, error, bytes };
         let io = |op: &'static str, what: &'static str, bytes: u64| {
             let path = path.clone();
             move |e: std::io::Error| Failure {

@@ -168,7 +168,11 @@ pub fn reindex(store: &Store, bucket_secs: u32) -> Result<RecoveryReport, StoreE
     Ok(report)
 }
 
-fn run(store: &Store, bucket_secs: u32, opts: RecoverOptions) -> Result<RecoveryReport, StoreError> {
+fn run(
+    store: &Store,
+    bucket_secs: u32,
+    opts: RecoverOptions,
+) -> Result<RecoveryReport, StoreError> {
     // An interrupted delete is finished first: it may unlink files the scan would visit. A
     // failure is counted and retried by the sweeper; it never stops the start.
     let reclaim = store.reclaim().unwrap_or_else(|e| {
@@ -231,7 +235,11 @@ fn missing_files(
         });
     }
     report.missing.accepted = most;
-    let holds = if most { Vec::new() } else { active_holds(store) };
+    let holds = if most {
+        Vec::new()
+    } else {
+        active_holds(store)
+    };
     for b in missing {
         let entries = index.bucket_segments(&b.policy, b.start)?;
         let path = store.bucket_path(&b.policy, b.start);
@@ -241,7 +249,9 @@ fn missing_files(
             let pins: Vec<u64> = holds
                 .iter()
                 .filter(|(_, cams, from, to)| {
-                    (cams.is_empty() || cams.contains(&e.camera)) && *from < e.end() && e.start < *to
+                    (cams.is_empty() || cams.contains(&e.camera))
+                        && *from < e.end()
+                        && e.start < *to
                 })
                 .map(|(id, ..)| *id)
                 .collect();
@@ -288,7 +298,10 @@ fn missing_files(
         tracing::error!(files = report.missing.files.len(), entries = report.missing.entries_dropped,
             "started with --accept-missing-files: the entries of the missing bucket files are forgotten");
     }
-    store.metrics().index_missing_files.set(report.missing.files.len() as i64);
+    store
+        .metrics()
+        .index_missing_files
+        .set(report.missing.files.len() as i64);
     *store.missing.lock().unwrap_or_else(|e| e.into_inner()) = report.missing.clone();
     Ok(())
 }

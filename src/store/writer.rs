@@ -246,8 +246,8 @@ impl Writer {
             death: std::sync::Mutex::new(None),
         });
         let buckets_dir = store.buckets_dir();
-        let buckets_id = dir_identity(&buckets_dir)
-            .map_err(StoreError::io("stat", &buckets_dir))?;
+        let buckets_id =
+            dir_identity(&buckets_dir).map_err(StoreError::io("stat", &buckets_dir))?;
         let handle = WriterHandle {
             tx,
             shared: shared.clone(),
@@ -809,7 +809,10 @@ impl WriterThread {
                 for cqe in self.ring.completion() {
                     let ud = cqe.user_data();
                     if ud < first_ud || ud >= first_ud + chunk.len() as u64 {
-                        tracing::warn!(user_data = ud, "io_uring completion of an earlier call ignored");
+                        tracing::warn!(
+                            user_data = ud,
+                            "io_uring completion of an earlier call ignored"
+                        );
                         continue;
                     }
                     let i = base + (ud - first_ud) as usize;
