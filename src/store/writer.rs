@@ -266,6 +266,7 @@ impl Writer {
             retired: HashSet::new(),
             known_codecs: HashSet::new(),
             pending: Vec::new(),
+            pending_keys: HashSet::new(),
             new_dirs: Vec::new(),
             first_pending_at: None,
             flush_waiters: Vec::new(),
@@ -381,6 +382,8 @@ struct WriterThread {
     retired: HashSet<(Arc<str>, Time90k)>,
     known_codecs: HashSet<u64>,
     pending: Vec<Written>,
+    /// Segment keys of `pending`.
+    pending_keys: HashSet<Vec<u8>>,
     new_dirs: Vec<PathBuf>,
     first_pending_at: Option<Instant>,
     flush_waiters: Vec<Sender<()>>,
@@ -584,7 +587,7 @@ impl WriterThread {
     /// Whether a segment key is taken: indexed, waiting for its sync, or earlier in this batch.
     fn key_taken(&self, key: &[u8], batch: &HashSet<Vec<u8>>) -> bool {
         batch.contains(key)
-            || self.pending.iter().any(|w| w.entry.key() == key)
+            || self.pending_keys.contains(key)
             || self.store.index().segment(key).ok().flatten().is_some()
     }
 
@@ -744,6 +747,7 @@ impl WriterThread {
                         .expect("4 bytes"),
                 ),
             };
+            self.pending_keys.insert(entry.key());
             self.pending.push(Written {
                 entry,
                 codec_id: job.seg.codec.id,
@@ -905,6 +909,7 @@ impl WriterThread {
         }
 
         let all = std::mem::take(&mut self.pending);
+        self.pending_keys.clear();
         self.first_pending_at = None;
         let (pending, unsynced): (Vec<_>, Vec<_>) = all.into_iter().partition(|w| {
             !failed.contains_key(&(Arc::<str>::from(w.entry.policy.as_str()), w.entry.bucket))
