@@ -57,7 +57,7 @@ pub struct ReclaimOpLabel {
 /// The metrics the store keeps itself (it is opened, and recovery runs, before [`Metrics`]
 /// exists): created by the store, registered with [`Metrics::register_store`]. Clones share
 /// their values.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct StoreMetrics {
     /// `holdfast_reclaim_errors_total{op}`: failed reclaim steps.
     pub reclaim_errors: Family<ReclaimOpLabel, Counter>,
@@ -66,6 +66,25 @@ pub struct StoreMetrics {
     pub reclaim_pending_bytes: Gauge,
     /// `holdfast_index_missing_files`: bucket files the index names that are missing.
     pub index_missing_files: Gauge,
+}
+
+/// The `op` labels of `holdfast_reclaim_errors_total`.
+pub const RECLAIM_OPS: [&str; 6] = ["open", "stat", "punch", "unlink", "sync_dir", "index"];
+
+impl Default for StoreMetrics {
+    /// Every `op` series exists from the start, at 0 (so that `rate()` and alerts see them).
+    fn default() -> Self {
+        let m = StoreMetrics {
+            reclaim_errors: Family::default(),
+            reclaim_pending_bytes: Gauge::default(),
+            index_missing_files: Gauge::default(),
+        };
+        for op in RECLAIM_OPS {
+            m.reclaim_errors
+                .get_or_create(&ReclaimOpLabel { op: op.into() });
+        }
+        m
+    }
 }
 
 impl StoreMetrics {
@@ -459,6 +478,10 @@ mod tests {
         let text = m.encode();
         assert!(
             text.contains(r#"holdfast_reclaim_errors_total{op="unlink"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"holdfast_reclaim_errors_total{op="sync_dir"} 0"#),
             "{text}"
         );
         assert!(

@@ -590,6 +590,18 @@ fn the_daemon_exits_70_when_its_buckets_directory_is_replaced() {
                 [[cameras]]\nid = \"dead\"\nsite = \"north\"\nurl = \"rtsp://127.0.0.1:9/none\"\n";
     let mut d = Daemon::start(rest, "");
     assert_eq!(d.get("/healthz", None).0, 200);
+    // The store's details and metrics are there (nothing pending, nothing missing).
+    let h = d.get_json("/healthz");
+    assert_eq!(h["reclaim"]["pending_records"], 0, "{h}");
+    assert_eq!(h["reclaim"]["last_error"], serde_json::Value::Null, "{h}");
+    assert_eq!(h["missing_files"]["files"], 0, "{h}");
+    let (_, metrics) = d.get("/metrics", None);
+    assert!(
+        metrics.contains("holdfast_reclaim_pending_bytes 0")
+            && metrics.contains("holdfast_index_missing_files 0")
+            && metrics.contains("holdfast_reclaim_errors_total{op=\"unlink\"} 0"),
+        "{metrics}"
+    );
     // The data directory's buckets replaced (as by a disk unmounted under the daemon).
     let buckets = d.data_dir.join("buckets");
     std::fs::rename(&buckets, d.data_dir.join("buckets.old")).unwrap();
