@@ -80,8 +80,10 @@ impl Default for StoreMetrics {
             index_missing_files: Gauge::default(),
         };
         for op in RECLAIM_OPS {
-            m.reclaim_errors
-                .get_or_create(&ReclaimOpLabel { op: op.into() });
+            drop(
+                m.reclaim_errors
+                    .get_or_create(&ReclaimOpLabel { op: op.into() }),
+            );
         }
         m
     }
