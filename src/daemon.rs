@@ -7,6 +7,11 @@
 //! buffered frames to the writer, write a last logbook checkpoint, stop the sweeper, then let the
 //! writer make everything durable before the process exits.
 //!
+//! When the writer thread dies (see `store::writer`: the buckets directory gone or replaced, the
+//! io_uring broken), `/healthz` answers 503 at once; after [`WRITER_DEATH_GRACE`] the daemon
+//! shuts down and `run` returns [`WriterDied`], which `holdfast run` turns into exit code
+//! [`EXIT_WRITER_DIED`] (70, `EX_SOFTWARE`), so that systemd restarts it.
+//!
 //! The camera tasks run on a runtime of their own (two worker threads); HTTP and everything
 //! else run on the main runtime.
 
@@ -24,15 +29,43 @@ use crate::logbook::{Checkpointer, Logbook};
 use crate::metrics::Metrics;
 use crate::retention::holds::Holds;
 use crate::retention::sweeper::{Sweeper, SweeperConfig};
+use crate::store::recovery::RecoverOptions;
 use crate::store::writer::{Writer, WriterConfig};
 use crate::store::Store;
 use crate::time::duration_to_ticks;
 use crate::wallclock::TrustedClock;
 
+/// Exit code of `holdfast run` when the writer thread died (`EX_SOFTWARE`).
+pub const EXIT_WRITER_DIED: u8 = 70;
+/// How long `/healthz` answers 503 for a dead writer before the daemon exits.
+pub const WRITER_DEATH_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `run` ended because the writer thread died: nothing could be recorded any more.
+#[derive(Debug, thiserror::Error)]
+#[error("the writer thread died ({0}): exiting so that the service is restarted")]
+pub struct WriterDied(pub String);
+
+/// Options of `holdfast run`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunOptions {
+    /// Start although most bucket files are missing, forgetting their entries (recorded in the
+    /// logbook as `store.files_lost`).
+    pub accept_missing_files: bool,
+}
+
 /// Runs the daemon until `stop` resolves (or SIGTERM/Ctrl-C when `stop` is `None`).
 pub async fn run(
     config: Config,
     stop: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> anyhow::Result<()> {
+    run_with(config, stop, RunOptions::default()).await
+}
+
+/// [`run`] with options.
+pub async fn run_with(
+    config: Config,
+    stop: Option<tokio::sync::oneshot::Receiver<()>>,
+    opts: RunOptions,
 ) -> anyhow::Result<()> {
     let secrets: Vec<_> = config
         .cameras
@@ -43,9 +76,15 @@ pub async fn run(
 
     let data_dir = config.storage.data_dir.clone();
     let bucket_secs = config.storage.bucket_secs();
-    let (store, report) = tokio::task::spawn_blocking(move || Store::open(&data_dir, bucket_secs))
-        .await?
-        .with_context(|| format!("opening the store in {}", config.storage.data_dir.display()))?;
+    let recover = RecoverOptions {
+        accept_missing_files: opts.accept_missing_files,
+    };
+    let (store, report) =
+        tokio::task::spawn_blocking(move || Store::open_with(&data_dir, bucket_secs, recover))
+            .await?
+            .with_context(|| {
+                format!("opening the store in {}", config.storage.data_dir.display())
+            })?;
     tracing::info!(data_dir = %config.storage.data_dir.display(), "recovery: {report}");
     let store = Arc::new(store);
     // The logbook before anything else runs: it refuses to open when its head record, last
@@ -58,6 +97,28 @@ pub async fn run(
     );
     let head = logbook.head();
     tracing::info!(entries = head.seq, mac = %head.mac, keyed = head.keyed, "logbook open");
+    if report.missing.accepted && !report.missing.files.is_empty() {
+        // The operator accepted the loss of most bucket files: the chain records it.
+        let m = &report.missing;
+        let entry = crate::logbook::NewEntry {
+            user: "holdfast".into(),
+            role: "-".into(),
+            action: "store.files_lost".into(),
+            object: serde_json::json!({
+                "files": m.files.len(),
+                "of_buckets": m.buckets_indexed,
+                "entries_dropped": m.entries_dropped,
+                "held_entries": m.files.iter().map(|f| f.held.len()).sum::<usize>(),
+                "paths": m.files.iter().take(100).map(|f| f.path.display().to_string()).collect::<Vec<_>>(),
+            }),
+            reason: Some("started with --accept-missing-files".into()),
+            ..Default::default()
+        };
+        let (lb, st) = (logbook.clone(), store.clone());
+        tokio::task::spawn_blocking(move || lb.append(st.index(), entry))
+            .await?
+            .context("recording the lost bucket files in the logbook")?;
+    }
     // Anchor the head at once (not only after the first interval): entries since the last
     // checkpoint before a crash or power cut are covered from now on.
     {
@@ -69,7 +130,9 @@ pub async fn run(
     // Checkpoints every interval, and a last one when this is dropped or stopped.
     let checkpointer = Checkpointer::spawn(logbook.clone(), config.logbook.checkpoint_interval)
         .context("starting the logbook checkpoint thread")?;
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    metrics.register_store(store.metrics());
+    let metrics = Arc::new(metrics);
     // The trusted clock before anything asks for the time: it compares the wall clock with the
     // trusted time saved before the restart and with the newest footage (crate::wallclock).
     let clock = {
@@ -228,14 +291,26 @@ pub async fn run(
     let listener = api::server::bind(config.http.listen)
         .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
+    let died = Arc::new(std::sync::Mutex::new(None::<String>));
+    let (watch, died_w) = (writer.handle(), died.clone());
     let stopped = async move {
-        match stop {
-            Some(rx) => {
-                let _ = rx.await;
+        let requested = async {
+            match stop {
+                Some(rx) => {
+                    let _ = rx.await;
+                }
+                None => wait_for_signal().await,
             }
-            None => wait_for_signal().await,
+        };
+        tokio::select! {
+            _ = requested => tracing::info!("stopping"),
+            reason = writer_death(watch) => {
+                tracing::error!(reason = %reason, grace = ?WRITER_DEATH_GRACE,
+                    "the writer thread died: /healthz answers 503; exiting after the grace period");
+                tokio::time::sleep(WRITER_DEATH_GRACE).await;
+                *died_w.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+            }
         }
-        tracing::info!("stopping");
     };
     let tls = match (&config.http.tls_cert, &config.http.tls_key) {
         (Some(cert), Some(key)) => Some(api::server::tls_acceptor(cert, key)?),
@@ -260,8 +335,23 @@ pub async fn run(
         writer.shutdown();
     })
     .await?;
+    if let Some(reason) = died.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(WriterDied(reason).into());
+    }
     tracing::info!("stopped; everything received is durable");
     Ok(())
+}
+
+/// Resolves when the writer thread has died, with the reason.
+async fn writer_death(w: crate::store::writer::WriterHandle) -> String {
+    loop {
+        if !w.is_alive() {
+            return w
+                .death()
+                .unwrap_or_else(|| "the writer thread ended".into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// The runtime the camera tasks run on (two worker threads), apart from the HTTP runtime.

@@ -27,6 +27,11 @@ enum Command {
         /// The config file.
         #[arg(long)]
         config: PathBuf,
+        /// Start although most bucket files are missing (a disk lost for good, not one that is
+        /// not mounted): their index entries are forgotten and a `store.files_lost` logbook
+        /// entry records it.
+        #[arg(long)]
+        accept_missing_files: bool,
     },
     /// Runs simulated cameras and the daemon on a temporary data directory.
     Demo {
@@ -142,9 +147,21 @@ fn main() -> ExitCode {
     }));
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => with_config(&config, |c| {
-            tokio_runtime()?.block_on(holdfast::daemon::run(c, None))?;
-            Ok(ExitCode::SUCCESS)
+        Command::Run {
+            config,
+            accept_missing_files,
+        } => with_config(&config, |c| {
+            let opts = holdfast::daemon::RunOptions {
+                accept_missing_files,
+            };
+            match tokio_runtime()?.block_on(holdfast::daemon::run_with(c, None, opts)) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) if e.downcast_ref::<holdfast::daemon::WriterDied>().is_some() => {
+                    eprintln!("error: {e:#}");
+                    Ok(ExitCode::from(holdfast::daemon::EXIT_WRITER_DIED))
+                }
+                Err(e) => Err(e),
+            }
         }),
         Command::Demo { cameras, listen } => {
             report(tokio_runtime().and_then(|rt| rt.block_on(holdfast::demo::run(cameras, listen))))

@@ -54,6 +54,57 @@ pub struct PolicyLabel {
 
 type GaugeF64 = Gauge<f64, std::sync::atomic::AtomicU64>;
 
+/// Label set of reclaim errors.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReclaimOpLabel {
+    /// What failed: `open`, `stat`, `punch`, `unlink`, `sync_dir` or `index`.
+    pub op: String,
+}
+
+/// The metrics the store keeps itself (it is opened, and recovery runs, before [`Metrics`]
+/// exists): created by the store, registered with [`Metrics::register_store`]. Clones share
+/// their values.
+#[derive(Clone, Debug)]
+pub struct StoreMetrics {
+    /// `holdfast_reclaim_errors_total{op}`: failed reclaim steps.
+    pub reclaim_errors: Family<ReclaimOpLabel, Counter>,
+    /// `holdfast_reclaim_pending_bytes`: bytes the failed, still pending reclaim records would
+    /// free.
+    pub reclaim_pending_bytes: Gauge,
+    /// `holdfast_index_missing_files`: bucket files the index names that are missing.
+    pub index_missing_files: Gauge,
+}
+
+/// The `op` labels of `holdfast_reclaim_errors_total`.
+pub const RECLAIM_OPS: [&str; 6] = ["open", "stat", "punch", "unlink", "sync_dir", "index"];
+
+impl Default for StoreMetrics {
+    /// Every `op` series exists from the start, at 0 (so that `rate()` and alerts see them).
+    fn default() -> Self {
+        let m = StoreMetrics {
+            reclaim_errors: Family::default(),
+            reclaim_pending_bytes: Gauge::default(),
+            index_missing_files: Gauge::default(),
+        };
+        for op in RECLAIM_OPS {
+            drop(
+                m.reclaim_errors
+                    .get_or_create(&ReclaimOpLabel { op: op.into() }),
+            );
+        }
+        m
+    }
+}
+
+impl StoreMetrics {
+    /// Counts a failed reclaim step.
+    pub fn reclaim_error(&self, op: &str) {
+        self.reclaim_errors
+            .get_or_create(&ReclaimOpLabel { op: op.to_owned() })
+            .inc();
+    }
+}
+
 /// Every metric handle of the daemon.
 pub struct Metrics {
     registry: Registry,
@@ -347,6 +398,25 @@ impl Metrics {
         }
     }
 
+    /// Registers the store's own metrics (see [`StoreMetrics`]).
+    pub fn register_store(&mut self, m: &StoreMetrics) {
+        self.registry.register(
+            "holdfast_reclaim_errors",
+            "Failed reclaim steps (freeing deleted footage), by operation; retried with backoff",
+            m.reclaim_errors.clone(),
+        );
+        self.registry.register(
+            "holdfast_reclaim_pending_bytes",
+            "Bytes that failed reclaim records would free (waiting for a retry)",
+            m.reclaim_pending_bytes.clone(),
+        );
+        self.registry.register(
+            "holdfast_index_missing_files",
+            "Bucket files the index names that are missing",
+            m.index_missing_files.clone(),
+        );
+    }
+
     /// Counts a dropped segment.
     pub fn segment_dropped(&self, camera: &str, reason: &str) {
         self.segments_dropped
@@ -442,5 +512,29 @@ mod tests {
             text.contains("holdfast_writer_write_seconds_count 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn store_metrics_are_named_by_the_contract() {
+        let mut m = Metrics::new();
+        let s = StoreMetrics::default();
+        m.register_store(&s);
+        s.reclaim_error("unlink");
+        s.reclaim_pending_bytes.set(4096);
+        s.index_missing_files.set(2);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"holdfast_reclaim_errors_total{op="unlink"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"holdfast_reclaim_errors_total{op="sync_dir"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("holdfast_reclaim_pending_bytes 4096"),
+            "{text}"
+        );
+        assert!(text.contains("holdfast_index_missing_files 2"), "{text}");
     }
 }

@@ -1007,3 +1007,162 @@ fn rocksdb_write_errors_child() {
     // would only log that.
     std::process::exit(0);
 }
+
+/// Sets or clears the immutable attribute (`chattr +i`), which makes unlink fail with EPERM
+/// even for root. `false` when chattr is missing or the file system does not support it.
+fn chattr(p: &Path, flag: &str) -> bool {
+    std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(p)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn reclaim_errors(store: &Store, op: &str) -> f64 {
+    let mut m = Metrics::new();
+    m.register_store(store.metrics());
+    support::procs::metric_value(
+        &m.encode(),
+        &format!("holdfast_reclaim_errors_total{{op=\"{op}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+/// Runs reclaim until nothing is pending or `limit` passes (the backoff of a failed record
+/// starts at 1 s).
+fn reclaim_until_done(store: &Store, limit: Duration) {
+    let t0 = std::time::Instant::now();
+    while !store.index().reclaims().unwrap().is_empty() {
+        assert!(
+            t0.elapsed() < limit,
+            "reclaim still pending: {:?}",
+            store.reclaim_status()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        store.reclaim().unwrap();
+    }
+}
+
+#[test]
+fn an_immutable_bucket_file_stops_neither_the_other_buckets_nor_the_start() {
+    let rig = Rig::new();
+    rig.record(&["cam-a"], 60, 20_000);
+    let stuck = rig.bucket_file(20);
+    if !chattr(&stuck, "+i") {
+        eprintln!(
+            "SKIPPED: chattr +i failed on {} (not root, or no ext4-like file system): the \
+             EISDIR test below covers the same without privileges",
+            stuck.display()
+        );
+        return;
+    }
+    let sweeper = rig.sweeper(60, MinFree::Bytes(0));
+    // Every bucket of the first 60 s is due.
+    let r = sweeper.sweep(rig.t(200));
+    let _ = chattr(&stuck, "-i");
+    let r = r.expect("one file that cannot be unlinked does not fail the sweep");
+    assert_eq!(r.buckets_expired, 6, "{r:?}");
+    // Fault again for the rest of the test (the report was checked with the flag cleared, so
+    // that a failing assertion never leaves an immutable file behind in /tmp).
+    assert!(chattr(&stuck, "+i"));
+    for s in [0, 10, 30, 40, 50] {
+        assert!(!rig.bucket_file(s).exists(), "bucket {s} s was freed");
+    }
+    assert!(stuck.exists());
+    let status = rig.store.reclaim_status();
+    assert_eq!(status.pending_records, 1, "{status:?}");
+    assert!(status.pending_bytes > 100_000, "{status:?}");
+    let err = status.last_error.clone().unwrap();
+    assert!(
+        err.contains("unlink") && err.contains(&stuck.display().to_string()),
+        "{err}"
+    );
+    assert!(reclaim_errors(&rig.store, "unlink") >= 1.0);
+
+    // A restart while the file is still stuck: recovery counts it and starts anyway.
+    let dir = rig.store.root().to_owned();
+    drop(sweeper);
+    let Rig {
+        writer,
+        store,
+        holds,
+        ..
+    } = rig;
+    writer.unwrap().shutdown();
+    drop(holds);
+    drop(store);
+    let opened = Store::open(&dir, BUCKET);
+    let _ = chattr(&stuck, "-i");
+    let (store, report) = opened.expect("start-up never fails on reclaim");
+    assert_eq!(report.reclaim.failed, 1, "{report:?}");
+    assert_eq!(store.reclaim_status().pending_records, 1);
+    // The fault cleared: the retry (after its backoff) frees the file.
+    reclaim_until_done(&store, Duration::from_secs(10));
+    assert!(!stuck.exists());
+    assert_eq!(store.reclaim_status().pending_records, 0);
+    assert!(store.index().buckets(Some(POLICY)).unwrap().is_empty());
+    assert_eq!(store.metrics().reclaim_pending_bytes.get(), 0);
+}
+
+#[test]
+fn a_bucket_file_that_cannot_be_unlinked_is_retried_without_privileges() {
+    // Without root tricks: the bucket file replaced by a directory of the same name (unlink
+    // fails with EISDIR, for root too; a read-only directory would not stop root).
+    let rig = Rig::new();
+    rig.record(&["cam-a"], 40, 20_000);
+    let bad = rig.bucket_file(10);
+    let aside = bad.with_extension("aside");
+    std::fs::rename(&bad, &aside).unwrap();
+    std::fs::create_dir(&bad).unwrap();
+    let sweeper = rig.sweeper(60, MinFree::Bytes(0));
+    let r = sweeper.sweep(rig.t(200)).unwrap();
+    assert_eq!(r.buckets_expired, 4, "{r:?}");
+    for s in [0, 20, 30] {
+        assert!(!rig.bucket_file(s).exists(), "bucket {s} s was freed");
+    }
+    let status = rig.store.reclaim_status();
+    assert_eq!(status.pending_records, 1, "{status:?}");
+    assert!(status.last_error.unwrap().contains("unlink"));
+    assert!(reclaim_errors(&rig.store, "unlink") >= 1.0);
+    // A second run within the backoff does not try again.
+    let again = rig.store.reclaim().unwrap();
+    assert_eq!((again.deferred, again.failed), (1, 0), "{again:?}");
+    // The fault clears: freed at the next try.
+    std::fs::remove_dir(&bad).unwrap();
+    std::fs::rename(&aside, &bad).unwrap();
+    reclaim_until_done(&rig.store, Duration::from_secs(10));
+    assert!(!bad.exists());
+    assert_eq!(rig.store.reclaim_status().pending_records, 0);
+}
+
+#[test]
+fn an_erasure_at_offset_zero_keeps_the_pending_whole_bucket_record() {
+    let rig = Rig::new();
+    rig.record(&["cam-a"], 20, 20_000);
+    let index = rig.store.index();
+    let first = rig.entries("cam-a").into_iter().next().unwrap();
+    assert_eq!(first.offset, 0);
+    let mut batch = IndexBatch::default();
+    batch.put_reclaim(
+        index,
+        &Reclaim {
+            policy: POLICY.into(),
+            bucket: first.bucket,
+            offset: 0,
+            len: None,
+        },
+    );
+    batch.put_reclaim(
+        index,
+        &Reclaim {
+            policy: POLICY.into(),
+            bucket: first.bucket,
+            offset: 0,
+            len: Some(first.record_len()),
+        },
+    );
+    index.commit(batch, true).unwrap();
+    let pending = index.reclaims().unwrap();
+    assert_eq!(pending.len(), 2, "{pending:?}");
+    assert!(pending.iter().any(|r| r.len.is_none()));
+}

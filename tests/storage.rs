@@ -394,3 +394,234 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
     let (store, _) = Store::open(dir.path(), BUCKET).unwrap();
     assert_eq!(store.verify().unwrap().segments, 400 - dropped);
 }
+
+/// Appends a segment's record to its bucket file by hand (as a writer killed before its sync
+/// and commit would leave it): header then payload.
+fn append_raw(store: &Store, seg: &Segment) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut rec = Vec::new();
+    seg.header().unwrap().encode(&mut rec).unwrap();
+    for f in &seg.frames {
+        rec.extend_from_slice(&f.data);
+    }
+    let path = store.bucket_path(&seg.policy, seg.start.floor_to(BUCKET));
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    let at = file.metadata().unwrap().len();
+    file.write_all_at(&rec, at).unwrap();
+    at
+}
+
+#[test]
+fn a_repeated_start_time_never_replaces_a_durable_segment() {
+    // The cause of the flaky crash test: a restarted writer (or a clock set back) produced a
+    // segment with the (camera, start) key of a durable one, and the new entry replaced the
+    // old one in the index, by the writer's commit or by recovery re-indexing an unsynced tail.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = synth::rng(11);
+    let pool = synth::pool(&mut rng, 1 << 20);
+    let t = Time90k::from_unix_seconds(1_795_000_000);
+    let first = synth::segment(&mut rng, &pool, "cam-3", "long", t, 20, 2_000);
+    let first_crc = first.header().unwrap().payload_crc;
+    let durable = write_all(dir.path(), vec![first]);
+    assert_eq!(durable[0].start, t);
+
+    // Through the writer: the repeat moves by one tick, both stay.
+    let again = synth::segment(&mut rng, &pool, "cam-3", "long", t, 10, 2_000);
+    let moved = write_all(dir.path(), vec![again]);
+    assert_eq!(moved[0].start, t.add_ticks(1));
+    // Through recovery: a complete record with the same key past the committed length is not
+    // indexed over the durable entry.
+    let store = Store::open_without_recovery(dir.path()).unwrap();
+    let third = synth::segment(&mut rng, &pool, "cam-3", "long", t, 5, 2_000);
+    append_raw(&store, &third);
+    drop(store);
+    let (store, report) = Store::open(dir.path(), BUCKET).unwrap();
+    assert_eq!(report.duplicates_skipped, 1, "{report}");
+    let at_t = store
+        .index()
+        .camera_segments("cam-3", t, t.add_ticks(2))
+        .unwrap();
+    assert_eq!(at_t.len(), 2, "{at_t:?}");
+    assert_eq!(at_t[0].payload_crc, first_crc);
+    assert_eq!(at_t[0].offset, durable[0].offset);
+    assert!(store.verify().unwrap().bad.is_empty());
+}
+
+#[test]
+fn a_shortened_expired_bucket_stays_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    write_all(dir.path(), sample(8, 10));
+    let store = Store::open_without_recovery(dir.path()).unwrap();
+    let mut b = store.index().buckets(None).unwrap()[0].clone();
+    b.expired = true;
+    let mut batch = holdfast::store::index::IndexBatch::default();
+    batch.put_bucket(store.index(), &b);
+    store.index().commit(batch, true).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(store.bucket_path(&b.policy, b.start))
+        .unwrap()
+        .set_len(b.committed_len / 2)
+        .unwrap();
+    drop(store);
+    let (store, report) = Store::open(dir.path(), BUCKET).unwrap();
+    assert!(report.entries_dropped > 0, "{report}");
+    let after = store.index().bucket(&b.policy, b.start).unwrap().unwrap();
+    assert!(after.expired, "{after:?}");
+    assert!(store.verify().unwrap().bad.is_empty());
+}
+
+#[test]
+fn missing_bucket_files_are_reported_held_entries_kept_and_most_missing_refused() {
+    use holdfast::retention::holds::{Holds, NewHold};
+    use holdfast::store::recovery::RecoverOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let durable = write_all(dir.path(), sample(9, 15));
+    let store = Arc::new(Store::open_without_recovery(dir.path()).unwrap());
+    let buckets = store.index().buckets(None).unwrap();
+    assert!(buckets.len() >= 6, "{}", buckets.len());
+    // Hold the first segment of the first bucket.
+    let held = durable
+        .iter()
+        .filter(|e| e.policy == buckets[0].policy && e.bucket == buckets[0].start)
+        .min_by_key(|e| e.start)
+        .unwrap()
+        .clone();
+    let holds = Holds::load(store.clone()).unwrap();
+    let hold = holds
+        .place(
+            NewHold {
+                cameras: vec![held.camera.clone()],
+                site: None,
+                from: held.start,
+                to: held.end(),
+                reason: "incident".into(),
+                reference: "PL-9".into(),
+                requested_by: "police".into(),
+                expires_at: None,
+                keytags: false,
+                camera_sites: Default::default(),
+            },
+            "test",
+            Time90k::now(),
+        )
+        .unwrap();
+    drop(holds);
+    let paths: Vec<_> = buckets
+        .iter()
+        .map(|b| store.bucket_path(&b.policy, b.start))
+        .collect();
+    drop(store);
+    // One file missing: reported; the held entry stays, the others of that file go.
+    let aside = dir.path().join("aside");
+    std::fs::create_dir(&aside).unwrap();
+    std::fs::rename(&paths[0], aside.join("0")).unwrap();
+    let (store, report) = Store::open(dir.path(), BUCKET).unwrap();
+    assert_eq!(report.missing.files.len(), 1, "{report:?}");
+    assert!(!report.missing.accepted);
+    let f = &report.missing.files[0];
+    assert_eq!(
+        f.held,
+        vec![(hold.id, held.camera.clone(), held.start, held.end())]
+    );
+    assert_eq!(report.missing.held_entries_kept, 1);
+    assert_eq!(report.missing.entries_dropped, f.entries - 1);
+    assert_eq!(store.metrics().index_missing_files.get(), 1);
+    let kept = store
+        .index()
+        .bucket_segments(&buckets[0].policy, buckets[0].start)
+        .unwrap();
+    assert_eq!(kept, vec![held.clone()]);
+    drop(store);
+
+    // Most files missing (a disk not mounted): refused, naming the count and the flag.
+    let n = paths.len();
+    for (i, p) in paths.iter().enumerate().skip(1).take(n / 2 + 1) {
+        std::fs::rename(p, aside.join(i.to_string())).unwrap();
+    }
+    let err = Store::open(dir.path(), BUCKET).err().expect("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("of {n} bucket files missing under"))
+            && msg.contains("--accept-missing-files"),
+        "{msg}"
+    );
+    // The index is untouched by the refusal: the files come back and everything is there.
+    for (i, p) in paths.iter().enumerate().skip(1).take(n / 2 + 1) {
+        std::fs::rename(aside.join(i.to_string()), p).unwrap();
+    }
+    let (store, report) = Store::open(dir.path(), BUCKET).unwrap();
+    assert_eq!(
+        report.missing.files.len(),
+        1,
+        "only the first file is still missing"
+    );
+    let v = store.verify().unwrap();
+    assert_eq!(
+        v.bad.len(),
+        1,
+        "the held entry of the missing file: {:?}",
+        v.bad
+    );
+    drop(store);
+
+    // Accepted: everything of the missing files is forgotten.
+    for (i, p) in paths.iter().enumerate().skip(1).take(n / 2 + 1) {
+        std::fs::rename(p, aside.join(i.to_string())).unwrap();
+    }
+    let (store, report) = Store::open_with(
+        dir.path(),
+        BUCKET,
+        RecoverOptions {
+            accept_missing_files: true,
+        },
+    )
+    .unwrap();
+    assert!(report.missing.accepted);
+    assert_eq!(report.missing.files.len(), n / 2 + 2);
+    assert!(store.verify().unwrap().bad.is_empty());
+}
+
+#[test]
+fn the_daemon_exits_70_when_its_buckets_directory_is_replaced() {
+    use support::procs::Daemon;
+    let rest = "[policies.month]\nvideo = \"28d\"\nkeytags = \"28d\"\n\n\
+                [[sites]]\nid = \"north\"\npolicy = \"month\"\n\n\
+                [[cameras]]\nid = \"dead\"\nsite = \"north\"\nurl = \"rtsp://127.0.0.1:9/none\"\n";
+    let mut d = Daemon::start(rest, "");
+    assert_eq!(d.get("/healthz", None).0, 200);
+    // The store's details and metrics are there (nothing pending, nothing missing).
+    let h = d.get_json("/healthz");
+    assert_eq!(h["reclaim"]["pending_records"], 0, "{h}");
+    assert_eq!(h["reclaim"]["last_error"], serde_json::Value::Null, "{h}");
+    assert_eq!(h["missing_files"]["files"], 0, "{h}");
+    let (_, metrics) = d.get("/metrics", None);
+    assert!(
+        metrics.contains("holdfast_reclaim_pending_bytes 0")
+            && metrics.contains("holdfast_index_missing_files 0")
+            && metrics.contains("holdfast_reclaim_errors_total{op=\"unlink\"} 0"),
+        "{metrics}"
+    );
+    // The data directory's buckets replaced (as by a disk unmounted under the daemon).
+    let buckets = d.data_dir.join("buckets");
+    std::fs::rename(&buckets, d.data_dir.join("buckets.old")).unwrap();
+    std::fs::create_dir(&buckets).unwrap();
+    let mut saw_503 = false;
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = d.try_exit_status() {
+            break s;
+        }
+        let (code, body) = d.get("/healthz", Some(support::procs::ADMIN_TOKEN));
+        if code == 503 {
+            assert!(body.contains("\"writer\":\"failing\""), "{body}");
+            saw_503 = true;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "still running");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(saw_503, "/healthz turned 503 before the exit");
+    assert_eq!(status.code(), Some(70), "{status:?}");
+    let log = d.log_text();
+    assert!(log.contains("was replaced"), "{log}");
+}

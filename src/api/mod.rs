@@ -607,6 +607,7 @@ pub fn authorize_any(
 /// `GET /healthz`: without a token only `{"status"}` (200 ok, 503 failing); with a token of a
 /// user who may see camera status also the parts and the cameras of the user's sites.
 async fn healthz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    // A dead writer thread is 503 at once (the daemon exits a few seconds later).
     let writer = state.writer.is_healthy();
     // A point read: cheap enough for anyone without a token to ask often.
     let index = state.store.index().logbook_head().is_ok();
@@ -627,6 +628,8 @@ async fn healthz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     let Some(user) = user else {
         return (status, Json(json!({ "status": word }))).into_response();
     };
+    let reclaim = state.store.reclaim_status();
+    let missing = state.store.missing_files();
     let cameras: BTreeMap<&str, _> = state
         .cameras
         .iter()
@@ -642,6 +645,16 @@ async fn healthz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
             "storage": if storage_full { "full: only pinned footage left, new video refused" } else { "ok" },
             "cameras": cameras,
             "clock": state.clock.status(),
+            "reclaim": {
+                "pending_records": reclaim.pending_records,
+                "pending_bytes": reclaim.pending_bytes,
+                "last_error": reclaim.last_error,
+            },
+            "missing_files": {
+                "files": missing.files.len(),
+                "held_entries": missing.files.iter().map(|f| f.held.len()).sum::<usize>(),
+                "paths": missing.files.iter().take(20).map(|f| f.path.display().to_string()).collect::<Vec<_>>(),
+            },
         })),
     )
         .into_response()

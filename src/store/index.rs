@@ -8,7 +8,7 @@
 //! | `segments`      | policy `\0` bucket-start(8) camera `\0` start(8)  | [`SegmentEntry`] fields |
 //! | `buckets`       | policy `\0` bucket-start(8)                       | [`BucketInfo`]          |
 //! | `codec_configs` | codec id(8)                                       | the avcC record         |
-//! | `reclaim`       | policy `\0` bucket-start(8) offset(8)             | length(8), or all       |
+//! | `reclaim`       | policy `\0` bucket-start(8) kind(1) offset(8) length(8) | length(8), or all |
 //! | `holds`         | hold id(8)                                        | the hold as JSON        |
 //! | `meta`          | name                                              | value                   |
 //!
@@ -69,6 +69,10 @@ const BUCKET_VALUE_LEN: usize = 46;
 const RETENTION_UNKNOWN: u64 = u64::MAX;
 /// `reclaim` value meaning "everything in the bucket no entry references".
 const RECLAIM_ALL: u64 = u64::MAX;
+/// Kind byte of a whole-bucket reclaim key.
+const RECLAIM_KIND_ALL: u8 = 1;
+/// Kind byte of a range reclaim key.
+const RECLAIM_KIND_RANGE: u8 = 2;
 const INDEX_FORMAT: &[u8] = b"1";
 
 /// An error of the index.
@@ -289,26 +293,65 @@ pub struct Reclaim {
 }
 
 impl Reclaim {
-    fn key(&self) -> Vec<u8> {
+    /// The record's key: `bucket kind(1) offset(8) length(8)`. The kind byte keeps a range at
+    /// offset 0 apart from the whole-bucket record; two records with the same key name the very
+    /// same work (the same bytes of the same file), so merging them loses nothing.
+    pub fn key(&self) -> Vec<u8> {
         let mut k = bucket_key(&self.policy, self.bucket);
-        k.extend_from_slice(&self.offset.to_be_bytes());
+        match self.len {
+            None => {
+                k.push(RECLAIM_KIND_ALL);
+                k.extend_from_slice(&0u64.to_be_bytes());
+                k.extend_from_slice(&RECLAIM_ALL.to_be_bytes());
+            }
+            Some(len) => {
+                k.push(RECLAIM_KIND_RANGE);
+                k.extend_from_slice(&self.offset.to_be_bytes());
+                k.extend_from_slice(&len.to_be_bytes());
+            }
+        }
         k
     }
 
-    fn decode(key: &[u8], value: &[u8]) -> Result<Self, IndexError> {
+    /// Decodes a record; also the old format (`bucket offset(8)`, before issue 9), whose keys
+    /// could collide. Returns whether the key is of the old format.
+    fn decode_any(key: &[u8], value: &[u8]) -> Result<(Self, bool), IndexError> {
         let bad = || IndexError::Corrupt(format!("reclaim key {}", hex::encode(key)));
-        if key.len() < 8 || value.len() != 8 {
+        let z = key.iter().position(|&b| b == 0).ok_or_else(bad)?;
+        let (policy, bucket) =
+            parse_bucket_key(key.get(..z + 9).ok_or_else(bad)?).ok_or_else(bad)?;
+        if value.len() != 8 {
             return Err(bad());
         }
-        let (bkey, off) = key.split_at(key.len() - 8);
-        let (policy, bucket) = parse_bucket_key(bkey).ok_or_else(bad)?;
         let len = u64::from_be_bytes(value.try_into().expect("8 bytes"));
-        Ok(Reclaim {
-            policy,
-            bucket,
-            offset: u64::from_be_bytes(off.try_into().expect("8 bytes")),
-            len: (len != RECLAIM_ALL).then_some(len),
-        })
+        let len = (len != RECLAIM_ALL).then_some(len);
+        let rest = &key[z + 9..];
+        let r = Reader(rest);
+        let (offset, old) = match rest.len() {
+            8 => (r.u64(0), true),
+            17 => {
+                let ok = match rest[0] {
+                    RECLAIM_KIND_ALL => len.is_none(),
+                    RECLAIM_KIND_RANGE => len == Some(Reader(&rest[1..]).u64(8)),
+                    _ => false,
+                };
+                if !ok {
+                    return Err(bad());
+                }
+                (Reader(&rest[1..]).u64(0), false)
+            }
+            _ => return Err(bad()),
+        };
+        let offset = if len.is_none() { 0 } else { offset };
+        Ok((
+            Reclaim {
+                policy,
+                bucket,
+                offset,
+                len,
+            },
+            old,
+        ))
     }
 }
 
@@ -485,6 +528,7 @@ impl Index {
         let cfs = cf_descriptors();
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let index = Index { db };
+        index.upgrade_reclaim_keys()?;
         match index.db.get_cf(index.cf(CF_META), b"format")? {
             None => index
                 .db
@@ -522,6 +566,14 @@ impl Index {
         wo.set_sync(sync);
         self.db.write_opt(batch.batch, &wo)?;
         Ok(())
+    }
+
+    /// The segment entry with this key, if any.
+    pub fn segment(&self, key: &[u8]) -> Result<Option<SegmentEntry>, IndexError> {
+        match self.db.get_pinned_cf(self.cf(CF_SEGMENTS), key)? {
+            Some(v) => Ok(Some(SegmentEntry::decode(key, &v)?)),
+            None => Ok(None),
+        }
     }
 
     /// A bucket's record, if indexed.
@@ -763,9 +815,54 @@ impl Index {
             .iterator_cf(self.cf(CF_RECLAIM), IteratorMode::Start)
         {
             let (k, v) = item?;
-            out.push(Reclaim::decode(&k, &v)?);
+            out.push(Reclaim::decode_any(&k, &v)?.0);
         }
         Ok(out)
+    }
+
+    /// Rewrites reclaim records of the old key format (before issue 9: `bucket offset`) into
+    /// the new one. Under the old format an erasure's range at offset 0 could overwrite an
+    /// expired bucket's whole-bucket record; so every expired bucket that had an old record
+    /// also gets its whole-bucket record back (freeing what no entry references in an expired
+    /// bucket is always right).
+    fn upgrade_reclaim_keys(&self) -> Result<(), IndexError> {
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_RECLAIM), IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            let (r, old) = Reclaim::decode_any(&k, &v)?;
+            if !old {
+                continue;
+            }
+            batch.delete_cf(self.cf(CF_RECLAIM), &k);
+            batch.put_cf(
+                self.cf(CF_RECLAIM),
+                r.key(),
+                r.len.unwrap_or(RECLAIM_ALL).to_be_bytes(),
+            );
+            if r.len.is_some() && self.bucket(&r.policy, r.bucket)?.is_some_and(|b| b.expired) {
+                let all = Reclaim {
+                    len: None,
+                    offset: 0,
+                    ..r.clone()
+                };
+                batch.put_cf(self.cf(CF_RECLAIM), all.key(), RECLAIM_ALL.to_be_bytes());
+            }
+            n += 1;
+        }
+        if n > 0 {
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            self.db.write_opt(batch, &wo)?;
+            tracing::info!(
+                records = n,
+                "reclaim records rewritten in the new key format"
+            );
+        }
+        Ok(())
     }
 
     /// Every stored hold record (JSON), by id.
@@ -862,6 +959,62 @@ mod tests {
         assert_eq!(old.retention_secs, None);
         assert_eq!(old.committed_len, b.committed_len);
         assert!(BucketInfo::decode(&b.key(), &v1[..37]).is_err());
+    }
+
+    #[test]
+    fn reclaim_keys_of_different_work_never_collide_and_old_keys_are_upgraded() {
+        let all = Reclaim {
+            policy: "p".into(),
+            bucket: Time90k(3600),
+            offset: 0,
+            len: None,
+        };
+        let range0 = Reclaim {
+            len: Some(1100),
+            ..all.clone()
+        };
+        let range0b = Reclaim {
+            len: Some(2200),
+            ..all.clone()
+        };
+        assert_ne!(all.key(), range0.key());
+        assert_ne!(range0.key(), range0b.key());
+        for r in [&all, &range0, &range0b] {
+            let v = r.len.unwrap_or(RECLAIM_ALL).to_be_bytes();
+            assert_eq!(
+                Reclaim::decode_any(&r.key(), &v).unwrap(),
+                (r.clone(), false)
+            );
+        }
+        // A key whose kind byte disagrees with its value is corrupt, not guessed.
+        assert!(Reclaim::decode_any(&all.key(), &1100u64.to_be_bytes()).is_err());
+
+        // Old format (`bucket offset`): a range at offset 0 that overwrote an expired bucket's
+        // whole-bucket record. Opening the index rewrites it and brings the whole record back.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let index = Index::open(dir.path()).unwrap();
+            let mut b = BucketInfo::empty("p", Time90k(3600), 3600);
+            b.expired = true;
+            let mut batch = IndexBatch::default();
+            batch.put_bucket(&index, &b);
+            let mut old = bucket_key("p", Time90k(3600));
+            old.extend_from_slice(&0u64.to_be_bytes());
+            batch.put_raw(&index, CF_RECLAIM, &old, &1100u64.to_be_bytes());
+            index.commit(batch, true).unwrap();
+            let got = index.reclaims().unwrap();
+            assert_eq!(got, vec![range0.clone()], "old keys are read");
+        }
+        let index = Index::open(dir.path()).unwrap();
+        let mut got = index.reclaims().unwrap();
+        got.sort_by_key(|r| r.len);
+        assert_eq!(got, vec![all.clone(), range0.clone()]);
+        let raw: Vec<_> = index
+            .db
+            .iterator_cf(index.cf(CF_RECLAIM), IteratorMode::Start)
+            .map(|i| i.unwrap().0)
+            .collect();
+        assert!(raw.iter().all(|k| k.len() == "p".len() + 9 + 17), "{raw:?}");
     }
 
     #[test]

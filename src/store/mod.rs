@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use self::index::{Index, IndexError, SegmentEntry};
 use self::segment::{FormatError, SegmentHeader};
+use crate::metrics::StoreMetrics;
 use crate::time::{bucket_stem, Time90k};
 
 /// File extension of bucket files.
@@ -61,6 +62,20 @@ pub enum StoreError {
         /// What is wrong.
         source: FormatError,
     },
+    /// Most bucket files the index names are missing: likely a disk that is not mounted.
+    #[error(
+        "{missing} of {total} bucket files missing under {}: is the disk mounted? start with \
+         --accept-missing-files to forget them",
+        dir.display()
+    )]
+    MissingFiles {
+        /// Missing files (of non-expired buckets).
+        missing: u64,
+        /// Non-expired buckets the index names.
+        total: u64,
+        /// The buckets directory.
+        dir: PathBuf,
+    },
 }
 
 impl StoreError {
@@ -77,6 +92,12 @@ pub struct Store {
     index: Index,
     /// Serialises [`Store::reclaim`] runs (the sweeper, erasures, recovery).
     reclaim_lock: std::sync::Mutex<()>,
+    /// Retry state of failed reclaim records.
+    reclaim_state: std::sync::Mutex<reclaim::ReclaimState>,
+    /// The store's own metrics (registered by the daemon).
+    metrics: StoreMetrics,
+    /// Bucket files the index names that recovery found missing.
+    missing: std::sync::Mutex<recovery::MissingFiles>,
 }
 
 impl Store {
@@ -86,8 +107,17 @@ impl Store {
         data_dir: &Path,
         bucket_secs: u32,
     ) -> Result<(Store, recovery::RecoveryReport), StoreError> {
+        Self::open_with(data_dir, bucket_secs, recovery::RecoverOptions::default())
+    }
+
+    /// [`Store::open`] with recovery options (`holdfast run --accept-missing-files`).
+    pub fn open_with(
+        data_dir: &Path,
+        bucket_secs: u32,
+        opts: recovery::RecoverOptions,
+    ) -> Result<(Store, recovery::RecoveryReport), StoreError> {
         let store = Self::open_without_recovery(data_dir)?;
-        let report = recovery::recover(&store, bucket_secs)?;
+        let report = recovery::recover(&store, bucket_secs, opts)?;
         Ok((store, report))
     }
 
@@ -110,7 +140,23 @@ impl Store {
             root: data_dir.to_owned(),
             index,
             reclaim_lock: std::sync::Mutex::new(()),
+            reclaim_state: Default::default(),
+            metrics: StoreMetrics::default(),
+            missing: Default::default(),
         })
+    }
+
+    /// The store's own metrics, for [`crate::metrics::Metrics::register_store`].
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
+    /// Bucket files the index names that were missing at start-up (and what they held).
+    pub fn missing_files(&self) -> recovery::MissingFiles {
+        self.missing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The data directory.

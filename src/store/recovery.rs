@@ -6,8 +6,24 @@
 //!   the last one.
 //! - A bucket file with no index entry at all (created, crash before the first commit): scanned
 //!   from byte 0 the same way; removed when nothing valid is in it.
-//! - Index entries whose file is gone or shorter than the entries say: dropped.
-//! - Deletions cut short (reclaim records left in the index): finished first, see `reclaim`.
+//! - Index entries whose file is shorter than the entries say: dropped (the bucket keeps its
+//!   `expired` flag).
+//! - Bucket files the index names that are missing (deleted by hand, or a disk not mounted):
+//!   when most of them are missing (more than half of the non-expired buckets, and at least 2)
+//!   recovery refuses ([`StoreError::MissingFiles`]) unless started with
+//!   `accept_missing_files`, which drops their entries (the daemon records a `store.files_lost`
+//!   logbook entry). Otherwise entries that an active hold pins are kept and reported (log line
+//!   naming the holds and ranges, `holdfast_index_missing_files`, `/healthz`); the others are
+//!   dropped with a log line.
+//! - Deletions cut short (reclaim records left in the index): finished first, see `reclaim`. A
+//!   reclaim record that fails is counted and retried later; it never stops recovery.
+//!
+//! Recovered records are made durable before they are indexed: the file is fdatasynced (and its
+//! directory fsynced when the index did not know the file) before the batch that indexes them
+//! commits. A record whose sync fails is cut off (the file is truncated back to the committed
+//! length), so it can never be indexed later from a page cache that the failed sync left dirty.
+//! A recovered record whose key (camera, start) is already indexed at another offset is never
+//! indexed over it: the entry that is there stays.
 //! - Buckets the sweeper expired are never scanned: their unreferenced bytes were deleted on
 //!   purpose.
 //!
@@ -16,7 +32,7 @@
 //! hole or a stretch of zeros never hides the valid records after it. `reindex` runs the same scan
 //! over every file from byte 0, after clearing the index: the files alone are the truth.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -48,6 +64,48 @@ pub struct RecoveryReport {
     pub foreign_files: Vec<PathBuf>,
     /// Interrupted deletions finished first.
     pub reclaim: super::reclaim::ReclaimReport,
+    /// Recovered records not indexed because an entry with the same key exists.
+    pub duplicates_skipped: u64,
+    /// Recovered records not indexed because their fdatasync failed (cut off instead).
+    pub unsynced_dropped: u64,
+    /// Bucket files the index names that are missing.
+    pub missing: MissingFiles,
+    /// Bucket files that could not be opened or stat'ed (left alone, logged).
+    pub files_unreadable: u64,
+}
+
+/// What recovery may do when bucket files are missing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RecoverOptions {
+    /// Forget the entries of missing files even when most files are missing.
+    pub accept_missing_files: bool,
+}
+
+/// Bucket files the index named that were missing at start-up.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MissingFiles {
+    /// The missing files.
+    pub files: Vec<MissingFile>,
+    /// Non-expired buckets the index named.
+    pub buckets_indexed: u64,
+    /// Started with `accept_missing_files` while most files were missing: everything of them
+    /// was forgotten.
+    pub accepted: bool,
+    /// Entries dropped from the index.
+    pub entries_dropped: u64,
+    /// Entries kept because an active hold pins them (their bytes are gone).
+    pub held_entries_kept: u64,
+}
+
+/// One missing bucket file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Index entries that pointed into it.
+    pub entries: u64,
+    /// Held entries: (hold id, camera, segment start, segment end).
+    pub held: Vec<(u64, String, Time90k, Time90k)>,
 }
 
 impl std::fmt::Display for RecoveryReport {
@@ -56,7 +114,9 @@ impl std::fmt::Display for RecoveryReport {
             f,
             "{} bucket files, {} bytes scanned, {} segments re-indexed, {} bytes truncated, \
              {} bytes skipped, {} dangling entries dropped, {} empty files removed, \
-             {} interrupted deletions finished ({} bytes freed)",
+             {} interrupted deletions finished ({} bytes freed, {} failed and retried later), \
+             {} duplicate keys not indexed, {} unsynced records cut off, {} bucket files missing, \
+             {} unreadable",
             self.files,
             self.bytes_scanned,
             self.segments_reindexed,
@@ -65,14 +125,23 @@ impl std::fmt::Display for RecoveryReport {
             self.entries_dropped,
             self.files_removed,
             self.reclaim.records,
-            self.reclaim.bytes_freed
+            self.reclaim.bytes_freed,
+            self.reclaim.failed,
+            self.duplicates_skipped,
+            self.unsynced_dropped,
+            self.missing.files.len(),
+            self.files_unreadable
         )
     }
 }
 
 /// Runs crash recovery (see the module doc). Idempotent.
-pub fn recover(store: &Store, bucket_secs: u32) -> Result<RecoveryReport, StoreError> {
-    run(store, bucket_secs)
+pub fn recover(
+    store: &Store,
+    bucket_secs: u32,
+    opts: RecoverOptions,
+) -> Result<RecoveryReport, StoreError> {
+    run(store, bucket_secs, opts)
 }
 
 /// Rebuilds the whole index from the bucket files. The daemon must not be running (the RocksDB
@@ -80,51 +149,199 @@ pub fn recover(store: &Store, bucket_secs: u32) -> Result<RecoveryReport, StoreE
 pub fn reindex(store: &Store, bucket_secs: u32) -> Result<RecoveryReport, StoreError> {
     // Free what deletions left unreferenced first, or the rebuild would bring it back.
     let reclaim = store.reclaim()?;
+    if reclaim.failed + reclaim.deferred > 0 {
+        let s = store.reclaim_status();
+        return Err(StoreError::Io {
+            op: "reclaim before reindex",
+            path: store.buckets_dir(),
+            source: std::io::Error::other(format!(
+                "{} deletions could not be finished (last: {}): a rebuild now would bring deleted \
+                 footage back",
+                s.pending_records,
+                s.last_error.unwrap_or_default()
+            )),
+        });
+    }
     store.index().clear_storage_entries()?;
-    let mut report = scan(store, bucket_secs, true)?;
+    let mut report = scan(store, bucket_secs, true, RecoverOptions::default())?;
     report.reclaim = reclaim;
     Ok(report)
 }
 
-fn run(store: &Store, bucket_secs: u32) -> Result<RecoveryReport, StoreError> {
-    // An interrupted delete is finished first: it may unlink files the scan would visit.
-    let reclaim = store.reclaim()?;
-    let mut report = scan(store, bucket_secs, false)?;
+fn run(
+    store: &Store,
+    bucket_secs: u32,
+    opts: RecoverOptions,
+) -> Result<RecoveryReport, StoreError> {
+    // An interrupted delete is finished first: it may unlink files the scan would visit. A
+    // failure is counted and retried by the sweeper; it never stops the start.
+    let reclaim = store.reclaim().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "reclaim records cannot be read; retried by the sweeper");
+        Default::default()
+    });
+    let mut report = scan(store, bucket_secs, false, opts)?;
     report.reclaim = reclaim;
     Ok(report)
 }
 
-fn scan(store: &Store, bucket_secs: u32, from_scratch: bool) -> Result<RecoveryReport, StoreError> {
+/// Active holds as (id, cameras, range), read straight from the index.
+fn active_holds(store: &Store) -> Vec<(u64, Vec<String>, Time90k, Time90k)> {
+    let now = Time90k::now();
+    let holds = match store.index().holds() {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "holds cannot be read: every entry of a missing file is kept");
+            return vec![(0, Vec::new(), Time90k(i64::MIN), Time90k(i64::MAX))];
+        }
+    };
+    holds
+        .into_iter()
+        .filter_map(|(id, json)| {
+            match serde_json::from_slice::<crate::retention::holds::Hold>(&json) {
+                Ok(h) if h.state(now) == crate::retention::holds::HoldState::Active => {
+                    Some((id, h.cameras, h.from, h.to))
+                }
+                Ok(_) => None,
+                // An unreadable hold pins everything: never drop on a guess.
+                Err(_) => Some((id, Vec::new(), Time90k(i64::MIN), Time90k(i64::MAX))),
+            }
+        })
+        .collect()
+}
+
+/// Handles index buckets whose file is missing (see the module doc).
+fn missing_files(
+    store: &Store,
+    files: &BTreeMap<(String, Time90k), PathBuf>,
+    opts: RecoverOptions,
+    batch: &mut IndexBatch,
+    report: &mut RecoveryReport,
+) -> Result<(), StoreError> {
+    let index = store.index();
+    let buckets = index.buckets(None)?;
+    let missing: Vec<_> = buckets
+        .iter()
+        .filter(|b| !files.contains_key(&(b.policy.clone(), b.start)))
+        .collect();
+    let live = buckets.iter().filter(|b| !b.expired).count() as u64;
+    let live_missing = missing.iter().filter(|b| !b.expired).count() as u64;
+    report.missing.buckets_indexed = live;
+    let most = live_missing >= 2 && live_missing * 2 > live;
+    if most && !opts.accept_missing_files {
+        return Err(StoreError::MissingFiles {
+            missing: live_missing,
+            total: live,
+            dir: store.buckets_dir(),
+        });
+    }
+    report.missing.accepted = most;
+    let holds = if most {
+        Vec::new()
+    } else {
+        active_holds(store)
+    };
+    for b in missing {
+        let entries = index.bucket_segments(&b.policy, b.start)?;
+        let path = store.bucket_path(&b.policy, b.start);
+        let mut held = Vec::new();
+        let mut dropped = 0;
+        for e in &entries {
+            let pins: Vec<u64> = holds
+                .iter()
+                .filter(|(_, cams, from, to)| {
+                    (cams.is_empty() || cams.contains(&e.camera))
+                        && *from < e.end()
+                        && e.start < *to
+                })
+                .map(|(id, ..)| *id)
+                .collect();
+            if pins.is_empty() {
+                dropped += 1;
+            } else {
+                for id in pins {
+                    held.push((id, e.camera.clone(), e.start, e.end()));
+                }
+            }
+        }
+        if held.is_empty() {
+            if !entries.is_empty() || !b.expired {
+                tracing::warn!(path = %path.display(), entries = entries.len(),
+                    "bucket file is missing: dropping its index entries (no hold pins them)");
+            }
+            batch.delete_bucket(index, &b.policy, b.start);
+        } else {
+            let holds: std::collections::BTreeSet<u64> = held.iter().map(|h| h.0).collect();
+            let ranges: Vec<String> = held
+                .iter()
+                .map(|(id, cam, from, to)| format!("hold {id}: {cam} {from}..{to}"))
+                .collect();
+            tracing::error!(path = %path.display(), holds = ?holds, held_entries = held.len(),
+                ranges = %ranges.join(", "),
+                "bucket file is missing: HELD footage is gone from disk; its entries stay in the \
+                 index (verify reports them) until the file is restored");
+            for e in &entries {
+                if !held.iter().any(|h| h.1 == e.camera && h.2 == e.start) {
+                    batch.delete_segment(index, e);
+                }
+            }
+            report.missing.held_entries_kept += entries.len() as u64 - dropped;
+        }
+        report.missing.entries_dropped += dropped;
+        report.entries_dropped += dropped;
+        report.missing.files.push(MissingFile {
+            path,
+            entries: entries.len() as u64,
+            held,
+        });
+    }
+    if most {
+        tracing::error!(files = report.missing.files.len(), entries = report.missing.entries_dropped,
+            "started with --accept-missing-files: the entries of the missing bucket files are forgotten");
+    }
+    store
+        .metrics()
+        .index_missing_files
+        .set(report.missing.files.len() as i64);
+    *store.missing.lock().unwrap_or_else(|e| e.into_inner()) = report.missing.clone();
+    Ok(())
+}
+
+fn scan(
+    store: &Store,
+    bucket_secs: u32,
+    from_scratch: bool,
+    opts: RecoverOptions,
+) -> Result<RecoveryReport, StoreError> {
     let mut report = RecoveryReport::default();
     let files = list_bucket_files(store, &mut report)?;
     let index = store.index();
     let mut batch = IndexBatch::default();
 
-    for info in index.buckets(None)? {
-        if !files.contains_key(&(info.policy.clone(), info.start)) {
-            tracing::warn!(
-                policy = %info.policy, bucket = %info.start, entries = info.segments,
-                "bucket file is gone: dropping its index entries"
-            );
-            report.entries_dropped += index.bucket_segments(&info.policy, info.start)?.len() as u64;
-            batch.delete_bucket(index, &info.policy, info.start);
-        }
+    if !from_scratch {
+        missing_files(store, &files, opts, &mut batch, &mut report)?;
     }
+    // Keys indexed by this batch (a scan may find two records with the same key).
+    let mut new_keys = HashSet::new();
+    // Directories of files the index did not know: synced before the commit.
+    let mut new_dirs = Vec::new();
 
     for ((policy, start), path) in &files {
         report.files += 1;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(StoreError::io("open", path))?;
-        let file_len = file.metadata().map_err(StoreError::io("stat", path))?.len();
+        let file_len = match std::fs::metadata(path) {
+            Ok(m) => m.len(),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot stat bucket file: skipped");
+                report.files_unreadable += 1;
+                continue;
+            }
+        };
         let indexed = if from_scratch {
             None
         } else {
             index.bucket(policy, *start)?
         };
         let mut changed = indexed.is_none();
+        let was_indexed = indexed.is_some();
         let mut info = indexed.unwrap_or_else(|| BucketInfo::empty(policy, *start, bucket_secs));
         if info.committed_len > file_len {
             // Durable bytes are missing (the file was cut by something other than holdfast).
@@ -132,6 +349,7 @@ fn scan(store: &Store, bucket_secs: u32, from_scratch: bool) -> Result<RecoveryR
                 "bucket file is shorter than its committed length: dropping entries past its end");
             let mut kept = BucketInfo::empty(policy, *start, info.window_secs);
             kept.retention_secs = info.retention_secs;
+            kept.expired = info.expired;
             for e in index.bucket_segments(policy, *start)? {
                 if e.end_offset() > file_len {
                     batch.delete_segment(index, &e);
@@ -147,29 +365,82 @@ fn scan(store: &Store, bucket_secs: u32, from_scratch: bool) -> Result<RecoveryR
         if info.expired {
             // What is left is pinned and indexed; everything else was deleted on purpose and
             // must never come back.
+            if changed {
+                batch.put_bucket(index, &info);
+            }
             continue;
         }
-        let scan = scan_file(&file, path, info.committed_len, file_len)?;
+        if was_indexed && file_len == info.committed_len {
+            // Nothing past the committed length: nothing to scan (the file is not even opened).
+            if changed {
+                batch.put_bucket(index, &info);
+            }
+            continue;
+        }
+        // One file that cannot be opened (immutable, EIO) does not stop the start: its
+        // unindexed tail stays unindexed.
+        let file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e,
+                    "cannot open bucket file for recovery: skipped");
+                report.files_unreadable += 1;
+                continue;
+            }
+        };
+        let mut scan = scan_file(&file, path, info.committed_len, file_len)?;
         report.bytes_scanned += file_len - info.committed_len;
         report.bytes_skipped += scan.skipped;
-        for (offset, header) in &scan.records {
-            let e = entry_for(policy, *start, *offset, header);
-            batch.put_segment(index, &e);
-            batch.put_codec(index, header.codec_id, &header.codec_config);
-            info.add(&e);
-            report.segments_reindexed += 1;
-            changed = true;
-        }
-        if !scan.records.is_empty() {
-            tracing::info!(path = %path.display(), segments = scan.records.len(), "re-indexed complete segments");
-        }
         if file_len > scan.valid_end {
             tracing::warn!(path = %path.display(), from = scan.valid_end, bytes = file_len - scan.valid_end,
                 "truncating torn tail");
             file.set_len(scan.valid_end)
                 .map_err(StoreError::io("truncate", path))?;
-            file.sync_all().map_err(StoreError::io("sync", path))?;
             report.bytes_truncated += file_len - scan.valid_end;
+        }
+        if !scan.records.is_empty() || file_len > scan.valid_end {
+            // Only synced bytes are indexed: after a process crash the recovered records may
+            // still be only in the page cache.
+            if let Err(e) = file.sync_all() {
+                tracing::error!(path = %path.display(), error = %e, records = scan.records.len(),
+                    "fdatasync of recovered records failed: cutting them off instead of indexing them");
+                report.unsynced_dropped += scan.records.len() as u64;
+                scan.records.clear();
+                scan.valid_end = info.committed_len;
+                file.set_len(info.committed_len)
+                    .map_err(StoreError::io("truncate", path))?;
+                let _ = file.sync_all();
+            }
+        }
+        if !was_indexed && (!scan.records.is_empty() || scan.valid_end > 0) {
+            if let Some(dir) = path.parent() {
+                new_dirs.push(dir.to_owned());
+            }
+        }
+        let mut reindexed = 0;
+        for (offset, header) in &scan.records {
+            let e = entry_for(policy, *start, *offset, header);
+            let existing = if from_scratch {
+                None
+            } else {
+                index.segment(&e.key())?
+            };
+            if existing.is_some_and(|x| x.offset != e.offset) || !new_keys.insert(e.key()) {
+                // Never index over an entry that is there: that one was durable.
+                tracing::warn!(path = %path.display(), camera = %e.camera, start = %e.start, offset,
+                    "recovered record has the key of an indexed one: not indexed");
+                report.duplicates_skipped += 1;
+                continue;
+            }
+            batch.put_segment(index, &e);
+            batch.put_codec(index, header.codec_id, &header.codec_config);
+            info.add(&e);
+            report.segments_reindexed += 1;
+            reindexed += 1;
+            changed = true;
+        }
+        if reindexed > 0 {
+            tracing::info!(path = %path.display(), segments = reindexed, "re-indexed complete segments");
         }
         if info.segments == 0 && scan.valid_end == 0 {
             drop(file);
@@ -182,6 +453,15 @@ fn scan(store: &Store, bucket_secs: u32, from_scratch: bool) -> Result<RecoveryR
         } else if changed {
             batch.put_bucket(index, &info);
         }
+    }
+    new_dirs.sort();
+    new_dirs.dedup();
+    for d in &new_dirs {
+        sync_dir(d)?;
+    }
+    if !new_dirs.is_empty() {
+        // A new policy directory is itself an entry of the buckets directory.
+        sync_dir(&store.buckets_dir())?;
     }
     if !batch.is_empty() {
         index.commit(batch, true)?;

@@ -16,8 +16,18 @@
 //!    `on_durable` channel hears of it, and flush waiters are answered.
 //!
 //! A failed write drops its segment (counted, logged) and leaves unindexed bytes that recovery
-//! and the sweeper treat as garbage; a failed fdatasync drops the whole group, because after an
-//! fsync error the page cache cannot be trusted to hold the data (the "fsyncgate" lesson).
+//! and the sweeper treat as garbage. A failed fdatasync drops the group's segments of that file
+//! (other files' segments are committed), because after an fsync error the page cache cannot be
+//! trusted to hold the data (the "fsyncgate" lesson); the file is truncated back to its committed
+//! length, so recovery can never find and index those records later. A segment whose key
+//! (camera, start) is already taken is moved by one tick rather than written over the indexed
+//! one (a restart, or a wall clock set back, can repeat a start time).
+//!
+//! Faults of one bucket file stay with that file. What kills the writer is what makes every
+//! write unsafe: the buckets directory gone or replaced (a disk unmounted under the daemon, the
+//! data directory moved), or the io_uring failing with operations still in flight. The thread then
+//! ends; [`WriterHandle::is_alive`] turns false, `/healthz` answers 503, and the daemon exits
+//! with code 70 after a short grace period so that systemd restarts it.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -101,6 +111,8 @@ struct Shared {
     paused: AtomicBool,
     /// Video retention (seconds) per policy, recorded in each bucket the writer creates.
     retention: std::sync::RwLock<HashMap<String, u64>>,
+    /// Why the thread died, if it did.
+    death: std::sync::Mutex<Option<String>>,
 }
 
 /// A cloneable handle to submit segments to the writer.
@@ -205,6 +217,15 @@ impl WriterHandle {
         self.is_alive() && self.shared.healthy.load(Ordering::Acquire)
     }
 
+    /// Why the writer thread died (`None` while it runs or after a clean shutdown).
+    pub fn death(&self) -> Option<String> {
+        self.shared
+            .death
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Payload bytes queued or in flight.
     pub fn queued_bytes(&self) -> u64 {
         self.shared.queued_bytes.load(Ordering::Acquire)
@@ -235,7 +256,11 @@ impl Writer {
             healthy: AtomicBool::new(true),
             paused: AtomicBool::new(false),
             retention: Default::default(),
+            death: std::sync::Mutex::new(None),
         });
+        let buckets_dir = store.buckets_dir();
+        let buckets_id =
+            dir_identity(&buckets_dir).map_err(StoreError::io("stat", &buckets_dir))?;
         let handle = WriterHandle {
             tx,
             shared: shared.clone(),
@@ -254,9 +279,13 @@ impl Writer {
             retired: HashSet::new(),
             known_codecs: HashSet::new(),
             pending: Vec::new(),
+            pending_keys: HashSet::new(),
             new_dirs: Vec::new(),
             first_pending_at: None,
             flush_waiters: Vec::new(),
+            next_user_data: 0,
+            buckets_id,
+            fatal: None,
         };
         let thread = std::thread::Builder::new()
             .name("holdfast-writer".into())
@@ -304,9 +333,25 @@ struct AliveGuard(Arc<Shared>);
 
 impl Drop for AliveGuard {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut d = self.0.death.lock().unwrap_or_else(|e| e.into_inner());
+            d.get_or_insert_with(|| "the writer thread panicked".into());
+        }
         self.0.alive.store(false, Ordering::Release);
     }
 }
+
+/// (device, inode) of a directory: tells a replaced directory from the one the writer started
+/// with.
+fn dir_identity(dir: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir)?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// The io_uring failed with operations possibly in flight: their buffers must not be freed.
+#[derive(Debug)]
+struct RingBroken(std::io::Error);
 
 struct OpenBucket {
     file: File,
@@ -350,14 +395,70 @@ struct WriterThread {
     retired: HashSet<(Arc<str>, Time90k)>,
     known_codecs: HashSet<u64>,
     pending: Vec<Written>,
+    /// Segment keys of `pending`.
+    pending_keys: HashSet<Vec<u8>>,
     new_dirs: Vec<PathBuf>,
     first_pending_at: Option<Instant>,
     flush_waiters: Vec<Sender<()>>,
+    /// `user_data` of the next io_uring entry: unique for the life of the ring, so a completion
+    /// can never be taken for another call's.
+    next_user_data: u64,
+    /// (device, inode) of the buckets directory at start.
+    buckets_id: (u64, u64),
+    /// Set when writing can no longer be safe: the thread stops (see the module doc).
+    fatal: Option<String>,
 }
 
 impl WriterThread {
     fn run(&mut self) {
+        self.run_until_fatal();
+        if let Some(reason) = self.fatal.take() {
+            tracing::error!(reason = %reason, "writer thread stopping: nothing can be recorded");
+            *self.shared.death.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+            self.shared.healthy.store(false, Ordering::Release);
+            self.shared.alive.store(false, Ordering::Release);
+            // Everything not durable is dropped (counted); flush waiters hear "stopped".
+            for w in std::mem::take(&mut self.pending) {
+                self.drop_segment(&w.entry.camera, w.bytes, "writer_stopped");
+            }
+            self.flush_waiters.clear();
+            for m in self.rx.try_iter() {
+                if let Msg::Segment(s, b) = m {
+                    self.drop_segment(&s.camera, b, "writer_stopped");
+                }
+            }
+        }
+    }
+
+    /// Checks what makes writing unsafe for every file (see the module doc).
+    fn check_fatal(&mut self) {
+        if self.fatal.is_some() {
+            return;
+        }
+        let dir = self.store.buckets_dir();
+        match dir_identity(&dir) {
+            Ok(id) if id == self.buckets_id => {}
+            Ok(_) => {
+                self.fatal = Some(format!(
+                    "the buckets directory {} was replaced",
+                    dir.display()
+                ))
+            }
+            Err(e) => {
+                self.fatal = Some(format!(
+                    "the buckets directory {} is gone: {e}",
+                    dir.display()
+                ))
+            }
+        }
+    }
+
+    fn run_until_fatal(&mut self) {
         loop {
+            self.check_fatal();
+            if self.fatal.is_some() {
+                return;
+            }
             let timeout = match self.first_pending_at {
                 Some(t) => (t + self.cfg.sync_interval).saturating_duration_since(Instant::now()),
                 None => Duration::from_secs(1),
@@ -396,6 +497,9 @@ impl WriterThread {
             }
             if !batch.is_empty() {
                 self.write_batch(batch);
+            }
+            if self.fatal.is_some() {
+                return;
             }
             let due = self
                 .first_pending_at
@@ -501,10 +605,33 @@ impl WriterThread {
         Ok(Some(self.open.get_mut(&key).expect("inserted above")))
     }
 
+    /// Whether a segment key is taken: indexed, waiting for its sync, or earlier in this batch.
+    fn key_taken(&self, key: &[u8], batch: &HashSet<Vec<u8>>) -> bool {
+        batch.contains(key)
+            || self.pending_keys.contains(key)
+            || self.store.index().segment(key).ok().flatten().is_some()
+    }
+
     fn write_batch(&mut self, segs: Vec<(Segment, u64)>) {
         let t0 = Instant::now();
         let mut jobs = Vec::with_capacity(segs.len());
-        for (seg, bytes) in segs {
+        let mut keys = HashSet::new();
+        for (mut seg, bytes) in segs {
+            // A start time already used by this camera (a restart, a clock set back) moves
+            // the segment by a tick instead of replacing the indexed one.
+            for _ in 0..1000 {
+                let key = super::index::segment_key(
+                    &seg.policy,
+                    seg.start.floor_to(self.cfg.bucket_secs),
+                    &seg.camera,
+                    seg.start,
+                );
+                if !self.key_taken(&key, &keys) {
+                    keys.insert(key);
+                    break;
+                }
+                seg.start = seg.start.add_ticks(1);
+            }
             let header = match seg.header() {
                 Ok(h) => h,
                 Err(e) => {
@@ -584,11 +711,25 @@ impl WriterThread {
             }
         }
 
-        let results = self.run_ops(ops.iter().map(|op| {
+        let results = match self.run_ops(ops.iter().map(|op| {
             opcode::Writev::new(types::Fd(op.fd), op.iov.as_ptr(), op.iov.len() as u32)
                 .offset(op.offset)
                 .build()
-        }));
+        })) {
+            Ok(r) => r,
+            Err(RingBroken(e)) => {
+                // Writes may still be in flight over these buffers: they are leaked, never
+                // freed, and the thread stops (the process exits soon after).
+                for job in &jobs {
+                    self.metrics.segment_dropped(&job.seg.camera, "write_error");
+                    self.release(job.bytes);
+                }
+                std::mem::forget(ops);
+                std::mem::forget(jobs);
+                self.fatal = Some(format!("io_uring failed with writes in flight: {e}"));
+                return;
+            }
+        };
         for (op, res) in ops.iter().zip(results) {
             let outcome = match res {
                 Ok(n) if n as u64 == op.len => Ok(()),
@@ -627,6 +768,7 @@ impl WriterThread {
                         .expect("4 bytes"),
                 ),
             };
+            self.pending_keys.insert(entry.key());
             self.pending.push(Written {
                 entry,
                 codec_id: job.seg.codec.id,
@@ -641,20 +783,26 @@ impl WriterThread {
     }
 
     /// Submits the entries in chunks that fit the ring and returns each one's result, in order.
+    /// Every submitted entry's completion is waited for before this returns, also after a
+    /// transient submit error (`EINTR`, `EAGAIN`, `EBUSY`: completions are reaped and the submit
+    /// retried). Any other error leaves entries in flight: the caller must then never free the
+    /// buffers they point to ([`RingBroken`]).
     fn run_ops(
         &mut self,
         sqes: impl Iterator<Item = io_uring::squeue::Entry>,
-    ) -> Vec<std::io::Result<u32>> {
+    ) -> Result<Vec<std::io::Result<u32>>, RingBroken> {
         let sqes: Vec<_> = sqes.collect();
         let mut results: Vec<std::io::Result<u32>> = Vec::with_capacity(sqes.len());
         results.resize_with(sqes.len(), || Ok(0));
         for (c, chunk) in sqes.chunks(RING_ENTRIES as usize).enumerate() {
             let base = c * RING_ENTRIES as usize;
+            let first_ud = self.next_user_data;
+            self.next_user_data += chunk.len() as u64;
             for (i, sqe) in chunk.iter().enumerate() {
-                let sqe = sqe.clone().user_data((base + i) as u64);
+                let sqe = sqe.clone().user_data(first_ud + i as u64);
                 // SAFETY: every buffer an entry points to (iovecs, headers, frame Bytes) is owned by
-                // the caller's jobs and ops, which outlive this call, and we wait for every
-                // completion before returning.
+                // the caller's jobs and ops, which outlive this call; we wait for every
+                // completion before returning, or report `RingBroken` so the caller leaks them.
                 unsafe {
                     self.ring
                         .submission()
@@ -663,25 +811,36 @@ impl WriterThread {
                 }
             }
             let mut done = 0;
+            let mut transient = 0u32;
             while done < chunk.len() {
                 match self.ring.submit_and_wait(chunk.len() - done) {
                     Ok(_) => {}
                     Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    Err(e) => {
-                        // The ring itself failed: fall back to reporting every unfinished op.
-                        tracing::error!(error = %e, "io_uring submit failed");
-                        for r in results
-                            .iter_mut()
-                            .skip(base + done)
-                            .take(chunk.len() - done)
-                        {
-                            *r = Err(std::io::Error::new(e.kind(), e.to_string()));
+                    Err(e)
+                        if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY))
+                            && transient < 10_000 =>
+                    {
+                        // The kernel wants completions reaped first (below), then a retry.
+                        transient += 1;
+                        if self.ring.completion().is_empty() {
+                            std::thread::sleep(Duration::from_millis(1));
                         }
-                        return results;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, in_flight = chunk.len() - done, "io_uring submit failed");
+                        return Err(RingBroken(e));
                     }
                 }
                 for cqe in self.ring.completion() {
-                    let i = cqe.user_data() as usize;
+                    let ud = cqe.user_data();
+                    if ud < first_ud || ud >= first_ud + chunk.len() as u64 {
+                        tracing::warn!(
+                            user_data = ud,
+                            "io_uring completion of an earlier call ignored"
+                        );
+                        continue;
+                    }
+                    let i = base + (ud - first_ud) as usize;
                     let r = cqe.result();
                     results[i] = if r < 0 {
                         Err(std::io::Error::from_raw_os_error(-r))
@@ -692,7 +851,7 @@ impl WriterThread {
                 }
             }
         }
-        results
+        Ok(results)
     }
 
     fn sync_and_commit(&mut self) {
@@ -703,6 +862,8 @@ impl WriterThread {
             return;
         }
         let t0 = Instant::now();
+        // Files (by bucket) whose sync failed, with the error.
+        let mut failed: HashMap<(Arc<str>, Time90k), String> = HashMap::new();
         let mut error: Option<String> = None;
 
         let dirty: Vec<_> = self
@@ -711,16 +872,22 @@ impl WriterThread {
             .filter(|(_, b)| b.dirty)
             .map(|(k, b)| (k.clone(), b.file.as_raw_fd()))
             .collect();
-        let results = self.run_ops(dirty.iter().map(|(_, fd)| {
+        let results = match self.run_ops(dirty.iter().map(|(_, fd)| {
             opcode::Fsync::new(types::Fd(*fd))
                 .flags(types::FsyncFlags::DATASYNC)
                 .build()
-        }));
+        })) {
+            Ok(r) => r,
+            Err(RingBroken(e)) => {
+                self.fatal = Some(format!("io_uring failed with syncs in flight: {e}"));
+                return;
+            }
+        };
         for ((key, _), r) in dirty.iter().zip(results) {
             let b = self.open.get_mut(key).expect("listed above");
             b.dirty = false;
             if let Err(e) = r {
-                error.get_or_insert(format!("fdatasync {}: {e}", b.path.display()));
+                failed.insert(key.clone(), format!("fdatasync {}: {e}", b.path.display()));
             }
         }
         let mut dirs = std::mem::take(&mut self.new_dirs);
@@ -728,13 +895,50 @@ impl WriterThread {
         dirs.dedup();
         for d in dirs {
             if let Err(e) = sync_dir(&d) {
-                error.get_or_insert(e.to_string());
+                // Files created in it are not durable yet: their segments wait no longer, but
+                // the directory is synced again with the next group.
+                for (key, b) in &self.open {
+                    if b.path.starts_with(&d) && b.info.segments == 0 {
+                        failed.entry(key.clone()).or_insert_with(|| e.to_string());
+                    }
+                }
+                self.new_dirs.push(d);
+            }
+        }
+        // A file whose sync failed is cut back to its committed length: the records are not
+        // indexed now, and recovery must never find them later (the page cache may hold bytes
+        // the disk does not). If even that fails, nothing more is written to the file this run.
+        for (key, err) in &failed {
+            let Some(b) = self.open.get_mut(key) else {
+                continue;
+            };
+            tracing::error!(path = %b.path.display(), error = %err,
+                "sync failed: this file's segments of the group are dropped");
+            let cut = b
+                .file
+                .set_len(b.info.committed_len)
+                .and_then(|()| b.file.sync_all());
+            match cut {
+                Ok(()) => b.len = b.info.committed_len,
+                Err(e) => {
+                    tracing::error!(path = %b.path.display(), error = %e,
+                        "cannot cut the unsynced records off: no more writes to this file in this run");
+                    self.open.remove(key);
+                    self.retired.insert(key.clone());
+                }
             }
         }
 
-        let pending = std::mem::take(&mut self.pending);
+        let all = std::mem::take(&mut self.pending);
+        self.pending_keys.clear();
         self.first_pending_at = None;
-        if error.is_none() {
+        let (pending, unsynced): (Vec<_>, Vec<_>) = all.into_iter().partition(|w| {
+            !failed.contains_key(&(Arc::<str>::from(w.entry.policy.as_str()), w.entry.bucket))
+        });
+        for w in unsynced {
+            self.drop_segment(&w.entry.camera, w.bytes, "sync_error");
+        }
+        if !pending.is_empty() {
             let index = self.store.index();
             let mut batch = IndexBatch::default();
             let mut touched: HashMap<(Arc<str>, Time90k), BucketInfo> = HashMap::new();
@@ -769,7 +973,9 @@ impl WriterThread {
 
         match error {
             None => {
-                self.shared.healthy.store(true, Ordering::Release);
+                self.shared
+                    .healthy
+                    .store(failed.is_empty(), Ordering::Release);
                 for w in pending {
                     self.release(w.bytes);
                     if let Some(tx) = &self.on_durable {
@@ -779,7 +985,7 @@ impl WriterThread {
             }
             Some(e) => {
                 self.shared.healthy.store(false, Ordering::Release);
-                tracing::error!(error = %e, segments = pending.len(), "sync or index commit failed: segments dropped");
+                tracing::error!(error = %e, segments = pending.len(), "index commit failed: segments dropped");
                 for w in pending {
                     self.drop_segment(&w.entry.camera, w.bytes, "sync_error");
                 }

@@ -298,6 +298,13 @@ impl Daemon {
         }
     }
 
+    /// The exit status, once the daemon has exited by itself (then `stop` has nothing to do).
+    pub fn try_exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
+    }
+
     /// Starts the stopped daemon again on the same config and data; waits for /healthz.
     pub fn restart(&mut self) {
         self.stop();
