@@ -914,6 +914,26 @@ impl WriterThread {
             };
             tracing::error!(path = %b.path.display(), error = %err,
                 "sync failed: this file's segments of the group are dropped");
+            // A file the index has never named and that holds nothing committed would be an
+            // orphan no sweep ever finds (it lists buckets from the index): remove it. The
+            // next segment of the window creates it again.
+            let never_indexed = b.info.committed_len == 0
+                && matches!(self.store.index().bucket(&key.0, key.1), Ok(None));
+            if never_indexed {
+                let path = b.path.clone();
+                self.open.remove(key);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        if let Some(d) = path.parent() {
+                            self.new_dirs.push(d.to_path_buf());
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::error!(path = %path.display(), error = %e,
+                        "cannot remove a bucket file with nothing committed; recovery finds it at the next start"),
+                }
+                continue;
+            }
             let cut = b
                 .file
                 .set_len(b.info.committed_len)
