@@ -97,27 +97,32 @@ pub async fn run_with(
     );
     let head = logbook.head();
     tracing::info!(entries = head.seq, mac = %head.mac, keyed = head.keyed, "logbook open");
-    if report.missing.accepted && !report.missing.files.is_empty() {
-        // The operator accepted the loss of most bucket files: the chain records it.
-        let m = &report.missing;
+    // An accepted loss of bucket files (`--accept-missing-files`) left a marker in the same
+    // batch that forgot them: the logbook entry and the marker's removal commit together, so a
+    // crash in between cannot lose the record of the loss (it is appended at the next start).
+    let lost = crate::store::recovery::files_lost_marker(store.index())
+        .context("reading the record of lost bucket files")?;
+    if let Some(object) = lost {
         let entry = crate::logbook::NewEntry {
             user: "holdfast".into(),
             role: "-".into(),
             action: "store.files_lost".into(),
-            object: serde_json::json!({
-                "files": m.files.len(),
-                "of_buckets": m.buckets_indexed,
-                "entries_dropped": m.entries_dropped,
-                "held_entries": m.files.iter().map(|f| f.held.len()).sum::<usize>(),
-                "paths": m.files.iter().take(100).map(|f| f.path.display().to_string()).collect::<Vec<_>>(),
-            }),
+            object,
             reason: Some("started with --accept-missing-files".into()),
             ..Default::default()
         };
         let (lb, st) = (logbook.clone(), store.clone());
-        tokio::task::spawn_blocking(move || lb.append(st.index(), entry))
-            .await?
-            .context("recording the lost bucket files in the logbook")?;
+        tokio::task::spawn_blocking(move || {
+            let mut done = crate::store::index::IndexBatch::default();
+            done.delete_raw(
+                st.index(),
+                crate::store::index::CF_META,
+                crate::store::recovery::FILES_LOST_MARKER,
+            );
+            lb.append_with(st.index(), entry, done)
+        })
+        .await?
+        .context("recording the lost bucket files in the logbook")?;
     }
     // Anchor the head at once (not only after the first interval): entries since the last
     // checkpoint before a crash or power cut are covered from now on.

@@ -874,6 +874,17 @@ impl Logbook {
 
     /// Appends an entry and syncs it; returns it with its link. Appends are serialized.
     pub fn append(&self, index: &Index, e: NewEntry) -> Result<HashedEntry, LogbookError> {
+        self.append_with(index, e, IndexBatch::default())
+    }
+
+    /// [`Logbook::append`], committing `with` in the same batch: the entry and the change it
+    /// records become durable together or not at all.
+    pub fn append_with(
+        &self,
+        index: &Index,
+        e: NewEntry,
+        with: IndexBatch,
+    ) -> Result<HashedEntry, LogbookError> {
         let mut head = self.lock_head();
         let entry = Entry {
             seq: head.seq + 1,
@@ -889,7 +900,7 @@ impl Logbook {
         let mut value = Vec::with_capacity(32 + json.len());
         value.extend_from_slice(&link);
         value.extend_from_slice(&json);
-        let mut batch = IndexBatch::default();
+        let mut batch = with;
         batch.put_logbook(index, entry.seq, &value, &link);
         index.commit(batch, true)?;
         head.seq = entry.seq;

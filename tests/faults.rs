@@ -20,6 +20,13 @@
 //!   ingest resumes by itself once space returns, `holdfast verify` clean. Skipped, with a printed
 //!   message, where mounting a loop device is not allowed.
 //!
+//! - `recovery_never_destroys_or_indexes_what_it_could_not_sync` and
+//!   `the_writer_never_indexes_a_range_whose_sync_failed`: the store library on faultfs with
+//!   fdatasync failing: recovered records (a crash tail, a file the index does not know) are left
+//!   in their files and never indexed, also after the fault clears; `reindex` stops with an
+//!   error; one unreadable file does not stop the start; the writer's failed ranges are never
+//!   indexed, writing goes on after them, and `writes_failing` tells when nothing is stored.
+//!
 //! Every mount is undone and every process stopped by Drop guards, also when a test fails.
 //! `HOLDFAST_TEST_SEED` repeats the random kill moments.
 
@@ -38,6 +45,7 @@ use faultfs::{FaultFs, Op};
 use holdfast::time::{Time90k, TICKS_PER_SEC};
 use rand::Rng;
 use support::procs::{Camsim, Daemon, RtspServer};
+use support::synth;
 
 fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
@@ -1016,4 +1024,246 @@ fn full_disk_expires_unpinned_only_and_resumes() {
          {full}, write_error {write_errors}"
     );
     f.assert_none(&d.log_text());
+}
+
+/// Appends a segment's record at the end of a file (as a crash before the commit leaves it).
+fn append_record(path: &Path, seg: &holdfast::store::segment::Segment) -> u64 {
+    let mut rec = Vec::new();
+    seg.header().unwrap().encode(&mut rec).unwrap();
+    for f in &seg.frames {
+        rec.extend_from_slice(&f.data);
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(path)
+        .unwrap();
+    let at = file.metadata().unwrap().len();
+    file.write_all_at(&rec, at).unwrap();
+    at + rec.len() as u64
+}
+
+fn writer_config() -> holdfast::store::writer::WriterConfig {
+    holdfast::store::writer::WriterConfig {
+        bucket_secs: 10,
+        sync_interval: Duration::from_millis(20),
+        queue_limit_bytes: 1 << 30,
+        queue_limit_segments: 10_000,
+    }
+}
+
+#[test]
+fn recovery_never_destroys_or_indexes_what_it_could_not_sync() {
+    use holdfast::store::{recovery, Store};
+    use std::sync::Arc;
+    let (fs, _dir) = mounted();
+    let data = fs.mountpoint.join("data");
+    let mut rng = synth::rng(71);
+    let pool = synth::pool(&mut rng, 1 << 20);
+    let t0 = Time90k::from_unix_seconds(1_795_000_000);
+    let mut seg = |cam: &str, s: i64| {
+        synth::segment(
+            &mut rng,
+            &pool,
+            cam,
+            "p",
+            t0.add_ticks(s * TICKS_PER_SEC),
+            20,
+            2_000,
+        )
+    };
+    // Two durable segments in bucket A through the writer.
+    {
+        let (store, _) = Store::open(&data, 10).unwrap();
+        let w = holdfast::store::writer::Writer::spawn(
+            Arc::new(store),
+            writer_config(),
+            Arc::new(holdfast::metrics::Metrics::new()),
+            None,
+        )
+        .unwrap();
+        w.handle().submit(seg("cam-a", 0)).unwrap();
+        w.handle().submit(seg("cam-a", 2)).unwrap();
+        assert!(w.handle().flush());
+        w.shutdown();
+    }
+    // A crash left two complete records past A's committed length; a file restored from a
+    // backup (unknown to the index) holds two more, in bucket B.
+    let store = Store::open_without_recovery(&data).unwrap();
+    let a = store.index().buckets(None).unwrap()[0].clone();
+    let path_a = store.bucket_path("p", a.start);
+    let b_start = t0.add_ticks(20 * TICKS_PER_SEC);
+    let path_b = store.bucket_path("p", b_start);
+    drop(store);
+    append_record(&path_a, &seg("cam-a", 4));
+    let len_a = append_record(&path_a, &seg("cam-a", 6));
+    append_record(&path_b, &seg("cam-b", 20));
+    let len_b = append_record(&path_b, &seg("cam-b", 22));
+    sync_dir(path_b.parent().unwrap());
+
+    // fdatasync fails during recovery: nothing is cut off, nothing indexed, both ranges
+    // remembered.
+    fs.fail(Op::Fsync, "buckets/", libc::EIO);
+    let (store, report) = Store::open(&data, 10).unwrap();
+    assert_eq!(report.unsynced_dropped, 4, "{report}");
+    assert_eq!(report.segments_reindexed, 0, "{report}");
+    assert_eq!(report.bytes_truncated, 0, "{report}");
+    assert_eq!(std::fs::metadata(&path_a).unwrap().len(), len_a);
+    assert_eq!(std::fs::metadata(&path_b).unwrap().len(), len_b);
+    let ba = store.index().bucket("p", a.start).unwrap().unwrap();
+    assert_eq!((ba.committed_len, ba.segments), (len_a, 2), "{ba:?}");
+    let bb = store
+        .index()
+        .bucket("p", b_start)
+        .unwrap()
+        .expect("B recorded");
+    assert_eq!((bb.committed_len, bb.segments), (len_b, 0), "{bb:?}");
+    drop(store);
+
+    // The fault clears: those ranges are never scanned or indexed again.
+    fs.unfail(Op::Fsync, "buckets/");
+    let (store, report) = Store::open(&data, 10).unwrap();
+    assert_eq!(
+        (
+            report.segments_reindexed,
+            report.bytes_scanned,
+            report.unsynced_dropped
+        ),
+        (0, 0, 0),
+        "{report}"
+    );
+    let v = store.verify().unwrap();
+    assert!(v.bad.is_empty() && v.segments == 2, "{v:?}");
+    drop(store);
+
+    // One file whose reads fail (EIO) does not stop the start; its entries stay.
+    append_record(&path_a, &seg("cam-a", 8));
+    let rel_a = path_a
+        .strip_prefix(&fs.mountpoint)
+        .unwrap()
+        .display()
+        .to_string();
+    fs.fail(Op::Read, &rel_a, libc::EIO);
+    let (store, report) = Store::open(&data, 10).unwrap();
+    assert_eq!(report.files_unreadable, 1, "{report}");
+    assert_eq!(
+        store.index().bucket_segments("p", a.start).unwrap().len(),
+        2
+    );
+    drop(store);
+    fs.unfail(Op::Read, &rel_a);
+
+    // `reindex` cannot leave records out quietly: it stops, naming the file.
+    fs.fail(Op::Fsync, "buckets/", libc::EIO);
+    let store = Store::open_without_recovery(&data).unwrap();
+    let err = recovery::reindex(&store, 10)
+        .err()
+        .expect("reindex refused");
+    let msg = err.to_string();
+    assert!(msg.contains("fdatasync") && msg.contains(".seg"), "{msg}");
+    drop(store);
+    fs.clear();
+}
+
+#[test]
+fn the_writer_never_indexes_a_range_whose_sync_failed() {
+    use holdfast::store::writer::Writer;
+    use holdfast::store::Store;
+    use std::sync::Arc;
+    let (fs, _dir) = mounted();
+    let data = fs.mountpoint.join("data");
+    let mut rng = synth::rng(81);
+    let pool = synth::pool(&mut rng, 1 << 20);
+    let t0 = Time90k::from_unix_seconds(1_795_000_000);
+    let mut seg = |s: i64| {
+        synth::segment(
+            &mut rng,
+            &pool,
+            "cam-a",
+            "p",
+            t0.add_ticks(s * TICKS_PER_SEC),
+            20,
+            2_000,
+        )
+    };
+    let (store, _) = Store::open(&data, 10).unwrap();
+    let store = Arc::new(store);
+    let metrics = Arc::new(holdfast::metrics::Metrics::new());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let w = Writer::spawn(store.clone(), writer_config(), metrics.clone(), Some(tx)).unwrap();
+    let h = w.handle();
+    h.submit(seg(0)).unwrap();
+    h.submit(seg(2)).unwrap();
+    assert!(h.flush());
+    assert_eq!(rx.try_iter().count(), 2);
+
+    // Every fdatasync fails: bucket A's new records and the first ones of bucket B (a file
+    // created during the fault) are dropped; for a while nothing is stored at all.
+    fs.fail(Op::Fsync, "buckets/", libc::EIO);
+    h.submit(seg(4)).unwrap();
+    h.submit(seg(12)).unwrap();
+    assert!(h.flush());
+    let t_fail = std::time::Instant::now();
+    let mut lost = 2;
+    while t_fail.elapsed() < Duration::from_millis(400) {
+        std::thread::sleep(Duration::from_millis(50));
+        h.submit(seg(13 + lost)).unwrap();
+        assert!(h.flush());
+        lost += 1;
+    }
+    assert_eq!(rx.try_iter().count(), 0);
+    let dropped = |reason: &str| {
+        support::procs::metric_value(
+            &metrics.encode(),
+            &format!(r#"holdfast_segments_dropped_total{{camera="cam-a",reason="{reason}"}}"#),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(dropped("sync_error"), lost as f64);
+    let failing = h.writes_failing_after(Duration::from_millis(250));
+    assert!(
+        failing
+            .as_deref()
+            .is_some_and(|f| f.contains("segments lost in a row")),
+        "{failing:?}"
+    );
+    let a = store.index().buckets(None).unwrap()[0].clone();
+    let b = store.index().buckets(None).unwrap()[1].clone();
+    let len_a = std::fs::metadata(store.bucket_path("p", a.start))
+        .unwrap()
+        .len();
+    assert_eq!(
+        a.committed_len, len_a,
+        "A's failed range is remembered: {a:?}"
+    );
+    assert_eq!(
+        b.segments, 0,
+        "B is in the index although nothing in it was stored: {b:?}"
+    );
+    assert!(b.committed_len > 0, "{b:?}");
+
+    // The fault clears: writing goes on after the failed ranges.
+    fs.unfail(Op::Fsync, "buckets/");
+    h.submit(seg(6)).unwrap();
+    h.submit(seg(18)).unwrap();
+    assert!(h.flush());
+    let after: Vec<_> = rx.try_iter().collect();
+    assert_eq!(after.len(), 2);
+    assert_eq!(after[0].offset, len_a);
+    assert!(after[1].offset >= b.committed_len);
+    assert_eq!(h.writes_failing_after(Duration::from_millis(250)), None);
+    w.shutdown();
+    drop(store);
+
+    // After a restart the failed ranges are not indexed (nothing is even scanned).
+    let (store, report) = Store::open(&data, 10).unwrap();
+    assert_eq!(
+        (report.segments_reindexed, report.bytes_scanned),
+        (0, 0),
+        "{report}"
+    );
+    let v = store.verify().unwrap();
+    assert!(v.bad.is_empty() && v.segments == 4, "{v:?}");
+    fs.clear();
 }

@@ -1140,9 +1140,26 @@ fn an_erasure_at_offset_zero_keeps_the_pending_whole_bucket_record() {
     let rig = Rig::new();
     rig.record(&["cam-a"], 20, 20_000);
     let index = rig.store.index();
-    let first = rig.entries("cam-a").into_iter().next().unwrap();
+    let entries = rig.entries("cam-a");
+    let first = entries[0].clone();
     assert_eq!(first.offset, 0);
+    let in_bucket: Vec<_> = entries
+        .iter()
+        .filter(|e| e.bucket == first.bucket)
+        .cloned()
+        .collect();
+    assert!(in_bucket.len() >= 3, "{in_bucket:?}");
+    // The last entry of the bucket stays (as a held one would); the bucket is expired (whole
+    // record) and its first record erased (range record at offset 0), as the sweeper and an
+    // erasure would leave them.
+    let kept = in_bucket.last().unwrap().clone();
+    let mut b = index.bucket(POLICY, first.bucket).unwrap().unwrap();
+    b.expired = true;
     let mut batch = IndexBatch::default();
+    batch.put_bucket(index, &b);
+    for e in &in_bucket[..in_bucket.len() - 1] {
+        batch.delete_segment(index, e);
+    }
     batch.put_reclaim(
         index,
         &Reclaim {
@@ -1165,4 +1182,18 @@ fn an_erasure_at_offset_zero_keeps_the_pending_whole_bucket_record() {
     let pending = index.reclaims().unwrap();
     assert_eq!(pending.len(), 2, "{pending:?}");
     assert!(pending.iter().any(|r| r.len.is_none()));
+    // Both records run, and the bytes of everything but the kept entry go back to the disk.
+    let path = rig.store.bucket_path(POLICY, first.bucket);
+    let before = allocated(&path).unwrap();
+    let report = rig.store.reclaim().unwrap();
+    assert_eq!((report.records, report.failed), (2, 0), "{report:?}");
+    assert!(index.reclaims().unwrap().is_empty());
+    let after = allocated(&path).unwrap();
+    assert!(
+        report.bytes_freed > 0 && after < before && after <= kept.record_len() + 8192,
+        "{report:?}: {before} -> {after} bytes allocated, {} kept",
+        kept.record_len()
+    );
+    assert_eq!(report.bytes_freed, before - after);
+    rig.store.read_segment(&kept).unwrap();
 }

@@ -468,6 +468,9 @@ fn a_shortened_expired_bucket_stays_expired() {
     assert!(report.entries_dropped > 0, "{report}");
     let after = store.index().bucket(&b.policy, b.start).unwrap().unwrap();
     assert!(after.expired, "{after:?}");
+    // The committed length is the file's length, never less (bytes between the last kept
+    // entry and the end were committed and must never be scanned as new).
+    assert_eq!(after.committed_len, b.committed_len / 2, "{after:?}");
     assert!(store.verify().unwrap().bad.is_empty());
 }
 
@@ -624,4 +627,304 @@ fn the_daemon_exits_70_when_its_buckets_directory_is_replaced() {
     assert_eq!(status.code(), Some(70), "{status:?}");
     let log = d.log_text();
     assert!(log.contains("was replaced"), "{log}");
+}
+
+/// Polls `cond` every 20 ms for up to `limit`.
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+#[test]
+fn the_writer_stops_cleanly_when_its_io_uring_breaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), BUCKET).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let writer = Writer::spawn(Arc::new(store), config(), metrics.clone(), Some(tx)).unwrap();
+    let h = writer.handle();
+    let mut segs = sample(31, 4).into_iter();
+    h.submit(segs.next().unwrap()).unwrap();
+    assert!(h.flush());
+    assert_eq!(rx.try_iter().count(), 1);
+    // The next submission to the ring fails with entries queued: the writer must stop (no
+    // panic, nothing more written), not go on with a ring in an unknown state.
+    h.break_ring_for_tests();
+    let lost = segs.next().unwrap();
+    let lost_camera = lost.camera.to_string();
+    h.submit(lost).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || !h.is_alive()),
+        "writer still alive"
+    );
+    let death = h.death().expect("a reason");
+    assert!(
+        death.contains("io_uring failed") && !death.contains("panicked"),
+        "{death}"
+    );
+    assert!(!h.is_healthy());
+    assert_eq!(h.submit(segs.next().unwrap()), Err(SubmitError::Stopped));
+    assert!(!h.flush());
+    writer.shutdown();
+    assert_eq!(
+        rx.try_iter().count(),
+        0,
+        "nothing durable after the ring broke"
+    );
+    let text = metrics.encode();
+    assert!(
+        text.contains(&format!(
+            "holdfast_segments_dropped_total{{camera=\"{lost_camera}\",reason=\"write_error\"}} 1"
+        )),
+        "{text}"
+    );
+    // What was durable stays intact.
+    let (store, report) = Store::open(dir.path(), BUCKET).unwrap();
+    assert_eq!(report.segments_reindexed, 0, "{report}");
+    let v = store.verify().unwrap();
+    assert!(v.bad.is_empty() && v.segments == 1, "{v:?}");
+}
+
+#[test]
+fn a_missing_file_of_an_indexed_bucket_is_never_written_over_its_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    write_all(dir.path(), sample(41, 6));
+    let store = Store::open_without_recovery(dir.path()).unwrap();
+    let b = store.index().buckets(None).unwrap()[0].clone();
+    let path = store.bucket_path(&b.policy, b.start);
+    std::fs::remove_file(&path).unwrap();
+    // The writer gets a segment for that bucket while its file is gone.
+    let mut rng = synth::rng(42);
+    let pool = synth::pool(&mut rng, 1 << 20);
+    let late = synth::segment(
+        &mut rng,
+        &pool,
+        "late-cam",
+        &b.policy,
+        b.start.add_ticks(TICKS_PER_SEC),
+        10,
+        2_000,
+    );
+    let store = Arc::new(store);
+    let metrics = Arc::new(Metrics::new());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let writer = Writer::spawn(store.clone(), config(), metrics, Some(tx)).unwrap();
+    writer.handle().submit(late).unwrap();
+    assert!(writer.handle().flush());
+    writer.shutdown();
+    let got: Vec<_> = rx.try_iter().collect();
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].offset >= b.committed_len,
+        "written at {} over the indexed range below {}",
+        got[0].offset,
+        b.committed_len
+    );
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), got[0].end_offset());
+    store.read_segment(&got[0]).unwrap();
+    let missing = store.missing_files();
+    assert!(missing.files.iter().any(|f| f.path == path), "{missing:?}");
+    assert_eq!(store.metrics().index_missing_files.get(), 1);
+}
+
+#[test]
+fn reclaim_waits_for_an_unmounted_disk_and_one_bad_record_stops_nothing() {
+    use holdfast::store::index::{IndexBatch, Reclaim, CF_RECLAIM};
+    let dir = tempfile::tempdir().unwrap();
+    write_all(dir.path(), sample(51, 15));
+    let store = Store::open_without_recovery(dir.path()).unwrap();
+    let index = store.index();
+    let mut b0 = index.buckets(None).unwrap()[0].clone();
+    let path0 = store.bucket_path(&b0.policy, b0.start);
+    // Expired as the sweeper does it: entries gone, a whole-bucket record; and one record
+    // that cannot be decoded.
+    b0.expired = true;
+    let mut batch = IndexBatch::default();
+    batch.put_bucket(index, &b0);
+    batch.delete_bucket_segments(index, &b0.policy, b0.start);
+    batch.put_reclaim(
+        index,
+        &Reclaim {
+            policy: b0.policy.clone(),
+            bucket: b0.start,
+            offset: 0,
+            len: None,
+        },
+    );
+    batch.put_raw(index, CF_RECLAIM, b"not a reclaim key", b"?");
+    index.commit(batch, true).unwrap();
+    drop(store);
+
+    // The buckets disk is not mounted: its mount point is an empty directory.
+    let buckets = dir.path().join("buckets");
+    let off = dir.path().join("buckets.off");
+    std::fs::rename(&buckets, &off).unwrap();
+    std::fs::create_dir(&buckets).unwrap();
+    let err = Store::open(dir.path(), BUCKET).err().expect("refused");
+    assert!(err.to_string().contains("--accept-missing-files"), "{err}");
+    // The refusal changed nothing: the pending deletion is still there.
+    let store = Store::open_without_recovery(dir.path()).unwrap();
+    let list = store.index().reclaim_records().unwrap();
+    assert_eq!((list.records.len(), list.undecodable.len()), (1, 1));
+    // Run by hand while unmounted: "not found" is not taken for "already freed".
+    let r = store.reclaim().unwrap();
+    assert_eq!((r.records, r.failed), (0, 2), "{r:?}");
+    assert_eq!(store.index().reclaims().unwrap().len(), 1);
+    let status = store.reclaim_status();
+    assert_eq!(status.pending_records, 2, "{status:?}");
+    assert!(status.last_error.is_some());
+    let errors = |op: &str| {
+        store
+            .metrics()
+            .reclaim_errors
+            .get_or_create(&holdfast::metrics::ReclaimOpLabel { op: op.into() })
+            .get()
+    };
+    assert_eq!((errors("unlink"), errors("index")), (1, 1));
+    drop(store);
+
+    // Mounted again: the record runs (the file goes), the bad one is counted and kept.
+    std::fs::remove_dir(&buckets).unwrap();
+    std::fs::rename(&off, &buckets).unwrap();
+    assert!(path0.exists());
+    let (store, report) = Store::open(dir.path(), BUCKET).unwrap();
+    assert_eq!(
+        (report.reclaim.records, report.reclaim.failed),
+        (1, 1),
+        "{report}"
+    );
+    assert!(!path0.exists());
+    let status = store.reclaim_status();
+    assert_eq!(status.pending_records, 1, "{status:?}");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("decode"),
+        "{status:?}"
+    );
+    // Once nothing is pending, the last error is no longer shown.
+    let mut batch = IndexBatch::default();
+    batch.delete_raw(store.index(), CF_RECLAIM, b"not a reclaim key");
+    store.index().commit(batch, true).unwrap();
+    store.reclaim().unwrap();
+    assert_eq!(store.reclaim_status(), Default::default());
+    assert!(store.verify().unwrap().bad.is_empty());
+}
+
+#[test]
+fn run_with_accept_missing_files_logs_the_loss_with_its_held_entries() {
+    use holdfast::retention::holds::{Holds, NewHold};
+    use support::procs::Daemon;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let durable = write_all(&data, sample(61, 15));
+    let store = Arc::new(Store::open_without_recovery(&data).unwrap());
+    let buckets = store.index().buckets(None).unwrap();
+    let n = buckets.len();
+    assert!(n >= 6, "{n}");
+    // Two entries of the first bucket are held.
+    let mut in_first: Vec<_> = durable
+        .iter()
+        .filter(|e| e.policy == buckets[0].policy && e.bucket == buckets[0].start)
+        .cloned()
+        .collect();
+    in_first.sort_by_key(|e| e.start);
+    let holds = Holds::load(store.clone()).unwrap();
+    holds
+        .place(
+            NewHold {
+                cameras: in_first.iter().take(2).map(|e| e.camera.clone()).collect(),
+                site: None,
+                from: in_first[0].start,
+                to: in_first[1].end(),
+                reason: "incident".into(),
+                reference: "PL-10".into(),
+                requested_by: "police".into(),
+                expires_at: None,
+                keytags: false,
+                camera_sites: Default::default(),
+            },
+            "test",
+            Time90k::now(),
+        )
+        .unwrap();
+    let held = in_first
+        .iter()
+        .filter(|e| e.start < in_first[1].end() && in_first[0].start < e.end())
+        .count();
+    drop(holds);
+    let paths: Vec<_> = buckets
+        .iter()
+        .map(|b| store.bucket_path(&b.policy, b.start))
+        .collect();
+    drop(store);
+
+    let rest = "[policies.four-weeks]\nvideo = \"3650d\"\nkeytags = \"28d\"\n\n\
+                [policies.seven-days]\nvideo = \"3650d\"\nkeytags = \"28d\"\n\n\
+                [[sites]]\nid = \"north\"\npolicy = \"four-weeks\"\n\n\
+                [[cameras]]\nid = \"dead\"\nsite = \"north\"\nurl = \"rtsp://127.0.0.1:9/none\"\n";
+    let mut d = Daemon::start_in(rest, "", &[], Some(&data));
+    d.stop();
+    // Most files lost for good.
+    let gone: Vec<_> = paths.iter().take(n / 2 + 1).collect();
+    let entries_gone: usize = buckets
+        .iter()
+        .take(n / 2 + 1)
+        .map(|b| {
+            durable
+                .iter()
+                .filter(|e| e.policy == b.policy && e.bucket == b.start)
+                .count()
+        })
+        .sum();
+    for p in &gone {
+        std::fs::remove_file(p).unwrap();
+    }
+    // Without the flag the start is refused.
+    d.spawn_again();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = d.try_exit_status() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "still running");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    assert!(d.log_text().contains("--accept-missing-files"));
+    // With it: started, and the loss is in the logbook with the held entries counted.
+    d.spawn_again_with(&["--accept-missing-files"]);
+    d.wait_until(Duration::from_secs(30), |d| {
+        d.get("/healthz", None).0 == 200
+    });
+    d.restart(); // a second start does not log the loss again
+    d.stop();
+    let index = holdfast::store::index::Index::open_read_only(&data.join("index")).unwrap();
+    let lost: Vec<serde_json::Value> = index
+        .logbook_entries(0)
+        .map(|r| r.unwrap().1)
+        .map(|v| serde_json::from_slice::<serde_json::Value>(&v[32..]).unwrap())
+        .filter(|e| e["action"] == "store.files_lost")
+        .collect();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    let o = &lost[0]["object"];
+    assert_eq!(o["files"], gone.len(), "{o}");
+    assert_eq!(o["of_buckets"], n, "{o}");
+    assert_eq!(o["held_entries"], held, "{o}");
+    assert_eq!(o["entries_dropped"], entries_gone, "{o}");
+    assert!(index
+        .get_raw(
+            holdfast::store::index::CF_META,
+            holdfast::store::recovery::FILES_LOST_MARKER
+        )
+        .unwrap()
+        .is_none());
 }

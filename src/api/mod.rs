@@ -612,7 +612,9 @@ async fn healthz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     // A point read: cheap enough for anyone without a token to ask often.
     let index = state.store.index().logbook_head().is_ok();
     let storage_full = state.writer.is_paused();
-    let status = if writer && index && !storage_full {
+    // Every write failing for a while (segments keep coming, none is stored): not healthy.
+    let writes_failing = state.writer.writes_failing();
+    let status = if writer && index && !storage_full && writes_failing.is_none() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -641,6 +643,7 @@ async fn healthz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         Json(json!({
             "status": word,
             "writer": if writer { "ok" } else { "failing" },
+            "writes": writes_failing.as_deref().unwrap_or("ok"),
             "index": if index { "ok" } else { "failing" },
             "storage": if storage_full { "full: only pinned footage left, new video refused" } else { "ok" },
             "cameras": cameras,

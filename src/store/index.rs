@@ -8,7 +8,7 @@
 //! | `segments`      | policy `\0` bucket-start(8) camera `\0` start(8)  | [`SegmentEntry`] fields |
 //! | `buckets`       | policy `\0` bucket-start(8)                       | [`BucketInfo`]          |
 //! | `codec_configs` | codec id(8)                                       | the avcC record         |
-//! | `reclaim`       | policy `\0` bucket-start(8) kind(1) offset(8) length(8) | length(8), or all |
+//! | `reclaim`       | policy `\0` bucket-start(8) kind(1) offset(8) length(8) seq(8) | length(8), or all |
 //! | `holds`         | hold id(8)                                        | the hold as JSON        |
 //! | `meta`          | name                                              | value                   |
 //!
@@ -293,9 +293,11 @@ pub struct Reclaim {
 }
 
 impl Reclaim {
-    /// The record's key: `bucket kind(1) offset(8) length(8)`. The kind byte keeps a range at
-    /// offset 0 apart from the whole-bucket record; two records with the same key name the very
-    /// same work (the same bytes of the same file), so merging them loses nothing.
+    /// The work the record names: `bucket kind(1) offset(8) length(8)`. The kind byte keeps a
+    /// range at offset 0 apart from the whole-bucket record. The stored key adds a sequence
+    /// number (`seq(8)`, see [`IndexBatch::put_reclaim`]): the same work recorded twice (an
+    /// expired bucket re-checked after a hold was released while reclaim was running it) is two
+    /// records, so finishing the first never deletes the second.
     pub fn key(&self) -> Vec<u8> {
         let mut k = bucket_key(&self.policy, self.bucket);
         match self.len {
@@ -313,9 +315,15 @@ impl Reclaim {
         k
     }
 
-    /// Decodes a record; also the old format (`bucket offset(8)`, before issue 9), whose keys
-    /// could collide. Returns whether the key is of the old format.
+    /// Decodes a record; also the old formats (`bucket offset(8)`, before issue 9, whose keys
+    /// could collide; `bucket kind offset length` without a sequence). Returns whether the key is
+    /// of the oldest format.
     fn decode_any(key: &[u8], value: &[u8]) -> Result<(Self, bool), IndexError> {
+        Self::decode_seq(key, value).map(|(r, old, _)| (r, old))
+    }
+
+    /// [`Reclaim::decode_any`] and the key's sequence number (0 when it has none).
+    fn decode_seq(key: &[u8], value: &[u8]) -> Result<(Self, bool, u64), IndexError> {
         let bad = || IndexError::Corrupt(format!("reclaim key {}", hex::encode(key)));
         let z = key.iter().position(|&b| b == 0).ok_or_else(bad)?;
         let (policy, bucket) =
@@ -327,9 +335,9 @@ impl Reclaim {
         let len = (len != RECLAIM_ALL).then_some(len);
         let rest = &key[z + 9..];
         let r = Reader(rest);
-        let (offset, old) = match rest.len() {
-            8 => (r.u64(0), true),
-            17 => {
+        let (offset, old, seq) = match rest.len() {
+            8 => (r.u64(0), true, 0),
+            17 | 25 => {
                 let ok = match rest[0] {
                     RECLAIM_KIND_ALL => len.is_none(),
                     RECLAIM_KIND_RANGE => len == Some(Reader(&rest[1..]).u64(8)),
@@ -338,7 +346,8 @@ impl Reclaim {
                 if !ok {
                     return Err(bad());
                 }
-                (Reader(&rest[1..]).u64(0), false)
+                let seq = if rest.len() == 25 { r.u64(17) } else { 0 };
+                (Reader(&rest[1..]).u64(0), false, seq)
             }
             _ => return Err(bad()),
         };
@@ -351,6 +360,7 @@ impl Reclaim {
                 len,
             },
             old,
+            seq,
         ))
     }
 }
@@ -419,6 +429,17 @@ fn parse_segment_key(k: &[u8]) -> Option<(String, Time90k, String, Time90k)> {
 /// The index database.
 pub struct Index {
     db: DB,
+    /// Sequence number of the next reclaim record (above every stored one).
+    reclaim_seq: std::sync::atomic::AtomicU64,
+}
+
+/// Pending reclaim records as stored, and the keys of records that cannot be decoded.
+#[derive(Debug, Default)]
+pub struct ReclaimList {
+    /// (stored key, record), in key order.
+    pub records: Vec<(Vec<u8>, Reclaim)>,
+    /// Keys of records that cannot be decoded (with why), skipped.
+    pub undecodable: Vec<(Vec<u8>, String)>,
 }
 
 /// Index changes that become visible together, atomically.
@@ -463,16 +484,28 @@ impl IndexBatch {
     }
 
     /// Records bytes to free: once this batch commits, [`Reclaim`] work survives a crash and
-    /// is finished by recovery.
+    /// is finished by recovery. Every record gets a key of its own (a sequence number after
+    /// [`Reclaim::key`]), so a record is never overwritten by a later one.
     pub fn put_reclaim(&mut self, index: &Index, r: &Reclaim) {
         let len = r.len.unwrap_or(RECLAIM_ALL);
-        self.batch
-            .put_cf(index.cf(CF_RECLAIM), r.key(), len.to_be_bytes());
+        self.batch.put_cf(
+            index.cf(CF_RECLAIM),
+            index.new_reclaim_key(r),
+            len.to_be_bytes(),
+        );
     }
 
-    /// Marks reclaim work done.
+    /// Marks one stored reclaim record done (its key from [`Index::reclaim_records`]).
+    pub fn delete_reclaim_key(&mut self, index: &Index, key: &[u8]) {
+        self.batch.delete_cf(index.cf(CF_RECLAIM), key);
+    }
+
+    /// Marks every stored record of this work done.
     pub fn delete_reclaim(&mut self, index: &Index, r: &Reclaim) {
-        self.batch.delete_cf(index.cf(CF_RECLAIM), r.key());
+        let from = r.key();
+        let mut to = from.clone();
+        to.extend_from_slice(&[0xff; 9]);
+        self.batch.delete_range_cf(index.cf(CF_RECLAIM), &from, &to);
     }
 
     /// Stores a hold record.
@@ -527,7 +560,11 @@ impl Index {
         opts.set_compression_type(rocksdb::DBCompressionType::None);
         let cfs = cf_descriptors();
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        let index = Index { db };
+        let index = Index {
+            db,
+            reclaim_seq: Default::default(),
+        };
+        index.seed_reclaim_seq()?;
         index.upgrade_reclaim_keys()?;
         match index.db.get_cf(index.cf(CF_META), b"format")? {
             None => index
@@ -551,7 +588,10 @@ impl Index {
         opts.set_compression_type(rocksdb::DBCompressionType::None);
         let cfs = cf_descriptors();
         let db = DB::open_cf_descriptors_read_only(&opts, path, cfs, false)?;
-        Ok(Index { db })
+        Ok(Index {
+            db,
+            reclaim_seq: Default::default(),
+        })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -807,17 +847,60 @@ impl Index {
         Ok(out)
     }
 
-    /// Every pending reclaim record.
+    /// Every pending reclaim record (records that cannot be decoded are skipped: see
+    /// [`Index::reclaim_records`]).
     pub fn reclaims(&self) -> Result<Vec<Reclaim>, IndexError> {
-        let mut out = Vec::new();
+        Ok(self
+            .reclaim_records()?
+            .records
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
+    /// Every pending reclaim record with its stored key. One record that cannot be decoded
+    /// never hides the others: its key is listed in `undecodable`.
+    pub fn reclaim_records(&self) -> Result<ReclaimList, IndexError> {
+        let mut out = ReclaimList::default();
         for item in self
             .db
             .iterator_cf(self.cf(CF_RECLAIM), IteratorMode::Start)
         {
             let (k, v) = item?;
-            out.push(Reclaim::decode_any(&k, &v)?.0);
+            match Reclaim::decode_any(&k, &v) {
+                Ok((r, _)) => out.records.push((k.to_vec(), r)),
+                Err(e) => out.undecodable.push((k.to_vec(), e.to_string())),
+            }
         }
         Ok(out)
+    }
+
+    /// A stored key for a new reclaim record: [`Reclaim::key`] and a sequence number above
+    /// every record stored when the index was opened and every key given out since.
+    fn new_reclaim_key(&self, r: &Reclaim) -> Vec<u8> {
+        let seq = self
+            .reclaim_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut k = r.key();
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    }
+
+    /// Starts reclaim sequence numbers above the highest stored one.
+    fn seed_reclaim_seq(&self) -> Result<(), IndexError> {
+        let mut max = 0;
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_RECLAIM), IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            if let Ok((_, _, seq)) = Reclaim::decode_seq(&k, &v) {
+                max = max.max(seq);
+            }
+        }
+        self.reclaim_seq
+            .store(max + 1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Rewrites reclaim records of the old key format (before issue 9: `bucket offset`) into
@@ -833,14 +916,22 @@ impl Index {
             .iterator_cf(self.cf(CF_RECLAIM), IteratorMode::Start)
         {
             let (k, v) = item?;
-            let (r, old) = Reclaim::decode_any(&k, &v)?;
+            let (r, old) = match Reclaim::decode_any(&k, &v) {
+                Ok(x) => x,
+                // Left for reclaim, which counts and reports it; it never stops the open.
+                Err(e) => {
+                    tracing::error!(key = %hex::encode(&k), error = %e,
+                        "reclaim record cannot be decoded: skipped");
+                    continue;
+                }
+            };
             if !old {
                 continue;
             }
             batch.delete_cf(self.cf(CF_RECLAIM), &k);
             batch.put_cf(
                 self.cf(CF_RECLAIM),
-                r.key(),
+                self.new_reclaim_key(&r),
                 r.len.unwrap_or(RECLAIM_ALL).to_be_bytes(),
             );
             if r.len.is_some() && self.bucket(&r.policy, r.bucket)?.is_some_and(|b| b.expired) {
@@ -849,7 +940,11 @@ impl Index {
                     offset: 0,
                     ..r.clone()
                 };
-                batch.put_cf(self.cf(CF_RECLAIM), all.key(), RECLAIM_ALL.to_be_bytes());
+                batch.put_cf(
+                    self.cf(CF_RECLAIM),
+                    self.new_reclaim_key(&all),
+                    RECLAIM_ALL.to_be_bytes(),
+                );
             }
             n += 1;
         }
@@ -1014,7 +1109,60 @@ mod tests {
             .iterator_cf(index.cf(CF_RECLAIM), IteratorMode::Start)
             .map(|i| i.unwrap().0)
             .collect();
-        assert!(raw.iter().all(|k| k.len() == "p".len() + 9 + 17), "{raw:?}");
+        assert!(raw.iter().all(|k| k.len() == "p".len() + 9 + 25), "{raw:?}");
+    }
+
+    #[test]
+    fn the_same_work_recorded_twice_is_two_records_and_a_bad_one_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = Reclaim {
+            policy: "p".into(),
+            bucket: Time90k(3600),
+            offset: 0,
+            len: None,
+        };
+        {
+            let index = Index::open(dir.path()).unwrap();
+            let mut batch = IndexBatch::default();
+            batch.put_reclaim(&index, &all);
+            index.commit(batch, true).unwrap();
+            // Reclaim reads the record; meanwhile the sweeper records the same work again.
+            let first = index.reclaim_records().unwrap().records;
+            assert_eq!(first.len(), 1);
+            let mut batch = IndexBatch::default();
+            batch.put_reclaim(&index, &all);
+            index.commit(batch, true).unwrap();
+            // Reclaim finishes the record it read: the later one stays.
+            let mut batch = IndexBatch::default();
+            batch.delete_reclaim_key(&index, &first[0].0);
+            index.commit(batch, true).unwrap();
+            let left = index.reclaim_records().unwrap().records;
+            assert_eq!(left.len(), 1);
+            assert_ne!(left[0].0, first[0].0);
+            assert_eq!(left[0].1, all);
+            // A record that cannot be decoded is listed apart; the others are still read.
+            let mut batch = IndexBatch::default();
+            batch.put_raw(&index, CF_RECLAIM, b"p\0garbage", b"x");
+            index.commit(batch, true).unwrap();
+            let list = index.reclaim_records().unwrap();
+            assert_eq!(list.records.len(), 1);
+            assert_eq!(list.undecodable.len(), 1);
+            assert_eq!(index.reclaims().unwrap(), vec![all.clone()]);
+        }
+        // Opening never fails on the bad record, and new keys stay above the stored ones.
+        let index = Index::open(dir.path()).unwrap();
+        let before = index.reclaim_records().unwrap().records;
+        let mut batch = IndexBatch::default();
+        batch.put_reclaim(&index, &all);
+        index.commit(batch, true).unwrap();
+        let after = index.reclaim_records().unwrap().records;
+        assert_eq!(after.len(), 2);
+        assert!(after.iter().all(|(k, _)| k >= &before[0].0));
+        // `delete_reclaim` finishes every record of the work.
+        let mut batch = IndexBatch::default();
+        batch.delete_reclaim(&index, &all);
+        index.commit(batch, true).unwrap();
+        assert!(index.reclaim_records().unwrap().records.is_empty());
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub struct Store {
     metrics: StoreMetrics,
     /// Bucket files the index names that recovery found missing.
     missing: std::sync::Mutex<recovery::MissingFiles>,
+    /// (device, inode) of the buckets directory when the store was opened.
+    buckets_id: Option<(u64, u64)>,
 }
 
 impl Store {
@@ -136,6 +138,7 @@ impl Store {
         // RocksDB creates `index/` but never fsyncs the data directory: without this, a power
         // cut soon after the first start loses the whole index (tests/faults.rs power cuts).
         sync_dir(data_dir)?;
+        let buckets_id = dir_identity(&buckets).ok();
         Ok(Store {
             root: data_dir.to_owned(),
             index,
@@ -143,6 +146,7 @@ impl Store {
             reclaim_state: Default::default(),
             metrics: StoreMetrics::default(),
             missing: Default::default(),
+            buckets_id,
         })
     }
 
@@ -157,6 +161,21 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Reports a bucket file the index names (with `entries` segments ever committed to it)
+    /// that the writer found missing or cut while running (`/healthz`,
+    /// `holdfast_index_missing_files`).
+    pub(crate) fn note_missing_file(&self, path: &Path, entries: u64) {
+        let mut m = self.missing.lock().unwrap_or_else(|e| e.into_inner());
+        if !m.files.iter().any(|f| f.path == path) {
+            m.files.push(recovery::MissingFile {
+                path: path.to_owned(),
+                entries,
+                held: Vec::new(),
+            });
+        }
+        self.metrics.index_missing_files.set(m.files.len() as i64);
     }
 
     /// The data directory.
@@ -303,6 +322,14 @@ fn read_segment_from(
     let payload = buf.split_off(e.header_len as usize);
     header.verify_payload(&payload).map_err(record_err)?;
     Ok((header, payload))
+}
+
+/// (device, inode) of a directory: tells a replaced directory (or a mount point whose disk is
+/// not mounted) from the one opened before.
+pub(crate) fn dir_identity(dir: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir)?;
+    Ok((m.dev(), m.ino()))
 }
 
 /// fsyncs a directory, so that entries created or removed in it survive power loss.

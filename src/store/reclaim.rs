@@ -14,7 +14,11 @@
 //!   entry covers.
 //!
 //! Every step is idempotent (punching a hole twice, unlinking a file that is gone), so recovery
-//! just runs whatever records a crash left. Freed bytes are measured as the drop in the file's
+//! just runs whatever records a crash left. A file that is not found counts as gone only when its
+//! policy directory is there and the buckets directory is the one the store opened: a disk that
+//! is not mounted (or was replaced) keeps its records until the files are really reachable.
+//! Every record has a key of its own, so a record written while another of the same bucket is
+//! being run is never deleted with it. Freed bytes are measured as the drop in the file's
 //! allocated blocks, not computed, so the figure is what the disk really got back.
 //!
 //! Faults stay local: each record succeeds or fails on its own. A record that fails (a file
@@ -22,7 +26,9 @@
 //! commit) is counted in `holdfast_reclaim_errors_total{op}`, kept, and retried with a backoff of
 //! its own (1 s doubling to 10 min, in memory: a restart retries everything at once); the other
 //! records go on. What the failed records would free is `holdfast_reclaim_pending_bytes`, and the
-//! `reclaim` detail of `/healthz` names the last error.
+//! `reclaim` detail of `/healthz` names the last error (cleared once nothing is pending). A record
+//! that cannot even be decoded is counted (`op="index"`), logged with its key, kept and retried
+//! like a failed one; it never stops the others.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
@@ -31,7 +37,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use super::index::{IndexBatch, Reclaim};
-use super::{sync_dir, Store, StoreError};
+use super::{dir_identity, sync_dir, Store, StoreError};
 use crate::retention::intervals::{Interval, IntervalSet};
 
 /// First retry delay of a failed record.
@@ -100,7 +106,7 @@ impl Store {
     pub fn reclaim(&self) -> Result<ReclaimReport, StoreError> {
         let _turn = self.reclaim_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut report = ReclaimReport::default();
-        let records = match self.index().reclaims() {
+        let list = match self.index().reclaim_records() {
             Ok(r) => r,
             Err(e) => {
                 let err = StoreError::from(e);
@@ -108,42 +114,75 @@ impl Store {
                 return Err(err);
             }
         };
-        let keys: HashSet<Vec<u8>> = records.iter().map(Reclaim::key).collect();
-        self.reclaim_state(|s| s.retry.retain(|k, _| keys.contains(k)));
-        for r in &records {
-            let key = r.key();
+        let keys: HashSet<&[u8]> = list
+            .records
+            .iter()
+            .map(|(k, _)| &k[..])
+            .chain(list.undecodable.iter().map(|(k, _)| &k[..]))
+            .collect();
+        self.reclaim_state(|s| s.retry.retain(|k, _| keys.contains(&k[..])));
+        for (key, why) in &list.undecodable {
             let now = Instant::now();
-            if self.reclaim_state(|s| s.retry.get(&key).is_some_and(|t| t.next > now)) {
+            if self.reclaim_state(|s| s.retry.get(key).is_some_and(|t| t.next > now)) {
                 report.deferred += 1;
                 continue;
             }
-            match self.reclaim_one(r, &mut report) {
+            // Nothing can be done with it but say so: it stays, is counted and shown.
+            report.failed += 1;
+            let error = StoreError::Io {
+                op: "decode reclaim record",
+                path: self.buckets_dir(),
+                source: std::io::Error::other(format!("key {}: {why}", hex::encode(key))),
+            };
+            self.reclaim_failed("index", &error);
+            let failures = self.note_retry(key.clone(), 0);
+            tracing::error!(key = %hex::encode(key), error = %why, failures,
+                "reclaim record cannot be decoded: skipped, other records go on");
+        }
+        for (key, r) in &list.records {
+            let now = Instant::now();
+            if self.reclaim_state(|s| s.retry.get(key).is_some_and(|t| t.next > now)) {
+                report.deferred += 1;
+                continue;
+            }
+            match self.reclaim_one(key, r, &mut report) {
                 Ok(()) => {
                     report.records += 1;
-                    self.reclaim_state(|s| s.retry.remove(&key));
+                    self.reclaim_state(|s| s.retry.remove(key));
                 }
                 Err(f) => {
                     report.failed += 1;
                     self.reclaim_failed(f.op, &f.error);
-                    let failures = self.reclaim_state(|s| {
-                        let t = s.retry.entry(key).or_insert(Retry {
-                            failures: 0,
-                            next: now,
-                            bytes: 0,
-                        });
-                        t.failures += 1;
-                        t.next = Instant::now() + backoff(t.failures);
-                        t.bytes = f.bytes;
-                        t.failures
-                    });
+                    let failures = self.note_retry(key.clone(), f.bytes);
                     tracing::warn!(policy = %r.policy, bucket = %r.bucket, op = f.op,
                         error = %f.error, failures, retry_in = ?backoff(failures),
                         "reclaim failed: kept and retried later; other records go on");
                 }
             }
         }
+        // The last error is shown until nothing is pending any more.
+        self.reclaim_state(|s| {
+            if s.retry.is_empty() {
+                s.last_error = None;
+            }
+        });
         self.update_reclaim_gauge();
         Ok(report)
+    }
+
+    /// Counts one more failure of a record and sets its next retry; returns the failures.
+    fn note_retry(&self, key: Vec<u8>, bytes: u64) -> u32 {
+        self.reclaim_state(|s| {
+            let t = s.retry.entry(key).or_insert(Retry {
+                failures: 0,
+                next: Instant::now(),
+                bytes: 0,
+            });
+            t.failures += 1;
+            t.next = Instant::now() + backoff(t.failures);
+            t.bytes = bytes;
+            t.failures
+        })
     }
 
     /// Pending records, pending bytes and the last error of reclaim work.
@@ -171,8 +210,36 @@ impl Store {
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
+    /// Whether a bucket file that was not found is really gone: its policy directory exists and
+    /// the buckets directory is the one the store opened (not an empty mount point, not a
+    /// directory put in its place). Otherwise the error to keep the record with.
+    fn really_gone(&self, path: &std::path::Path) -> Result<(), std::io::Error> {
+        let buckets = self.buckets_dir();
+        let same = match (self.buckets_id, dir_identity(&buckets)) {
+            (Some(at_open), Ok(now)) => at_open == now,
+            _ => false,
+        };
+        let policy_dir = path.parent().is_some_and(|d| d.is_dir());
+        if same && policy_dir {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "not found, and {} is not the directory the store opened or has no {}: \
+                 kept until the file can be reached (a disk not mounted?)",
+                buckets.display(),
+                path.parent()
+                    .map_or_else(String::new, |d| d.display().to_string())
+            )))
+        }
+    }
+
     /// Frees one record's bytes and deletes the record (and, for a removed file, the bucket).
-    fn reclaim_one(&self, r: &Reclaim, report: &mut ReclaimReport) -> Result<(), Failure> {
+    fn reclaim_one(
+        &self,
+        key: &[u8],
+        r: &Reclaim,
+        report: &mut ReclaimReport,
+    ) -> Result<(), Failure> {
         let index = self.index();
         let path = self.bucket_path(&r.policy, r.bucket);
         let fail =
@@ -213,18 +280,25 @@ impl Store {
                     report.bytes_freed += estimate;
                 }
                 // Unlinked before a crash; only the bucket record was left.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.really_gone(&path)
+                        .map_err(io("unlink", "unlink", estimate))?;
+                }
                 Err(e) => return Err(io("unlink", "unlink", estimate)(e)),
             }
             batch.delete_bucket(index, &r.policy, r.bucket);
-            batch.delete_reclaim(index, r);
+            batch.delete_reclaim_key(index, key);
             return index
                 .commit(batch, true)
                 .map_err(|e| fail("index", 0)(e.into()));
         }
         let file = match OpenOptions::new().write(true).open(&path) {
             Ok(f) => Some(f),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.really_gone(&path)
+                    .map_err(io("open", "open", estimate))?;
+                None
+            }
             Err(e) => return Err(io("open", "open", estimate)(e)),
         };
         let mut batch = IndexBatch::default();
@@ -251,7 +325,7 @@ impl Store {
         }
         // A missing file with pinned entries left keeps them (recovery reports them); a missing
         // file of a range record has nothing left to free.
-        batch.delete_reclaim(index, r);
+        batch.delete_reclaim_key(index, key);
         index
             .commit(batch, true)
             .map_err(|e| fail("index", 0)(e.into()))

@@ -7,21 +7,33 @@
 //! - A bucket file with no index entry at all (created, crash before the first commit): scanned
 //!   from byte 0 the same way; removed when nothing valid is in it.
 //! - Index entries whose file is shorter than the entries say: dropped (the bucket keeps its
-//!   `expired` flag).
+//!   `expired` flag, and its committed length becomes the file's length, never less).
 //! - Bucket files the index names that are missing (deleted by hand, or a disk not mounted):
 //!   when most of them are missing (more than half of the non-expired buckets, and at least 2)
-//!   recovery refuses ([`StoreError::MissingFiles`]) unless started with
-//!   `accept_missing_files`, which drops their entries (the daemon records a `store.files_lost`
-//!   logbook entry). Otherwise entries that an active hold pins are kept and reported (log line
-//!   naming the holds and ranges, `holdfast_index_missing_files`, `/healthz`); the others are
-//!   dropped with a log line.
-//! - Deletions cut short (reclaim records left in the index): finished first, see `reclaim`. A
-//!   reclaim record that fails is counted and retried later; it never stops recovery.
+//!   recovery refuses ([`StoreError::MissingFiles`]) before anything is changed (also before
+//!   reclaim runs) unless started with `accept_missing_files`, which drops their entries and, in
+//!   the same index batch, leaves a marker ([`FILES_LOST_MARKER`]) that the daemon turns into a
+//!   `store.files_lost` logbook entry (with the held entries counted) atomically with deleting
+//!   it. Otherwise entries that an active hold pins are kept and reported (log line naming the
+//!   holds and ranges, `holdfast_index_missing_files`, `/healthz`); the others are dropped with a
+//!   log line. Buckets that never held a segment do not count towards "most"; neither do the
+//!   buckets of a policy directory that cannot be listed (they are not taken for missing).
+//! - Deletions cut short (reclaim records left in the index): finished after the missing-files
+//!   check and before the scan, see `reclaim`. A reclaim record that fails is counted and
+//!   retried later; it never stops recovery.
 //!
 //! Recovered records are made durable before they are indexed: the file is fdatasynced (and its
 //! directory fsynced when the index did not know the file) before the batch that indexes them
-//! commits. A record whose sync fails is cut off (the file is truncated back to the committed
-//! length), so it can never be indexed later from a page cache that the failed sync left dirty.
+//! commits. When that sync fails, nothing is destroyed and nothing of the range is indexed: the
+//! file is left as it is and its bucket is recorded with `committed_len` at the end of the scanned
+//! range and no entries for it, so that range is never scanned again (a page cache that the
+//! failed sync left dirty cannot be trusted) and still expires with its bucket. `reindex` stops
+//! with an error naming the file instead.
+//!
+//! One bad file never stops the start: a file that cannot be stat'ed, opened, read, truncated or
+//! removed, or a policy directory that cannot be listed, is counted (`files_unreadable`), logged
+//! with its name and left alone (its indexed entries kept, nothing new indexed from it). Only
+//! the buckets directory itself and the index failing stop recovery.
 //! A recovered record whose key (camera, start) is already indexed at another offset is never
 //! indexed over it: the entry that is there stays.
 //! - Buckets the sweeper expired are never scanned: their unreferenced bytes were deleted on
@@ -32,7 +44,7 @@
 //! hole or a stretch of zeros never hides the valid records after it. `reindex` runs the same scan
 //! over every file from byte 0, after clearing the index: the files alone are the truth.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -66,11 +78,13 @@ pub struct RecoveryReport {
     pub reclaim: super::reclaim::ReclaimReport,
     /// Recovered records not indexed because an entry with the same key exists.
     pub duplicates_skipped: u64,
-    /// Recovered records not indexed because their fdatasync failed (cut off instead).
+    /// Recovered records not indexed because their fdatasync failed (left in the file, their
+    /// range covered by `committed_len` so it is never scanned again).
     pub unsynced_dropped: u64,
     /// Bucket files the index names that are missing.
     pub missing: MissingFiles,
-    /// Bucket files that could not be opened or stat'ed (left alone, logged).
+    /// Bucket files (or policy directories) that could not be listed, stat'ed, opened, read,
+    /// truncated or removed (left alone, logged).
     pub files_unreadable: u64,
 }
 
@@ -95,6 +109,26 @@ pub struct MissingFiles {
     pub entries_dropped: u64,
     /// Entries kept because an active hold pins them (their bytes are gone).
     pub held_entries_kept: u64,
+    /// Entries an active hold pinned that were dropped all the same (`accepted`).
+    pub held_entries_dropped: u64,
+}
+
+/// `meta` key of the record of an accepted loss of bucket files, written in the same batch that
+/// drops their entries; the daemon appends the `store.files_lost` logbook entry and deletes the
+/// marker in one batch (see [`files_lost_marker`]).
+pub const FILES_LOST_MARKER: &[u8] = b"store_files_lost";
+
+/// The pending record of an accepted loss of bucket files (the `store.files_lost` logbook
+/// entry's object), if recovery left one.
+pub fn files_lost_marker(
+    index: &super::index::Index,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    let Some(v) = index.get_raw(super::index::CF_META, FILES_LOST_MARKER)? else {
+        return Ok(None);
+    };
+    Ok(Some(serde_json::from_slice(&v).unwrap_or_else(
+        |e| serde_json::json!({ "unreadable_marker": e.to_string() }),
+    )))
 }
 
 /// One missing bucket file.
@@ -173,7 +207,12 @@ fn run(
     bucket_secs: u32,
     opts: RecoverOptions,
 ) -> Result<RecoveryReport, StoreError> {
-    // An interrupted delete is finished first: it may unlink files the scan would visit. A
+    // Missing files first: with a disk not mounted the start is refused before anything (also
+    // reclaim) changes.
+    let mut pre = RecoveryReport::default();
+    let listing = list_bucket_files(store, &mut pre)?;
+    count_missing(store, &listing, opts)?;
+    // An interrupted delete is finished next: it may unlink files the scan would visit. A
     // failure is counted and retried by the sweeper; it never stops the start.
     let reclaim = store.reclaim().unwrap_or_else(|e| {
         tracing::error!(error = %e, "reclaim records cannot be read; retried by the sweeper");
@@ -209,23 +248,25 @@ fn active_holds(store: &Store) -> Vec<(u64, Vec<String>, Time90k, Time90k)> {
         .collect()
 }
 
-/// Handles index buckets whose file is missing (see the module doc).
-fn missing_files(
+/// The index buckets whose file is missing, the non-expired buckets that ever held a segment,
+/// and how many of those are missing; refuses when most are missing (see the module doc).
+fn count_missing(
     store: &Store,
-    files: &BTreeMap<(String, Time90k), PathBuf>,
+    listing: &Listing,
     opts: RecoverOptions,
-    batch: &mut IndexBatch,
-    report: &mut RecoveryReport,
-) -> Result<(), StoreError> {
-    let index = store.index();
-    let buckets = index.buckets(None)?;
-    let missing: Vec<_> = buckets
-        .iter()
-        .filter(|b| !files.contains_key(&(b.policy.clone(), b.start)))
+) -> Result<(Vec<BucketInfo>, u64, bool), StoreError> {
+    let buckets = store.index().buckets(None)?;
+    // A bucket that never held a segment loses nothing when its file is gone.
+    let counts = |b: &BucketInfo| !b.expired && b.segments > 0;
+    let live = buckets.iter().filter(|b| counts(b)).count() as u64;
+    let missing: Vec<BucketInfo> = buckets
+        .into_iter()
+        .filter(|b| {
+            !listing.files.contains_key(&(b.policy.clone(), b.start))
+                && !listing.unlisted.contains(&b.policy)
+        })
         .collect();
-    let live = buckets.iter().filter(|b| !b.expired).count() as u64;
-    let live_missing = missing.iter().filter(|b| !b.expired).count() as u64;
-    report.missing.buckets_indexed = live;
+    let live_missing = missing.iter().filter(|b| counts(b)).count() as u64;
     let most = live_missing >= 2 && live_missing * 2 > live;
     if most && !opts.accept_missing_files {
         return Err(StoreError::MissingFiles {
@@ -234,17 +275,39 @@ fn missing_files(
             dir: store.buckets_dir(),
         });
     }
+    Ok((missing, live, most))
+}
+
+/// Handles index buckets whose file is missing (see the module doc).
+fn missing_files(
+    store: &Store,
+    listing: &Listing,
+    opts: RecoverOptions,
+    batch: &mut IndexBatch,
+    report: &mut RecoveryReport,
+) -> Result<(), StoreError> {
+    let index = store.index();
+    let (missing, live, most) = count_missing(store, listing, opts)?;
+    report.missing.buckets_indexed = live;
     report.missing.accepted = most;
-    let holds = if most {
+    // Also when the loss is accepted: the logbook entry says how many held entries went.
+    let holds = if missing.is_empty() {
         Vec::new()
     } else {
         active_holds(store)
     };
-    for b in missing {
+    for b in &missing {
         let entries = index.bucket_segments(&b.policy, b.start)?;
         let path = store.bucket_path(&b.policy, b.start);
+        if entries.is_empty() && b.segments == 0 {
+            // Created by the writer, nothing ever committed to it (a power cut can take such a
+            // new file): nothing is lost.
+            tracing::debug!(path = %path.display(), "empty bucket without its file: forgotten");
+            batch.delete_bucket(index, &b.policy, b.start);
+            continue;
+        }
         let mut held = Vec::new();
-        let mut dropped = 0;
+        let mut unpinned = 0;
         for e in &entries {
             let pins: Vec<u64> = holds
                 .iter()
@@ -256,19 +319,23 @@ fn missing_files(
                 .map(|(id, ..)| *id)
                 .collect();
             if pins.is_empty() {
-                dropped += 1;
+                unpinned += 1;
             } else {
                 for id in pins {
                     held.push((id, e.camera.clone(), e.start, e.end()));
                 }
             }
         }
-        if held.is_empty() {
+        let held_entries = entries.len() as u64 - unpinned;
+        if held.is_empty() || most {
             if !entries.is_empty() || !b.expired {
-                tracing::warn!(path = %path.display(), entries = entries.len(),
-                    "bucket file is missing: dropping its index entries (no hold pins them)");
+                tracing::warn!(path = %path.display(), entries = entries.len(), held_entries,
+                    "bucket file is missing: dropping its index entries");
             }
             batch.delete_bucket(index, &b.policy, b.start);
+            report.missing.entries_dropped += entries.len() as u64;
+            report.entries_dropped += entries.len() as u64;
+            report.missing.held_entries_dropped += held_entries;
         } else {
             let holds: std::collections::BTreeSet<u64> = held.iter().map(|h| h.0).collect();
             let ranges: Vec<String> = held
@@ -284,19 +351,35 @@ fn missing_files(
                     batch.delete_segment(index, e);
                 }
             }
-            report.missing.held_entries_kept += entries.len() as u64 - dropped;
+            report.missing.held_entries_kept += held_entries;
+            report.missing.entries_dropped += unpinned;
+            report.entries_dropped += unpinned;
         }
-        report.missing.entries_dropped += dropped;
-        report.entries_dropped += dropped;
         report.missing.files.push(MissingFile {
             path,
             entries: entries.len() as u64,
             held,
         });
     }
-    if most {
-        tracing::error!(files = report.missing.files.len(), entries = report.missing.entries_dropped,
+    if most && !report.missing.files.is_empty() {
+        let m = &report.missing;
+        tracing::error!(files = m.files.len(), entries = m.entries_dropped,
+            held_entries = m.held_entries_dropped,
             "started with --accept-missing-files: the entries of the missing bucket files are forgotten");
+        // The record of the loss commits with the loss itself (the daemon logs it).
+        let object = serde_json::json!({
+            "files": m.files.len(),
+            "of_buckets": m.buckets_indexed,
+            "entries_dropped": m.entries_dropped,
+            "held_entries": m.held_entries_dropped,
+            "paths": m.files.iter().take(100).map(|f| f.path.display().to_string()).collect::<Vec<_>>(),
+        });
+        batch.put_raw(
+            index,
+            super::index::CF_META,
+            FILES_LOST_MARKER,
+            &serde_json::to_vec(&object).expect("JSON serializes"),
+        );
     }
     store
         .metrics()
@@ -313,44 +396,117 @@ fn scan(
     opts: RecoverOptions,
 ) -> Result<RecoveryReport, StoreError> {
     let mut report = RecoveryReport::default();
-    let files = list_bucket_files(store, &mut report)?;
+    let listing = list_bucket_files(store, &mut report)?;
     let index = store.index();
-    let mut batch = IndexBatch::default();
 
     if !from_scratch {
-        missing_files(store, &files, opts, &mut batch, &mut report)?;
+        let mut batch = IndexBatch::default();
+        missing_files(store, &listing, opts, &mut batch, &mut report)?;
+        if !batch.is_empty() {
+            index.commit(batch, true)?;
+        }
+    } else if let Some(p) = listing.unlisted.iter().next() {
+        return Err(StoreError::Io {
+            op: "list for reindex (the rebuilt index would miss its files)",
+            path: store.policy_dir(p),
+            source: std::io::Error::other("the directory cannot be listed"),
+        });
     }
-    // Keys indexed by this batch (a scan may find two records with the same key).
-    let mut new_keys = HashSet::new();
-    // Directories of files the index did not know: synced before the commit.
-    let mut new_dirs = Vec::new();
-
-    for ((policy, start), path) in &files {
+    let mut ctx = ScanCtx {
+        store,
+        bucket_secs,
+        from_scratch,
+        new_keys: HashSet::new(),
+        synced_dirs: HashMap::new(),
+    };
+    for ((policy, start), path) in &listing.files {
         report.files += 1;
-        let file_len = match std::fs::metadata(path) {
-            Ok(m) => m.len(),
+        match ctx.recover_file(policy, *start, path, &mut report) {
+            Ok(()) => {}
+            Err(e @ StoreError::Index(_)) => return Err(e),
+            // `reindex` rebuilds from the files alone: a file it cannot take is an error.
+            Err(e) if from_scratch => {
+                return Err(StoreError::Io {
+                    op: "reindex (stopped; fix the file and run reindex again)",
+                    path: path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            }
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot stat bucket file: skipped");
+                tracing::error!(path = %path.display(), error = %e,
+                    "bucket file cannot be recovered: left alone (its indexed entries stay, \
+                     nothing new is indexed from it)");
                 report.files_unreadable += 1;
-                continue;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// State of one recovery scan across files.
+struct ScanCtx<'a> {
+    store: &'a Store,
+    bucket_secs: u32,
+    from_scratch: bool,
+    /// Keys indexed by this scan (a scan may find two records with the same key).
+    new_keys: HashSet<Vec<u8>>,
+    /// Directories synced in this scan, with the outcome.
+    synced_dirs: HashMap<PathBuf, bool>,
+}
+
+impl ScanCtx<'_> {
+    /// Syncs a directory once per scan (and the buckets directory after a new policy
+    /// directory); whether it worked.
+    fn sync_dir_once(&mut self, dir: &Path) -> bool {
+        if let Some(ok) = self.synced_dirs.get(dir) {
+            return *ok;
+        }
+        let buckets = self.store.buckets_dir();
+        let ok = match sync_dir(dir).and_then(|()| sync_dir(&buckets)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "directory sync failed: new files in it are not indexed");
+                false
             }
         };
-        let indexed = if from_scratch {
+        self.synced_dirs.insert(dir.to_owned(), ok);
+        ok
+    }
+
+    /// Recovers one bucket file and commits what it found. An error is this file's only.
+    fn recover_file(
+        &mut self,
+        policy: &str,
+        start: Time90k,
+        path: &Path,
+        report: &mut RecoveryReport,
+    ) -> Result<(), StoreError> {
+        let store = self.store;
+        let index = store.index();
+        let mut batch = IndexBatch::default();
+        let file_len = match std::fs::metadata(path) {
+            Ok(m) => m.len(),
+            // Gone since it was listed (reclaim unlinked it): nothing to recover.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io("stat", path)(e)),
+        };
+        let indexed = if self.from_scratch {
             None
         } else {
-            index.bucket(policy, *start)?
+            index.bucket(policy, start)?
         };
         let mut changed = indexed.is_none();
         let was_indexed = indexed.is_some();
-        let mut info = indexed.unwrap_or_else(|| BucketInfo::empty(policy, *start, bucket_secs));
+        let mut info =
+            indexed.unwrap_or_else(|| BucketInfo::empty(policy, start, self.bucket_secs));
         if info.committed_len > file_len {
             // Durable bytes are missing (the file was cut by something other than holdfast).
             tracing::error!(path = %path.display(), committed = info.committed_len, len = file_len,
                 "bucket file is shorter than its committed length: dropping entries past its end");
-            let mut kept = BucketInfo::empty(policy, *start, info.window_secs);
+            let mut kept = BucketInfo::empty(policy, start, info.window_secs);
             kept.retention_secs = info.retention_secs;
             kept.expired = info.expired;
-            for e in index.bucket_segments(policy, *start)? {
+            for e in index.bucket_segments(policy, start)? {
                 if e.end_offset() > file_len {
                     batch.delete_segment(index, &e);
                     report.entries_dropped += 1;
@@ -358,74 +514,81 @@ fn scan(
                     kept.add(&e);
                 }
             }
+            // Everything up to the file's end was committed (or remembered as never to be
+            // scanned): never less than that.
+            kept.committed_len = kept.committed_len.max(info.committed_len.min(file_len));
             info = kept;
             changed = true;
         }
 
-        if info.expired {
-            // What is left is pinned and indexed; everything else was deleted on purpose and
-            // must never come back.
+        if info.expired || (was_indexed && file_len == info.committed_len) {
+            // Expired: what is left is pinned and indexed; everything else was deleted on
+            // purpose and must never come back. Or nothing past the committed length: nothing
+            // to scan (the file is not even opened).
             if changed {
                 batch.put_bucket(index, &info);
+                index.commit(batch, true)?;
             }
-            continue;
+            return Ok(());
         }
-        if was_indexed && file_len == info.committed_len {
-            // Nothing past the committed length: nothing to scan (the file is not even opened).
-            if changed {
-                batch.put_bucket(index, &info);
-            }
-            continue;
-        }
-        // One file that cannot be opened (immutable, EIO) does not stop the start: its
-        // unindexed tail stays unindexed.
-        let file = match OpenOptions::new().read(true).write(true).open(path) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e,
-                    "cannot open bucket file for recovery: skipped");
-                report.files_unreadable += 1;
-                continue;
-            }
-        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(StoreError::io("open", path))?;
         let mut scan = scan_file(&file, path, info.committed_len, file_len)?;
         report.bytes_scanned += file_len - info.committed_len;
         report.bytes_skipped += scan.skipped;
         if file_len > scan.valid_end {
             tracing::warn!(path = %path.display(), from = scan.valid_end, bytes = file_len - scan.valid_end,
                 "truncating torn tail");
-            file.set_len(scan.valid_end)
-                .map_err(StoreError::io("truncate", path))?;
-            report.bytes_truncated += file_len - scan.valid_end;
+            match file.set_len(scan.valid_end) {
+                Ok(()) => report.bytes_truncated += file_len - scan.valid_end,
+                // The tail stays; it is scanned (and found invalid) again next time.
+                Err(e) => tracing::error!(path = %path.display(), error = %e,
+                    "cannot truncate the torn tail: left in the file"),
+            }
         }
         if !scan.records.is_empty() || file_len > scan.valid_end {
             // Only synced bytes are indexed: after a process crash the recovered records may
             // still be only in the page cache.
-            if let Err(e) = file.sync_all() {
+            let mut synced = file.sync_all().map_err(|e| e.to_string());
+            if synced.is_ok() && !was_indexed && !scan.records.is_empty() {
+                // The file itself must survive a power cut before entries name it.
+                if let Some(dir) = path.parent() {
+                    if !self.sync_dir_once(dir) {
+                        synced = Err(format!("sync directory {}", dir.display()));
+                    }
+                }
+            }
+            if let Err(e) = synced {
+                if self.from_scratch {
+                    return Err(StoreError::Io {
+                        op: "fdatasync recovered records of",
+                        path: path.to_owned(),
+                        source: std::io::Error::other(e),
+                    });
+                }
                 tracing::error!(path = %path.display(), error = %e, records = scan.records.len(),
-                    "fdatasync of recovered records failed: cutting them off instead of indexing them");
+                    from = info.committed_len, to = scan.valid_end,
+                    "fdatasync of recovered records failed: the file is left as it is, its range \
+                     is never indexed");
                 report.unsynced_dropped += scan.records.len() as u64;
                 scan.records.clear();
-                scan.valid_end = info.committed_len;
-                file.set_len(info.committed_len)
-                    .map_err(StoreError::io("truncate", path))?;
-                let _ = file.sync_all();
-            }
-        }
-        if !was_indexed && (!scan.records.is_empty() || scan.valid_end > 0) {
-            if let Some(dir) = path.parent() {
-                new_dirs.push(dir.to_owned());
+                // The range is remembered as committed-without-entries: never scanned again.
+                info.committed_len = info.committed_len.max(scan.valid_end);
+                changed = true;
             }
         }
         let mut reindexed = 0;
         for (offset, header) in &scan.records {
-            let e = entry_for(policy, *start, *offset, header);
-            let existing = if from_scratch {
+            let e = entry_for(policy, start, *offset, header);
+            let existing = if self.from_scratch {
                 None
             } else {
                 index.segment(&e.key())?
             };
-            if existing.is_some_and(|x| x.offset != e.offset) || !new_keys.insert(e.key()) {
+            if existing.is_some_and(|x| x.offset != e.offset) || !self.new_keys.insert(e.key()) {
                 // Never index over an entry that is there: that one was durable.
                 tracing::warn!(path = %path.display(), camera = %e.camera, start = %e.start, offset,
                     "recovered record has the key of an indexed one: not indexed");
@@ -442,31 +605,33 @@ fn scan(
         if reindexed > 0 {
             tracing::info!(path = %path.display(), segments = reindexed, "re-indexed complete segments");
         }
-        if info.segments == 0 && scan.valid_end == 0 {
+        if info.segments == 0 && info.committed_len == 0 && scan.valid_end == 0 {
             drop(file);
-            std::fs::remove_file(path).map_err(StoreError::io("remove", path))?;
-            if let Some(dir) = path.parent() {
-                sync_dir(dir)?;
+            match std::fs::remove_file(path) {
+                Ok(()) => {
+                    if let Some(dir) = path.parent() {
+                        sync_dir(dir)?;
+                    }
+                    batch.delete_bucket(index, policy, start);
+                    report.files_removed += 1;
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e,
+                        "cannot remove an empty bucket file: left alone");
+                    report.files_unreadable += 1;
+                    if changed {
+                        batch.put_bucket(index, &info);
+                    }
+                }
             }
-            batch.delete_bucket(index, policy, *start);
-            report.files_removed += 1;
         } else if changed {
             batch.put_bucket(index, &info);
         }
+        if !batch.is_empty() {
+            index.commit(batch, true)?;
+        }
+        Ok(())
     }
-    new_dirs.sort();
-    new_dirs.dedup();
-    for d in &new_dirs {
-        sync_dir(d)?;
-    }
-    if !new_dirs.is_empty() {
-        // A new policy directory is itself an entry of the buckets directory.
-        sync_dir(&store.buckets_dir())?;
-    }
-    if !batch.is_empty() {
-        index.commit(batch, true)?;
-    }
-    Ok(report)
 }
 
 /// The index entry of a record found at `offset` of a bucket file.
@@ -486,24 +651,68 @@ pub fn entry_for(policy: &str, bucket: Time90k, offset: u64, h: &SegmentHeader) 
     }
 }
 
-/// Every `buckets/<policy>/<stem>.seg`, by (policy, window start).
-fn list_bucket_files(
-    store: &Store,
-    report: &mut RecoveryReport,
-) -> Result<BTreeMap<(String, Time90k), PathBuf>, StoreError> {
-    let mut out = BTreeMap::new();
+/// What is in the buckets directory.
+struct Listing {
+    /// Every `buckets/<policy>/<stem>.seg`, by (policy, window start).
+    files: BTreeMap<(String, Time90k), PathBuf>,
+    /// Policy directories that could not be listed: their buckets are not taken for missing.
+    unlisted: HashSet<String>,
+}
+
+/// Lists the bucket files. Only the buckets directory itself failing is an error; a policy
+/// directory or an entry that cannot be read is counted in `files_unreadable` and logged.
+fn list_bucket_files(store: &Store, report: &mut RecoveryReport) -> Result<Listing, StoreError> {
+    let mut out = Listing {
+        files: BTreeMap::new(),
+        unlisted: HashSet::new(),
+    };
     let dir = store.buckets_dir();
     let policies = std::fs::read_dir(&dir).map_err(StoreError::io("list", &dir))?;
     for p in policies {
-        let p = p.map_err(StoreError::io("list", &dir))?;
+        let p = match p {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot read a directory entry: skipped");
+                report.files_unreadable += 1;
+                continue;
+            }
+        };
         let ppath = p.path();
-        if !ppath.is_dir() {
-            report.foreign_files.push(ppath);
-            continue;
-        }
         let policy = p.file_name().to_string_lossy().into_owned();
-        for f in std::fs::read_dir(&ppath).map_err(StoreError::io("list", &ppath))? {
-            let f = f.map_err(StoreError::io("list", &ppath))?;
+        match p.file_type() {
+            Ok(t) if t.is_dir() => {}
+            Ok(_) => {
+                report.foreign_files.push(ppath);
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(path = %ppath.display(), error = %e, "cannot stat: skipped");
+                report.files_unreadable += 1;
+                out.unlisted.insert(policy);
+                continue;
+            }
+        }
+        let entries = match std::fs::read_dir(&ppath) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(path = %ppath.display(), error = %e,
+                    "cannot list a policy directory: its files are left alone, not taken for missing");
+                report.files_unreadable += 1;
+                out.unlisted.insert(policy);
+                continue;
+            }
+        };
+        for f in entries {
+            let f = match f {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(path = %ppath.display(), error = %e,
+                        "cannot read a directory entry: its buckets are not taken for missing");
+                    report.files_unreadable += 1;
+                    out.unlisted.insert(policy.clone());
+                    continue;
+                }
+            };
             let fpath = f.path();
             let start = fpath
                 .extension()
@@ -511,9 +720,16 @@ fn list_bucket_files(
                 .and_then(|_| fpath.file_stem())
                 .and_then(|s| s.to_str())
                 .and_then(parse_bucket_stem);
+            // The directory entry's type, not a stat: a file whose stat fails (EIO) is still
+            // there, not missing (the scan counts it as unreadable).
+            let is_file = match f.file_type() {
+                Ok(t) => t.is_file(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(_) => true,
+            };
             match start {
-                Some(start) if fpath.is_file() => {
-                    out.insert((policy.clone(), start), fpath);
+                Some(start) if is_file => {
+                    out.files.insert((policy.clone(), start), fpath);
                 }
                 _ => {
                     tracing::warn!(path = %fpath.display(), "not a bucket file; left alone");

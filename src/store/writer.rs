@@ -18,10 +18,22 @@
 //! A failed write drops its segment (counted, logged) and leaves unindexed bytes that recovery
 //! and the sweeper treat as garbage. A failed fdatasync drops the group's segments of that file
 //! (other files' segments are committed), because after an fsync error the page cache cannot be
-//! trusted to hold the data (the "fsyncgate" lesson); the file is truncated back to its committed
-//! length, so recovery can never find and index those records later. A segment whose key
-//! (camera, start) is already taken is moved by one tick rather than written over the indexed
-//! one (a restart, or a wall clock set back, can repeat a start time).
+//! trusted to hold the data (the "fsyncgate" lesson); the bucket record is committed with
+//! `committed_len` at the file's current end and no entries for the failed range, so recovery
+//! never scans (and never indexes) those records, and writing goes on after them. Only if that
+//! commit fails is the file cut back to its committed length, and only if that fails too is the
+//! bucket closed for the rest of the run. A segment whose key (camera, start) is already taken is
+//! moved by one tick rather than written over the indexed one (a restart, or a wall clock set
+//! back, can repeat a start time).
+//!
+//! Every bucket file the writer creates is in the index (an empty bucket record, committed before
+//! the first write), so a file whose every write or sync failed is still found and expired by the
+//! sweeper. A bucket whose file is missing (or shorter than its committed length) while the index
+//! names entries in it is written after its committed length, never over the offsets those
+//! entries point at; the file is reported as missing.
+//!
+//! [`WriterHandle::writes_failing`] tells when nothing has been stored for a while although
+//! segments keep coming (every write, sync or commit failing): `/healthz` turns 503 then.
 //!
 //! Faults of one bucket file stay with that file. What kills the writer is what makes every
 //! write unsafe: the buckets directory gone or replaced (a disk unmounted under the daemon, the
@@ -113,7 +125,29 @@ struct Shared {
     retention: std::sync::RwLock<HashMap<String, u64>>,
     /// Why the thread died, if it did.
     death: std::sync::Mutex<Option<String>>,
+    /// Successes and failures of storing segments (for `/healthz`).
+    health: std::sync::Mutex<WriteHealth>,
+    /// Test hook: the next io_uring submission fails as if the ring broke.
+    fail_ring: AtomicBool,
 }
+
+/// How storing segments went lately.
+#[derive(Debug, Default, Clone)]
+struct WriteHealth {
+    /// When segments were last made durable.
+    last_success: Option<Instant>,
+    /// The first failure since the last success.
+    failing_since: Option<Instant>,
+    /// The latest failure.
+    last_failure: Option<Instant>,
+    /// Segments lost since the last success.
+    lost_in_a_row: u64,
+    /// The latest error.
+    last_error: Option<String>,
+}
+
+/// Nothing stored for at least this long while segments keep failing: `/healthz` says so.
+pub const WRITES_FAILING_AFTER: Duration = Duration::from_secs(10);
 
 /// A cloneable handle to submit segments to the writer.
 #[derive(Clone)]
@@ -230,6 +264,46 @@ impl WriterHandle {
     pub fn queued_bytes(&self) -> u64 {
         self.shared.queued_bytes.load(Ordering::Acquire)
     }
+
+    /// When every write, sync or index commit has failed for at least
+    /// [`WRITES_FAILING_AFTER`] (and one failed within that time, so segments still come):
+    /// what is wrong, for `/healthz`. `None` while segments are stored (also when only some
+    /// files fail: faults of one file stay local) or none arrive.
+    pub fn writes_failing(&self) -> Option<String> {
+        self.writes_failing_after(WRITES_FAILING_AFTER)
+    }
+
+    /// [`WriterHandle::writes_failing`] with another threshold.
+    pub fn writes_failing_after(&self, after: Duration) -> Option<String> {
+        let h = self
+            .shared
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let since = h.failing_since?;
+        let recent = h.last_failure.is_some_and(|t| t.elapsed() < after);
+        if since.elapsed() < after || !recent {
+            return None;
+        }
+        Some(format!(
+            "no segment stored for {} s: {} segments lost in a row{} (last error: {})",
+            since.elapsed().as_secs(),
+            h.lost_in_a_row,
+            h.last_success.map_or_else(
+                || ", none stored since the start".to_owned(),
+                |t| format!(", last stored {} s ago", t.elapsed().as_secs())
+            ),
+            h.last_error.as_deref().unwrap_or("-")
+        ))
+    }
+
+    /// Test hook: makes the writer's next io_uring submission fail as a broken ring would
+    /// (entries queued, never completed). The writer must then stop cleanly (`death`).
+    #[doc(hidden)]
+    pub fn break_ring_for_tests(&self) {
+        self.shared.fail_ring.store(true, Ordering::Release);
+    }
 }
 
 /// The running writer: its handle and its thread.
@@ -257,6 +331,8 @@ impl Writer {
             paused: AtomicBool::new(false),
             retention: Default::default(),
             death: std::sync::Mutex::new(None),
+            health: Default::default(),
+            fail_ring: AtomicBool::new(false),
         });
         let buckets_dir = store.buckets_dir();
         let buckets_id =
@@ -341,13 +417,7 @@ impl Drop for AliveGuard {
     }
 }
 
-/// (device, inode) of a directory: tells a replaced directory from the one the writer started
-/// with.
-fn dir_identity(dir: &std::path::Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(dir)?;
-    Ok((m.dev(), m.ino()))
-}
+use super::dir_identity;
 
 /// The io_uring failed with operations possibly in flight: their buffers must not be freed.
 #[derive(Debug)]
@@ -484,6 +554,10 @@ impl WriterThread {
                             self.write_batch(std::mem::take(&mut batch));
                         }
                         self.sync_and_commit();
+                        if self.fatal.is_some() {
+                            // `tx` dropped: the caller hears that the writer stopped.
+                            return;
+                        }
                         let key = (policy, start);
                         self.open.remove(&key);
                         self.retired.insert(key);
@@ -506,6 +580,9 @@ impl WriterThread {
                 .is_some_and(|t| t.elapsed() >= self.cfg.sync_interval);
             if due || shutdown || !self.flush_waiters.is_empty() {
                 self.sync_and_commit();
+            }
+            if self.fatal.is_some() {
+                return;
             }
             self.close_idle();
             if shutdown {
@@ -540,6 +617,24 @@ impl WriterThread {
         self.release(bytes);
     }
 
+    /// A segment was lost to a write, sync or commit error (for `writes_failing`).
+    fn note_failure(&self, lost: u64, error: &str) {
+        let mut h = self.shared.health.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        h.failing_since.get_or_insert(now);
+        h.last_failure = Some(now);
+        h.lost_in_a_row += lost;
+        h.last_error = Some(error.to_owned());
+    }
+
+    /// Segments were made durable.
+    fn note_success(&self) {
+        let mut h = self.shared.health.lock().unwrap_or_else(|e| e.into_inner());
+        h.last_success = Some(Instant::now());
+        h.failing_since = None;
+        h.lost_in_a_row = 0;
+    }
+
     fn release(&self, bytes: u64) {
         let left = self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel) - bytes;
         self.metrics.writer_queue_bytes.set(left as i64);
@@ -565,7 +660,11 @@ impl WriterThread {
                 self.new_dirs.push(self.store.buckets_dir());
             }
             let path = self.store.bucket_path(policy, start);
-            let existed = path.exists();
+            let existed = match std::fs::symlink_metadata(&path) {
+                Ok(_) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(StoreError::io("stat", &path)(e)),
+            };
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -576,10 +675,11 @@ impl WriterThread {
             if !existed {
                 self.new_dirs.push(dir);
             }
-            let len = file
+            let file_len = file
                 .metadata()
                 .map_err(StoreError::io("stat", &path))?
                 .len();
+            let was_indexed = indexed.is_some();
             let mut info =
                 indexed.unwrap_or_else(|| BucketInfo::empty(policy, start, self.cfg.bucket_secs));
             if info.retention_secs.is_none() {
@@ -590,6 +690,29 @@ impl WriterThread {
                     .unwrap_or_else(|e| e.into_inner());
                 info.retention_secs = r.get(&**policy).copied();
             }
+            if !was_indexed {
+                // In the index before the first write: a file whose every write or sync fails
+                // is still a bucket the sweeper finds and expires, never an orphan.
+                let mut batch = IndexBatch::default();
+                batch.put_bucket(self.store.index(), &info);
+                if let Err(e) = self.store.index().commit(batch, true) {
+                    drop(file);
+                    if !existed {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    return Err(e.into());
+                }
+            }
+            if file_len < info.committed_len {
+                // The file is missing (created again just now) or was cut: the entries the
+                // index names point below `committed_len`; never write over those offsets.
+                tracing::error!(path = %path.display(), len = file_len, committed = info.committed_len,
+                    entries = info.segments,
+                    "bucket file is missing or shorter than its committed length: new records go \
+                     after the committed length, the indexed offsets are left alone");
+                self.store.note_missing_file(&path, info.segments);
+            }
+            let len = file_len.max(info.committed_len);
             self.open.insert(
                 key.clone(),
                 OpenBucket {
@@ -613,6 +736,12 @@ impl WriterThread {
     }
 
     fn write_batch(&mut self, segs: Vec<(Segment, u64)>) {
+        if self.fatal.is_some() {
+            for (seg, bytes) in segs {
+                self.drop_segment(&seg.camera, bytes, "writer_stopped");
+            }
+            return;
+        }
         let t0 = Instant::now();
         let mut jobs = Vec::with_capacity(segs.len());
         let mut keys = HashSet::new();
@@ -671,6 +800,7 @@ impl WriterThread {
                 }
                 Err(e) => {
                     tracing::error!(camera = %seg.camera, error = %e, "cannot open bucket file");
+                    self.note_failure(1, &e.to_string());
                     self.drop_segment(&seg.camera, bytes, "write_error");
                 }
             }
@@ -746,6 +876,7 @@ impl WriterThread {
             if let Some(err) = job.failed {
                 let path = &self.open[&job.key].path;
                 tracing::error!(camera = %job.seg.camera, path = %path.display(), error = %err, "segment write failed");
+                self.note_failure(1, &format!("write {}: {err}", path.display()));
                 self.drop_segment(&job.seg.camera, job.bytes, "write_error");
                 continue;
             }
@@ -810,6 +941,12 @@ impl WriterThread {
                         .expect("chunk fits the submission queue");
                 }
             }
+            if self.shared.fail_ring.swap(false, Ordering::AcqRel) {
+                // Test hook: as if io_uring_enter failed with these entries queued.
+                let e = std::io::Error::other("io_uring failure injected by a test");
+                tracing::error!(error = %e, in_flight = chunk.len(), "io_uring submit failed");
+                return Err(RingBroken(e));
+            }
             let mut done = 0;
             let mut transient = 0u32;
             while done < chunk.len() {
@@ -855,6 +992,9 @@ impl WriterThread {
     }
 
     fn sync_and_commit(&mut self) {
+        if self.fatal.is_some() {
+            return;
+        }
         if self.pending.is_empty() {
             for w in self.flush_waiters.drain(..) {
                 let _ = w.send(());
@@ -905,48 +1045,20 @@ impl WriterThread {
                 self.new_dirs.push(d);
             }
         }
-        // A file whose sync failed is cut back to its committed length: the records are not
-        // indexed now, and recovery must never find them later (the page cache may hold bytes
-        // the disk does not). If even that fails, nothing more is written to the file this run.
+        // A file whose sync failed keeps its bytes, but its bucket record is committed with
+        // `committed_len` at the file's current end and no entries for them: they are never
+        // indexed now, and recovery never scans them later (the page cache may hold bytes the
+        // disk does not). Writing goes on after them.
+        let mut remembered: HashMap<(Arc<str>, Time90k), BucketInfo> = HashMap::new();
         for (key, err) in &failed {
-            let Some(b) = self.open.get_mut(key) else {
+            let Some(b) = self.open.get(key) else {
                 continue;
             };
             tracing::error!(path = %b.path.display(), error = %err,
-                "sync failed: this file's segments of the group are dropped");
-            // A file the index has never named and that holds nothing committed would be an
-            // orphan no sweep ever finds (it lists buckets from the index): remove it. The
-            // next segment of the window creates it again.
-            let never_indexed = b.info.committed_len == 0
-                && matches!(self.store.index().bucket(&key.0, key.1), Ok(None));
-            if never_indexed {
-                let path = b.path.clone();
-                self.open.remove(key);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {
-                        if let Some(d) = path.parent() {
-                            self.new_dirs.push(d.to_path_buf());
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => tracing::error!(path = %path.display(), error = %e,
-                        "cannot remove a bucket file with nothing committed; recovery finds it at the next start"),
-                }
-                continue;
-            }
-            let cut = b
-                .file
-                .set_len(b.info.committed_len)
-                .and_then(|()| b.file.sync_all());
-            match cut {
-                Ok(()) => b.len = b.info.committed_len,
-                Err(e) => {
-                    tracing::error!(path = %b.path.display(), error = %e,
-                        "cannot cut the unsynced records off: no more writes to this file in this run");
-                    self.open.remove(key);
-                    self.retired.insert(key.clone());
-                }
-            }
+                "sync failed: this file's segments of the group are dropped, their range is never indexed");
+            let mut info = b.info.clone();
+            info.committed_len = info.committed_len.max(b.len);
+            remembered.insert(key.clone(), info);
         }
 
         let all = std::mem::take(&mut self.pending);
@@ -955,13 +1067,16 @@ impl WriterThread {
         let (pending, unsynced): (Vec<_>, Vec<_>) = all.into_iter().partition(|w| {
             !failed.contains_key(&(Arc::<str>::from(w.entry.policy.as_str()), w.entry.bucket))
         });
+        if let Some(err) = failed.values().next() {
+            self.note_failure(unsynced.len() as u64, err);
+        }
         for w in unsynced {
             self.drop_segment(&w.entry.camera, w.bytes, "sync_error");
         }
-        if !pending.is_empty() {
+        if !pending.is_empty() || !remembered.is_empty() {
             let index = self.store.index();
             let mut batch = IndexBatch::default();
-            let mut touched: HashMap<(Arc<str>, Time90k), BucketInfo> = HashMap::new();
+            let mut touched = remembered.clone();
             let mut new_codecs = Vec::new();
             for w in &pending {
                 batch.put_segment(index, &w.entry);
@@ -987,7 +1102,13 @@ impl WriterThread {
                         }
                     }
                 }
-                Err(e) => error = Some(e.to_string()),
+                Err(e) => {
+                    error = Some(e.to_string());
+                    // The failed ranges are not remembered in the index: cut them off instead.
+                    for key in remembered.keys() {
+                        self.cut_back(key);
+                    }
+                }
             }
         }
 
@@ -996,6 +1117,9 @@ impl WriterThread {
                 self.shared
                     .healthy
                     .store(failed.is_empty(), Ordering::Release);
+                if !pending.is_empty() {
+                    self.note_success();
+                }
                 for w in pending {
                     self.release(w.bytes);
                     if let Some(tx) = &self.on_durable {
@@ -1006,6 +1130,7 @@ impl WriterThread {
             Some(e) => {
                 self.shared.healthy.store(false, Ordering::Release);
                 tracing::error!(error = %e, segments = pending.len(), "index commit failed: segments dropped");
+                self.note_failure(pending.len() as u64, &format!("index commit: {e}"));
                 for w in pending {
                     self.drop_segment(&w.entry.camera, w.bytes, "sync_error");
                 }
@@ -1016,6 +1141,28 @@ impl WriterThread {
             .observe(t0.elapsed().as_secs_f64());
         for w in self.flush_waiters.drain(..) {
             let _ = w.send(());
+        }
+    }
+
+    /// Cuts a file whose sync failed back to its committed length, when its failed range could
+    /// not be recorded in the index (recovery must never find those records). If even that
+    /// fails, nothing more is written to the file in this run.
+    fn cut_back(&mut self, key: &(Arc<str>, Time90k)) {
+        let Some(b) = self.open.get_mut(key) else {
+            return;
+        };
+        let cut = b
+            .file
+            .set_len(b.info.committed_len)
+            .and_then(|()| b.file.sync_all());
+        match cut {
+            Ok(()) => b.len = b.info.committed_len,
+            Err(e) => {
+                tracing::error!(path = %b.path.display(), error = %e,
+                    "cannot cut the unsynced records off: no more writes to this file in this run");
+                self.open.remove(key);
+                self.retired.insert(key.clone());
+            }
         }
     }
 

@@ -146,9 +146,14 @@ pub struct Daemon {
 }
 
 fn spawn_daemon(config: &Path, log: &Path, env: &[(String, String)]) -> Child {
+    spawn_daemon_args(config, log, env, &[])
+}
+
+fn spawn_daemon_args(config: &Path, log: &Path, env: &[(String, String)], extra: &[&str]) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_holdfast"));
     cmd.args(["run", "--config"])
         .arg(config)
+        .args(extra)
         .env("RUST_LOG", "debug,retina=debug")
         .stdout(Stdio::null())
         .stderr(
@@ -318,6 +323,13 @@ impl Daemon {
     pub fn spawn_again(&mut self) {
         let config = self.config_path();
         self.child = Some(spawn_daemon(&config, &self.log, &self.env));
+    }
+
+    /// Starts the stopped daemon again with extra arguments after `run --config FILE`
+    /// (`--accept-missing-files`), without waiting for anything.
+    pub fn spawn_again_with(&mut self, extra: &[&str]) {
+        let config = self.config_path();
+        self.child = Some(spawn_daemon_args(&config, &self.log, &self.env, extra));
     }
 
     /// Whether the daemon process has exited (`Some(exit status)`), reaping it.
