@@ -1157,9 +1157,7 @@ fn recovery_never_destroys_or_indexes_what_it_could_not_sync() {
     // `reindex` cannot leave records out quietly: it stops, naming the file.
     fs.fail(Op::Fsync, "buckets/", libc::EIO);
     let store = Store::open_without_recovery(&data).unwrap();
-    let err = recovery::reindex(&store, 10)
-        .err()
-        .expect("reindex refused");
+    let err = recovery::reindex(&store, 10).expect_err("reindex refused");
     let msg = err.to_string();
     assert!(msg.contains("fdatasync") && msg.contains(".seg"), "{msg}");
     drop(store);
