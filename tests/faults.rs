@@ -14,7 +14,8 @@
 //!   fdatasync of another's, ENOSPC on RocksDB's own writes and syncs, EIO on unlink and on hole
 //!   punching during expiry: the other camera keeps recording and loses nothing, errors are
 //!   counted (`holdfast_reclaim_errors_total{op}`, `holdfast_reclaim_pending_bytes`, /healthz),
-//!   and what could not be freed is freed once the fault clears.
+//!   and what could not be freed is freed once the fault clears. /healthz stays 200 while one
+//!   policy's writes fail and turns 503 (`writes` detail) when every write fails for 10 s.
 //! - `full_disk_expires_unpinned_only_and_resumes`: the data dir on a 256 MiB loop-mounted ext4
 //!   image filled by another file: early expiry of unpinned data only, the held range intact,
 //!   ingest resumes by itself once space returns, `holdfast verify` clean. Skipped, with a printed
@@ -642,6 +643,10 @@ fn faulty_disk_stays_local_and_frees_later() {
         records_past(&d, "cam0", t2.add_ticks(secs(2.0)), Duration::from_secs(20)),
         "cam0 records again once writes succeed",
     );
+    f.check(
+        d.get("/healthz", None).0 == 200,
+        "/healthz stays 200 while only one policy's writes fail",
+    );
 
     // 2. ENOSPC on fdatasync of p1's buckets: cam1 loses segments, cam0 goes on.
     let t3 = Time90k::now();
@@ -697,6 +702,25 @@ fn faulty_disk_stays_local_and_frees_later() {
         records_past(&d, "cam0", t5.add_ticks(secs(2.0)), Duration::from_secs(20))
             && records_past(&d, "cam1", t5.add_ticks(secs(2.0)), Duration::from_secs(5)),
         format!("both cameras record again after RocksDB's ENOSPC ({index_errors} errors injected so far)"),
+    );
+
+    // 2c. Every bucket write fails (after the held range was recorded): after 10 s of storing
+    // nothing /healthz says so (503, the `writes` detail), and turns 200 again once writes
+    // succeed.
+    fs.fail(Op::Write, "buckets/", libc::EIO);
+    let failing = eventually(Duration::from_secs(25), || {
+        let (code, body) = d.get("/healthz", Some(&d.token));
+        code == 503 && body.contains("segments lost in a row")
+    });
+    let (_, body) = d.get("/healthz", Some(&d.token));
+    f.check(
+        failing,
+        format!("/healthz turns 503 when every write fails: {body}"),
+    );
+    fs.unfail(Op::Write, "buckets/");
+    f.check(
+        eventually(Duration::from_secs(20), || d.get("/healthz", None).0 == 200),
+        "/healthz is 200 again once writes succeed",
     );
 
     // 3. Expiry (40 s retention, 10 s buckets) while unlink (p0) and punch (p1) fail.
