@@ -108,7 +108,8 @@ pub struct Config {
 pub struct ClockSettings {
     /// A step of the wall clock against the monotonic clock larger than this is a jump.
     pub jump_threshold: Duration,
-    /// How long (on the monotonic clock) a jumped wall clock must hold before it is believed.
+    /// How long (on the monotonic clock) a wall clock that jumped forward must hold before it is
+    /// believed (one that jumped back is believed only when accepted).
     pub confirm_after: Duration,
 }
 

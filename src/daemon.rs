@@ -174,7 +174,8 @@ pub async fn run_with(
             .collect(),
     );
 
-    let holds = Arc::new(Holds::load(store.clone()).context("loading holds")?);
+    let holds =
+        Arc::new(Holds::load_at(store.clone(), clock.retention_now()).context("loading holds")?);
     let retention = SweeperConfig {
         policies: config
             .policies

@@ -5,8 +5,10 @@
 //! - +30 days: nothing is deleted, no hold lapses, the jump shows in the metrics, `/healthz` and
 //!   the logbook, a restart does not accept it; `holdfast clock accept` does, and then the sweep
 //!   deletes what the new time makes old (held footage with a later review date stays);
-//! - -2 hours: recording goes on without overlap, stamped with the trusted time, and retention
-//!   still expires on time.
+//! - -1 year with a 5 s `confirm_after`: never believed by time alone (shown until accepted),
+//!   recording goes on without overlap or squeezed segments, stamped with the trusted time,
+//!   retention still expires on time; accepting it over the API keeps the trusted time (it never
+//!   goes back) and logs intent and outcome.
 //!
 //! Needs the Debian package `faketime` (scripts/setup.sh installs it); without it the tests say so
 //! and pass without running.
@@ -39,6 +41,10 @@ fn faketime_missing() -> bool {
 
 /// Starts camera and daemon under libfaketime with the offset in a file the test rewrites.
 fn start() -> (RtspServer, Daemon, PathBuf) {
+    start_with(CONFIG)
+}
+
+fn start_with(config: &str) -> (RtspServer, Daemon, PathBuf) {
     let server = RtspServer::start(&["--cameras", "1"]);
     let ts = tempfile::NamedTempFile::new()
         .unwrap()
@@ -47,7 +53,7 @@ fn start() -> (RtspServer, Daemon, PathBuf) {
         .unwrap();
     std::fs::write(&ts, "+0\n").unwrap();
     let d = Daemon::start_env(
-        &CONFIG.replace("URL", &server.url("/cam0")),
+        &config.replace("URL", &server.url("/cam0")),
         "bucket = \"10s\"\nsegment_target = \"1s\"",
         &[
             ("LD_PRELOAD", LIBFAKETIME),
@@ -273,15 +279,20 @@ fn a_forward_jump_deletes_nothing_until_it_is_accepted() {
     let _ = std::fs::remove_file(&ts);
 }
 
+/// Review finding 1: a backward jump (a dead RTC battery: a year back) is never believed by
+/// time alone, however short `confirm_after`: retention goes on by the trusted time, footage
+/// stays ordered with real durations, and the jump is shown until it is accepted; accepting it
+/// does not move the trusted time back (high-water mark) and is logged as intent and outcome.
 #[test]
-fn a_backward_jump_neither_overlaps_nor_stops_expiry() {
+fn a_backward_jump_is_shown_until_accepted_and_neither_overlaps_nor_stops_expiry() {
     if faketime_missing() {
         return;
     }
-    let (_server, mut d, ts) = start();
+    let (_server, mut d, ts) =
+        start_with(&CONFIG.replace("confirm_after = \"1h\"", "confirm_after = \"5s\""));
     d.wait_until(Duration::from_secs(30), |d| bucket_files(d).len() >= 2);
     let first = bucket_files(&d)[0];
-    std::fs::write(&ts, "-2h\n").unwrap();
+    std::fs::write(&ts, "-365d\n").unwrap();
     d.wait_until(Duration::from_secs(15), |d| {
         clock(d)["state"] == "unconfirmed_backward"
     });
@@ -289,20 +300,66 @@ fn a_backward_jump_neither_overlaps_nor_stops_expiry() {
         d.metric("holdfast_clock_jumps_total{direction=\"backward\"}"),
         1.0
     );
-    assert!(d.metric("holdfast_clock_offset_seconds") < -7000.0);
+    assert!(d.metric("holdfast_clock_offset_seconds") < -364.0 * 86_400.0);
+    let c = clock(&d);
+    assert_eq!(c["needs_accept"], true, "{c}");
+    assert!(c.get("confirms_in_seconds").is_none(), "{c}");
     // Retention by the trusted time: the first bucket goes about 40 s after its start plus a
-    // window, although the wall clock says it is two hours in the future.
+    // window, although the wall clock says it is a year in the future.
     d.wait_until(Duration::from_secs(70), |d| {
         !bucket_files(d).contains(&first)
     });
+    // Far more than confirm_after (5 s) has passed: still not believed.
+    assert_eq!(clock(&d)["state"], "unconfirmed_backward");
     assert_eq!(d.camera_state("cam"), "recording");
     let newest = *bucket_files(&d).last().unwrap();
     assert!(
         (newest.0 - Time90k::now().0).abs() < secs(30),
         "new footage keeps the trusted time, not the wall clock: {newest}"
     );
+
+    // Accepted over the API: shown as synced, but the trusted time does not go back.
+    let (status, body) = http_post(
+        d.addr,
+        "/api/v1/clock/accept",
+        Some(PRIVACY_TOKEN),
+        r#"{"reason":"the RTC battery is dead; NTP is unreachable"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let c = clock(&d);
+    assert_eq!(c["state"], "synced", "{c}");
+    let trusted = Time90k::parse_rfc3339(c["trusted"].as_str().unwrap()).unwrap();
+    assert!(
+        (trusted.0 - Time90k::now().0).abs() < secs(5),
+        "the trusted time stays at the high-water mark: {c}"
+    );
+    assert!(
+        c["offset_seconds"].as_f64().unwrap() < -364.0 * 86_400.0,
+        "{c}"
+    );
+    let v = d.get_json("/api/v1/logbook?limit=1000");
+    let entries = v["entries"].as_array().or(v.as_array()).cloned().unwrap();
+    let outcome = entries
+        .iter()
+        .find(|e| e["action"] == "clock.accept.outcome")
+        .unwrap_or_else(|| panic!("no outcome entry: {v}"));
+    assert!(
+        outcome["text"].as_str().unwrap().starts_with("accepted"),
+        "{outcome}"
+    );
+    assert!(entries.iter().any(|e| e["action"] == "clock.accept"));
+    // Expiry goes on after the accept: the oldest bucket on disk goes within a window or two.
+    let oldest = bucket_files(&d)[0];
+    d.wait_until(Duration::from_secs(30), |d| {
+        !bucket_files(d).contains(&oldest)
+    });
+    let newest = *bucket_files(&d).last().unwrap();
+    assert!(
+        (newest.0 - Time90k::now().0).abs() < secs(30),
+        "after the accept, footage still carries the trusted time: {newest}"
+    );
     d.stop();
-    // No overlap, times strictly increasing, across the jump.
+    // No overlap, times strictly increasing and no squeezed segments, across jump and accept.
     let (store, _) = Store::open(&d.data_dir, 10).unwrap();
     let mut segs = store.index().all_segments().unwrap();
     segs.sort_by_key(|s| s.start);

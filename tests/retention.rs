@@ -49,11 +49,59 @@ struct Rig {
     writer: Option<Writer>,
     metrics: Arc<Metrics>,
     t0: Time90k,
+    /// Dropped last: the file system the store lives on, when it is a test's own.
+    _mount: Option<Tmpfs>,
+}
+
+/// A tmpfs of its own for a disk-pressure test: free space there changes only by what the test
+/// and the store do, never by other programs, so counts can be exact. Unmounted (lazily) on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `None`, with the reason printed, where mounting is not allowed.
+    fn new(mib: u64, test: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+            other => {
+                eprintln!(
+                    "SKIPPED {test}: cannot mount a tmpfs here (needs root): {:?}",
+                    other.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
 }
 
 impl Rig {
     fn new() -> Rig {
-        let dir = tempfile::tempdir().unwrap();
+        Rig::new_in(tempfile::tempdir().unwrap(), None)
+    }
+
+    /// A rig whose store is alone on a tmpfs of `mib` MiB.
+    fn on_tmpfs(mib: u64, test: &str) -> Option<Rig> {
+        let mount = Tmpfs::new(mib, test)?;
+        let dir = tempfile::tempdir_in(mount.dir.path()).unwrap();
+        Some(Rig::new_in(dir, Some(mount)))
+    }
+
+    fn new_in(dir: tempfile::TempDir, mount: Option<Tmpfs>) -> Rig {
         let (store, _) = Store::open(dir.path(), BUCKET).unwrap();
         let store = Arc::new(store);
         let holds = Arc::new(Holds::load(store.clone()).unwrap());
@@ -79,6 +127,7 @@ impl Rig {
             writer: Some(writer),
             metrics,
             t0,
+            _mount: mount,
         }
     }
 
@@ -749,73 +798,168 @@ fn a_failed_expiry_does_not_stop_the_others() {
 #[test]
 fn disk_pressure_stops_when_expiring_frees_nothing() {
     let _disk = exclusive_disk();
-    // Free space is measured on a disk other programs use too: a large change by someone else
-    // during the sweep can hide the stall, so the scenario gets three tries on fresh stores.
-    let mut last = None;
-    for _ in 0..3 {
-        let rig = Rig::new();
-        rig.record(&["cam-a"], 60, 40_000);
-        let snap = rig._dir.path().join("snapshot");
-        std::fs::create_dir(&snap).unwrap();
-        for s in (0..60).step_by(10) {
-            std::fs::hard_link(rig.bucket_file(s), snap.join(format!("{s}.seg"))).unwrap();
-        }
-        let sweeper = rig.sweeper(86_400 * 28, MinFree::Bytes(u64::MAX));
-        let r = sweeper.sweep(rig.t(61)).unwrap();
-        if !r.pressure_stalled {
-            last = Some(r);
-            continue;
-        }
-        assert!(r.writes_paused, "{r:?}");
-        assert_eq!(
-            r.buckets_expired_early,
-            u64::from(holdfast::retention::sweeper::MAX_NO_GAIN),
-            "{r:?}"
-        );
-        assert_eq!(rig.metric("holdfast_sweeper_pressure_stalled"), 1.0);
-        let left = (0..60)
-            .step_by(10)
-            .filter(|&s| !rig.expired(POLICY, s))
-            .count();
-        assert_eq!(left, 3, "the rest is not expired for nothing");
-        // The next sweep does not go on (unless free space rose meanwhile: then bounded again).
-        let r = sweeper.sweep(rig.t(62)).unwrap();
-        assert!(
-            r.buckets_expired_early <= u64::from(holdfast::retention::sweeper::MAX_NO_GAIN),
-            "{r:?}"
-        );
-        assert!(r.writes_paused);
-        // Space is back: writing resumes and the stall clears.
-        let ok = rig.sweeper(86_400 * 28, MinFree::Bytes(0));
-        let r = ok.sweep(rig.t(63)).unwrap();
-        assert!(!r.writes_paused && !r.pressure_stalled, "{r:?}");
-        assert_eq!(rig.metric("holdfast_sweeper_pressure_stalled"), 0.0);
+    let Some(rig) = Rig::on_tmpfs(256, "disk_pressure_stops_when_expiring_frees_nothing") else {
         return;
+    };
+    rig.record(&["cam-a"], 60, 8_000);
+    let snap = rig._dir.path().join("snapshot");
+    std::fs::create_dir(&snap).unwrap();
+    for s in (0..60).step_by(10) {
+        std::fs::hard_link(rig.bucket_file(s), snap.join(format!("{s}.seg"))).unwrap();
     }
-    panic!("early expiry never stalled although nothing was freed: {last:?}");
+    let sweeper = rig.sweeper(86_400 * 28, MinFree::Bytes(u64::MAX));
+    let r = sweeper.sweep(rig.t(61)).unwrap();
+    assert!(r.pressure_stalled && r.writes_paused, "{r:?}");
+    assert_eq!(
+        r.buckets_expired_early,
+        u64::from(holdfast::retention::sweeper::MAX_NO_GAIN),
+        "{r:?}"
+    );
+    assert_eq!(rig.metric("holdfast_sweeper_pressure_stalled"), 1.0);
+    let left = (0..60)
+        .step_by(10)
+        .filter(|&s| !rig.expired(POLICY, s))
+        .count();
+    assert_eq!(left, 3, "the rest is not expired for nothing");
+    // The next sweep does not go on: free space did not rise.
+    let r = sweeper.sweep(rig.t(62)).unwrap();
+    assert_eq!(r.buckets_expired_early, 0, "{r:?}");
+    assert!(r.writes_paused);
+    // Space is back: writing resumes and the stall clears.
+    let ok = rig.sweeper(86_400 * 28, MinFree::Bytes(0));
+    let r = ok.sweep(rig.t(63)).unwrap();
+    assert!(!r.writes_paused && !r.pressure_stalled, "{r:?}");
+    assert_eq!(rig.metric("holdfast_sweeper_pressure_stalled"), 0.0);
 }
 
-/// Issue 9 point 5: hysteresis. Below the floor, early expiry frees what is needed plus about
-/// one bucket, and stops: it does not expire everything.
+/// Issue 9 point 5: hysteresis. Below the floor, early expiry frees what is needed plus the
+/// margin (one bucket), and stops: short of 1.5 buckets, 2 reach the floor and exactly one more
+/// is the margin. On a tmpfs of its own, so that nobody else moves free space meanwhile.
 #[test]
 fn disk_pressure_frees_what_is_needed_plus_a_margin_and_stops() {
     let _disk = exclusive_disk();
-    // As above: three tries, in case another program changes free space a lot meanwhile.
-    let mut last = None;
-    for _ in 0..3 {
-        let rig = Rig::new();
-        rig.record(&["cam-a"], 80, 40_000);
-        let bucket = allocated(&rig.bucket_file(10)).unwrap();
-        let free = nix_free(rig.store.root());
-        // Short of 1.5 buckets: 2 to reach the floor, one more for the margin (3).
-        let sweeper = rig.sweeper(86_400 * 28, MinFree::Bytes(free + bucket * 3 / 2));
-        let r = sweeper.sweep(rig.t(81)).unwrap();
-        if (2..=4).contains(&r.buckets_expired_early) && !r.writes_paused {
-            return;
-        }
-        last = Some(r);
+    let Some(rig) = Rig::on_tmpfs(
+        256,
+        "disk_pressure_frees_what_is_needed_plus_a_margin_and_stops",
+    ) else {
+        return;
+    };
+    rig.record(&["cam-a"], 80, 8_000);
+    let bucket = allocated(&rig.bucket_file(10)).unwrap();
+    let free = nix_free(rig.store.root());
+    let sweeper = rig.sweeper(86_400 * 28, MinFree::Bytes(free + bucket * 3 / 2));
+    let r = sweeper.sweep(rig.t(81)).unwrap();
+    assert_eq!(
+        r.buckets_expired_early, 3,
+        "2 for the floor, 1 margin: {r:?}"
+    );
+    assert!(!r.writes_paused && !r.pressure_stalled, "{r:?}");
+    assert!((0..30).step_by(10).all(|s| rig.expired(POLICY, s)));
+    assert!((30..80).step_by(10).all(|s| !rig.expired(POLICY, s)));
+    // Above the floor now: the next sweep expires nothing.
+    let r = sweeper.sweep(rig.t(82)).unwrap();
+    assert_eq!(r.buckets_expired_early, 0, "{r:?}");
+}
+
+/// Review finding 4: buckets whose every entry is pinned free nothing when expired; they are
+/// skipped, not counted as attempts that gave nothing back (which stalled early expiry and
+/// paused the writer while younger unpinned buckets could have been expired).
+#[test]
+fn disk_pressure_skips_fully_pinned_buckets() {
+    let _disk = exclusive_disk();
+    let Some(rig) = Rig::on_tmpfs(256, "disk_pressure_skips_fully_pinned_buckets") else {
+        return;
+    };
+    rig.record(&["cam-a"], 80, 8_000);
+    // The three oldest buckets are held entirely.
+    rig.hold(&["cam-a"], 0, 30);
+    let bucket = allocated(&rig.bucket_file(30)).unwrap();
+    let free = nix_free(rig.store.root());
+    let sweeper = rig.sweeper(86_400 * 28, MinFree::Bytes(free + bucket * 3 / 2));
+    let r = sweeper.sweep(rig.t(81)).unwrap();
+    assert!(!r.pressure_stalled && !r.writes_paused, "{r:?}");
+    assert_eq!(r.buckets_expired_early, 3, "{r:?}");
+    assert!(
+        (0..30).step_by(10).all(|s| !rig.expired(POLICY, s)),
+        "held: skipped"
+    );
+    assert!((30..60).step_by(10).all(|s| rig.expired(POLICY, s)));
+    assert_eq!(
+        rig.entries("cam-a")
+            .iter()
+            .filter(|e| e.start < rig.t(30))
+            .count(),
+        15
+    );
+    assert!(rig.store.verify().unwrap().bad.is_empty());
+}
+
+/// Review finding 3: after early expiry stalled (every bucket file has a second hard link, as a
+/// snapshot would keep its blocks), a rise of free space by a few bytes does not start it again,
+/// a rise by a bucket's worth does, and the whole episode expires at most its cap (what was
+/// missing plus three buckets); it ends when free space is back above the floor.
+#[test]
+fn disk_pressure_rearms_only_after_a_real_gain_and_is_capped_per_episode() {
+    use holdfast::retention::sweeper::MAX_NO_GAIN;
+    let _disk = exclusive_disk();
+    let Some(rig) = Rig::on_tmpfs(
+        256,
+        "disk_pressure_rearms_only_after_a_real_gain_and_is_capped_per_episode",
+    ) else {
+        return;
+    };
+    rig.record(&["cam-a"], 100, 8_000);
+    let root = rig._dir.path();
+    let snap = root.join("snapshot");
+    std::fs::create_dir(&snap).unwrap();
+    for s in (0..100).step_by(10) {
+        std::fs::hard_link(rig.bucket_file(s), snap.join(format!("{s}.seg"))).unwrap();
     }
-    panic!("frees what is needed plus a margin, not all 8: {last:?}");
+    let bucket = allocated(&rig.bucket_file(10)).unwrap();
+    // Another program's files: a small one and one of 1.2 buckets.
+    std::fs::write(root.join("small"), vec![1u8; 64 << 10]).unwrap();
+    std::fs::write(root.join("large"), vec![1u8; (bucket * 6 / 5) as usize]).unwrap();
+    let free = nix_free(rig.store.root());
+    let sweeper = rig.sweeper(86_400 * 28, MinFree::Bytes(free + bucket * 3 / 2));
+    let expired = || {
+        (0..100)
+            .step_by(10)
+            .filter(|&s| rig.expired(POLICY, s))
+            .count()
+    };
+
+    let r = sweeper.sweep(rig.t(101)).unwrap();
+    assert!(r.pressure_stalled && r.writes_paused, "{r:?}");
+    assert_eq!(r.buckets_expired_early, u64::from(MAX_NO_GAIN), "{r:?}");
+    // 64 KiB more free space: not a reason to expire more.
+    std::fs::remove_file(root.join("small")).unwrap();
+    let r = sweeper.sweep(rig.t(102)).unwrap();
+    assert_eq!(
+        r.buckets_expired_early, 0,
+        "re-armed by a small gain: {r:?}"
+    );
+    assert!(r.pressure_stalled && r.writes_paused, "{r:?}");
+    // 1.2 buckets more (still below the floor): tried again, until the episode's cap, which
+    // is 2.5 buckets missing + 3 = 5.5 buckets: two more, not the next three.
+    std::fs::remove_file(root.join("large")).unwrap();
+    assert!(nix_free(rig.store.root()) < free + bucket * 3 / 2);
+    let r = sweeper.sweep(rig.t(103)).unwrap();
+    assert_eq!(r.buckets_expired_early, 2, "{r:?}");
+    assert!(r.pressure_stalled && r.writes_paused, "{r:?}");
+    assert_eq!(expired(), 5);
+    assert_eq!(rig.metric("holdfast_sweeper_pressure_stalled"), 1.0);
+    // Capped: even a rise by a bucket's worth does not restart it within the episode.
+    std::fs::remove_file(snap.join("0.seg")).unwrap();
+    let r = sweeper.sweep(rig.t(104)).unwrap();
+    assert_eq!(r.buckets_expired_early, 0, "{r:?}");
+    assert_eq!(expired(), 5);
+    // The snapshot goes: back above the floor, the episode ends, writing resumes.
+    std::fs::remove_dir_all(&snap).unwrap();
+    let r = sweeper.sweep(rig.t(105)).unwrap();
+    assert!(!r.writes_paused && !r.pressure_stalled, "{r:?}");
+    assert_eq!(rig.metric("holdfast_sweeper_pressure_stalled"), 0.0);
+    assert_eq!(expired(), 5, "the other five are kept");
+    assert!(rig.store.verify().unwrap().bad.is_empty());
 }
 
 fn nix_free(p: &Path) -> u64 {
@@ -1196,4 +1340,109 @@ fn an_erasure_at_offset_zero_keeps_the_pending_whole_bucket_record() {
     );
     assert_eq!(report.bytes_freed, before - after);
     rig.store.read_segment(&kept).unwrap();
+}
+
+/// Review finding 5: an expired bucket re-checked with a newer hold snapshot than the one the
+/// sweep started with (a hold placed meanwhile) must not be marked as checked: when that hold
+/// is released later, its entries are deleted, not kept forever.
+#[test]
+fn a_hold_placed_during_a_recheck_does_not_keep_its_entries_after_release() {
+    let _disk = shared_disk();
+    let rig = Rig::new();
+    rig.record(&["cam-a"], 20, 2_000);
+    let first = rig.hold(&["cam-a"], 2, 4);
+    let armed = Arc::new(AtomicBool::new(false));
+    let placed = Arc::new(AtomicU64::new(0));
+    let (holds, a, p, from, to) = (
+        rig.holds.clone(),
+        armed.clone(),
+        placed.clone(),
+        rig.t(2),
+        rig.t(4),
+    );
+    let sweeper = rig
+        .sweeper(60, MinFree::Bytes(0))
+        .with_before_gate(move || {
+            if a.swap(false, Ordering::SeqCst) {
+                let h = holds
+                    .place(
+                        NewHold {
+                            cameras: vec!["cam-a".into()],
+                            site: None,
+                            from,
+                            to,
+                            reason: "second incident".into(),
+                            reference: "PL-3".into(),
+                            requested_by: "police".into(),
+                            expires_at: None,
+                            keytags: false,
+                            camera_sites: Default::default(),
+                        },
+                        "test",
+                        Time90k::now(),
+                    )
+                    .unwrap();
+                p.store(h.id, Ordering::SeqCst);
+            }
+        });
+    let r = sweeper.sweep(rig.t(100)).unwrap();
+    assert_eq!(r.buckets_expired, 2, "{r:?}");
+    assert_eq!(rig.entries("cam-a").len(), 1, "the held segment is kept");
+    // The first hold is released; while the sweep re-checks the bucket, a second hold on the
+    // same range is placed (between planning and the gate).
+    rig.holds
+        .release(first, "case closed", "test", Time90k::now())
+        .unwrap();
+    armed.store(true, Ordering::SeqCst);
+    let r = sweeper.sweep(rig.t(101)).unwrap();
+    assert_ne!(placed.load(Ordering::SeqCst), 0, "the hook placed a hold");
+    assert_eq!(r.released_entries, 0, "the second hold pins it: {r:?}");
+    assert_eq!(rig.entries("cam-a").len(), 1);
+    // The second hold is released: its entry goes at the next sweep.
+    rig.holds
+        .release(
+            placed.load(Ordering::SeqCst),
+            "closed too",
+            "test",
+            Time90k::now(),
+        )
+        .unwrap();
+    let r = sweeper.sweep(rig.t(102)).unwrap();
+    assert_eq!(r.released_entries, 1, "{r:?}");
+    assert!(rig.entries("cam-a").is_empty());
+    assert!(!rig.bucket_file(0).exists(), "nothing left: unlinked");
+}
+
+/// Review finding 9: retention is a maximum, so a bucket of a policy that is still in the
+/// config expires by the shorter of the policy's retention now and the one it was recorded
+/// under: lengthening a policy does not lengthen footage recorded before.
+#[test]
+fn a_lengthened_policy_does_not_lengthen_recorded_footage() {
+    let _disk = shared_disk();
+    let rig = Rig::new();
+    rig.writer
+        .as_ref()
+        .unwrap()
+        .handle()
+        .set_retention(HashMap::from([(POLICY.to_owned(), 40)]));
+    rig.record(&["cam-a"], 20, 2_000);
+    // The policy now keeps 1000 s: the recorded 40 s still applies.
+    let long = rig.sweeper_with(Rig::config(
+        &[(POLICY, 1000)],
+        &[("cam-a", POLICY)],
+        MinFree::Bytes(0),
+    ));
+    assert_eq!(long.sweep(rig.t(39)).unwrap().buckets_expired, 0);
+    let r = long.sweep(rig.t(41)).unwrap();
+    assert_eq!(r.buckets_expired, 1, "{r:?}");
+    assert!(rig.expired(POLICY, 0) && !rig.expired(POLICY, 10));
+    // Shortened to 20 s: that applies at once.
+    let short = rig.sweeper_with(Rig::config(
+        &[(POLICY, 20)],
+        &[("cam-a", POLICY)],
+        MinFree::Bytes(0),
+    ));
+    let r = short.sweep(rig.t(31)).unwrap();
+    assert_eq!(r.buckets_expired, 1, "{r:?}");
+    assert!(rig.expired(POLICY, 10));
 }

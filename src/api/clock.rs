@@ -2,9 +2,12 @@
 //!
 //! Accepting a forward jump lets the next sweep expire everything the new time makes old, across
 //! every site: it is as far-reaching as an erasure, so it needs the `erase` permission and a user
-//! of every site (`sites = ["*"]`). The body names why (`{"reason": "..."}`); the `clock.accept`
-//! logbook entry (with the offset accepted) is written before the clock is changed. When the wall
-//! clock is trusted already the answer is 409 and nothing is written.
+//! of every site (`sites = ["*"]`). The body names why (`{"reason": "..."}`). The intent, a
+//! `clock.accept` logbook entry (with the offset seen), is written before the clock is changed;
+//! then a `clock.accept.outcome` entry (linked to it) says what happened: accepted (and by how
+//! much), nothing to accept (the clock was trusted meanwhile: 409), or an error (the accepted
+//! state could not be persisted: 500). When the wall clock is trusted already at the start the
+//! answer is 409 and nothing is written.
 
 use std::sync::Arc;
 
@@ -56,15 +59,63 @@ pub async fn accept(
         ));
     }
     let offset = status["offset_seconds"].as_f64().unwrap_or(0.0);
-    let mut e = crate::wallclock::accept_entry(&user.name, &user.role, offset);
-    e.reason = Some(req.reason);
-    state.record(e).await?;
-    let accepted = state.clock.accept(&user.name);
+    // Intent first (who, why, the offset seen), then the outcome with what happened: the
+    // accept is recorded even if it then finds nothing to accept or cannot be made durable.
+    let mut intent = crate::wallclock::accept_entry(&user.name, &user.role, offset);
+    intent.reason = Some(req.reason);
+    intent.text = Some("intent: accept the wall clock as the trusted time".into());
+    let intent = state.record(intent).await?;
+    let st = state.clone();
+    let by = user.name.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let accepted = st.clock.accept(&by);
+        // Made durable at once: a restart right after must not find the jump again.
+        let persisted = match accepted {
+            Some(_) => st.clock.persist(st.store.index(), true),
+            None => Ok(()),
+        };
+        (accepted, persisted)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let mut outcome =
+        crate::wallclock::accept_entry(&user.name, &user.role, result.0.unwrap_or(0.0));
+    outcome.action = "clock.accept.outcome".into();
+    outcome.refers_to = Some(intent.entry.seq);
+    outcome.refers_hash = Some(intent.hash.clone());
+    let response = match result {
+        (Some(accepted), Ok(())) => {
+            outcome.text = Some(format!(
+                "accepted: {}",
+                crate::wallclock::accepted_text(accepted)
+            ));
+            Ok(accepted)
+        }
+        (Some(accepted), Err(e)) => {
+            tracing::error!(error = %e, "clock: the accepted time could not be persisted");
+            outcome.text = Some(format!(
+                "error: accepted ({}) but not persisted (see the daemon's log); a restart may \
+                 find the jump again",
+                crate::wallclock::accepted_text(accepted)
+            ));
+            Err(ApiError::internal(e))
+        }
+        (None, _) => {
+            outcome.text = Some("nothing to accept: the wall clock was trusted already".into());
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "the wall clock is trusted already; nothing to accept",
+            ))
+        }
+    };
+    state.record(outcome).await?;
+    let accepted = response?;
     Ok((
         StatusCode::OK,
         Json(json!({
-            "accepted": accepted.is_some(),
-            "offset_seconds": accepted.unwrap_or(0.0),
+            "accepted": true,
+            "offset_seconds": accepted,
+            "logbook_seq": intent.entry.seq,
             "clock": state.clock.status(),
         })),
     )

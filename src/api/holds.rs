@@ -228,8 +228,9 @@ pub async fn place(
     if let Some(r) = &req.requested_by {
         check_len("requested_by", r, MAX_REFERENCE)?;
     }
-    // The footage clock: a hold pins footage, whose times it is checked against.
-    let now = state.clock.now();
+    // The trusted time: footage is stamped with it, and the review date and lapse are judged
+    // by it (never the raw wall clock, which may have jumped).
+    let now = state.clock.retention_now();
     // A hold pins what exists: its end may reach only a little past now.
     let latest = now.add_ticks(duration_to_ticks(state.hold_max_future));
     if req.to > latest {

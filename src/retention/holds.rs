@@ -248,11 +248,19 @@ pub struct Holds {
 }
 
 impl Holds {
-    /// Loads the stored holds. A hold stored without a review date (from before every hold had
-    /// one) gets one, [`LEGACY_REVIEW_TICKS`] from now, recorded as an extension by `holdfast`.
+    /// Loads the stored holds at the trusted time as the persisted clock state tells it
+    /// ([`crate::wallclock::persisted_now`]); see [`Holds::load_at`].
     pub fn load(store: Arc<Store>) -> Result<Self, HoldError> {
+        let now = crate::wallclock::persisted_now(store.index());
+        Self::load_at(store, now)
+    }
+
+    /// Loads the stored holds. A hold stored without a review date (from before every hold had
+    /// one) gets one, [`LEGACY_REVIEW_TICKS`] from `now`, recorded as an extension by
+    /// `holdfast`. The daemon passes its trusted time (`crate::wallclock`), never the raw wall
+    /// clock: a wall clock a year back would otherwise date the review a year early.
+    pub fn load_at(store: Arc<Store>, now: Time90k) -> Result<Self, HoldError> {
         let mut holds = BTreeMap::new();
-        let now = Time90k::now();
         let mut batch = IndexBatch::default();
         let mut changed = 0;
         for (id, json) in store.index().holds().map_err(StoreError::from)? {

@@ -4,10 +4,11 @@
 //!
 //! 1. **Expiry.** Each bucket whose *oldest* segment has reached its retention is expired
 //!    (retention is a maximum: the newest data of the bucket goes up to one bucket window early).
-//!    A bucket's retention is its policy's, while the policy is in the config; for a bucket of a
-//!    policy that left the config (renamed, removed) it is [`bucket_retention`]: the retention
-//!    recorded in the bucket when it was created, or the current policy of its cameras if that is
-//!    shorter (see `design/retention.md` for the rule when neither is known). Expiring a bucket:
+//!    A bucket's retention is [`bucket_retention`]: the shorter of its policy's (while the
+//!    policy is in the config) and the retention recorded in the bucket when it was created;
+//!    for a bucket of a policy that left the config (renamed, removed) the recorded retention,
+//!    or the current policy of its cameras if that is shorter (see `design/retention.md` for
+//!    the rule when neither is known). Expiring a bucket:
 //!    - asks the writer to retire it (pending segments made durable, file closed, no appends);
 //!    - finds the pinned segments by asking, per camera with an active hold, only for the
 //!      segments in the hold's range (one seek each): the cost depends on what is held, never on
@@ -33,7 +34,11 @@
 //!    again: when the last [`MAX_NO_GAIN`] expiries together gave back less than a quarter of
 //!    what they freed (snapshots keep the blocks, another process fills the disk, unlinks fail), it
 //!    stops, says so (log, `holdfast_sweeper_pressure_stalled` = 1) and does not expire early
-//!    again until free space has risen. When nothing is left to expire or it stalled, the writer
+//!    again until free space has risen by the margin. Buckets whose every entry is pinned are
+//!    skipped (expiring them frees nothing; they are not attempts). One episode (below the
+//!    floor until back above it) expires at most [`episode_cap`]: what was missing when it began
+//!    plus three margins; then it stops until the episode ends. When nothing is left to expire,
+//!    it stalled or reached the cap, the writer
 //!    is paused (new segments are dropped and counted as `storage_full`), `/healthz` fails and
 //!    `holdfast_storage_writes_paused` is 1; writing resumes by itself once space is back above
 //!    the floor.
@@ -117,8 +122,33 @@ struct Rechecked {
 /// Disk-pressure state kept between sweeps.
 #[derive(Debug, Default)]
 struct Pressure {
-    /// Free bytes when early expiry stalled: it is tried again once free space rises above.
-    stalled_at: Option<u64>,
+    /// (free bytes when early expiry stalled, the rise needed to try again: the margin, about
+    /// one bucket). A rise of a few bytes (a log rotated) is not a reason to expire more.
+    stalled_at: Option<(u64, u64)>,
+    /// The current episode: since free space went below the floor, until it is back above it.
+    episode: Option<Episode>,
+}
+
+/// What early expiry did in one episode of disk pressure.
+#[derive(Debug)]
+struct Episode {
+    /// Bytes (committed lengths) of the buckets expired early so far.
+    expired: u64,
+    /// At most this much: [`episode_cap`].
+    cap: u64,
+    /// The cap was reached: no more early expiry until the episode ends.
+    capped: bool,
+}
+
+/// How much early expiry may take in one episode of disk pressure: what was missing when it
+/// began (up to the floor plus the margin), plus [`MAX_NO_GAIN`] margins (about three buckets,
+/// what the no-gain judgement may spend once). If that much did not bring free space back above
+/// the floor, expiring more would not either (it goes somewhere else: snapshots, another
+/// process), so the archive is not sacrificed bucket by bucket.
+pub fn episode_cap(free: u64, target: u64, margin: u64) -> u64 {
+    target
+        .saturating_sub(free)
+        .saturating_add(u64::from(MAX_NO_GAIN).saturating_mul(margin))
 }
 
 type Hook = Box<dyn Fn() + Send + Sync>;
@@ -156,8 +186,9 @@ impl Sweeper {
         }
     }
 
-    /// Test seam: runs `f` in [`Sweeper::sweep`] after an expiry was planned and before the
-    /// hold gate is taken (where a concurrent erasure or hold change can slip in).
+    /// Test seam: runs `f` in [`Sweeper::sweep`] after an expiry or a re-check of an expired
+    /// bucket was planned and before the hold gate is taken (where a concurrent erasure or hold
+    /// change can slip in).
     #[doc(hidden)]
     pub fn with_before_gate(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
         self.before_gate = Some(Box::new(f));
@@ -195,9 +226,14 @@ impl Sweeper {
                     continue;
                 }
                 rechecked.buckets.remove(&key);
-                self.recheck_expired(&b, now).map(|n| {
+                self.recheck_expired(&b, now).map(|(n, version)| {
                     report.released_entries += n;
-                    rechecked.buckets.insert(key);
+                    // Marked as checked only against the pins this sweep remembers: checked
+                    // with a newer snapshot (a hold placed meanwhile), a later release of that
+                    // hold would not show as an ended pin, and its entries would stay forever.
+                    if version == snap.version {
+                        rechecked.buckets.insert(key);
+                    }
                 })
             } else {
                 self.expire_if_due(&b, now)
@@ -305,12 +341,18 @@ impl Sweeper {
                 );
             }
             self.writer.set_paused(false);
-            pressure.stalled_at = None;
+            // The episode is over: the next one starts afresh.
+            *pressure = Pressure::default();
             self.metrics.sweeper_pressure_stalled.set(0);
             return Ok(());
         }
-        if let Some(at) = pressure.stalled_at {
-            if free <= at {
+        if pressure.episode.as_ref().is_some_and(|e| e.capped) {
+            report.pressure_stalled = true;
+            self.writer.set_paused(true);
+            return Ok(());
+        }
+        if let Some((at, gain)) = pressure.stalled_at {
+            if free < at.saturating_add(gain) {
                 report.pressure_stalled = true;
                 self.writer.set_paused(true);
                 return Ok(());
@@ -318,7 +360,7 @@ impl Sweeper {
             tracing::info!(
                 free,
                 stalled_at = at,
-                "free space rose: early expiry tried again"
+                "free space rose by a bucket's worth: early expiry tried again"
             );
             pressure.stalled_at = None;
             self.metrics.sweeper_pressure_stalled.set(0);
@@ -333,11 +375,44 @@ impl Sweeper {
             })
             .collect();
         candidates.sort_by_key(oldest);
-        let target = floor.saturating_add(pressure_margin(total, &candidates));
+        let margin = pressure_margin(total, &candidates);
+        let target = floor.saturating_add(margin);
+        let mut episode = pressure.episode.take().unwrap_or_else(|| Episode {
+            expired: 0,
+            cap: episode_cap(free, target, margin),
+            capped: false,
+        });
+        let snap = self.holds.snapshot();
         // (free space before, bytes the reclaim step freed) of each early expiry of this sweep.
         let mut steps: Vec<(u64, u64)> = Vec::new();
         for b in &candidates {
             if free >= target {
+                break;
+            }
+            // A bucket whose every entry is pinned frees nothing when expired: it is skipped,
+            // not counted as an attempt that gave nothing back.
+            match pinned_in_bucket(&self.store, b, &snap, now) {
+                Ok(p) if b.segments > 0 && p.len() as u64 >= b.segments => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    self.failed(report, b, "early expiry", &e);
+                    continue;
+                }
+            }
+            if episode.expired > 0 && episode.expired.saturating_add(b.committed_len) > episode.cap
+            {
+                tracing::error!(
+                    free,
+                    floor,
+                    expired = episode.expired,
+                    cap = episode.cap,
+                    "storage below its floor: early expiry reached its cap for this episode (what \
+                     was missing when it began plus three buckets); it stops until free space is \
+                     back above the floor"
+                );
+                episode.capped = true;
+                report.pressure_stalled = true;
+                self.metrics.sweeper_pressure_stalled.set(1);
                 break;
             }
             tracing::warn!(policy = %b.policy, bucket = %b.start, free, floor, target,
@@ -346,6 +421,7 @@ impl Sweeper {
                 self.failed(report, b, "early expiry", &e);
                 continue;
             }
+            episode.expired = episode.expired.saturating_add(b.committed_len);
             report.buckets_expired_early += 1;
             let freed = self.run_reclaim(report);
             let before = free;
@@ -368,17 +444,20 @@ impl Sweeper {
                         expired_without_gain = MAX_NO_GAIN,
                         freed,
                         gain,
+                        rearm_after = margin,
                         "storage below its floor and expiring footage gives back no space \
                          (snapshots holding the blocks, another process filling the disk, or \
-                         files that cannot be removed): early expiry stops until free space rises"
+                         files that cannot be removed): early expiry stops until free space \
+                         rises by a bucket's worth"
                     );
-                    pressure.stalled_at = Some(free);
+                    pressure.stalled_at = Some((free, margin.max(1)));
                     report.pressure_stalled = true;
                     self.metrics.sweeper_pressure_stalled.set(1);
                     break;
                 }
             }
         }
+        pressure.episode = Some(episode);
         if free < floor {
             if !self.writer.is_paused() {
                 tracing::error!(
@@ -457,8 +536,9 @@ impl Sweeper {
         Ok(())
     }
 
-    /// Deletes the entries of an expired bucket that no hold pins any more. Returns how many.
-    fn recheck_expired(&self, b: &BucketInfo, now: Time90k) -> Result<u64, StoreError> {
+    /// Deletes the entries of an expired bucket that no hold pins any more. Returns how many,
+    /// and the version of the hold snapshot the decision was made with.
+    fn recheck_expired(&self, b: &BucketInfo, now: Time90k) -> Result<(u64, u64), StoreError> {
         let index = self.store.index();
         let unpinned = |snap: &HoldSnapshot| -> Result<Vec<SegmentEntry>, StoreError> {
             Ok(index
@@ -470,7 +550,10 @@ impl Sweeper {
         let planned = self.holds.snapshot();
         let mut gone = unpinned(&planned)?;
         if gone.is_empty() {
-            return Ok(0);
+            return Ok((0, planned.version));
+        }
+        if let Some(f) = &self.before_gate {
+            f();
         }
         let _gate = self.holds.gate();
         let current = self.holds.snapshot();
@@ -485,7 +568,7 @@ impl Sweeper {
         index.commit(batch, true)?;
         drop(_gate);
         self.holds.ledger().invalidate(&b.policy, b.start);
-        Ok(gone.len() as u64)
+        Ok((gone.len() as u64, current.version))
     }
 
     /// Runs sweeps every interval until the handle is stopped. `trigger` on the handle runs one
@@ -637,9 +720,10 @@ pub struct BucketRetention {
     pub orphan: bool,
 }
 
-/// The retention of a bucket. Its policy's, while the policy is in the config. Otherwise the
-/// shortest of: the retention recorded in the bucket when it was created, and the current
-/// policy of each camera with footage in it. When neither is known (a bucket recorded before
+/// The retention of a bucket. While its policy is in the config, the shorter of the policy's
+/// and the retention recorded in the bucket when it was created (retention is a maximum: a
+/// lengthened policy does not extend footage recorded before). Otherwise the shortest of: the
+/// recorded retention, and the current policy of each camera with footage in it. When neither is known (a bucket recorded before
 /// buckets remembered their retention, of cameras no longer configured), the shortest video
 /// retention in the config: retention is a maximum, and that is the only one the operator has
 /// allowed for any footage today (`design/retention.md`).
@@ -648,17 +732,20 @@ pub fn bucket_retention(
     cfg: &SweeperConfig,
     b: &BucketInfo,
 ) -> Result<BucketRetention, StoreError> {
-    if let Some(d) = cfg.policies.get(&b.policy) {
-        return Ok(BucketRetention {
-            ticks: duration_to_ticks(*d),
-            orphan: false,
-        });
-    }
     let recorded = b.retention_secs.map(|s| {
         i64::try_from(s)
             .unwrap_or(i64::MAX / TICKS_PER_SEC)
             .saturating_mul(TICKS_PER_SEC)
     });
+    if let Some(d) = cfg.policies.get(&b.policy) {
+        // Retention is a maximum: a policy lengthened since the bucket was written does not
+        // lengthen the life its footage was recorded under; a shortened one applies at once.
+        let configured = duration_to_ticks(*d);
+        return Ok(BucketRetention {
+            ticks: recorded.map_or(configured, |r| r.min(configured)),
+            orphan: false,
+        });
+    }
     let mut cameras: Option<i64> = None;
     for camera in bucket_cameras(store, b)? {
         let current = cfg
@@ -818,4 +905,31 @@ fn statvfs(path: &Path) -> Option<(u64, u64)> {
     }
     let frsize = s.f_frsize;
     Some((s.f_bavail * frsize, s.f_blocks * frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_episode_cap_is_what_was_missing_plus_three_margins() {
+        assert_eq!(episode_cap(100, 250, 50), 150 + 3 * 50);
+        assert_eq!(
+            episode_cap(300, 250, 50),
+            150,
+            "nothing missing: the three margins"
+        );
+        assert_eq!(episode_cap(0, u64::MAX, 10), u64::MAX, "saturates");
+    }
+
+    #[test]
+    fn the_margin_is_the_newest_closed_bucket_at_most_5_percent() {
+        let mut b = BucketInfo::empty("p", Time90k(0), 10);
+        b.committed_len = 400;
+        let mut newest = b.clone();
+        newest.committed_len = 300;
+        assert_eq!(pressure_margin(100_000, &[b.clone(), newest.clone()]), 300);
+        assert_eq!(pressure_margin(1000, &[b, newest]), 50, "5% of the disk");
+        assert_eq!(pressure_margin(1000, &[]), 0);
+    }
 }

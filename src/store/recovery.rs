@@ -223,9 +223,12 @@ fn run(
     Ok(report)
 }
 
-/// Active holds as (id, cameras, range), read straight from the index.
+/// Active holds as (id, cameras, range), read straight from the index. Whether a hold has
+/// lapsed is judged by the trusted time the persisted clock state gives, never later than the
+/// wall clock (`wallclock::persisted_now`): a wall clock that jumped ahead does not lapse a hold
+/// here either.
 fn active_holds(store: &Store) -> Vec<(u64, Vec<String>, Time90k, Time90k)> {
-    let now = Time90k::now();
+    let now = crate::wallclock::persisted_now(store.index());
     let holds = match store.index().holds() {
         Ok(h) => h,
         Err(e) => {
