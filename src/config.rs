@@ -110,14 +110,14 @@ pub struct ClockSettings {
     pub jump_threshold: Duration,
     /// How long (on the monotonic clock) a wall clock that jumped forward must hold before it is
     /// believed (one that jumped back is believed only when accepted).
-    pub confirm_after: Duration,
+    pub jump_confirm: Duration,
 }
 
 impl Default for ClockSettings {
     fn default() -> Self {
         Self {
             jump_threshold: Duration::from_secs(600),
-            confirm_after: Duration::from_secs(3600),
+            jump_confirm: Duration::from_secs(3600),
         }
     }
 }
@@ -408,7 +408,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawClock {
     jump_threshold: Option<String>,
-    confirm_after: Option<String>,
+    jump_confirm: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -781,11 +781,11 @@ impl RawConfig {
                     )
                 },
             ),
-            confirm_after: self.clock.confirm_after.as_deref().map_or(
-                clock_default.confirm_after,
+            jump_confirm: self.clock.jump_confirm.as_deref().map_or(
+                clock_default.jump_confirm,
                 |v| {
                     e.duration(
-                        "clock.confirm_after",
+                        "clock.jump_confirm",
                         v,
                         Duration::from_secs(1),
                         Duration::from_secs(30 * 86_400),
@@ -1243,22 +1243,22 @@ key_file = "/etc/holdfast/logbook.key"
         let c = Config::parse(GOOD).unwrap();
         assert_eq!(c.clock, ClockSettings::default());
         assert_eq!(c.clock.jump_threshold, Duration::from_secs(600));
-        assert_eq!(c.clock.confirm_after, Duration::from_secs(3600));
+        assert_eq!(c.clock.jump_confirm, Duration::from_secs(3600));
         let c = Config::parse(&format!(
-            "{GOOD}\n[clock]\njump_threshold = \"2m\"\nconfirm_after = \"30m\"\n"
+            "{GOOD}\n[clock]\njump_threshold = \"2m\"\njump_confirm = \"30m\"\n"
         ))
         .unwrap();
         assert_eq!(c.clock.jump_threshold, Duration::from_secs(120));
-        assert_eq!(c.clock.confirm_after, Duration::from_secs(1800));
+        assert_eq!(c.clock.jump_confirm, Duration::from_secs(1800));
         let errs = errors(&format!(
-            "{GOOD}\n[clock]\njump_threshold = \"soon\"\nconfirm_after = \"90d\"\n"
+            "{GOOD}\n[clock]\njump_threshold = \"soon\"\njump_confirm = \"90d\"\n"
         ));
         assert!(
             errs.iter().any(|e| e.starts_with("clock.jump_threshold")),
             "{errs:?}"
         );
         assert!(
-            errs.iter().any(|e| e.starts_with("clock.confirm_after")),
+            errs.iter().any(|e| e.starts_with("clock.jump_confirm")),
             "{errs:?}"
         );
         let errs = errors(&format!("{GOOD}\n[clock]\njump = \"1m\"\n"));

@@ -18,7 +18,7 @@
 //!   logbook `clock.jump` entry); the state becomes `unconfirmed_forward` or
 //!   `unconfirmed_backward` and `holdfast_clock_offset_seconds` shows wall minus trusted;
 //! - a forward jump is believed once it has held (stayed within the threshold of where it put the
-//!   wall clock) for `clock.confirm_after` of monotonic time (`clock.confirmed`); a backward one
+//!   wall clock) for `clock.jump_confirm` of monotonic time (`clock.confirmed`); a backward one
 //!   never by time alone (a dead RTC battery in the year 2000 would stop expiry for decades);
 //!   either is believed at once when an operator accepts it (`holdfast clock accept`,
 //!   `POST /api/v1/clock/accept`: `clock.accept`), and the jump is over when the wall clock comes
@@ -125,7 +125,7 @@ pub enum Event {
         /// The offset that went away (ticks).
         offset: i64,
     },
-    /// A forward jump held for `confirm_after` and is now trusted (a backward one never is by
+    /// A forward jump held for `jump_confirm` and is now trusted (a backward one never is by
     /// time alone).
     Confirmed {
         /// The step the trusted time made (ticks).
@@ -189,7 +189,7 @@ pub struct Saved {
 #[derive(Debug, Clone)]
 pub struct Detector {
     threshold: i64,
-    confirm_after: Duration,
+    jump_confirm: Duration,
     /// The anchor line at `anchor_mono`.
     anchor: Time90k,
     anchor_mono: Duration,
@@ -205,7 +205,7 @@ impl Detector {
     pub fn new(settings: ClockSettings, wall: Time90k, mono: Duration) -> Self {
         Detector {
             threshold: duration_to_ticks(settings.jump_threshold),
-            confirm_after: settings.confirm_after,
+            jump_confirm: settings.jump_confirm,
             anchor: wall,
             anchor_mono: mono,
             high: wall,
@@ -367,7 +367,7 @@ impl Detector {
                         step,
                         offset,
                     })
-                } else if offset > 0 && mono.saturating_sub(since) >= self.confirm_after {
+                } else if offset > 0 && mono.saturating_sub(since) >= self.jump_confirm {
                     // Only a forward jump is confirmed by time: a backward one (a dead RTC
                     // battery in the year 2000) would stop expiry for decades once believed.
                     self.believe(wall, mono);
@@ -452,7 +452,7 @@ impl Detector {
                 direction: Direction::Forward,
                 ..
             } => Some(
-                self.confirm_after
+                self.jump_confirm
                     .saturating_sub(self.last_mono.saturating_sub(since)),
             ),
             _ => None,
@@ -590,10 +590,10 @@ impl TrustedClock {
                     offset_seconds = secs(offset),
                     wall = %wall,
                     trusted = %trusted,
-                    confirm_after = %humantime::format_duration(g.det.confirm_after),
+                    jump_confirm = %humantime::format_duration(g.det.jump_confirm),
                     "clock: the wall clock jumped; retention and new footage keep the trusted time \
                      until the new time is accepted (holdfast clock accept) or, for a forward \
-                     jump, holds for confirm_after"
+                     jump, holds for jump_confirm"
                 );
             }
             Event::Reverted { offset } => tracing::warn!(
@@ -602,7 +602,7 @@ impl TrustedClock {
             ),
             Event::Confirmed { offset } => tracing::warn!(
                 offset_seconds = secs(offset),
-                "clock: the new wall time held for confirm_after and is trusted now"
+                "clock: the new wall time held for jump_confirm and is trusted now"
             ),
             Event::Accepted { offset } => tracing::warn!(
                 offset_seconds = secs(offset),
@@ -1012,7 +1012,7 @@ mod tests {
     fn settings() -> ClockSettings {
         ClockSettings {
             jump_threshold: Duration::from_secs(600),
-            confirm_after: Duration::from_secs(3600),
+            jump_confirm: Duration::from_secs(3600),
         }
     }
 
@@ -1109,7 +1109,7 @@ mod tests {
         let (r, ev) = d.observe(T0.add_ticks(30 * day + 3550 * S), m(3550));
         assert_eq!((ev, r.trusted), (None, T0.add_ticks(3550 * S)));
         assert_eq!(d.confirm_in(), Some(Duration::from_secs(60)));
-        // After confirm_after on the monotonic clock: believed.
+        // After jump_confirm on the monotonic clock: believed.
         let (r, ev) = d.observe(T0.add_ticks(30 * day + 3611 * S), m(3611));
         assert_eq!(ev, Some(Event::Confirmed { offset: 30 * day }));
         assert_eq!(r.trusted, r.wall);
@@ -1157,7 +1157,7 @@ mod tests {
         assert_eq!(r.trusted, T0.add_ticks(100 * S), "expiry stays on time");
         assert_eq!(d.state_name(), "unconfirmed_backward");
         assert_eq!(d.confirm_in(), None, "no confirmation by time");
-        // Ten times confirm_after later: still not believed, the trusted time still runs on.
+        // Ten times jump_confirm later: still not believed, the trusted time still runs on.
         let later = 100 + 36_000;
         let (r, ev) = d.observe(T0.add_ticks(later * S - year), m(later as u64));
         assert_eq!(ev, None);

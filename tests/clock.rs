@@ -5,7 +5,7 @@
 //! - +30 days: nothing is deleted, no hold lapses, the jump shows in the metrics, `/healthz` and
 //!   the logbook, a restart does not accept it; `holdfast clock accept` does, and then the sweep
 //!   deletes what the new time makes old (held footage with a later review date stays);
-//! - -1 year with a 5 s `confirm_after`: never believed by time alone (shown until accepted),
+//! - -1 year with a 5 s `jump_confirm`: never believed by time alone (shown until accepted),
 //!   recording goes on without overlap or squeezed segments, stamped with the trusted time,
 //!   retention still expires on time; accepting it over the API keeps the trusted time (it never
 //!   goes back) and logs intent and outcome.
@@ -26,7 +26,7 @@ use support::procs::{http_post, Daemon, RtspServer, PRIVACY_TOKEN};
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 const CONFIG: &str = "[sweeper]\ninterval = \"2s\"\n\n\
-    [clock]\njump_threshold = \"10m\"\nconfirm_after = \"1h\"\n\n\
+    [clock]\njump_threshold = \"10m\"\njump_confirm = \"1h\"\n\n\
     [policies.short]\nvideo = \"40s\"\nkeytags = \"40s\"\nhold_review = \"60d\"\n\n\
     [[sites]]\nid = \"test-site\"\npolicy = \"short\"\n\n\
     [[cameras]]\nid = \"cam\"\nsite = \"test-site\"\nurl = \"URL\"\n";
@@ -280,7 +280,7 @@ fn a_forward_jump_deletes_nothing_until_it_is_accepted() {
 }
 
 /// Review finding 1: a backward jump (a dead RTC battery: a year back) is never believed by
-/// time alone, however short `confirm_after`: retention goes on by the trusted time, footage
+/// time alone, however short `jump_confirm`: retention goes on by the trusted time, footage
 /// stays ordered with real durations, and the jump is shown until it is accepted; accepting it
 /// does not move the trusted time back (high-water mark) and is logged as intent and outcome.
 #[test]
@@ -289,7 +289,7 @@ fn a_backward_jump_is_shown_until_accepted_and_neither_overlaps_nor_stops_expiry
         return;
     }
     let (_server, mut d, ts) =
-        start_with(&CONFIG.replace("confirm_after = \"1h\"", "confirm_after = \"5s\""));
+        start_with(&CONFIG.replace("jump_confirm = \"1h\"", "jump_confirm = \"5s\""));
     d.wait_until(Duration::from_secs(30), |d| bucket_files(d).len() >= 2);
     let first = bucket_files(&d)[0];
     std::fs::write(&ts, "-365d\n").unwrap();
@@ -309,7 +309,7 @@ fn a_backward_jump_is_shown_until_accepted_and_neither_overlaps_nor_stops_expiry
     d.wait_until(Duration::from_secs(70), |d| {
         !bucket_files(d).contains(&first)
     });
-    // Far more than confirm_after (5 s) has passed: still not believed.
+    // Far more than jump_confirm (5 s) has passed: still not believed.
     assert_eq!(clock(&d)["state"], "unconfirmed_backward");
     assert_eq!(d.camera_state("cam"), "recording");
     let newest = *bucket_files(&d).last().unwrap();
