@@ -723,7 +723,7 @@ fn sigkill_under_load_loses_nothing_durable_or_held() {
     let (mut restarts, mut downs): (Vec<Duration>, Vec<Duration>) = (Vec::new(), Vec::new());
     for k in 1..=kills {
         run.kill_no = k;
-        std::thread::sleep(Duration::from_millis(rng.random_range(200..2500)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(500..4000)));
         // What the API lists now is durable: it must survive the kill.
         run.remember();
         std::thread::sleep(Duration::from_millis(rng.random_range(0..600)));
