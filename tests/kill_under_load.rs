@@ -7,7 +7,9 @@
 //! - `holdfast verify` passes: recovery drops no dangling entry (after a process crash the page
 //!   cache keeps every written byte, so an entry without its bytes is a writer bug) and every
 //!   index entry points at a record whose header and CRCs match;
-//! - `holdfast logbook verify` passes: chain, head record and checkpoints intact.
+//! - `holdfast logbook verify` passes: chain, head record and checkpoints intact;
+//! - no two segments of a camera overlap in the index (a restart must not stamp new footage over
+//!   what was recorded before the kill).
 //!
 //! After each restart, through the API and the files:
 //! - every range the API listed as recorded before the kill (it lists only what is durable) is
@@ -435,6 +437,32 @@ impl Run {
             .and_then(|l| l.split(' ').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
+        // The index itself, read-only as the crash left it (after verify's recovery): no two
+        // segments of a camera overlap, across restarts too.
+        let index = holdfast::store::index::Index::open_read_only(&self.d.data_dir.join("index"))
+            .unwrap_or_else(|e| self.fail(format!("opening the index read-only: {e}")));
+        let mut all = index
+            .all_segments()
+            .unwrap_or_else(|e| self.fail(format!("reading the segment entries: {e}")));
+        drop(index);
+        all.sort_by(|a, b| (&a.camera, a.start).cmp(&(&b.camera, b.start)));
+        for w in all.windows(2) {
+            let (a, b) = (&w[0], &w[1]);
+            self.check(a.camera != b.camera || b.start >= a.end(), || {
+                format!(
+                    "{}: segments overlap: {} .. {} ({} in {}) and {} .. {} ({} in {})",
+                    a.camera,
+                    a.start.to_rfc3339(),
+                    a.end().to_rfc3339(),
+                    a.offset,
+                    holdfast::time::bucket_stem(a.bucket),
+                    b.start.to_rfc3339(),
+                    b.end().to_rfc3339(),
+                    b.offset,
+                    holdfast::time::bucket_stem(b.bucket)
+                )
+            });
+        }
         let (ok, lb) = holdfast(&["logbook", "verify"], &config);
         self.check(ok, || {
             format!("holdfast logbook verify after a SIGKILL failed:\n{lb}")
