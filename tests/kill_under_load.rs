@@ -86,7 +86,9 @@ fn site_of(cam: &str) -> &'static str {
 /// when its oldest segment reaches retention, so data at `t` may go once `t - bucket - segment`
 /// has; one more GOP and a second of margin.
 fn safe_from(cam: &str, now: Time90k) -> Time90k {
-    now.add_ticks(-retention(cam) + i64::from(BUCKET_SECS) * TICKS_PER_SEC + 2 * GOP + TICKS_PER_SEC)
+    now.add_ticks(
+        -retention(cam) + i64::from(BUCKET_SECS) * TICKS_PER_SEC + 2 * GOP + TICKS_PER_SEC,
+    )
 }
 
 fn seed() -> u64 {
@@ -215,7 +217,9 @@ fn hold_traffic(addr: SocketAddr, log: Arc<Mutex<HoldLog>>, stop: Arc<AtomicBool
                     log.released += 1;
                 }
                 0 => log.holds.get_mut(&id).unwrap().release = Release::Unanswered,
-                s => log.refused.push(format!("release of hold {id}: {s} {body}")),
+                s => log
+                    .refused
+                    .push(format!("release of hold {id}: {s} {body}")),
             }
             continue;
         }
@@ -306,6 +310,14 @@ fn gap_bound(downs: &[Down], from: Time90k, to: Time90k) -> i64 {
         (Some(k), Some(u)) => base + (u.0 - k.0),
         _ => base,
     }
+}
+
+/// The message of a thread's panic.
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 fn holdfast(args: &[&str], config: &Path) -> (bool, String) {
@@ -476,7 +488,9 @@ impl Run {
         let t0 = Instant::now();
         loop {
             if let Some(status) = self.d.exited() {
-                self.fail(format!("the daemon exited by itself at the restart: {status}"));
+                self.fail(format!(
+                    "the daemon exited by itself at the restart: {status}"
+                ));
             }
             let (status, body) = http_get(self.d.addr, "/api/v1/cameras", Some(ADMIN_TOKEN));
             if status == 200 {
@@ -515,7 +529,11 @@ impl Run {
             };
             let cams: Vec<String> = h["cameras"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| c.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default();
             let same = cams == rec.cameras
                 && h["from"] == rec.from.as_str()
@@ -578,10 +596,7 @@ impl Run {
         let t = Time90k::now();
         for (cam, known) in self.known.clone() {
             let current = &now_listing[&cam];
-            let keep = IntervalSet::from_intervals([Interval::new(
-                safe_from(&cam, t).0,
-                i64::MAX,
-            )]);
+            let keep = IntervalSet::from_intervals([Interval::new(safe_from(&cam, t).0, i64::MAX)]);
             let required = shrunk(&known).intersection(&keep);
             let lost = required.difference(current);
             self.check(lost.is_empty(), || {
@@ -644,31 +659,68 @@ impl Run {
                         secs(bound),
                         self.downs
                             .iter()
-                            .map(|w| format!(
-                                "{} .. {}",
-                                w.kill.to_rfc3339(),
-                                w.up.to_rfc3339()
-                            ))
+                            .map(|w| format!("{} .. {}", w.kill.to_rfc3339(), w.up.to_rfc3339()))
                             .collect::<Vec<_>>()
                     ));
                 }
                 self.checks += 1;
                 let margin = bound - g.len();
-                if self.largest_gap_margin.as_ref().is_none_or(|m| margin < m.0) {
+                if self
+                    .largest_gap_margin
+                    .as_ref()
+                    .is_none_or(|m| margin < m.0)
+                {
                     self.largest_gap_margin = Some((
                         margin,
-                        format!("{cam} gap {:.2} s, bound {:.2} s", secs(g.len()), secs(bound)),
+                        format!(
+                            "{cam} gap {:.2} s, bound {:.2} s",
+                            secs(g.len()),
+                            secs(bound)
+                        ),
                     ));
                 }
             }
             if last {
-                self.check(
-                    end.to > self.downs.last().map_or(0, |w| w.up.0),
-                    || format!("{cam} records after the last restart"),
-                );
+                self.check(end.to > self.downs.last().map_or(0, |w| w.up.0), || {
+                    format!("{cam} records after the last restart")
+                });
             }
         }
     }
+}
+
+/// The HTTP helper answers status 0 when the server dies while the request is being sent (the
+/// hold traffic of the test below once died of a panic on EPIPE, its requests racing the kills).
+#[test]
+fn a_request_to_a_server_that_dies_mid_request_is_status_0_not_a_panic() {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        // Close with a reset, as a killed process's socket may: the client's writes then fail.
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        let r = unsafe {
+            libc::setsockopt(
+                conn.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        drop(conn);
+    });
+    // More than the socket buffers hold, so the write is still going when the reset comes.
+    let body = "x".repeat(32 << 20);
+    let (status, text) = http_post(addr, "/api/v1/holds", Some(ADMIN_TOKEN), &body);
+    server.join().unwrap();
+    assert_eq!((status, text.as_str()), (0, ""));
 }
 
 #[test]
@@ -718,7 +770,9 @@ fn sigkill_under_load_loses_nothing_durable_or_held() {
     };
     let t0 = Instant::now();
     run.d.wait_until(Duration::from_secs(30), |d| {
-        CAMERAS.iter().all(|(c, _)| d.camera_state(c) == "recording")
+        CAMERAS
+            .iter()
+            .all(|(c, _)| d.camera_state(c) == "recording")
     });
     // Every camera has durable footage before the first kill.
     run.d.wait_until(Duration::from_secs(30), |d| {
@@ -763,7 +817,13 @@ fn sigkill_under_load_loses_nothing_durable_or_held() {
         // connecting the cameras).
         if rng.random_bool(0.2) {
             run.d.spawn_again();
-            std::thread::sleep(Duration::from_millis(rng.random_range(0..1500)));
+            // Half of them within the first 150 ms: recovery, RocksDB, the logbook's checks.
+            let ms = if rng.random_bool(0.5) {
+                rng.random_range(0..150)
+            } else {
+                rng.random_range(150..1500)
+            };
+            std::thread::sleep(Duration::from_millis(ms));
             run.kill();
             kills_in_start += 1;
             segments_verified += run.verify_files();
@@ -773,10 +833,16 @@ fn sigkill_under_load_loses_nothing_durable_or_held() {
         let up = run.start_and_wait();
         restarts.push(spawned.elapsed());
         downs.push(kill_instant.elapsed());
-        run.downs.push(Down {
-            kill: kill_at,
-            up,
-        });
+        run.downs.push(Down { kill: kill_at, up });
+        // The hold traffic must still run: a thread that died would leave the remaining kills
+        // without holds, and the test would only notice (without saying why) at the end.
+        if traffic.is_finished() {
+            let why = traffic
+                .join()
+                .err()
+                .map_or("it returned".to_owned(), |p| panic_text(&p));
+            run.fail(format!("the hold traffic thread stopped: {why}"));
+        }
         let mut l = lock(&log);
         run.check(l.refused.is_empty(), || {
             format!("the API refused hold requests: {:?}", l.refused)
@@ -791,7 +857,12 @@ fn sigkill_under_load_loses_nothing_durable_or_held() {
         );
     }
     stop.store(true, Ordering::Relaxed);
-    traffic.join().unwrap();
+    if let Err(p) = traffic.join() {
+        run.fail(format!(
+            "the hold traffic thread panicked: {}",
+            panic_text(&p)
+        ));
+    }
     // The last gap closes: every camera records past the last restart.
     let last_up = run.downs.last().map_or(Time90k::now(), |w| w.up);
     run.d.wait_until(Duration::from_secs(20), |d| {
