@@ -27,8 +27,8 @@
 //!   without a restart time.
 //!
 //! Figures at the end: kills, holds placed/released, checks done, segments verified, restart time
-//! mean/max. 20 kills in the normal run (about a minute and a half). Long form:
-//! `HOLDFAST_KILLS=200 cargo test --release --test kill_under_load -- --nocapture` (about 15
+//! mean/max. 20 kills in the normal run (about 75 s). Long form:
+//! `HOLDFAST_KILLS=200 cargo test --release --test kill_under_load -- --nocapture` (about 12
 //! minutes). The seed is printed; `HOLDFAST_TEST_SEED=N` replays its kill moments and hold
 //! traffic (timing still varies). On a failure the daemon log is copied next to the temp dir and
 //! its path printed; `HOLDFAST_KEEP_FAILED=1` also keeps a copy of the data and config directory.
