@@ -45,14 +45,21 @@ impl Time90k {
     }
 
     /// Parses an RFC 3339 timestamp with offset (e.g. `2026-11-22T21:00:00+01:00`).
+    ///
+    /// Rounds to the nearest tick, so that `parse_rfc3339(t.to_rfc3339()) == t` for every `t`:
+    /// a tick is 11 111.1 ns, which [`Time90k::to_rfc3339`] writes rounded to the nanosecond, and
+    /// rounding down here lost a tick (a hold's range, stored as JSON, moved by a tick over a
+    /// restart).
     pub fn parse_rfc3339(s: &str) -> Result<Self, String> {
         let ts: jiff::Timestamp = s
             .parse()
             .map_err(|e| format!("not an RFC 3339 time with offset: {e}"))?;
-        let ns = ts.as_nanosecond();
-        Ok(Self(
-            (ns * i128::from(TICKS_PER_SEC) / 1_000_000_000) as i64,
-        ))
+        let scaled = ts.as_nanosecond() * i128::from(TICKS_PER_SEC);
+        let (q, r) = (
+            scaled.div_euclid(1_000_000_000),
+            scaled.rem_euclid(1_000_000_000),
+        );
+        Ok(Self((q + i128::from(r >= 500_000_000)) as i64))
     }
 
     /// Formats as RFC 3339 in UTC with as many fractional digits as needed.
@@ -177,6 +184,23 @@ mod tests {
             Time90k::parse_rfc3339("2026-11-22T20:00:00").is_err(),
             "offset is required"
         );
+    }
+
+    #[test]
+    fn rfc3339_round_trips_every_tick() {
+        let base = Time90k::parse_rfc3339("2026-12-05T15:44:01Z").unwrap().0;
+        for t in (base..base + 2 * TICKS_PER_SEC).chain(-TICKS_PER_SEC..TICKS_PER_SEC) {
+            let s = Time90k(t).to_rfc3339();
+            assert_eq!(Time90k::parse_rfc3339(&s), Ok(Time90k(t)), "{s}");
+        }
+        // A hold's `from` that lost a tick over a restart before parsing rounded.
+        let t = Time90k::parse_rfc3339("2026-12-05T15:44:01.807344444Z").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-12-05T15:44:01.807344444Z");
+        // Times between ticks go to the nearest one.
+        let t0 = Time90k::parse_rfc3339("2026-12-05T15:44:01Z").unwrap();
+        let near = |s: &str| Time90k::parse_rfc3339(s).unwrap().0 - t0.0;
+        assert_eq!(near("2026-12-05T15:44:01.000005Z"), 0);
+        assert_eq!(near("2026-12-05T15:44:01.000006Z"), 1);
     }
 
     #[test]

@@ -382,6 +382,8 @@ pub fn http_post(addr: SocketAddr, path: &str, token: Option<&str>, json: &str) 
     http_request(addr, "POST", path, token, Some(json))
 }
 
+/// One request on a fresh connection: (status, body); status 0 when no answer came (refused,
+/// reset, closed while the request was sent or before an answer).
 fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -402,12 +404,13 @@ fn http_request(
             b.len()
         )
     });
-    write!(
-        s,
+    let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{body_head}Connection: close\r\n\r\n{}",
         body.unwrap_or("")
-    )
-    .unwrap();
+    );
+    // A server that dies (or answers and closes) while the request is sent makes the write fail
+    // (EPIPE, ECONNRESET): that is a status 0 like a refused connection, unless an answer came.
+    let _ = s.write_all(request.as_bytes());
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw).into_owned();
