@@ -56,6 +56,7 @@ fn hold_error(e: HoldError) -> ApiError {
         HoldError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
         HoldError::Invalid { field, message } => ApiError::bad_field(field, message),
         HoldError::Store(e) => ApiError::internal(e),
+        HoldError::Journal(e) => ApiError::internal(e),
     }
 }
 
@@ -280,18 +281,22 @@ pub async fn place(
     let st = state.clone();
     let u = user.clone();
     let hold = detached(async move {
-        let holds = st.holds.clone();
-        let by = u.name.clone();
-        let hold = tokio::task::spawn_blocking(move || holds.place(new, &by, now))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(hold_error)?;
-        tracing::info!(hold = hold.id, user = %u.name, "hold placed");
-        let mut e = entry(&u, "hold.place", hold_object(&hold));
-        e.reason = Some(hold.reason.clone());
-        e.reference = Some(hold.reference.clone()).filter(|r| !r.is_empty());
-        e.sites = hold_sites(&st, &hold);
-        st.record(e).await?;
+        // The hold and its `hold.place` entry are one batch: durable together or not at all.
+        let hold = tokio::task::spawn_blocking(move || {
+            st.holds.place_with(new, &u.name, now, &mut |hold, batch| {
+                let mut e = entry(&u, "hold.place", hold_object(hold));
+                e.reason = Some(hold.reason.clone());
+                e.reference = Some(hold.reference.clone()).filter(|r| !r.is_empty());
+                e.sites = hold_sites(&st, hold);
+                st.record_with(e, batch)
+                    .map(drop)
+                    .map_err(|e| HoldError::Journal(e.to_string()))
+            })
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(hold_error)?;
+        tracing::info!(hold = hold.id, "hold placed");
         Ok(hold)
     })
     .await?;
@@ -472,20 +477,30 @@ pub async fn extend(
     let st = state.clone();
     let u = user.clone();
     let hold = detached(async move {
-        let holds = st.holds.clone();
-        let by = u.name.clone();
+        // The extension and its `hold.extend` entry are one batch.
         let hold = tokio::task::spawn_blocking(move || {
-            holds.extend(h.id, req.expires_at, &req.reason, &by, now)
+            let by = u.name.clone();
+            st.holds.extend_with(
+                h.id,
+                req.expires_at,
+                &req.reason,
+                &by,
+                now,
+                &mut |hold, batch| {
+                    let mut e = entry(&u, "hold.extend", hold_object(hold));
+                    e.reason = hold.extensions.last().map(|x| x.reason.clone());
+                    e.reference = Some(hold.reference.clone()).filter(|r| !r.is_empty());
+                    e.sites = hold_sites(&st, hold);
+                    st.record_with(e, batch)
+                        .map(drop)
+                        .map_err(|e| HoldError::Journal(e.to_string()))
+                },
+            )
         })
         .await
         .map_err(ApiError::internal)?
         .map_err(hold_error)?;
-        tracing::info!(hold = hold.id, user = %u.name, "hold extended");
-        let mut e = entry(&u, "hold.extend", hold_object(&hold));
-        e.reason = hold.extensions.last().map(|x| x.reason.clone());
-        e.reference = Some(hold.reference.clone()).filter(|r| !r.is_empty());
-        e.sites = hold_sites(&st, &hold);
-        st.record(e).await?;
+        tracing::info!(hold = hold.id, "hold extended");
         Ok(hold)
     })
     .await?;

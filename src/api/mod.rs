@@ -40,6 +40,7 @@ use crate::metrics::{HttpLabels, Metrics};
 use crate::retention::holds::Holds;
 use crate::retention::intervals::{Interval, IntervalSet};
 use crate::retention::sweeper::{retention_gauges, SweeperConfig};
+use crate::store::index::IndexBatch;
 use crate::store::writer::WriterHandle;
 use crate::store::Store;
 use crate::time::Time90k;
@@ -80,7 +81,22 @@ impl AppState {
     /// Appends a logbook entry (synced) off the async threads; only then may data follow.
     /// Free-text fields are capped first (the handlers refuse overlong input with a 400; this is
     /// the backstop), so no request can make an entry, or a logbook listing, huge.
-    pub async fn record(self: &Arc<Self>, mut e: NewEntry) -> Result<HashedEntry, ApiError> {
+    pub async fn record(self: &Arc<Self>, e: NewEntry) -> Result<HashedEntry, ApiError> {
+        let st = self.clone();
+        tokio::task::spawn_blocking(move || st.record_with(e, IndexBatch::default()))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)
+    }
+
+    /// Appends a logbook entry (blocking) in the same batch as `with`: the change it records and
+    /// the entry become durable together or not at all. Long fields are cut as in
+    /// [`AppState::record`].
+    pub fn record_with(
+        &self,
+        mut e: NewEntry,
+        with: IndexBatch,
+    ) -> Result<HashedEntry, crate::logbook::LogbookError> {
         let cap = |v: &mut Option<String>, n: usize| {
             if let Some(s) = v.as_mut().filter(|s| s.len() > n) {
                 *s = export::truncate(s, n);
@@ -91,11 +107,7 @@ impl AppState {
         cap(&mut e.recipient, 256);
         cap(&mut e.reference, 256);
         cap(&mut e.text, 4000);
-        let st = self.clone();
-        let entry = tokio::task::spawn_blocking(move || st.logbook.append(st.store.index(), e))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
+        let entry = self.logbook.append_with(self.store.index(), e, with)?;
         self.metrics.logbook_entries.inc();
         Ok(entry)
     }

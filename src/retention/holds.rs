@@ -162,7 +162,18 @@ pub enum HoldError {
     /// Storing failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The journal (the logbook entry that records the change, in the same batch) failed: the
+    /// change was not stored either.
+    #[error("recording the change in the logbook failed: {0}")]
+    Journal(String),
 }
+
+/// Commits the batch that stores a hold change, given the hold as it will be stored.
+/// [`Holds::place_with`] and [`Holds::extend_with`] take one so that the caller (the API) adds
+/// the change's logbook entry to the same batch (`Logbook::append_with`): the hold and the entry
+/// that records it become durable together or not at all, so a crash in between can leave
+/// neither a hold without its `hold.place` entry nor an entry of a hold that does not exist.
+pub type Journal<'a> = &'a mut dyn FnMut(&Hold, IndexBatch) -> Result<(), HoldError>;
 
 /// An immutable view of every hold, with the pins per camera precomputed.
 #[derive(Debug, Default)]
@@ -323,6 +334,17 @@ impl Holds {
 
     /// Places a hold; returns it once it is durable and published.
     pub fn place(&self, req: NewHold, by: &str, now: Time90k) -> Result<Arc<Hold>, HoldError> {
+        self.place_with(req, by, now, &mut |_, batch| self.commit_plain(batch))
+    }
+
+    /// [`Holds::place`], committed by `journal` (see [`Journal`]).
+    pub fn place_with(
+        &self,
+        req: NewHold,
+        by: &str,
+        now: Time90k,
+        journal: Journal<'_>,
+    ) -> Result<Arc<Hold>, HoldError> {
         if req.from >= req.to {
             return Err(HoldError::Invalid {
                 field: "to",
@@ -367,7 +389,7 @@ impl Holds {
             extensions: Vec::new(),
             camera_sites: req.camera_sites,
         };
-        self.publish(&snap, hold)
+        self.publish(&snap, hold, journal)
     }
 
     /// Releases an active hold: its ranges go at the next sweep.
@@ -402,7 +424,7 @@ impl Holds {
             reason: reason.to_owned(),
             expires_at: None,
         });
-        self.publish(&snap, hold)
+        self.publish(&snap, hold, &mut |_, batch| self.commit_plain(batch))
     }
 
     /// Moves an active hold's expiry later.
@@ -413,6 +435,21 @@ impl Holds {
         reason: &str,
         by: &str,
         now: Time90k,
+    ) -> Result<Arc<Hold>, HoldError> {
+        self.extend_with(id, expires_at, reason, by, now, &mut |_, batch| {
+            self.commit_plain(batch)
+        })
+    }
+
+    /// [`Holds::extend`], committed by `journal` (see [`Journal`]).
+    pub fn extend_with(
+        &self,
+        id: u64,
+        expires_at: Time90k,
+        reason: &str,
+        by: &str,
+        now: Time90k,
+        journal: Journal<'_>,
     ) -> Result<Arc<Hold>, HoldError> {
         if reason.trim().is_empty() {
             return Err(HoldError::Invalid {
@@ -449,11 +486,25 @@ impl Holds {
             reason: reason.to_owned(),
             expires_at: Some(expires_at),
         });
-        self.publish(&snap, hold)
+        self.publish(&snap, hold, journal)
     }
 
-    /// Stores a hold (synced) and publishes the next snapshot. Caller holds the gate.
-    fn publish(&self, snap: &HoldSnapshot, hold: Hold) -> Result<Arc<Hold>, HoldError> {
+    /// Commits a batch on its own (synced): the journal of changes nobody logs with them.
+    fn commit_plain(&self, batch: IndexBatch) -> Result<(), HoldError> {
+        self.store
+            .index()
+            .commit(batch, true)
+            .map_err(|e| HoldError::Store(StoreError::from(e)))
+    }
+
+    /// Stores a hold (synced, through `journal`) and publishes the next snapshot. Caller holds
+    /// the gate.
+    fn publish(
+        &self,
+        snap: &HoldSnapshot,
+        hold: Hold,
+        journal: Journal<'_>,
+    ) -> Result<Arc<Hold>, HoldError> {
         let index = self.store.index();
         let mut batch = IndexBatch::default();
         batch.put_hold(
@@ -461,7 +512,7 @@ impl Holds {
             hold.id,
             &serde_json::to_vec(&hold).expect("a hold serialises"),
         );
-        index.commit(batch, true).map_err(StoreError::from)?;
+        journal(&hold, batch)?;
         let hold = Arc::new(hold);
         let mut holds = snap.holds.clone();
         holds.insert(hold.id, hold.clone());
