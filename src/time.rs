@@ -45,19 +45,24 @@ impl Time90k {
     }
 
     /// Parses an RFC 3339 timestamp with offset (e.g. `2026-11-22T21:00:00+01:00`).
+    /// A time between two ticks is rounded down to the earlier tick (before 1970 too).
     pub fn parse_rfc3339(s: &str) -> Result<Self, String> {
         let ts: jiff::Timestamp = s
             .parse()
             .map_err(|e| format!("not an RFC 3339 time with offset: {e}"))?;
         let ns = ts.as_nanosecond();
         Ok(Self(
-            (ns * i128::from(TICKS_PER_SEC) / 1_000_000_000) as i64,
+            (ns * i128::from(TICKS_PER_SEC)).div_euclid(1_000_000_000) as i64,
         ))
     }
 
-    /// Formats as RFC 3339 in UTC with as many fractional digits as needed.
+    /// Formats as RFC 3339 in UTC with as many fractional digits as needed. A tick is not a
+    /// whole number of nanoseconds: the time shown is the first nanosecond not before the tick,
+    /// so [`Time90k::parse_rfc3339`] gives exactly this tick back (what the API shows can be
+    /// sent back and names the same instant; stored JSON keeps its times).
     pub fn to_rfc3339(self) -> String {
-        let ns = i128::from(self.0) * 1_000_000_000 / i128::from(TICKS_PER_SEC);
+        // ceil(ticks * 10^9 / 90000), for negative ticks too.
+        let ns = -(-i128::from(self.0) * 1_000_000_000).div_euclid(i128::from(TICKS_PER_SEC));
         match jiff::Timestamp::from_nanosecond(ns) {
             Ok(ts) => ts.to_string(),
             Err(_) => format!("<out of range: {} ticks>", self.0),
@@ -176,6 +181,37 @@ mod tests {
         assert!(
             Time90k::parse_rfc3339("2026-11-22T20:00:00").is_err(),
             "offset is required"
+        );
+    }
+
+    /// Found by the `keytag_batch` fuzz target (fuzz/regressions/keytag_batch/): a time with a
+    /// fraction finer than a tick came back from the API one tick earlier, so events written
+    /// back (and holds stored as JSON) moved by a tick.
+    #[test]
+    fn every_tick_survives_rfc3339_and_back() {
+        let t = Time90k::parse_rfc3339("2026-11-22T20:05:03.1234567Z").unwrap();
+        assert_eq!(Time90k::parse_rfc3339(&t.to_rfc3339()), Ok(t));
+        let spots = [
+            0i64,
+            161_584_011_281_111,
+            -161_584_011_281_111,
+            i64::MAX / 100_000,
+        ];
+        for base in spots {
+            for d in -20_000i64..20_000 {
+                let t = Time90k(base + d);
+                let back = Time90k::parse_rfc3339(&t.to_rfc3339());
+                assert_eq!(back, Ok(t), "{}", t.to_rfc3339());
+            }
+        }
+        // Between two ticks: the earlier one, before 1970 as after.
+        assert_eq!(
+            Time90k::parse_rfc3339("1970-01-01T00:00:00.000000001Z"),
+            Ok(Time90k(0))
+        );
+        assert_eq!(
+            Time90k::parse_rfc3339("1969-12-31T23:59:59.999999999Z"),
+            Ok(Time90k(-1))
         );
     }
 
