@@ -197,8 +197,9 @@ fn fuzz_targets_run_clean() {
         assert!(TARGETS.contains(&t.as_str()), "unknown fuzz target {t:?}");
     }
 
-    // The smoke build: optimised, with debug assertions, no sanitizer (see README, "Fuzzing",
-    // for the build time this saves; the long runs use AddressSanitizer).
+    // All targets (cargo fuzz builds one or all). The smoke build: optimised, with debug
+    // assertions, no sanitizer (README, "Fuzzing", has the build times; the long runs use
+    // AddressSanitizer).
     let fuzz_target = target.join("fuzz");
     let started = Instant::now();
     let out = nightly_cargo()
@@ -213,7 +214,6 @@ fn fuzz_targets_run_clean() {
         ])
         .arg("--target-dir")
         .arg(&fuzz_target)
-        .args(targets.iter())
         .env("ROCKSDB_LIB_DIR", &rocksdb)
         .env("ROCKSDB_STATIC", "1")
         .output()
@@ -397,27 +397,27 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let r2 = record("noord-entrance", t0 + 3 * 3600, 2);
     let r3 = record("west-stairwell", t0 + 1800, 4);
     let with = |mode: &[u8], body: &[u8]| [mode, body].concat();
-    let mut out = Vec::new();
-
     // segment_decode: mode 0 raw, 1 CRC-fixed, 2 built header.
-    out.push(("segment_decode", "record-real".into(), with(&[0], &r1)));
-    out.push(("segment_decode", "record-real-2".into(), with(&[0], &r3)));
-    out.push((
-        "segment_decode",
-        "record-torn".into(),
-        with(&[0], &r1[..r1.len() - 30]),
-    ));
-    out.push(("segment_decode", "record-fixup".into(), with(&[1], &r2)));
-    out.push((
-        "segment_decode",
-        "built-small".into(),
-        with(&[2, 1, 4, b'c', b'a', b'm', b'1'], &[7u8; 48]),
-    ));
-    out.push((
-        "segment_decode",
-        "built-large".into(),
-        with(&[2, 0, 3, b'c', b'a', b'm'], &[0x41u8; 64]),
-    ));
+    let mut out = vec![
+        ("segment_decode", "record-real".into(), with(&[0], &r1)),
+        ("segment_decode", "record-real-2".into(), with(&[0], &r3)),
+        (
+            "segment_decode",
+            "record-torn".into(),
+            with(&[0], &r1[..r1.len() - 30]),
+        ),
+        ("segment_decode", "record-fixup".into(), with(&[1], &r2)),
+        (
+            "segment_decode",
+            "built-small".into(),
+            with(&[2, 1, 4, b'c', b'a', b'm', b'1'], &[7u8; 48]),
+        ),
+        (
+            "segment_decode",
+            "built-large".into(),
+            with(&[2, 0, 3, b'c', b'a', b'm'], &[0x41u8; 64]),
+        ),
+    ];
 
     // recovery_scan: mode, where the scan starts, then the file (or the build steps).
     let file = [r1.clone(), b"torn-bytes".to_vec(), r2.clone(), r3.clone()].concat();
