@@ -4,7 +4,8 @@
 # (export checks, clip making), prometheus (promtool), faketime (tests/clock.rs moves the daemon's
 # wall clock with libfaketime), fuse3 and e2fsprogs (tests/faults.rs: the faultfs FUSE layer and
 # the loop-mounted ext4 image), and schemathesis from PyPI (tests/api_spec.rs
-# runs it against docs/api.yaml) in a venv of its own. Needs root (or sudo) and a Rust toolchain.
+# runs it against docs/api.yaml) in a venv of its own; the nightly toolchain and cargo-fuzz for the
+# fuzz targets (fuzz/, tests/fuzz_smoke.rs). Needs root (or sudo) and a Rust toolchain (rustup).
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -26,6 +27,22 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: no cargo on PATH; install Rust (rustup) first" >&2
   exit 1
+fi
+# The fuzz targets (fuzz/, run by tests/fuzz_smoke.rs) need a nightly toolchain and cargo-fuzz,
+# pinned so that a new release cannot change the run.
+CARGO_FUZZ_VERSION=0.13.2
+if command -v rustup >/dev/null 2>&1; then
+  if ! rustup toolchain list | grep -q '^nightly-'; then
+    echo "setup: installing the nightly toolchain (for cargo-fuzz)"
+    rustup toolchain install nightly --profile minimal
+  fi
+else
+  echo "setup: no rustup: the fuzz smoke test needs a nightly toolchain and is skipped" >&2
+fi
+if ! cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $CARGO_FUZZ_VERSION"; then
+  echo "setup: installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  # (its own temporary target dir: never the project's CARGO_TARGET_DIR)
+  env -u CARGO_TARGET_DIR cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --force
 fi
 # schemathesis (needs Python >= 3.11: Debian 12 has 3.11), pinned with its dependencies, in its own
 # venv (Debian's python3 refuses pip installs outside one).

@@ -19,6 +19,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod export;
+pub mod fuzz_checks;
 pub mod ingest;
 pub mod keytags;
 pub mod logbook;

@@ -37,11 +37,11 @@ pub const MAGIC: [u8; 4] = *b"HFSG";
 /// The record format version this code writes and reads.
 pub const VERSION: u16 = 1;
 /// Bytes before the variable part of the header.
-const FIXED_LEN: usize = 45;
+pub const FIXED_LEN: usize = 45;
 /// Bytes per frame-table entry.
 const FRAME_ENTRY_LEN: usize = 9;
 /// Bytes of the two CRCs that end the header.
-const CRC_LEN: usize = 8;
+pub const CRC_LEN: usize = 8;
 /// Bytes a reader needs to learn `header_len` (magic, version, header_len).
 pub const PREFIX_LEN: usize = 10;
 /// The largest header this code accepts (guards against absurd lengths in corrupt data).
