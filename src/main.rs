@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use holdfast::config::Config;
@@ -319,7 +320,10 @@ fn reindex(c: &Config, force: bool) -> anyhow::Result<ExitCode> {
             logbook::ACTION_LOST
         );
     }
-    let report = recovery::reindex(&store, c.storage.bucket_secs())?;
+    let report = recovery::reindex(&store, c.storage.bucket_secs()).context(
+        "reindex stopped: the index now holds the files before the one named; fix the disk and \
+         run reindex again (or start the daemon: its recovery indexes the files not yet indexed)",
+    )?;
     println!("reindex: {report}");
     Ok(ExitCode::SUCCESS)
 }

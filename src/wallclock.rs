@@ -198,6 +198,10 @@ pub struct Detector {
     high_mono: Duration,
     last_mono: Duration,
     state: State,
+    /// The unconfirmed forward jump was found at start on a new boot (downtime or a wrong RTC,
+    /// not a step seen while running): [`Detector::confirm_boot_step`] may believe it once the
+    /// kernel says NTP is in sync.
+    boot_jump: bool,
 }
 
 impl Detector {
@@ -212,6 +216,7 @@ impl Detector {
             high_mono: mono,
             last_mono: mono,
             state: State::Synced,
+            boot_jump: false,
         }
     }
 
@@ -270,6 +275,7 @@ impl Detector {
             return (d, None);
         }
         let direction = Direction::of(offset);
+        d.boot_jump = same_boot.is_none() && direction == Direction::Forward;
         d.state = State::Unconfirmed {
             direction,
             // The same jump as before the restart: its confirmation period goes on.
@@ -305,6 +311,39 @@ impl Detector {
         self.anchor = wall;
         self.anchor_mono = mono;
         self.state = State::Synced;
+        self.boot_jump = false;
+    }
+
+    /// After a reboot the daemon cannot tell downtime from a wrong clock, so a wall clock ahead
+    /// of the saved trusted time is an unconfirmed forward jump, and new footage would be stamped
+    /// behind real time by the downtime until it is confirmed. When the kernel reports that NTP
+    /// has synchronised the clock (`ntp_synced`), that forward step is believed at once: it is
+    /// what every other program on the machine believes. Only a step found at start on a new
+    /// boot qualifies; a step seen while running (a bad NTP source) still waits for
+    /// `clock.jump_confirm` or an accept.
+    pub fn confirm_boot_step(
+        &mut self,
+        wall: Time90k,
+        mono: Duration,
+        ntp_synced: bool,
+    ) -> Option<Event> {
+        let (_, ev) = self.observe(wall, mono);
+        if ev.is_some() || !ntp_synced || !self.boot_jump {
+            return ev;
+        }
+        match self.state {
+            State::Unconfirmed {
+                direction: Direction::Forward,
+                offset,
+                ..
+            } => {
+                let mono = self.last_mono;
+                self.believe(wall, mono);
+                self.observe(wall, mono);
+                Some(Event::Confirmed { offset })
+            }
+            _ => None,
+        }
     }
 
     /// The trusted time at `mono` without moving the high-water mark.
@@ -335,6 +374,7 @@ impl Detector {
             }
             State::Synced => {
                 let direction = Direction::of(offset);
+                self.boot_jump = false;
                 self.state = State::Unconfirmed {
                     direction,
                     since: mono,
@@ -353,10 +393,12 @@ impl Detector {
             } => {
                 if offset.abs() <= self.threshold {
                     self.state = State::Synced;
+                    self.boot_jump = false;
                     Some(Event::Reverted { offset: seen })
                 } else if (offset - seen).abs() > self.threshold {
                     // Another jump: its own confirmation period starts now.
                     let step = offset - seen;
+                    self.boot_jump = false;
                     self.state = State::Unconfirmed {
                         direction: Direction::of(offset),
                         since: mono,
@@ -498,6 +540,15 @@ pub fn boot_time() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// Whether the kernel says an NTP daemon keeps the clock synchronised (`adjtimex` without
+/// `STA_UNSYNC`, what `timedatectl` shows as "System clock synchronized").
+pub fn ntp_synced() -> bool {
+    // SAFETY: a zeroed timex with modes 0 only reads the kernel's state into it.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::adjtimex(&mut tx) };
+    rc >= 0 && rc != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0
+}
+
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), empty when unreadable.
 pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -563,7 +614,7 @@ impl TrustedClock {
             boot_id,
         });
         if let Some(ev) = ev {
-            let mut g = clock.inner.lock().expect("clock lock");
+            let mut g = clock.inner.lock().unwrap_or_else(|p| p.into_inner());
             clock.note(&mut g, ev, "start", Time90k::now());
         }
         clock.observe();
@@ -616,7 +667,7 @@ impl TrustedClock {
     fn observe(&self) -> Reading {
         let wall = Time90k::now();
         let mono = boot_time();
-        let mut g = self.inner.lock().expect("clock lock");
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (r, ev) = g.det.observe(wall, mono);
         if let Some(ev) = ev {
             self.note(&mut g, ev, "clock", wall);
@@ -643,7 +694,7 @@ impl TrustedClock {
     /// one `needs_accept` (it is never confirmed by time alone).
     pub fn status(&self) -> serde_json::Value {
         let r = self.observe();
-        let g = self.inner.lock().expect("clock lock");
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut v = serde_json::json!({
             "state": g.det.state_name(),
             "offset_seconds": secs(r.offset()),
@@ -664,7 +715,7 @@ impl TrustedClock {
     /// when the wall clock was trusted already. The caller writes the logbook entry.
     pub fn accept(&self, by: &str) -> Option<f64> {
         let wall = Time90k::now();
-        let mut g = self.inner.lock().expect("clock lock");
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let ev = g.det.accept(wall, boot_time())?;
         let offset = match ev {
             Event::Accepted { offset }
@@ -684,8 +735,22 @@ impl TrustedClock {
         matches!(ev, Event::Accepted { .. }).then(|| secs(offset))
     }
 
+    /// [`TrustedClock::observe`], and a forward step found at start on a new boot believed once
+    /// the kernel says NTP is in sync ([`Detector::confirm_boot_step`]).
+    fn observe_boot_step(&self) {
+        let wall = Time90k::now();
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let ev = g.det.confirm_boot_step(wall, boot_time(), ntp_synced());
+        if let Some(ev) = ev {
+            if matches!(ev, Event::Confirmed { .. }) && g.det.state == State::Synced {
+                tracing::warn!("clock: NTP is in sync after a reboot: the wall clock is trusted");
+            }
+            self.note(&mut g, ev, "ntp", wall);
+        }
+    }
+
     fn take_pending(&self) -> Vec<(Event, String)> {
-        std::mem::take(&mut self.inner.lock().expect("clock lock").pending)
+        std::mem::take(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()).pending)
     }
 
     /// Persists the state (synced write when `sync`).
@@ -695,7 +760,7 @@ impl TrustedClock {
         sync: bool,
     ) -> Result<(), crate::store::index::IndexError> {
         let saved = {
-            let g = self.inner.lock().expect("clock lock");
+            let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             g.det.saved(&self.boot_id)
         };
         let mut batch = IndexBatch::default();
@@ -737,7 +802,7 @@ impl TrustedClock {
         let index = store.index();
         let mut last_persist: Option<std::time::Instant> = None;
         loop {
-            self.observe();
+            self.observe_boot_step();
             if let Some(req) = read_request(data_dir) {
                 self.answer(index, logbook, data_dir, req);
             }
@@ -1372,6 +1437,64 @@ mod tests {
         assert_eq!(ev, None);
         let (_, ev) = d2.observe(T0.add_ticks(30 * day + 3701 * S), m(3701));
         assert!(matches!(ev, Some(Event::Confirmed { .. })));
+    }
+
+    #[test]
+    fn a_forward_step_at_boot_is_believed_once_ntp_is_in_sync_a_running_one_is_not() {
+        let newest = T0.add_ticks(50 * S);
+        let down = 3 * 3600 * S;
+        // A new boot after three hours of downtime: unconfirmed forward, footage held back.
+        let (mut d, ev) = Detector::resume(
+            settings(),
+            newest.add_ticks(down),
+            m(0),
+            "boot-b",
+            None,
+            Some(newest),
+        );
+        assert!(matches!(
+            ev,
+            Some(Event::Jump {
+                direction: Direction::Forward,
+                ..
+            })
+        ));
+        // NTP not in sync yet: nothing changes.
+        assert_eq!(
+            d.confirm_boot_step(newest.add_ticks(down + S), m(1), false),
+            None
+        );
+        assert_eq!(d.state_name(), "unconfirmed_forward");
+        // In sync: believed at once, and the trusted time is the wall clock.
+        let ev = d.confirm_boot_step(newest.add_ticks(down + 2 * S), m(2), true);
+        assert!(matches!(ev, Some(Event::Confirmed { .. })), "{ev:?}");
+        assert_eq!(d.state_name(), "synced");
+        let (r, _) = d.observe(newest.add_ticks(down + 3 * S), m(3));
+        assert_eq!(r.trusted, newest.add_ticks(down + 3 * S));
+        // A step while running (a bad NTP source) is not believed because NTP says it is in
+        // sync: it waits for jump_confirm or an accept.
+        let day = 86_400 * S;
+        let (_, ev) = d.observe(newest.add_ticks(down + 30 * day), m(4));
+        assert!(ev.is_some());
+        assert_eq!(
+            d.confirm_boot_step(newest.add_ticks(down + 30 * day + S), m(5), true),
+            None
+        );
+        assert_eq!(d.state_name(), "unconfirmed_forward");
+        // Nor is a backward step at boot (a dead RTC battery).
+        let (mut d, _) = Detector::resume(
+            settings(),
+            newest.add_ticks(-day),
+            m(0),
+            "boot-b",
+            None,
+            Some(newest),
+        );
+        assert_eq!(
+            d.confirm_boot_step(newest.add_ticks(-day + S), m(1), true),
+            None
+        );
+        assert_eq!(d.state_name(), "unconfirmed_backward");
     }
 
     #[test]

@@ -45,7 +45,7 @@ use std::time::Duration;
 use faultfs::{FaultFs, Op};
 use holdfast::time::{Time90k, TICKS_PER_SEC};
 use rand::Rng;
-use support::procs::{Camsim, Daemon, RtspServer};
+use support::procs::{holdfast, Camsim, Daemon, RtspServer};
 use support::synth;
 
 fn errno(e: &std::io::Error) -> i32 {
@@ -290,23 +290,6 @@ fn seed() -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| rand::rng().random())
-}
-
-fn holdfast(args: &[&str], config: &Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_holdfast"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 /// Recorded intervals of a camera over the last hour, as (from, to).

@@ -37,7 +37,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,7 +45,7 @@ use std::time::{Duration, Instant};
 use holdfast::retention::intervals::{Interval, IntervalSet};
 use holdfast::time::{Time90k, TICKS_PER_SEC};
 use rand::Rng;
-use support::procs::{http_get, http_post, q, Camsim, Daemon, ADMIN_TOKEN};
+use support::procs::{holdfast, http_get, http_post, q, Camsim, Daemon, ADMIN_TOKEN};
 
 /// Cameras and their sites: `site-a` keeps footage [`SHORT_RETENTION`], `site-b` [`KEEP_RETENTION`].
 const CAMERAS: [(&str, &str); 4] = [
@@ -318,23 +317,6 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
         .cloned()
         .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
         .unwrap_or_else(|| "(no message)".to_owned())
-}
-
-fn holdfast(args: &[&str], config: &Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_holdfast"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 /// The test's state that outlives restarts.

@@ -820,6 +820,42 @@ fn reclaim_waits_for_an_unmounted_disk_and_one_bad_record_stops_nothing() {
 }
 
 #[test]
+fn a_removed_policy_directory_does_not_keep_its_reclaim_records_forever() {
+    use holdfast::store::index::{IndexBatch, Reclaim};
+    let dir = tempfile::tempdir().unwrap();
+    write_all(dir.path(), sample(52, 15));
+    let store = Store::open_without_recovery(dir.path()).unwrap();
+    let index = store.index();
+    let mut b0 = index.buckets(None).unwrap()[0].clone();
+    let path0 = store.bucket_path(&b0.policy, b0.start);
+    b0.expired = true;
+    let mut batch = IndexBatch::default();
+    batch.put_bucket(index, &b0);
+    batch.delete_bucket_segments(index, &b0.policy, b0.start);
+    batch.put_reclaim(
+        index,
+        &Reclaim {
+            policy: b0.policy.clone(),
+            bucket: b0.start,
+            offset: 0,
+            len: None,
+        },
+    );
+    index.commit(batch, true).unwrap();
+    drop(store);
+    // The operator removed the renamed policy's directory, files and all; the buckets directory
+    // is the one the store opens and holds another policy's directory.
+    let policy_dir = path0.parent().unwrap().to_owned();
+    std::fs::remove_dir_all(&policy_dir).unwrap();
+    std::fs::create_dir(policy_dir.parent().unwrap().join("another-policy")).unwrap();
+    let store = Store::open_without_recovery(dir.path()).unwrap();
+    let r = store.reclaim().unwrap();
+    assert_eq!((r.records, r.failed), (1, 0), "{r:?}");
+    assert_eq!(store.reclaim_status(), Default::default());
+    assert!(store.index().reclaims().unwrap().is_empty());
+}
+
+#[test]
 fn run_with_accept_missing_files_logs_the_loss_with_its_held_entries() {
     use holdfast::retention::holds::{Holds, NewHold};
     use support::procs::Daemon;

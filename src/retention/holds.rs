@@ -327,7 +327,9 @@ impl Holds {
     }
 
     /// Takes the gate: no hold changes until the guard is dropped. For irreversible deletions
-    /// (see the module doc); keep it short.
+    /// (see the module doc); keep it short. Lock order: the gate, then the logbook's head (a
+    /// [`Journal`] appends under the gate), then the index; never the other way round, and the
+    /// store's reclaim lock only after the gate is dropped.
     pub fn gate(&self) -> MutexGuard<'_, ()> {
         self.gate.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -210,9 +210,11 @@ impl Store {
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
-    /// Whether a bucket file that was not found is really gone: its policy directory exists and
-    /// the buckets directory is the one the store opened (not an empty mount point, not a
-    /// directory put in its place). Otherwise the error to keep the record with.
+    /// Whether a bucket file that was not found is really gone: the buckets directory is the one
+    /// the store opened (not a directory put in its place), and either the file's policy
+    /// directory exists, or it does not but the buckets directory holds other entries (an
+    /// operator removed the empty directory of a renamed policy; an empty mount point holds
+    /// nothing). Otherwise the error to keep the record with.
     fn really_gone(&self, path: &std::path::Path) -> Result<(), std::io::Error> {
         let buckets = self.buckets_dir();
         let same = match (self.buckets_id, dir_identity(&buckets)) {
@@ -220,15 +222,19 @@ impl Store {
             _ => false,
         };
         let policy_dir = path.parent().is_some_and(|d| d.is_dir());
-        if same && policy_dir {
+        let others = || {
+            std::fs::read_dir(&buckets)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false)
+        };
+        if same && (policy_dir || others()) {
             Ok(())
         } else {
             Err(std::io::Error::other(format!(
-                "not found, and {} is not the directory the store opened or has no {}: \
-                 kept until the file can be reached (a disk not mounted?)",
+                "{} not found, and {} is not the directory the store opened or is empty: kept \
+                 until the file can be reached (a disk not mounted?)",
+                path.display(),
                 buckets.display(),
-                path.parent()
-                    .map_or_else(String::new, |d| d.display().to_string())
             )))
         }
     }

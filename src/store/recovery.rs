@@ -556,8 +556,13 @@ impl ScanCtx<'_> {
             // Only synced bytes are indexed: after a process crash the recovered records may
             // still be only in the page cache.
             let mut synced = file.sync_all().map_err(|e| e.to_string());
-            if synced.is_ok() && !was_indexed && !scan.records.is_empty() {
-                // The file itself must survive a power cut before entries name it.
+            if synced.is_ok()
+                && (!was_indexed || info.committed_len == 0)
+                && !scan.records.is_empty()
+            {
+                // The file itself must survive a power cut before entries name it. The writer
+                // names a new bucket in the index when it creates the file (committed_len 0),
+                // before the directory entry is synced: such a bucket is as new as an unknown one.
                 if let Some(dir) = path.parent() {
                     if !self.sync_dir_once(dir) {
                         synced = Err(format!("sync directory {}", dir.display()));

@@ -618,3 +618,22 @@ impl Drop for Camsim {
         terminate(&mut self.child);
     }
 }
+
+/// Runs a `holdfast` subcommand (`args`, then `--config FILE`) to its end: whether it succeeded,
+/// and its stdout and stderr together.
+pub fn holdfast(args: &[&str], config: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_holdfast"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
