@@ -227,6 +227,13 @@ fn hold_traffic(addr: SocketAddr, log: Arc<Mutex<HoldLog>>, stop: Arc<AtomicBool
         let to = from
             .add_ticks(rng.random_range(TICKS_PER_SEC / 2..10 * TICKS_PER_SEC))
             .min(now);
+        // Every third 10 s slot of wall time is never held, so that the short policy always has
+        // unheld footage to expire (with holds this dense everything else may well be pinned,
+        // and the check that retention ran would depend on luck).
+        let slot = |t: Time90k| t.0.div_euclid(10 * TICKS_PER_SEC);
+        if (slot(from)..=slot(to)).any(|s| s.rem_euclid(3) == 0) {
+            continue;
+        }
         let target = if rng.random_bool(0.25) {
             format!(r#""site":"{}""#, SITES[rng.random_range(0..SITES.len())])
         } else {
@@ -903,8 +910,7 @@ fn sigkill_under_load_loses_nothing_durable_or_held() {
         .iter()
         .map(|c| run.known[*c].difference(&listing[*c]).total_len())
         .sum();
-    assert!(
-        expired > 0 || kills < 10,
-        "retention never expired site-a's footage: the short policy did not run"
-    );
+    if expired == 0 && kills >= 10 {
+        run.fail("retention never expired site-a's footage: the short policy did not run".into());
+    }
 }
