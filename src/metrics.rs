@@ -19,6 +19,18 @@ pub struct CameraLabel {
     pub camera: String,
 }
 
+/// Every `reason` of [`DropLabels`]; each camera's series start at 0 (see
+/// [`Metrics::register_camera_drops`]).
+pub const DROP_REASONS: [&str; 7] = [
+    "queue_full",
+    "write_error",
+    "sync_error",
+    "writer_stopped",
+    "expired",
+    "storage_full",
+    "invalid",
+];
+
 /// Label set of dropped-segment counts.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
@@ -357,6 +369,13 @@ impl Metrics {
             "Steps of the wall clock against the monotonic clock beyond clock.jump_threshold",
             clock_jumps.clone(),
         );
+        // Both directions exist from the start at 0, so the first jump is an increase that
+        // `increase(holdfast_clock_jumps_total[10m])` (the alert) sees.
+        for direction in ["forward", "backward"] {
+            clock_jumps.get_or_create(&DirectionLabel {
+                direction: direction.to_owned(),
+            });
+        }
         let clock_offset_seconds = GaugeF64::default();
         registry.register(
             "holdfast_clock_offset_seconds",
@@ -415,6 +434,17 @@ impl Metrics {
             "Bucket files the index names that are missing",
             m.index_missing_files.clone(),
         );
+    }
+
+    /// Creates a camera's dropped-segment series at 0 for every reason, so the first drop is an
+    /// increase a rate or an alert sees, and dashboards show the family before anything failed.
+    pub fn register_camera_drops(&self, camera: &str) {
+        for reason in DROP_REASONS {
+            self.segments_dropped.get_or_create(&DropLabels {
+                camera: camera.to_owned(),
+                reason: reason.to_owned(),
+            });
+        }
     }
 
     /// Counts a dropped segment.
@@ -478,6 +508,23 @@ fn to_prometheus_text(open_metrics: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clock_jumps_and_camera_drops_start_at_zero() {
+        let m = Metrics::new();
+        m.register_camera_drops("noord");
+        let text = m.encode();
+        for direction in ["forward", "backward"] {
+            let series = format!("holdfast_clock_jumps_total{{direction=\"{direction}\"}} 0");
+            assert!(text.contains(&series), "{text}");
+        }
+        for reason in DROP_REASONS {
+            let series = format!(
+                "holdfast_segments_dropped_total{{camera=\"noord\",reason=\"{reason}\"}} 0"
+            );
+            assert!(text.contains(&series), "{text}");
+        }
+    }
 
     #[test]
     fn counters_are_named_with_total_in_text_format() {

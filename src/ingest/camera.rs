@@ -97,6 +97,7 @@ impl CameraMetrics {
         let l = crate::metrics::CameraLabel {
             camera: camera.to_owned(),
         };
+        m.register_camera_drops(camera);
         Self {
             up: m.camera_up.get_or_create_owned(&l),
             frames: m.camera_frames.get_or_create_owned(&l),
