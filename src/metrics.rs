@@ -372,9 +372,9 @@ impl Metrics {
         // Both directions exist from the start at 0, so the first jump is an increase that
         // `increase(holdfast_clock_jumps_total[10m])` (the alert) sees.
         for direction in ["forward", "backward"] {
-            clock_jumps.get_or_create(&DirectionLabel {
+            drop(clock_jumps.get_or_create(&DirectionLabel {
                 direction: direction.to_owned(),
-            });
+            }));
         }
         let clock_offset_seconds = GaugeF64::default();
         registry.register(
@@ -440,10 +440,10 @@ impl Metrics {
     /// increase a rate or an alert sees, and dashboards show the family before anything failed.
     pub fn register_camera_drops(&self, camera: &str) {
         for reason in DROP_REASONS {
-            self.segments_dropped.get_or_create(&DropLabels {
+            drop(self.segments_dropped.get_or_create(&DropLabels {
                 camera: camera.to_owned(),
                 reason: reason.to_owned(),
-            });
+            }));
         }
     }
 
