@@ -285,13 +285,6 @@ fn faultfs_serves_io_uring_writev_and_fdatasync() {
 // ---------------------------------------------------------------------------------------------
 // The daemon on faultfs.
 
-fn seed() -> u64 {
-    std::env::var("HOLDFAST_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::rng().random())
-}
-
 /// Recorded intervals of a camera over the last hour, as (from, to).
 fn intervals(d: &Daemon, cam: &str) -> Vec<(Time90k, Time90k)> {
     let now = Time90k::now();
@@ -371,11 +364,8 @@ fn two_cameras(server: &RtspServer, policies: [&str; 2], retention: &str) -> Str
 
 #[test]
 fn power_cuts_lose_nothing_committed() {
-    let cuts: usize = std::env::var("HOLDFAST_POWER_CUTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let seed = seed();
+    let cuts = support::synth::env_count("HOLDFAST_POWER_CUTS", 5);
+    let seed = support::synth::seed();
     eprintln!("power-cut test: {cuts} cuts, seed {seed} (HOLDFAST_TEST_SEED repeats it)");
     let mut rng = support::synth::rng(seed);
     let server = RtspServer::start(&["--cameras", "2"]);

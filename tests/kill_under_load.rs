@@ -90,13 +90,6 @@ fn safe_from(cam: &str, now: Time90k) -> Time90k {
     )
 }
 
-fn seed() -> u64 {
-    std::env::var("HOLDFAST_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::rng().random())
-}
-
 fn secs(t: i64) -> f64 {
     t as f64 / TICKS_PER_SEC as f64
 }
@@ -714,11 +707,8 @@ fn a_request_to_a_server_that_dies_mid_request_is_status_0_not_a_panic() {
 
 #[test]
 fn sigkill_under_load_loses_nothing_durable_or_held() {
-    let kills: usize = std::env::var("HOLDFAST_KILLS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
-    let seed = seed();
+    let kills = support::synth::env_count("HOLDFAST_KILLS", 20);
+    let seed = support::synth::seed();
     eprintln!("kill test: {kills} kills, seed {seed} (HOLDFAST_TEST_SEED={seed} replays)");
     let mut rng = support::synth::rng(seed);
     let sim = Camsim::start(CAMERAS.len());

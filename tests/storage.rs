@@ -733,17 +733,17 @@ fn a_missing_file_of_an_indexed_bucket_is_never_written_over_its_entries() {
     assert_eq!(store.metrics().index_missing_files.get(), 1);
 }
 
-#[test]
-fn reclaim_waits_for_an_unmounted_disk_and_one_bad_record_stops_nothing() {
-    use holdfast::store::index::{IndexBatch, Reclaim, CF_RECLAIM};
-    let dir = tempfile::tempdir().unwrap();
-    write_all(dir.path(), sample(51, 15));
-    let store = Store::open_without_recovery(dir.path()).unwrap();
+/// Expires the store's first bucket as the sweeper does (its entries gone, the bucket marked
+/// expired, a whole-bucket reclaim record), with `extra` added to the same batch; returns the
+/// bucket file's path.
+fn expire_first_bucket_by_hand(
+    store: &Store,
+    extra: impl FnOnce(&holdfast::store::index::Index, &mut holdfast::store::index::IndexBatch),
+) -> std::path::PathBuf {
+    use holdfast::store::index::{IndexBatch, Reclaim};
     let index = store.index();
     let mut b0 = index.buckets(None).unwrap()[0].clone();
     let path0 = store.bucket_path(&b0.policy, b0.start);
-    // Expired as the sweeper does it: entries gone, a whole-bucket record; and one record
-    // that cannot be decoded.
     b0.expired = true;
     let mut batch = IndexBatch::default();
     batch.put_bucket(index, &b0);
@@ -757,8 +757,21 @@ fn reclaim_waits_for_an_unmounted_disk_and_one_bad_record_stops_nothing() {
             len: None,
         },
     );
-    batch.put_raw(index, CF_RECLAIM, b"not a reclaim key", b"?");
+    extra(index, &mut batch);
     index.commit(batch, true).unwrap();
+    path0
+}
+
+#[test]
+fn reclaim_waits_for_an_unmounted_disk_and_one_bad_record_stops_nothing() {
+    use holdfast::store::index::{IndexBatch, CF_RECLAIM};
+    let dir = tempfile::tempdir().unwrap();
+    write_all(dir.path(), sample(51, 15));
+    let store = Store::open_without_recovery(dir.path()).unwrap();
+    // Expired as the sweeper does it; and one record that cannot be decoded.
+    let path0 = expire_first_bucket_by_hand(&store, |index, batch| {
+        batch.put_raw(index, CF_RECLAIM, b"not a reclaim key", b"?")
+    });
     drop(store);
 
     // The buckets disk is not mounted: its mount point is an empty directory.
@@ -821,27 +834,10 @@ fn reclaim_waits_for_an_unmounted_disk_and_one_bad_record_stops_nothing() {
 
 #[test]
 fn a_removed_policy_directory_does_not_keep_its_reclaim_records_forever() {
-    use holdfast::store::index::{IndexBatch, Reclaim};
     let dir = tempfile::tempdir().unwrap();
     write_all(dir.path(), sample(52, 15));
     let store = Store::open_without_recovery(dir.path()).unwrap();
-    let index = store.index();
-    let mut b0 = index.buckets(None).unwrap()[0].clone();
-    let path0 = store.bucket_path(&b0.policy, b0.start);
-    b0.expired = true;
-    let mut batch = IndexBatch::default();
-    batch.put_bucket(index, &b0);
-    batch.delete_bucket_segments(index, &b0.policy, b0.start);
-    batch.put_reclaim(
-        index,
-        &Reclaim {
-            policy: b0.policy.clone(),
-            bucket: b0.start,
-            offset: 0,
-            len: None,
-        },
-    );
-    index.commit(batch, true).unwrap();
+    let path0 = expire_first_bucket_by_hand(&store, |_, _| ());
     drop(store);
     // The operator removed the renamed policy's directory, files and all; the buckets directory
     // is the one the store opens and holds another policy's directory.

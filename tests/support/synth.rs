@@ -66,3 +66,19 @@ pub fn segment(
         frames,
     }
 }
+
+/// The seed of a randomised test: `HOLDFAST_TEST_SEED` when set (to replay a run), else a new one.
+pub fn seed() -> u64 {
+    std::env::var("HOLDFAST_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random())
+}
+
+/// A count from the environment variable `var` (a long form), else `default`.
+pub fn env_count(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
