@@ -320,16 +320,16 @@ impl Detector {
     /// has synchronised the clock (`ntp_synced`), that forward step is believed at once: it is
     /// what every other program on the machine believes. Only a step found at start on a new
     /// boot qualifies; a step seen while running (a bad NTP source) still waits for
-    /// `clock.jump_confirm` or an accept.
+    /// `clock.jump_confirm` or an accept. It does not feed a reading: the caller observes first,
+    /// so that what that reading finds is reported as the clock's own, not as NTP's.
     pub fn confirm_boot_step(
         &mut self,
         wall: Time90k,
         mono: Duration,
         ntp_synced: bool,
     ) -> Option<Event> {
-        let (_, ev) = self.observe(wall, mono);
-        if ev.is_some() || !ntp_synced || !self.boot_jump {
-            return ev;
+        if !ntp_synced || !self.boot_jump {
+            return None;
         }
         match self.state {
             State::Unconfirmed {
@@ -337,7 +337,7 @@ impl Detector {
                 offset,
                 ..
             } => {
-                let mono = self.last_mono;
+                let mono = mono.max(self.last_mono);
                 self.believe(wall, mono);
                 self.observe(wall, mono);
                 Some(Event::Confirmed { offset })
@@ -738,13 +738,11 @@ impl TrustedClock {
     /// [`TrustedClock::observe`], and a forward step found at start on a new boot believed once
     /// the kernel says NTP is in sync ([`Detector::confirm_boot_step`]).
     fn observe_boot_step(&self) {
+        self.observe();
         let wall = Time90k::now();
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let ev = g.det.confirm_boot_step(wall, boot_time(), ntp_synced());
-        if let Some(ev) = ev {
-            if matches!(ev, Event::Confirmed { .. }) && g.det.state == State::Synced {
-                tracing::warn!("clock: NTP is in sync after a reboot: the wall clock is trusted");
-            }
+        if let Some(ev) = g.det.confirm_boot_step(wall, boot_time(), ntp_synced()) {
+            tracing::warn!("clock: NTP is in sync after a reboot: the wall clock is trusted");
             self.note(&mut g, ev, "ntp", wall);
         }
     }
