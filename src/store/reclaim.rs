@@ -212,9 +212,9 @@ impl Store {
 
     /// Whether a bucket file that was not found is really gone: the buckets directory is the one
     /// the store opened (not a directory put in its place), and either the file's policy
-    /// directory exists, or it does not but the buckets directory holds other entries (an
-    /// operator removed the empty directory of a renamed policy; an empty mount point holds
-    /// nothing). Otherwise the error to keep the record with.
+    /// directory exists, or it does not but the buckets directory holds another policy's
+    /// directory (an operator removed the empty directory of a renamed policy; an empty mount
+    /// point holds none, or only lost+found). Otherwise the error to keep the record with.
     fn really_gone(&self, path: &std::path::Path) -> Result<(), std::io::Error> {
         let buckets = self.buckets_dir();
         let same = match (self.buckets_id, dir_identity(&buckets)) {
@@ -222,10 +222,13 @@ impl Store {
             _ => false,
         };
         let policy_dir = path.parent().is_some_and(|d| d.is_dir());
+        // Another policy's directory (not a file, not a fresh filesystem's lost+found).
         let others = || {
-            std::fs::read_dir(&buckets)
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(false)
+            std::fs::read_dir(&buckets).is_ok_and(|d| {
+                d.flatten().any(|e| {
+                    e.file_type().is_ok_and(|t| t.is_dir()) && e.file_name() != "lost+found"
+                })
+            })
         };
         if same && (policy_dir || others()) {
             Ok(())
