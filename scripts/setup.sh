@@ -3,7 +3,9 @@
 # clang/libclang (RocksDB's bindings), GStreamer's RTSP server (test cameras), ffmpeg/ffprobe
 # (export checks, clip making), prometheus (promtool), faketime (tests/clock.rs moves the daemon's
 # wall clock with libfaketime), fuse3 and e2fsprogs (tests/faults.rs: the faultfs FUSE layer and
-# the loop-mounted ext4 image), and schemathesis from PyPI (tests/api_spec.rs
+# the loop-mounted ext4 image), dpkg-dev and fakeroot (`cargo deb`: dpkg-shlibdeps finds the
+# package's Depends; tests/package.rs installs it into a throwaway root, under fakeroot when not
+# root), cargo-deb (pinned), and schemathesis from PyPI (tests/api_spec.rs
 # runs it against docs/api.yaml) in a venv of its own; the nightly toolchain and cargo-fuzz for the
 # fuzz targets (fuzz/, tests/fuzz_smoke.rs). Needs root (or sudo) and a Rust toolchain (rustup).
 set -euo pipefail
@@ -11,7 +13,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 PKGS=(
   build-essential clang libclang-dev pkg-config
-  ffmpeg prometheus curl openssl python3 python3-venv faketime fuse3 e2fsprogs
+  ffmpeg prometheus curl openssl python3 python3-venv faketime fuse3 e2fsprogs dpkg-dev fakeroot
   gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gst-1.0 gstreamer1.0-tools
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad
 )
@@ -27,6 +29,14 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: no cargo on PATH; install Rust (rustup) first" >&2
   exit 1
+fi
+# cargo-deb builds the Debian package (`cargo deb`; tests/package.rs), pinned so that a new
+# release cannot change the package.
+CARGO_DEB_VERSION=3.8.0
+if ! cargo deb --version 2>/dev/null | grep -qx "cargo-deb $CARGO_DEB_VERSION"; then
+  echo "setup: installing cargo-deb $CARGO_DEB_VERSION"
+  # (its own temporary target dir: never the project's CARGO_TARGET_DIR)
+  env -u CARGO_TARGET_DIR cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked --force
 fi
 # The fuzz targets (fuzz/, run by tests/fuzz_smoke.rs) need a nightly toolchain and cargo-fuzz,
 # pinned so that a new release cannot change the run.

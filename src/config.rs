@@ -1379,6 +1379,23 @@ key_file = "/etc/holdfast/logbook.key"
         assert!(!c.cameras.is_empty());
     }
 
+    /// The Debian package's starting config (pkg/holdfast.toml, installed as
+    /// /etc/holdfast/holdfast.toml): valid, nothing that needs a secret, no users (never a
+    /// token anyone could know), the package's paths.
+    #[test]
+    fn package_config_is_valid_and_has_no_users() {
+        let c =
+            Config::parse(include_str!("../pkg/holdfast.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.users.is_empty() && c.cameras.is_empty());
+        assert!(c.check_secrets().is_empty());
+        assert_eq!(c.storage.data_dir, Path::new("/var/lib/holdfast"));
+        assert_eq!(c.logbook.checkpoint_dir, Path::new("/var/log/holdfast"));
+        assert_eq!(
+            c.logbook.key_file.as_deref(),
+            Some(Path::new("/etc/holdfast/secrets/logbook.key"))
+        );
+    }
+
     #[test]
     fn issue_8_keys_have_defaults_and_name_their_key() {
         let c = Config::parse(GOOD).unwrap();

@@ -28,4 +28,5 @@ pub mod retention;
 pub mod roles;
 pub mod store;
 pub mod time;
+pub mod users;
 pub mod wallclock;

@@ -91,6 +91,39 @@ enum Command {
         #[command(subcommand)]
         what: ClockCommand,
     },
+    /// API users in the config file.
+    User {
+        #[command(subcommand)]
+        what: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Adds a user: prints a new bearer token once (it is stored nowhere) and appends a [[users]]
+    /// entry with its SHA-256 to the config (the rest of the file is kept as it is). Refuses,
+    /// writing nothing, when the name exists, the role or a site is unknown, or the config would
+    /// not validate.
+    Add {
+        /// The user's name (as the logbook shows it).
+        name: String,
+        /// The role (manager, consultant, caretaker, technician, privacy_officer,
+        /// access_system, auditor, or one of the config's [roles.NAME]).
+        #[arg(long)]
+        role: String,
+        /// Site ids the user may act on, comma-separated, or `*` for all.
+        #[arg(long)]
+        sites: String,
+        /// The config file.
+        #[arg(long, default_value = "/etc/holdfast/holdfast.toml")]
+        config: PathBuf,
+    },
+    /// Lists the config's users: name, role, sites (never token hashes).
+    List {
+        /// The config file.
+        #[arg(long, default_value = "/etc/holdfast/holdfast.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -246,6 +279,23 @@ fn main() -> ExitCode {
             println!("clock: {msg}");
             Ok(ExitCode::SUCCESS)
         }),
+        Command::User {
+            what:
+                UserCommand::Add {
+                    name,
+                    role,
+                    sites,
+                    config,
+                },
+        } => report(user_add(&config, name, role, &sites)),
+        Command::User {
+            what: UserCommand::List { config },
+        } => with_config(&config, |c| {
+            for line in holdfast::users::list_lines(&c) {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Verify { config } => with_config(&config, |c| {
             let (store, report) = Store::open(&c.storage.data_dir, c.storage.bucket_secs())?;
             println!("recovery: {report}");
@@ -266,6 +316,31 @@ fn main() -> ExitCode {
             })
         }),
     }
+}
+
+/// `holdfast user add`: the token goes to stdout once, with what to do next.
+fn user_add(
+    config: &std::path::Path,
+    name: String,
+    role: String,
+    sites: &str,
+) -> anyhow::Result<()> {
+    let sites = holdfast::users::parse_sites(sites)?;
+    let user = holdfast::users::NewUser { name, role, sites };
+    let token = holdfast::users::add_user(config, &user)?;
+    println!(
+        "added user {:?} (role {}, sites {}) to {}",
+        user.name,
+        user.role,
+        user.sites.join(","),
+        config.display()
+    );
+    println!("token: {}", token.expose());
+    println!(
+        "This token is shown only now and is not stored anywhere (the config keeps its SHA-256): \
+         hand it to the user. Make the running daemon use it: systemctl reload holdfast"
+    );
+    Ok(())
 }
 
 /// `holdfast reindex`: refuses (unless `force`) when the logbook is gone or cut, because a
