@@ -12,7 +12,8 @@
 //!   logbook key with their owners and modes; `holdfast user add` on the installed config; a
 //!   reinstall (upgrade path) that leaves the edited config and the key byte for byte; a config
 //!   removed by the admin comes back, the key is kept; `dpkg --remove` keeps config, data and
-//!   logs; `dpkg --purge` deletes them.
+//!   logs; `dpkg --purge` deletes the config and camera secrets but keeps the evidence
+//!   (footage, index, logbook checkpoints, logbook key).
 //!
 //! As root it runs dpkg directly; otherwise under `fakeroot` (ownership is then what fakeroot
 //! records). Without cargo-deb it fails, saying to run scripts/setup.sh. About 20 s (most of it
@@ -388,10 +389,12 @@ fn debian_package_builds_installs_and_never_overwrites_the_config() {
     for kept in [&conf, &key, &data.join("footage"), &logs] {
         assert!(kept.exists(), "{} kept by remove", kept.display());
     }
-    // purge: they go too (README says so); the user stays.
+    // purge: the config goes, the evidence (footage, index, logbook checkpoints, logbook key)
+    // stays (README says so); the user stays.
     dpkg("--purge holdfast");
-    for gone in [&etc, &data, &logs] {
-        assert!(!gone.exists(), "{} removed by purge", gone.display());
+    assert!(!conf.exists(), "{} removed by purge", conf.display());
+    for kept in [&key, &data.join("footage"), &logs] {
+        assert!(kept.exists(), "{} kept by purge (evidence)", kept.display());
     }
     assert!(std::fs::read_to_string(root.join("etc/passwd"))
         .unwrap()
