@@ -482,6 +482,7 @@ impl Sweeper {
             MinFree::Percent(p) => (total as f64 * p / 100.0) as u64,
             MinFree::Bytes(b) => b,
         };
+        self.metrics.storage_min_free_bytes.set(floor as i64);
         Some((free, total, floor))
     }
 
