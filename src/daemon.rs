@@ -177,6 +177,13 @@ pub async fn run_with(
             config.storage.data_dir.clone(),
         )
         .context("starting the clock thread")?;
+    // Answers `holdfast backup` (a RocksDB checkpoint can only be made by this process).
+    let backup = crate::backup::Responder::spawn(
+        store.clone(),
+        logbook.clone(),
+        config.storage.data_dir.clone(),
+    )
+    .context("starting the backup thread")?;
     let writer = Writer::spawn(
         store.clone(),
         WriterConfig {
@@ -360,6 +367,7 @@ pub async fn run_with(
     tokio::task::spawn_blocking(move || {
         checkpointer.stop();
         verifier.stop();
+        backup.stop();
         camera_rt.shutdown();
         sweeper.stop();
         clock_monitor.stop();
