@@ -175,7 +175,7 @@ pub struct Metrics {
     /// Free bytes of the data directory's file system (for unprivileged users).
     pub storage_free_bytes: Gauge,
     /// `holdfast_storage_min_free_bytes`: the free-space floor (`storage.min_free`) in bytes,
-    /// as of the last sweep (a percentage is taken of the file system's size).
+    /// set by each sweep and scrape (a percentage is taken of the file system's size).
     pub storage_min_free_bytes: Gauge,
     /// `holdfast_logbook_verify_ok`: 1 while the last periodic check of the logbook (chain since
     /// the last check, head record, checkpoints) passed, 0 after it found tampering (a check
