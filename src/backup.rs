@@ -422,6 +422,21 @@ pub fn run(config: &Config, dest: &Path, by: &str) -> anyhow::Result<Manifest> {
         })?;
         removed.with_context(|| format!("removing the staging copy {}", staging.display()))?;
     } else {
+        // Opening the database creates files (WAL, SST, LOG): as another user than its owner
+        // (root) they would keep the daemon from opening it afterwards.
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(&index_dir)?.uid();
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if owner != me {
+            anyhow::bail!(
+                "no daemon runs on {}, so this command would open the index itself, but it \
+                 belongs to uid {owner} and this is uid {me}: files it creates there would keep \
+                 the daemon out. Run it as the daemon's user (sudo -u holdfast holdfast backup \
+                 ...), or start the daemon first",
+                index_dir.display()
+            );
+        }
         let index = Index::open(&index_dir).with_context(|| {
             format!(
                 "opening {} (no daemon holds it; if one just started, run backup again)",
