@@ -353,8 +353,10 @@ pub struct Manifest {
     pub data_dir: PathBuf,
     /// The checkpoint directory whose file was copied.
     pub checkpoint_dir: PathBuf,
-    /// Entries in the backed-up logbook (its last seq, the `store.backup` entry).
+    /// Entries in the backed-up logbook (its last seq).
     pub logbook_entries: u64,
+    /// The seq of this backup's `store.backup` entry (in the backup).
+    pub backup_entry: u64,
     /// The head link of the backed-up logbook (hex).
     pub logbook_head: String,
     /// Every file copied.
@@ -409,8 +411,8 @@ pub fn run(config: &Config, dest: &Path, by: &str) -> anyhow::Result<Manifest> {
     }
     let dest_index = dest.join("index");
     let running = index_locked(&index_dir)?;
-    if running {
-        let (staging, _) = request(data_dir, by, &dest)?;
+    let backup_entry = if running {
+        let (staging, seq) = request(data_dir, by, &dest)?;
         let copied = copy_tree(&staging.join("index"), &dest_index);
         let removed = std::fs::remove_dir_all(&staging);
         copied.with_context(|| {
@@ -421,6 +423,7 @@ pub fn run(config: &Config, dest: &Path, by: &str) -> anyhow::Result<Manifest> {
             )
         })?;
         removed.with_context(|| format!("removing the staging copy {}", staging.display()))?;
+        seq
     } else {
         // Opening the database creates files (WAL, SST, LOG): as another user than its owner
         // (root) they would keep the daemon from opening it afterwards.
@@ -444,7 +447,7 @@ pub fn run(config: &Config, dest: &Path, by: &str) -> anyhow::Result<Manifest> {
             )
         })?;
         let logbook = Logbook::open(&index, &config.logbook).context("opening the logbook")?;
-        checkpoint(
+        let seq = checkpoint(
             &index,
             &logbook,
             by,
@@ -455,7 +458,8 @@ pub fn run(config: &Config, dest: &Path, by: &str) -> anyhow::Result<Manifest> {
         logbook
             .checkpoint()
             .context("writing a logbook checkpoint")?;
-    }
+        seq
+    };
     let (entries, head) = {
         let index = Index::open_read_only(&dest_index)
             .with_context(|| format!("opening the copy {}", dest_index.display()))?;
@@ -475,6 +479,7 @@ pub fn run(config: &Config, dest: &Path, by: &str) -> anyhow::Result<Manifest> {
         checkpoint_dir: config.logbook.checkpoint_dir.clone(),
         logbook_entries: entries,
         logbook_head: head,
+        backup_entry,
         files,
         not_included: vec![
             format!(

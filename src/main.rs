@@ -256,12 +256,13 @@ fn main() -> ExitCode {
         Command::Backup { dir, config } => with_config(&config, |c| {
             let m = holdfast::backup::run(&c, &dir, &cli_user())?;
             println!(
-                "backup: {} files in {}; logbook {} entries (head {}), the last one the \
-                 store.backup entry; made by {}",
+                "backup: {} files in {}; logbook {} entries (head {}), the store.backup entry \
+                 is seq {}; made by {}",
                 m.files.len(),
                 dir.display(),
                 m.logbook_entries,
                 m.logbook_head,
+                m.backup_entry,
                 if m.daemon_running {
                     "the running daemon"
                 } else {

@@ -139,6 +139,7 @@ fn a_backup_taken_while_recording_restores_to_a_verified_logbook_and_its_recordi
         let copy = Index::open_read_only(&dest.join("index")).unwrap();
         let backup = actions(&copy, "store.backup");
         assert_eq!(backup.len(), 1, "{backup:?}");
+        assert_eq!(backup[0]["seq"], manifest["backup_entry"], "{backup:?}");
         assert_eq!(backup[0]["object"]["dir"], dest.display().to_string());
         assert!(backup[0]["user"].as_str().unwrap().starts_with("cli:"));
         assert_eq!(
