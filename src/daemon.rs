@@ -40,6 +40,10 @@ pub const EXIT_WRITER_DIED: u8 = 70;
 /// How long `/healthz` answers 503 for a dead writer before the daemon exits.
 pub const WRITER_DEATH_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// How often the daemon checks the logbook entries appended since its last check (and every
+/// checkpoint); `holdfast_logbook_last_verify_timestamp_seconds` moves this often.
+pub const LOGBOOK_VERIFY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `run` ended because the writer thread died: nothing could be recorded any more.
 #[derive(Debug, thiserror::Error)]
 #[error("the writer thread died ({0}): exiting so that the service is restarted")]
@@ -138,6 +142,26 @@ pub async fn run_with(
     let mut metrics = Metrics::new();
     metrics.register_store(store.metrics());
     let metrics = Arc::new(metrics);
+    // The logbook checked whole at once, then what was appended since every minute.
+    let verifier = {
+        let m = metrics.clone();
+        crate::logbook::Verifier::spawn(
+            logbook.clone(),
+            store.clone(),
+            LOGBOOK_VERIFY_INTERVAL,
+            move |r| {
+                if let Ok(v) = r {
+                    m.logbook_verify_ok.set(i64::from(v.ok));
+                    m.logbook_last_verify.set(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0.0, |d| d.as_secs_f64()),
+                    );
+                }
+            },
+        )
+        .context("starting the logbook check thread")?
+    };
     // The trusted clock before anything asks for the time: it compares the wall clock with the
     // trusted time saved before the restart and with the newest footage (crate::wallclock).
     let clock = {
@@ -153,6 +177,13 @@ pub async fn run_with(
             config.storage.data_dir.clone(),
         )
         .context("starting the clock thread")?;
+    // Answers `holdfast backup` (a RocksDB checkpoint can only be made by this process).
+    let backup = crate::backup::Responder::spawn(
+        store.clone(),
+        logbook.clone(),
+        config.storage.data_dir.clone(),
+    )
+    .context("starting the backup thread")?;
     let writer = Writer::spawn(
         store.clone(),
         WriterConfig {
@@ -335,6 +366,8 @@ pub async fn run_with(
     }
     tokio::task::spawn_blocking(move || {
         checkpointer.stop();
+        verifier.stop();
+        backup.stop();
         camera_rt.shutdown();
         sweeper.stop();
         clock_monitor.stop();

@@ -1,5 +1,9 @@
 //! `holdfast demo`: simulated cameras plus the daemon on a temporary data directory, and a printed
-//! admin token: the newcomer's first command.
+//! admin token: the newcomer's first command. It prints commands to try, each of which works
+//! against the demo as printed (tests/demo.rs runs them): status, recordings, metrics, an export
+//! with a reason and purpose, a hold and its release, a key-tag submit and query, and the logbook
+//! check. The demo user's role may do all of it (`[roles.demo_admin]`); key tags are submitted
+//! for the one site, with a door name, as an access system would.
 
 use std::net::SocketAddr;
 
@@ -42,11 +46,14 @@ keytags = "7d"
 id = "demo-complex"
 policy = "seven-days"
 
+[roles.demo_admin]
+permissions = ["cameras_status", "view", "export", "place_hold", "release_hold", "erase", "keytags_read", "keytags_write", "logbook_read", "sign_off"]
+
 [[users]]
 name = "demo-admin"
-role = "manager"
+role = "demo_admin"
 token_sha256 = "{token_hash}"
-sites = ["*"]
+sites = ["demo-complex"]
 "#,
         data = dir.path().join("data").display(),
     );
@@ -77,16 +84,56 @@ sites = ["*"]
     println!("  data dir:    {}", dir.path().join("data").display());
     println!("  admin token: {token}");
     println!();
-    println!("Try:");
-    println!("  curl http://{listen}/healthz");
-    println!("  curl -H 'Authorization: Bearer {token}' http://{listen}/api/v1/cameras");
-    println!(
-        "  curl -H 'Authorization: Bearer {token}' \"http://{listen}/api/v1/cameras/demo-cam-0/recordings?from=$(date -u -d '-10 min' +%FT%TZ)&to=$(date -u -d '+1 min' +%FT%TZ)\""
-    );
-    println!("  curl http://{listen}/metrics | grep holdfast_camera");
+    for line in commands(&listen, &token, &config_path) {
+        println!("{line}");
+    }
     println!("Ctrl-C stops the demo and removes its data directory.");
     println!();
     let result = crate::daemon::run(config, None).await;
     sim.stop();
     result
+}
+
+/// The commands `holdfast demo` prints under "Try:" (shell lines; `$HOLD` is set by the hold
+/// line and used by the release line, so run them in one shell, in order).
+pub fn commands(listen: &SocketAddr, token: &str, config: &std::path::Path) -> Vec<String> {
+    let auth = format!("-H 'Authorization: Bearer {token}'");
+    let json = "-H 'Content-Type: application/json'";
+    let exe = std::env::current_exe()
+        .ok()
+        .map_or_else(|| "holdfast".to_owned(), |p| p.display().to_string());
+    let base = format!("http://{listen}");
+    vec![
+        "Try (in one shell, in this order):".to_owned(),
+        "  # status, cameras, what is recorded, metrics".to_owned(),
+        format!("  curl {base}/healthz"),
+        format!("  curl {auth} {base}/api/v1/cameras"),
+        format!(
+            "  curl {auth} \"{base}/api/v1/cameras/demo-cam-0/recordings?from=$(date -u -d '-10 min' +%FT%TZ)&to=$(date -u -d '+1 min' +%FT%TZ)\""
+        ),
+        format!("  curl -s {base}/metrics | grep holdfast_camera_up"),
+        "  # export the last 30 s of demo-cam-0 as MP4: a reason and a purpose, logged first".to_owned(),
+        format!(
+            "  curl -fsS {auth} -o demo-cam-0.mp4 -D - \"{base}/api/v1/cameras/demo-cam-0/export.mp4?from=$(date -u -d '-30 sec' +%FT%TZ)&to=$(date -u +%FT%TZ)&reason=demo+incident+2026-1&purpose=incident\""
+        ),
+        "  # place a hold on the last 10 minutes of demo-cam-0 (kept past retention), then release it"
+            .to_owned(),
+        format!(
+            "  HOLD=$(curl -fsS {auth} {json} -d \"{{\\\"cameras\\\":[\\\"demo-cam-0\\\"],\\\"from\\\":\\\"$(date -u -d '-10 min' +%FT%TZ)\\\",\\\"to\\\":\\\"$(date -u +%FT%TZ)\\\",\\\"reason\\\":\\\"demo incident 2026-1\\\"}}\" {base}/api/v1/holds | grep -o '\"id\":[0-9]*' | head -1 | cut -d: -f2) && echo \"hold $HOLD placed\""
+        ),
+        format!("  curl -fsS {auth} {base}/api/v1/holds/$HOLD"),
+        format!(
+            "  curl -fsS {auth} {json} -d '{{\"reason\":\"demo: no longer needed\"}}' {base}/api/v1/holds/$HOLD/release"
+        ),
+        "  # a key-tag event (as the door system sends it), then who used that tag".to_owned(),
+        format!(
+            "  curl -fsS {auth} {json} -d \"[{{\\\"tag\\\":\\\"04A1B2C3\\\",\\\"door\\\":\\\"main-entrance\\\",\\\"time\\\":\\\"$(date -u +%FT%TZ)\\\"}}]\" {base}/api/v1/keytags/events"
+        ),
+        format!(
+            "  curl -fsS {auth} \"{base}/api/v1/keytags/events?tag=04A1B2C3&purpose=tag-check&reason=demo+lost+tag&from=$(date -u -d '-1 hour' +%FT%TZ)&to=$(date -u -d '+1 min' +%FT%TZ)\""
+        ),
+        "  # every look above is in the logbook; check its chain and checkpoints".to_owned(),
+        format!("  curl -fsS {auth} {base}/api/v1/logbook/verify"),
+        format!("  {exe} logbook verify --config {}", config.display()),
+    ]
 }

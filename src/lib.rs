@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod backup;
 pub mod camsim;
 pub mod config;
 pub mod daemon;

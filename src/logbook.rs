@@ -1098,6 +1098,207 @@ pub fn verify(
     Ok(v)
 }
 
+/// Where a periodic check ([`Logbook::verify_incremental`]) left off: the entries checked, the
+/// link of the last, where the chain became keyed and the checkpoints `logbook.lost` entries
+/// name (lines up to these belong to a lost logbook).
+#[derive(Debug, Clone, Default)]
+pub struct VerifiedUpTo {
+    /// Entries checked (the last checked seq).
+    pub entries: u64,
+    link: [u8; 32],
+    keyed_from: Option<u64>,
+    lost: Vec<(u64, String, String)>,
+}
+
+impl Logbook {
+    /// The daemon's periodic check. With `from` `None`: the whole chain, the head record and
+    /// every checkpoint ([`Logbook::verify`]). With `from`: only the entries appended since,
+    /// linked from the last checked entry's link (which must still be stored unchanged), the
+    /// head record, and every checkpoint line against the entry it names (two reads per line).
+    /// Returns the outcome and, when intact, where the next check starts.
+    pub fn verify_incremental(
+        &self,
+        index: &Index,
+        from: Option<&VerifiedUpTo>,
+    ) -> Result<(Verification, Option<VerifiedUpTo>), LogbookError> {
+        let key = self.key.as_ref();
+        let cps = match &self.checkpoint_dir {
+            Some(dir) => Some(Checkpoints::read(dir)?),
+            None => None,
+        };
+        let Some(from) = from else {
+            let mut lost = Vec::new();
+            let mut last = (0u64, [0u8; 32]);
+            let v = walk(index, key, |seq, link, _, e| {
+                lost.extend(lost_checkpoint(e));
+                last = (seq, *link);
+            })?;
+            if !v.ok {
+                return Ok((v, None));
+            }
+            let v = verify(index, key, cps.as_ref())?;
+            // `verify` walked again: its count may include entries appended meanwhile; start
+            // the next check after what the first walk saw (links of both agree up to there).
+            let next = v.ok.then(|| VerifiedUpTo {
+                entries: last.0,
+                link: last.1,
+                keyed_from: v.keyed_from.filter(|k| *k <= last.0),
+                lost,
+            });
+            return Ok((v, next));
+        };
+        if stored_link(index, from.entries)? != Some(from.link) {
+            let v = Verification {
+                entries: from.entries,
+                ..Default::default()
+            };
+            let problem = format!(
+                "entry {} was changed or removed after it had been checked",
+                from.entries
+            );
+            return Ok((fail(v, Some(from.entries.max(1)), problem), None));
+        }
+        let mut next = from.clone();
+        let mut v = walk_from(
+            index,
+            key,
+            (from.entries, from.link, from.keyed_from),
+            |seq, link, _, e| {
+                next.lost.extend(lost_checkpoint(e));
+                next.entries = seq;
+                next.link = *link;
+            },
+        )?;
+        if !v.ok {
+            return Ok((v, None));
+        }
+        next.keyed_from = v.keyed_from;
+        let Some(cps) = cps else {
+            return Ok((v, Some(next)));
+        };
+        if let Some(bad) = cps.bad_lines.first() {
+            return Ok((
+                fail(v, None, format!("{}: {bad}", cps.path.display())),
+                None,
+            ));
+        }
+        let skip = superseded(&cps, &next.lost);
+        for c in &cps.lines[skip..] {
+            let problem = if c.seq > next.entries {
+                Some((
+                    next.entries + 1,
+                    format!(
+                        "{} cut: {}",
+                        entries(next.entries + 1, c.seq),
+                        c.describe(&cps.path)
+                    ),
+                ))
+            } else {
+                match entry_kind(index, key, c.seq)? {
+                    Ok((link, kind, _)) if c.matches(key, &link, kind) => None,
+                    Ok(_) => Some((
+                        c.seq,
+                        format!(
+                            "entry {} differs from the {} (or the line was forged)",
+                            c.seq,
+                            c.describe(&cps.path)
+                        ),
+                    )),
+                    Err(e) => Some((c.seq, format!("at the {}: {e}", c.describe(&cps.path)))),
+                }
+            };
+            if let Some((seq, problem)) = problem {
+                return Ok((fail(v, Some(seq), problem), None));
+            }
+            v.checkpoints_checked += 1;
+        }
+        Ok((v, Some(next)))
+    }
+}
+
+/// Checks the logbook on a thread of its own: the whole chain at start and once a day, only
+/// what was appended since (plus every checkpoint) every `interval` between; `report` gets each
+/// outcome (the daemon sets `holdfast_logbook_verify_ok` and the time of the last check).
+pub struct Verifier {
+    stop: Option<crossbeam_channel::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How often [`Verifier`] checks the whole chain again rather than only the new entries.
+pub const FULL_VERIFY_EVERY: Duration = Duration::from_secs(86_400);
+
+impl Verifier {
+    /// Starts the thread; the first (full) check runs at once.
+    pub fn spawn(
+        logbook: Arc<Logbook>,
+        store: Arc<crate::store::Store>,
+        interval: Duration,
+        report: impl Fn(Result<&Verification, &LogbookError>) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("logbook-verify".into())
+            .spawn(move || {
+                let mut state: Option<VerifiedUpTo> = None;
+                let mut last_full = std::time::Instant::now();
+                loop {
+                    if last_full.elapsed() >= FULL_VERIFY_EVERY {
+                        state = None;
+                    }
+                    if state.is_none() {
+                        last_full = std::time::Instant::now();
+                    }
+                    match logbook.verify_incremental(store.index(), state.as_ref()) {
+                        Ok((v, next)) => {
+                            if !v.ok {
+                                tracing::error!(
+                                    first_bad_seq = ?v.first_bad_seq,
+                                    problem = v.problem.as_deref().unwrap_or_default(),
+                                    "logbook check FAILED: the logbook was tampered with"
+                                );
+                            }
+                            report(Ok(&v));
+                            state = next;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "logbook check could not run");
+                            report(Err(&e));
+                            state = None;
+                        }
+                    }
+                    if !matches!(
+                        rx.recv_timeout(interval),
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                    ) {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self {
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread (waits for a check that is running).
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Verifier {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
 /// Checks the chain and head record only.
 fn verify_chain(index: &Index, key: Option<&LogbookKey>) -> Result<Verification, LogbookError> {
     walk(index, key, |_, _, _, _| {})
@@ -1114,11 +1315,22 @@ fn fail(mut v: Verification, seq: Option<u64>, problem: String) -> Verification 
 fn walk(
     index: &Index,
     key: Option<&LogbookKey>,
+    each: impl FnMut(u64, &[u8; 32], LinkKind, &Entry),
+) -> Result<Verification, LogbookError> {
+    walk_from(index, key, (0, [0; 32], None), each)
+}
+
+/// [`walk`] from the entry after `from` (`(seq, its link, keyed_from)` of an entry already
+/// checked; `(0, zeros, None)` for the whole chain).
+fn walk_from(
+    index: &Index,
+    key: Option<&LogbookKey>,
+    from: (u64, [u8; 32], Option<u64>),
     mut each: impl FnMut(u64, &[u8; 32], LinkKind, &Entry),
 ) -> Result<Verification, LogbookError> {
-    let mut prev = [0u8; 32];
-    let mut expect = 1u64;
-    let mut keyed_from = None;
+    let mut prev = from.1;
+    let mut expect = from.0 + 1;
+    let mut keyed_from = from.2;
     let mut notes = Vec::new();
     // The head record as it was before the walk: the entries the walk sees (a snapshot taken
     // after this read) reach at least that far. Entries appended while the walk runs are not
@@ -1133,7 +1345,7 @@ fn walk(
         keyed_from,
         ..Default::default()
     };
-    for item in index.logbook_entries(1) {
+    for item in index.logbook_entries(expect) {
         let (seq, v) = item?;
         if seq != expect {
             return Ok(bad(
@@ -1231,7 +1443,10 @@ fn walk(
     let appended_meanwhile = matches!(
         (head_before, head_after, link_at_head_before),
         (Some((b, bh)), Some((a, _)), Some(l)) if b <= n && a > n && l == bh
-    ) || (head_before.is_none() && n == 0);
+    ) || (head_before.is_none() && n == 0)
+        // An incremental walk that saw no new entry: entries appended after the head was read.
+        || matches!((head_before, head_after), (Some((b, bh)), Some((a, _)))
+            if b == n && a > n && bh == prev);
     let head_problem = match head_after {
         Some((seq, hash)) if seq == n && hash == prev => None,
         Some(_) if appended_meanwhile => None,
@@ -1494,6 +1709,73 @@ mod tests {
         let other = LogbookKey::from_bytes([8; 32]);
         assert!(untrusted(Logbook::open_with(&index, Some(other), None)).contains("key"));
         assert!(untrusted(Logbook::open_with(&index, None, None)).contains("keyed"));
+    }
+
+    #[test]
+    fn an_incremental_check_covers_new_entries_the_boundary_and_the_checkpoints() {
+        let (_dir, index, lb) = setup(5, Some(key()));
+        lb.checkpoint().unwrap();
+        let (v, state) = lb.verify_incremental(&index, None).unwrap();
+        assert!(v.ok, "{v:?}");
+        let state = state.unwrap();
+        assert_eq!((state.entries, v.checkpoints_checked), (5, 1));
+        // Nothing new: still intact, same place.
+        let (v, same) = lb.verify_incremental(&index, Some(&state)).unwrap();
+        assert!(v.ok, "{v:?}");
+        assert_eq!(same.unwrap().entries, 5);
+        for _ in 0..3 {
+            lb.append(&index, entry("view")).unwrap();
+        }
+        lb.checkpoint().unwrap();
+        let (v, next) = lb.verify_incremental(&index, Some(&state)).unwrap();
+        assert!(v.ok, "{v:?}");
+        let next = next.unwrap();
+        assert_eq!((next.entries, v.checkpoints_checked), (8, 2));
+
+        // A new entry changed after the last check is found at its seq.
+        lb.append(&index, entry("view")).unwrap();
+        let v9 = raw(&index, 9);
+        let mut forged = v9.clone();
+        let at = forged.len() - 3;
+        forged[at] ^= 1;
+        put(&index, 9, &forged);
+        let (v, none) = lb.verify_incremental(&index, Some(&next)).unwrap();
+        assert!(!v.ok && none.is_none(), "{v:?}");
+        assert_eq!(v.first_bad_seq, Some(9), "{v:?}");
+        put(&index, 9, &v9);
+        assert!(lb.verify_incremental(&index, Some(&next)).unwrap().0.ok);
+
+        // The last checked entry itself changed: found although nothing after it is new.
+        let v8 = raw(&index, 8);
+        let mut forged = v8.clone();
+        forged[0] ^= 1;
+        put(&index, 8, &forged);
+        let (v, _) = lb.verify_incremental(&index, Some(&next)).unwrap();
+        assert_eq!(v.first_bad_seq, Some(8), "{v:?}");
+        put(&index, 8, &v8);
+
+        // An older entry named by a checkpoint: the checkpoint line no longer matches.
+        let v5 = raw(&index, 5);
+        let forged = String::from_utf8(v5[32..].to_vec())
+            .unwrap()
+            .replace("incident 2026-114", "incident 2026-115");
+        let mut nv = v5[..32].to_vec();
+        nv.extend_from_slice(forged.as_bytes());
+        put(&index, 5, &nv);
+        let (v, _) = lb.verify_incremental(&index, Some(&next)).unwrap();
+        assert!(!v.ok, "{v:?}");
+        assert_eq!(v.first_bad_seq, Some(5), "{v:?}");
+        // And the full check (at start, once a day) finds any changed entry.
+        put(&index, 5, &v5);
+        let v3 = raw(&index, 3);
+        let forged = String::from_utf8(v3[32..].to_vec())
+            .unwrap()
+            .replace("incident 2026-114", "incident 2026-115");
+        let mut nv = v3[..32].to_vec();
+        nv.extend_from_slice(forged.as_bytes());
+        put(&index, 3, &nv);
+        let (v, _) = lb.verify_incremental(&index, None).unwrap();
+        assert_eq!(v.first_bad_seq, Some(3), "{v:?}");
     }
 
     #[test]

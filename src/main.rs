@@ -81,6 +81,17 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Copies the index and the logbook (a consistent RocksDB checkpoint, made by the running
+    /// daemon or, when none runs, by this command) and the logbook checkpoint file to DIR, with
+    /// a MANIFEST.json; logged as `store.backup`. Not the footage, not the logbook key. Needs
+    /// write access to the data directory (the daemon's user or root).
+    Backup {
+        /// Where to put the backup: a new or empty directory.
+        dir: PathBuf,
+        /// The config file.
+        #[arg(long, default_value = "/etc/holdfast/holdfast.toml")]
+        config: PathBuf,
+    },
     /// The logbook.
     Logbook {
         #[command(subcommand)]
@@ -266,11 +277,7 @@ fn main() -> ExitCode {
         Command::Clock {
             what: ClockCommand::Accept { config },
         } => with_config(&config, |c| {
-            let by = std::env::var("SUDO_USER")
-                .or_else(|_| std::env::var("USER"))
-                .unwrap_or_else(|_| "unknown".into());
-            // SAFETY: getuid has no preconditions.
-            let by = format!("{by} (uid {})", unsafe { libc::getuid() });
+            let by = cli_user();
             let msg = holdfast::wallclock::request_accept(
                 &c.storage.data_dir,
                 &by,
@@ -293,6 +300,27 @@ fn main() -> ExitCode {
         } => with_config(&config, |c| {
             for line in holdfast::users::list_lines(&c) {
                 println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Backup { dir, config } => with_config(&config, |c| {
+            let m = holdfast::backup::run(&c, &dir, &cli_user())?;
+            println!(
+                "backup: {} files in {}; logbook {} entries (head {}), the store.backup entry \
+                 is seq {}; made by {}",
+                m.files.len(),
+                dir.display(),
+                m.logbook_entries,
+                m.logbook_head,
+                m.backup_entry,
+                if m.daemon_running {
+                    "the running daemon"
+                } else {
+                    "this command (no daemon running)"
+                }
+            );
+            for n in &m.not_included {
+                println!("not included: {n}");
             }
             Ok(ExitCode::SUCCESS)
         }),
@@ -341,6 +369,15 @@ fn user_add(
          hand it to the user. Make the running daemon use it: systemctl reload holdfast"
     );
     Ok(())
+}
+
+/// Who runs this command, for the logbook: the sudo user or the user, and the uid.
+fn cli_user() -> String {
+    let by = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    // SAFETY: getuid has no preconditions.
+    format!("{by} (uid {})", unsafe { libc::getuid() })
 }
 
 /// `holdfast reindex`: refuses (unless `force`) when the logbook is gone or cut, because a

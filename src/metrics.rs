@@ -174,6 +174,16 @@ pub struct Metrics {
     pub oldest_unpinned_age: Family<PolicyLabel, GaugeF64>,
     /// Free bytes of the data directory's file system (for unprivileged users).
     pub storage_free_bytes: Gauge,
+    /// `holdfast_storage_min_free_bytes`: the free-space floor (`storage.min_free`) in bytes,
+    /// set by each sweep and scrape (a percentage is taken of the file system's size).
+    pub storage_min_free_bytes: Gauge,
+    /// `holdfast_logbook_verify_ok`: 1 while the last periodic check of the logbook (chain since
+    /// the last check, head record, checkpoints) passed, 0 after it found tampering (a check
+    /// that could not run leaves it and the timestamp as they were).
+    pub logbook_verify_ok: Gauge,
+    /// `holdfast_logbook_last_verify_timestamp_seconds`: Unix time of the last periodic check of
+    /// the logbook that ran to the end (whatever it found).
+    pub logbook_last_verify: GaugeF64,
     /// Allocated bytes of bucket files per policy.
     pub storage_used_bytes: Family<PolicyLabel, Gauge>,
     /// 1 while new video is refused because only pinned data is left on a full disk.
@@ -351,6 +361,27 @@ impl Metrics {
             "Free bytes of the data directory's file system",
             storage_free_bytes.clone(),
         );
+        let storage_min_free_bytes = Gauge::default();
+        registry.register(
+            "holdfast_storage_min_free_bytes",
+            "The free-space floor storage.min_free in bytes (below it footage expires early)",
+            storage_min_free_bytes.clone(),
+        );
+        let logbook_verify_ok = Gauge::default();
+        // 1 until a check says otherwise: the logbook was checked against its head record and
+        // newest checkpoint when it was opened.
+        logbook_verify_ok.set(1);
+        registry.register(
+            "holdfast_logbook_verify_ok",
+            "1 while the last periodic logbook check passed, 0 when it found tampering",
+            logbook_verify_ok.clone(),
+        );
+        let logbook_last_verify = GaugeF64::default();
+        registry.register(
+            "holdfast_logbook_last_verify_timestamp_seconds",
+            "Unix time of the last periodic logbook check that ran to the end",
+            logbook_last_verify.clone(),
+        );
         let storage_used_bytes = Family::<PolicyLabel, Gauge>::default();
         registry.register(
             "holdfast_storage_used_bytes",
@@ -400,6 +431,9 @@ impl Metrics {
             retention_overdue_bytes,
             oldest_unpinned_age,
             storage_free_bytes,
+            storage_min_free_bytes,
+            logbook_verify_ok,
+            logbook_last_verify,
             storage_used_bytes,
             storage_writes_paused,
             camera_up,

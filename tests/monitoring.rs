@@ -1,6 +1,7 @@
 //! The monitoring files shipped in `config/`: the Prometheus alert rules pass `promtool check
 //! rules` and their unit tests (`promtool test rules`), the Grafana dashboard's expressions are
-//! valid PromQL, and every metric either of them names is exported by the real daemon.
+//! valid PromQL, and every metric either of them names is exported by the real daemon. The
+//! daemon's own logbook check turns `holdfast_logbook_verify_ok` to 0 on a tampered entry.
 
 mod support;
 
@@ -210,4 +211,82 @@ fn every_metric_in_alerts_and_dashboard_is_exported() {
         "not exported: {missing:#?}\n{exposition}"
     );
     assert!(used.len() > 20, "{used:?}");
+}
+
+/// One sample of the daemon's `/metrics` (`None` while the series is absent).
+fn sample(d: &Daemon, series: &str) -> Option<f64> {
+    let (_, text) = d.get("/metrics", None);
+    support::procs::metric_value(&text, series)
+}
+
+#[test]
+fn a_tampered_logbook_entry_turns_the_verify_metric_to_zero() {
+    use holdfast::store::index::{Index, CF_LOGBOOK};
+    let config = "[policies.short]\nvideo = \"1d\"\nkeytags = \"1d\"\n\n\
+                  [[sites]]\nid = \"site-a\"\npolicy = \"short\"\n";
+    let mut d = Daemon::start(config, "");
+    // A few logbook entries: key-tag queries are logged looks.
+    let now = holdfast::time::Time90k::now();
+    let from = support::procs::q(&holdfast::time::Time90k(now.0 - 3600 * 90_000).to_rfc3339());
+    let to = support::procs::q(&now.to_rfc3339());
+    for i in 0..4 {
+        let path = format!(
+            "/api/v1/keytags/events?tag=A1&purpose=tag-check&reason=case-{i}&from={from}&to={to}"
+        );
+        let (status, body) = d.get(&path, Some(&d.token));
+        assert_eq!(status, 200, "{body}");
+    }
+    d.wait_until(Duration::from_secs(20), |d| {
+        sample(d, "holdfast_logbook_last_verify_timestamp_seconds").unwrap_or(0.0) > 0.0
+    });
+    assert_eq!(sample(&d, "holdfast_logbook_verify_ok"), Some(1.0));
+    d.stop();
+
+    // Someone who can write the data directory changes entry 2 (the reason of a look). The
+    // daemon still starts: it checks its head record and newest checkpoint, which are intact.
+    let tampered = {
+        let index = Index::open(&d.data_dir.join("index")).unwrap();
+        let cf = index.db().cf_handle(CF_LOGBOOK).unwrap();
+        let (seq, v) = index
+            .db()
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .map(|kv| kv.unwrap())
+            .find(|(_, v)| String::from_utf8_lossy(&v[32..]).contains("case-0"))
+            .expect("the logged look with reason case-0");
+        let json = String::from_utf8(v[32..].to_vec()).unwrap();
+        let mut nv = v[..32].to_vec();
+        nv.extend_from_slice(json.replace("case-0", "case-9").as_bytes());
+        index.db().put_cf(cf, &seq, nv).unwrap();
+        u64::from_be_bytes((*seq).try_into().unwrap())
+    };
+    d.restart();
+    d.wait_until(Duration::from_secs(20), |d| {
+        sample(d, "holdfast_logbook_verify_ok") == Some(0.0)
+    });
+    assert!(sample(&d, "holdfast_logbook_last_verify_timestamp_seconds").unwrap() > 0.0);
+    let log = strip_ansi(&d.log_text());
+    assert!(
+        log.contains("logbook check FAILED")
+            && log.contains(&format!("first_bad_seq=Some({tampered})")),
+        "{log}"
+    );
+    d.stop();
+}
+
+/// The log without terminal colour codes.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

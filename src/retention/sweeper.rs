@@ -478,10 +478,8 @@ impl Sweeper {
     fn free_space(&self) -> Option<(u64, u64, u64)> {
         let (free, total) = statvfs(self.store.root())?;
         self.metrics.storage_free_bytes.set(free as i64);
-        let floor = match self.cfg.min_free {
-            MinFree::Percent(p) => (total as f64 * p / 100.0) as u64,
-            MinFree::Bytes(b) => b,
-        };
+        let floor = floor_bytes(self.cfg.min_free, total);
+        self.metrics.storage_min_free_bytes.set(floor as i64);
         Some((free, total, floor))
     }
 
@@ -882,10 +880,20 @@ pub fn retention_gauges(
         .ledger()
         .refresh(store.index(), &buckets, &snap, now)?;
     m.pinned_bytes.set(totals.pinned_bytes as i64);
-    if let Some((free, _)) = statvfs(store.root()) {
+    if let Some((free, total)) = statvfs(store.root()) {
         m.storage_free_bytes.set(free as i64);
+        m.storage_min_free_bytes
+            .set(floor_bytes(cfg.min_free, total) as i64);
     }
     Ok(())
+}
+
+/// The free-space floor in bytes on a file system of `total` bytes.
+fn floor_bytes(min_free: MinFree, total: u64) -> u64 {
+    match min_free {
+        MinFree::Percent(p) => (total as f64 * p / 100.0) as u64,
+        MinFree::Bytes(b) => b,
+    }
 }
 
 /// Allocated bytes of a file (0 when it is gone).
