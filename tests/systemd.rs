@@ -13,6 +13,11 @@
 //!   file stalls (no answer, as on a hung disk): the writer thread hangs in its sync, the
 //!   watchdog pings stop, STATUS= and the log name the writer; once the fsyncs complete, the
 //!   pings come back. A real stall of the real writer, no test hook.
+//! - `journal_gets_structured_fields_and_no_secret`: the daemon in a mount namespace of its own
+//!   (`unshare -m`) whose `/run/systemd/journal/socket` is a socket this test binds, stderr a
+//!   file named by `JOURNAL_STREAM`: events arrive in the journal's native protocol with
+//!   `MESSAGE`, `PRIORITY` and `F_` fields; a camera whose answer carries its password in an
+//!   `rtsp://` URL leaves the password in neither the journal nor stderr.
 
 #[path = "support/faultfs.rs"]
 mod faultfs;
@@ -434,4 +439,131 @@ fn a_stalled_fsync_stops_the_watchdog_pings() {
     notify.until(Duration::from_secs(10), "STOPPING=1", is("STOPPING=1"));
     assert!(d.wait_exit(Duration::from_secs(30)), "{}", d.log_text());
     drop(sim);
+}
+
+#[test]
+fn journal_gets_structured_fields_and_no_secret() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::MetadataExt;
+    const SECRET: &str = "s3cretPW-journal";
+    let dir = tempfile::tempdir().unwrap();
+    let jdir = dir.path().join("journal");
+    std::fs::create_dir(&jdir).unwrap();
+    let journal = UnixDatagram::bind(jdir.join("socket")).unwrap();
+    journal
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // A "camera" that answers with an rtsp:// URL holding the password.
+    let cam = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cam_port = cam.local_addr().unwrap().port();
+    let pw = dir.path().join("cam.pw");
+    std::fs::write(&pw, format!("{SECRET}\n")).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.path().join("holdfast.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\ndata_dir = {:?}\nbucket = \"10s\"\n\n[http]\nlisten = \"{addr}\"\n\n\
+             [policies.p]\nvideo = \"1h\"\nkeytags = \"1h\"\n\n[[sites]]\nid = \"s\"\npolicy = \"p\"\n\n\
+             [[cameras]]\nid = \"door1\"\nsite = \"s\"\nurl = \"rtsp://127.0.0.1:{cam_port}/stream\"\n\
+             username = \"admin\"\npassword_file = {:?}\n{}",
+            dir.path().join("data").display().to_string(),
+            pw.display().to_string(),
+            logbook_section(dir.path())
+        ),
+    )
+    .unwrap();
+    let stderr_path = dir.path().join("stderr");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let meta = stderr.metadata().unwrap();
+    // A private /run whose systemd/journal is this test's directory.
+    let child = Command::new("unshare")
+        .args([
+            "-m",
+            "--",
+            "sh",
+            "-c",
+            "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && \
+             mount --bind \"$1\" /run/systemd/journal && exec \"$2\" run --config \"$3\"",
+            "sh",
+        ])
+        .arg(&jdir)
+        .arg(env!("CARGO_BIN_EXE_holdfast"))
+        .arg(&config)
+        .env("RUST_LOG", "debug")
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("unshare (util-linux)");
+    let mut d = Running {
+        child: Some(child),
+        addr,
+        log: stderr_path.clone(),
+    };
+    cam.set_nonblocking(true).unwrap();
+    let mut entries: Vec<Vec<u8>> = Vec::new();
+    let mut answered = 0;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(8) {
+        if let Ok((mut c, _)) = cam.accept() {
+            c.set_nonblocking(false).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut req = [0u8; 4096];
+            let n = c.read(&mut req).unwrap_or(0);
+            let cseq = String::from_utf8_lossy(&req[..n])
+                .lines()
+                .find_map(|l| l.strip_prefix("CSeq: ").map(str::to_owned))
+                .unwrap_or_else(|| "1".into());
+            let _ = write!(
+                c,
+                "RTSP/1.0 404 Not Found\r\nCSeq: {cseq}\r\nContent-Base: \
+                 rtsp://admin:{SECRET}@10.0.0.1/stream\r\nContent-Length: 0\r\n\r\n"
+            );
+            answered += 1;
+        }
+        let mut buf = vec![0u8; 65536];
+        if let Ok(n) = journal.recv(&mut buf) {
+            entries.push(buf[..n].to_vec());
+        }
+    }
+    d.sigterm();
+    assert!(d.wait_exit(Duration::from_secs(30)), "{}", d.log_text());
+    let plain = std::fs::read_to_string(&stderr_path).unwrap();
+    let has = |e: &[u8], what: &[u8]| e.windows(what.len()).any(|w| w == what);
+    assert!(
+        answered > 0,
+        "the daemon never called the camera; stderr:\n{plain}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| has(e, b"MESSAGE\n") && has(e, b"PRIORITY\n")),
+        "no journal entries; stderr:\n{plain}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| has(e, b"F_CAMERA\n") && has(e, b"door1")),
+        "no entry with the camera as a structured field"
+    );
+    assert!(
+        !entries.iter().any(|e| has(e, SECRET.as_bytes())),
+        "the password reached the journal"
+    );
+    assert!(
+        !plain.contains(SECRET),
+        "the password reached stderr:\n{plain}"
+    );
+    // Ordinary events went to the journal, not to the text stream.
+    assert!(
+        !plain.contains("camera tasks started"),
+        "structured events written as text:\n{plain}"
+    );
+    println!(
+        "{} journal entries, {} scrubbed text lines, camera answered {answered} times",
+        entries.len(),
+        plain.lines().count()
+    );
 }
