@@ -59,8 +59,12 @@ pub fn status(text: &str) {
     send(&[NotifyState::Status(&one_line(text))]);
 }
 
+/// Set by [`stopping`]: the HTTP server no longer answers on purpose.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// `STOPPING=1`: shutdown has started.
 pub fn stopping() {
+    STOPPING.store(true, Ordering::Relaxed);
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
@@ -345,13 +349,21 @@ impl Supervisor {
                 status(&recording_status(&self.cameras));
                 continue;
             };
-            match probe_http(addr, self.tls, probe_timeout).await {
-                Ok(_) => http_ok = Instant::now(),
-                Err(e) => tracing::debug!(%addr, error = %e, "watchdog: /healthz probe failed"),
+            let stopping = STOPPING.load(Ordering::Relaxed);
+            // While stopping, the server stops answering on purpose: only the threads count.
+            if !stopping {
+                match probe_http(addr, self.tls, probe_timeout).await {
+                    Ok(_) => http_ok = Instant::now(),
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "watchdog: /healthz probe failed")
+                    }
+                }
             }
             let mut stages: Vec<(&'static str, Instant)> =
                 self.stages.iter().map(|(n, h)| (*n, h.last())).collect();
-            stages.push(("HTTP server", http_ok));
+            if !stopping {
+                stages.push(("HTTP server", http_ok));
+            }
             match stuck_stage(&stages, Instant::now(), limit) {
                 Some((stage, since)) => {
                     if reported != Some(stage) {
@@ -371,7 +383,7 @@ impl Supervisor {
                         tracing::info!(stage, "progress again: watchdog pings resume");
                     }
                     watchdog_ping();
-                    if last_status.elapsed() >= STATUS_EVERY.min(limit) {
+                    if !stopping && last_status.elapsed() >= STATUS_EVERY.min(limit) {
                         status(&recording_status(&self.cameras));
                         last_status = Instant::now();
                     }
