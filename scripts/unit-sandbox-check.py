@@ -21,6 +21,7 @@ and exited 0 (not killed by SIGSYS).
 
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -125,7 +126,6 @@ def main():
     work = tempfile.mkdtemp(prefix="holdfast-sandbox-")
     os.chmod(work, 0o755)
     # A copy nobody may execute (the build's target dir may be under /root).
-    import shutil
     shutil.copy(binary, os.path.join(work, "holdfast"))
     binary = os.path.join(work, "holdfast")
     os.chmod(binary, 0o755)
@@ -159,7 +159,7 @@ key_file = "{key}"
 checkpoint_dir = "{logs}/checkpoints"
 
 [policies.short]
-video = "20s"
+video = "10s"
 keytags = "1h"
 
 [[sites]]
@@ -202,8 +202,8 @@ sites = ["*"]
             if daemon.poll() is not None:
                 break
             time.sleep(0.1)
-        # Two closed buckets expire (20 s retention): writes, syncs, expiry, unlink.
-        time.sleep(40)
+        # Two closed buckets expire (10 s retention): writes, syncs, expiry, unlink.
+        time.sleep(25)
         status, body = get(base + "/api/v1/cameras", token)
         print("GET /api/v1/cameras:", status, body[:200])
         ok &= status == 200 and b'"recording"' in body
@@ -213,7 +213,8 @@ sites = ["*"]
         deleted = [l for l in body.decode().splitlines()
                    if l.startswith("holdfast_sweeper_buckets_deleted")]
         print("metrics:", frames, deleted)
-        ok &= status == 200
+        ok &= status == 200 and bool(frames) and bool(deleted)
+        ok &= not frames[0].endswith(" 0") and not deleted[0].endswith(" 0")
     finally:
         if daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)
@@ -234,7 +235,11 @@ sites = ["*"]
             print(f"log has {bad!r}:")
             print("\n".join(l for l in log.splitlines() if bad in l)[:3000])
             ok = False
-    print("PASS" if ok else "FAIL", "- log in", log_path)
+    if ok:
+        shutil.rmtree(work)
+        print("PASS")
+    else:
+        print("FAIL - log in", log_path)
     sys.exit(0 if ok else 1)
 
 

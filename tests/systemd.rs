@@ -13,6 +13,10 @@
 //!   file stalls (no answer, as on a hung disk): the writer thread hangs in its sync, the
 //!   watchdog pings stop, STATUS= and the log name the writer; once the fsyncs complete, the
 //!   pings come back. A real stall of the real writer, no test hook.
+//! - `the_daemon_records_under_the_units_syscall_filter`: `scripts/unit-sandbox-check.py`
+//!   records a camsim camera under the unit's effective SystemCallFilter= set (kill on any
+//!   other call), as nobody, without capabilities, in a user namespace of its own: where
+//!   systemd is not PID 1 this stands in for starting the unit.
 //! - `journal_gets_structured_fields_and_no_secret`: the daemon in a mount namespace of its own
 //!   (`unshare -m`) whose `/run/systemd/journal/socket` is a socket this test binds, stderr a
 //!   file named by `JOURNAL_STREAM`: events arrive in the journal's native protocol with
@@ -565,5 +569,24 @@ fn journal_gets_structured_fields_and_no_secret() {
         "{} journal entries, {} scrubbed text lines, camera answered {answered} times",
         entries.len(),
         plain.lines().count()
+    );
+}
+
+#[test]
+fn the_daemon_records_under_the_units_syscall_filter() {
+    let out = Command::new("/usr/bin/python3")
+        .arg(repo_path("scripts/unit-sandbox-check.py"))
+        .arg(env!("CARGO_BIN_EXE_holdfast"))
+        .output()
+        .expect("running scripts/unit-sandbox-check.py");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(
+        out.status.success() && text.contains("PASS"),
+        "the daemon failed under the unit's sandbox (python3-seccomp: scripts/setup.sh):\n{text}"
     );
 }
