@@ -16,6 +16,7 @@ PKGS=(
   ffmpeg prometheus curl openssl python3 python3-venv faketime fuse3 e2fsprogs dpkg-dev fakeroot
   gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gst-1.0 gstreamer1.0-tools
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad
+  systemd python3-seccomp
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -83,6 +83,7 @@ pub async fn run_with(
     let recover = RecoverOptions {
         accept_missing_files: opts.accept_missing_files,
     };
+    crate::service::status("recovering the store");
     let (store, report) =
         tokio::task::spawn_blocking(move || Store::open_with(&data_dir, bucket_secs, recover))
             .await?
@@ -93,6 +94,7 @@ pub async fn run_with(
     let store = Arc::new(store);
     // The logbook before anything else runs: it refuses to open when its head record, last
     // entry and newest checkpoint disagree.
+    crate::service::status("opening the logbook");
     let (st, settings) = (store.clone(), config.logbook.clone());
     let logbook = Arc::new(
         tokio::task::spawn_blocking(move || Logbook::open(st.index(), &settings))
@@ -184,6 +186,7 @@ pub async fn run_with(
         config.storage.data_dir.clone(),
     )
     .context("starting the backup thread")?;
+    crate::service::status("starting the writer, the sweeper and the cameras");
     let writer = Writer::spawn(
         store.clone(),
         WriterConfig {
@@ -290,7 +293,7 @@ pub async fn run_with(
         writer: writer.handle(),
         metrics: metrics.clone(),
         auth: Authenticator::new(&config.users, &crate::roles::RoleTable::new(&config.roles)),
-        cameras: statuses,
+        cameras: statuses.clone(),
         metrics_require_auth: config.http.metrics_require_auth,
         holds,
         sites: config
@@ -340,11 +343,16 @@ pub async fn run_with(
             }
         };
         tokio::select! {
-            _ = requested => tracing::info!("stopping"),
+            _ = requested => {
+                crate::service::stopping();
+                tracing::info!("stopping");
+            }
             reason = writer_death(watch) => {
                 tracing::error!(reason = %reason, grace = ?WRITER_DEATH_GRACE,
                     "the writer thread died: /healthz answers 503; exiting after the grace period");
+                crate::service::status("the writer thread died: exiting");
                 tokio::time::sleep(WRITER_DEATH_GRACE).await;
+                crate::service::stopping();
                 *died_w.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
             }
         }
@@ -358,7 +366,22 @@ pub async fn run_with(
     } else {
         tracing::info!(%addr, "HTTP API listening");
     }
-    api::server::serve(listener, &config.http, tls, state, stopped).await?;
+    // READY=1 once /healthz answers, then STATUS= and the watchdog (crate::service).
+    let supervisor = crate::service::Supervisor {
+        stages: vec![
+            ("writer", writer.handle().heartbeat()),
+            ("sweeper", sweeper.heartbeat()),
+        ],
+        http: addr,
+        tls: tls.is_some(),
+        cameras: statuses,
+    }
+    .spawn();
+    let served = api::server::serve(listener, &config.http, tls, state, stopped).await;
+    if let Some(s) = supervisor {
+        s.abort();
+    }
+    served?;
 
     let _ = shutdown_tx.send(true);
     for t in tasks {

@@ -8,7 +8,7 @@
 //! - [`api`]: the HTTP API (axum), authentication and roles.
 //!
 //! Around them: [`config`] (TOML and validation), [`metrics`] (Prometheus), [`time`] (90 kHz
-//! wall-clock time), [`daemon`] (wiring and shutdown), [`camsim`] (simulated cameras) and
+//! wall-clock time), [`daemon`] (wiring and shutdown), [`service`] (systemd notify, watchdog, journal), [`camsim`] (simulated cameras) and
 //! [`demo`].
 
 #![warn(missing_docs)]
@@ -27,6 +27,7 @@ pub mod logbook;
 pub mod metrics;
 pub mod retention;
 pub mod roles;
+pub mod service;
 pub mod store;
 pub mod time;
 pub mod users;

@@ -176,14 +176,7 @@ enum LogbookCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        // Camera URLs (retina logs them through `log`) never reach the log.
-        .with_writer(holdfast::ingest::redact::ScrubbingWriter)
-        .init();
+    init_logging();
     // A panic's message goes through the same scrubbing as every log line (a camera task that
     // panics on a hostile stream must not print its URL).
     std::panic::set_hook(Box::new(|info| {
@@ -557,6 +550,37 @@ fn logbook_init_key(c: &Config) -> anyhow::Result<ExitCode> {
         path.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Plain text to stderr, or journald with structured fields when stderr is the journal stream
+/// (`holdfast::service::JournalLayer`). Camera URLs (retina logs them through `log`) never
+/// reach either.
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let plain =
+        tracing_subscriber::fmt::layer().with_writer(holdfast::ingest::redact::ScrubbingWriter);
+    let registry = tracing_subscriber::registry().with(filter);
+    if holdfast::service::journal_stream_is_stderr() {
+        // Without the journal's timestamps doubled: journald stamps each entry itself.
+        let fallback = tracing_subscriber::fmt::layer()
+            .without_time()
+            .with_writer(holdfast::ingest::redact::ScrubbingWriter);
+        match holdfast::service::JournalLayer::new(Box::new(fallback)) {
+            Ok(journal) => {
+                registry.with(journal).init();
+                return;
+            }
+            Err(e) => {
+                registry.with(plain).init();
+                tracing::warn!(error = %e, "journald not reachable: logging plain text to stderr");
+                return;
+            }
+        }
+    }
+    registry.with(plain).init();
 }
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -549,11 +549,35 @@ pub fn ntp_synced() -> bool {
     rc >= 0 && rc != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0
 }
 
-/// This boot's id (`/proc/sys/kernel/random/boot_id`), empty when unreadable.
+/// This boot's id (`/proc/sys/kernel/random/boot_id`); where `/proc/sys` is hidden (the
+/// systemd unit's `ProcSubset=pid`), the unit's `HOLDFAST_BOOT_ID=%b` in the same dashed form;
+/// empty when neither is there.
 pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_owned())
+        .ok()
+        .or_else(|| {
+            std::env::var("HOLDFAST_BOOT_ID")
+                .ok()
+                .and_then(|v| dashed_boot_id(&v))
+        })
         .unwrap_or_default()
+}
+
+/// systemd's `%b` (32 hex digits) in the kernel's form (`8-4-4-4-12`, lower case).
+fn dashed_boot_id(v: &str) -> Option<String> {
+    let v = v.trim().to_ascii_lowercase().replace('-', "");
+    if v.len() != 32 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &v[..8],
+        &v[8..12],
+        &v[12..16],
+        &v[16..20],
+        &v[20..]
+    ))
 }
 
 fn secs(ticks: i64) -> f64 {
@@ -1071,6 +1095,16 @@ mod tests {
 
     const T0: Time90k = Time90k(1_795_000_000 * TICKS_PER_SEC);
     const S: i64 = TICKS_PER_SEC;
+
+    #[test]
+    fn systemd_boot_ids_take_the_kernel_form() {
+        assert_eq!(
+            dashed_boot_id("0123456789ABCDEF0123456789abcdef").as_deref(),
+            Some("01234567-89ab-cdef-0123-456789abcdef")
+        );
+        assert_eq!(dashed_boot_id("%b"), None);
+        assert_eq!(dashed_boot_id("0123"), None);
+    }
 
     fn settings() -> ClockSettings {
         ClockSettings {

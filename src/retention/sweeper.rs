@@ -163,6 +163,8 @@ pub struct Sweeper {
     pressure: Mutex<Pressure>,
     rechecked: Mutex<Rechecked>,
     before_gate: Option<Hook>,
+    /// Beats while idle (every [`crate::service::HEARTBEAT_TICK`]) and per bucket in a sweep.
+    heartbeat: crate::service::Heartbeat,
 }
 
 impl Sweeper {
@@ -183,6 +185,7 @@ impl Sweeper {
             pressure: Mutex::default(),
             rechecked: Mutex::default(),
             before_gate: None,
+            heartbeat: crate::service::Heartbeat::new(),
         }
     }
 
@@ -219,6 +222,7 @@ impl Sweeper {
         }
         let mut seen = HashSet::new();
         for b in index.buckets(None)? {
+            self.heartbeat.beat();
             let done = if b.expired {
                 let key = (b.policy.clone(), b.start);
                 seen.insert(key.clone());
@@ -386,6 +390,7 @@ impl Sweeper {
         // (free space before, bytes the reclaim step freed) of each early expiry of this sweep.
         let mut steps: Vec<(u64, u64)> = Vec::new();
         for b in &candidates {
+            self.heartbeat.beat();
             if free >= target {
                 break;
             }
@@ -579,6 +584,7 @@ impl Sweeper {
     /// clock (`crate::wallclock`), so a wall-clock jump alone expires nothing and lapses no hold.
     pub fn spawn_with_now(self, now: impl Fn() -> Time90k + Send + 'static) -> SweeperHandle {
         let (tx, rx) = crossbeam_channel::unbounded::<Cmd>();
+        let heartbeat = self.heartbeat.clone();
         let thread = std::thread::Builder::new()
             .name("holdfast-sweeper".into())
             .spawn(move || self.run(rx, now))
@@ -586,16 +592,29 @@ impl Sweeper {
         SweeperHandle {
             tx,
             thread: Some(thread),
+            heartbeat,
         }
     }
 
     fn run(self, rx: Receiver<Cmd>, now: impl Fn() -> Time90k) {
         loop {
             let mut done: Option<Sender<()>> = None;
-            match rx.recv_timeout(self.cfg.interval) {
-                Ok(Cmd::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                Ok(Cmd::Now(tx)) => done = Some(tx),
-                Err(RecvTimeoutError::Timeout) => {}
+            // Wait for the interval or a command, waking up every tick to show it is alive.
+            let due = std::time::Instant::now() + self.cfg.interval;
+            loop {
+                self.heartbeat.beat();
+                let left = due.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match rx.recv_timeout(left.min(crate::service::HEARTBEAT_TICK)) {
+                    Ok(Cmd::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                    Ok(Cmd::Now(tx)) => {
+                        done = Some(tx);
+                        break;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
             }
             let t0 = std::time::Instant::now();
             match self.sweep(now()) {
@@ -622,6 +641,7 @@ enum Cmd {
 pub struct SweeperHandle {
     tx: Sender<Cmd>,
     thread: Option<JoinHandle<()>>,
+    heartbeat: crate::service::Heartbeat,
 }
 
 impl SweeperHandle {
@@ -631,6 +651,12 @@ impl SweeperHandle {
         if self.tx.send(Cmd::Now(tx)).is_ok() {
             let _ = rx.recv();
         }
+    }
+
+    /// The sweeper thread's heartbeat: it beats at least every
+    /// [`crate::service::HEARTBEAT_TICK`] while idle and at every bucket of a sweep.
+    pub fn heartbeat(&self) -> crate::service::Heartbeat {
+        self.heartbeat.clone()
     }
 
     /// Stops the thread (after a running sweep finishes).

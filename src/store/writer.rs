@@ -129,6 +129,8 @@ struct Shared {
     health: std::sync::Mutex<WriteHealth>,
     /// Test hook: the next io_uring submission fails as if the ring broke.
     fail_ring: AtomicBool,
+    /// Bumped at every turn of the thread's loop (the systemd watchdog's sign of progress).
+    heartbeat: crate::service::Heartbeat,
 }
 
 /// How storing segments went lately.
@@ -241,6 +243,12 @@ impl WriterHandle {
         self.shared.paused.load(Ordering::Acquire)
     }
 
+    /// The writer thread's heartbeat: it beats at every loop turn, at least every second or
+    /// `sync_interval` also when idle, and stops while a write, sync or commit hangs.
+    pub fn heartbeat(&self) -> crate::service::Heartbeat {
+        self.shared.heartbeat.clone()
+    }
+
     /// Whether the writer thread is running.
     pub fn is_alive(&self) -> bool {
         self.shared.alive.load(Ordering::Acquire)
@@ -333,6 +341,7 @@ impl Writer {
             death: std::sync::Mutex::new(None),
             health: Default::default(),
             fail_ring: AtomicBool::new(false),
+            heartbeat: crate::service::Heartbeat::new(),
         });
         let buckets_dir = store.buckets_dir();
         let buckets_id =
@@ -525,6 +534,7 @@ impl WriterThread {
 
     fn run_until_fatal(&mut self) {
         loop {
+            self.shared.heartbeat.beat();
             self.check_fatal();
             if self.fatal.is_some() {
                 return;

@@ -17,6 +17,9 @@
 //! - **Faults.** [`FaultFs::fail`] adds a rule: an operation ([`Op`]) on paths containing a
 //!   pattern fails with an errno (EIO, ENOSPC, ...), until [`FaultFs::clear`]; every injected
 //!   error is counted.
+//! - **Stalls.** [`FaultFs::stall_fsync`]: an `fsync` of a path containing a pattern gets no
+//!   answer (the caller hangs, as on a dying disk or a hung NFS server) until
+//!   [`FaultFs::unstall`] completes it as synced; other requests are still served.
 //!
 //! The daemon writes with io_uring `writev` and fdatasyncs with io_uring too: on a FUSE file the
 //! kernel runs those requests in io-wq worker threads, and they reach this layer as ordinary
@@ -124,6 +127,10 @@ struct Inner {
     created: Vec<Created>,
     rules: Vec<Rule>,
     stats: Stats,
+    /// Patterns whose fsyncs stall.
+    stall_fsync: Vec<String>,
+    /// Stalled fsyncs: (inode, the reply not sent yet).
+    stalled: Vec<(u64, ReplyEmpty)>,
 }
 
 /// Punches larger than this are treated as durable at once (their old bytes are not kept).
@@ -544,6 +551,11 @@ impl fuser::Filesystem for Fs {
         let mut s = self.lock();
         let rel = tri!(reply, s.rel(ino.0));
         tri!(reply, s.check(Op::Fsync, &rel));
+        let p = rel.to_string_lossy();
+        if s.stall_fsync.iter().any(|pat| p.contains(pat.as_str())) {
+            s.stalled.push((ino.0, reply));
+            return;
+        }
         // The backing file is this layer's "disk": its bytes are now the synced state.
         s.undo.remove(&ino.0);
         s.stats.fsyncs += 1;
@@ -689,6 +701,8 @@ impl FaultFs {
             created: Vec::new(),
             rules: Vec::new(),
             stats: Stats::default(),
+            stall_fsync: Vec::new(),
+            stalled: Vec::new(),
         };
         let mut fs = FaultFs {
             inner: Arc::new(Mutex::new(inner)),
@@ -717,6 +731,7 @@ impl FaultFs {
     }
 
     fn unmount(&mut self) {
+        self.unstall();
         if let Some(s) = self.session.take() {
             if let Err(e) = s.umount_and_join() {
                 eprintln!("faultfs: unmount of {}: {e}", self.mountpoint.display());
@@ -806,6 +821,28 @@ impl FaultFs {
     /// Removes every fault rule.
     pub fn clear(&self) {
         self.lock().rules.clear();
+    }
+
+    /// From now on, an `fsync` of a path containing `pattern` is not answered until
+    /// [`FaultFs::unstall`].
+    pub fn stall_fsync(&self, pattern: &str) {
+        self.lock().stall_fsync.push(pattern.to_owned());
+    }
+
+    /// How many fsyncs are stalled now.
+    pub fn stalled(&self) -> usize {
+        self.lock().stalled.len()
+    }
+
+    /// Ends every stall: the stalled fsyncs complete (as synced) and later ones are answered.
+    pub fn unstall(&self) {
+        let mut s = self.lock();
+        s.stall_fsync.clear();
+        for (ino, reply) in std::mem::take(&mut s.stalled) {
+            s.undo.remove(&ino);
+            s.stats.fsyncs += 1;
+            reply.ok();
+        }
     }
 
     /// Counters so far.
