@@ -57,6 +57,13 @@ pub struct DirectionLabel {
     pub direction: String,
 }
 
+/// Label set of config reload counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok` or `refused`.
+    pub result: String,
+}
+
 /// Label set of per-policy metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabel {
@@ -182,6 +189,10 @@ pub struct Metrics {
     pub clock_jumps: Family<DirectionLabel, Counter>,
     /// Wall clock minus trusted time, in seconds (0 while the wall clock is trusted).
     pub clock_offset_seconds: GaugeF64,
+    /// Config reloads (SIGHUP) by result: `ok` or `refused`.
+    pub config_reloads: Family<ResultLabel, Counter>,
+    /// Unix time of the last accepted config reload (0: none since the start).
+    pub config_last_reload_success: GaugeF64,
 }
 
 impl Default for Metrics {
@@ -382,8 +393,27 @@ impl Metrics {
             "Wall clock minus the trusted time (0 while the wall clock is trusted)",
             clock_offset_seconds.clone(),
         );
+        let config_reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "holdfast_config_reloads",
+            "Config reloads (SIGHUP) by result: ok (applied) or refused (invalid, or a key that needs a restart changed)",
+            config_reloads.clone(),
+        );
+        for result in ["ok", "refused"] {
+            drop(config_reloads.get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            }));
+        }
+        let config_last_reload_success = GaugeF64::default();
+        registry.register(
+            "holdfast_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last accepted config reload (0: none since the daemon started)",
+            config_last_reload_success.clone(),
+        );
         Self {
             registry,
+            config_reloads,
+            config_last_reload_success,
             clock_jumps,
             clock_offset_seconds,
             sweeper_runs,
@@ -518,6 +548,14 @@ mod tests {
             let series = format!("holdfast_clock_jumps_total{{direction=\"{direction}\"}} 0");
             assert!(text.contains(&series), "{text}");
         }
+        for result in ["ok", "refused"] {
+            let series = format!("holdfast_config_reloads_total{{result=\"{result}\"}} 0");
+            assert!(text.contains(&series), "{text}");
+        }
+        assert!(
+            text.contains("holdfast_config_last_reload_success_timestamp_seconds 0"),
+            "{text}"
+        );
         for reason in DROP_REASONS {
             let series = format!(
                 "holdfast_segments_dropped_total{{camera=\"noord\",reason=\"{reason}\"}} 0"

@@ -591,12 +591,17 @@ impl Sweeper {
         }
     }
 
-    fn run(self, rx: Receiver<Cmd>, now: impl Fn() -> Time90k) {
+    fn run(mut self, rx: Receiver<Cmd>, now: impl Fn() -> Time90k) {
         loop {
             let mut done: Option<Sender<()>> = None;
             match rx.recv_timeout(self.cfg.interval) {
                 Ok(Cmd::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Ok(Cmd::Now(tx)) => done = Some(tx),
+                Ok(Cmd::Config(cfg)) => {
+                    // A reload: the next sweep (after the new interval) uses it.
+                    self.cfg = *cfg;
+                    continue;
+                }
                 Err(RecvTimeoutError::Timeout) => {}
             }
             let t0 = std::time::Instant::now();
@@ -617,6 +622,7 @@ impl Sweeper {
 
 enum Cmd {
     Now(Sender<()>),
+    Config(Box<SweeperConfig>),
     Stop,
 }
 
@@ -633,6 +639,12 @@ impl SweeperHandle {
         if self.tx.send(Cmd::Now(tx)).is_ok() {
             let _ = rx.recv();
         }
+    }
+
+    /// Replaces the sweeper's settings (a config reload); a running sweep finishes with the old
+    /// ones, the next one uses these.
+    pub fn set_config(&self, cfg: SweeperConfig) {
+        let _ = self.tx.send(Cmd::Config(Box::new(cfg)));
     }
 
     /// Stops the thread (after a running sweep finishes).
