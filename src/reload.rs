@@ -259,8 +259,10 @@ data_dir = "/tmp/hf"
 listen = "127.0.0.1:8480"
 [policies.standard]
 video = "7d"
+keytags = "7d"
 [policies.long]
 video = "28d"
+keytags = "7d"
 [[sites]]
 id = "noord"
 policy = "standard"
