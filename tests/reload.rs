@@ -95,7 +95,9 @@ fn sigterm_tears_down_writes_everything_and_leaves_nothing_to_recover() {
     drop(sim);
     let before = log.len();
     d.spawn_again();
-    d.wait_until(Duration::from_secs(30), |d| d.get("/healthz", None).0 == 200);
+    d.wait_until(Duration::from_secs(30), |d| {
+        d.get("/healthz", None).0 == 200
+    });
     let log = d.log_text();
     let line = log[before..]
         .lines()
@@ -123,7 +125,10 @@ fn sigterm_tears_down_writes_everything_and_leaves_nothing_to_recover() {
         let iv = intervals(&d, cam, t_start);
         assert_eq!(iv.len(), 1, "{cam}: {iv:?}");
         let end = iv[0].1;
-        println!("{cam}: last segment ends {:.3} s after the SIGTERM", end - t_stop);
+        println!(
+            "{cam}: last segment ends {:.3} s after the SIGTERM",
+            end - t_stop
+        );
         assert!(
             end > t_stop - 1.0 && end < t_stop + 1.0,
             "{cam}: footage ends at {end}, the stop was at {t_stop}"
@@ -223,12 +228,18 @@ fn camera_ids(d: &Daemon) -> Vec<String> {
         .collect()
 }
 
-/// Frames of `a` before and after a reload: the counter only moved on (the same task counted).
-fn a_moves_on(d: &Daemon, before: f64) -> f64 {
+/// Frames of `a` after a reload: the counter only moved on (the same task counted), and `a`'s
+/// durable footage reaches 2 s past the reload (segments across the reload are written), so the
+/// gap check at the end covers every reload.
+fn a_moves_on(d: &Daemon, before: f64, t_start: f64) -> f64 {
+    let t = now_secs();
     let mut now = 0.0;
-    d.wait_until(Duration::from_secs(10), |d| {
+    d.wait_until(Duration::from_secs(15), |d| {
         now = frames(d, "a");
         now > before
+            && intervals(d, "a", t_start)
+                .last()
+                .is_some_and(|i| i.1 > t + 2.0)
     });
     now
 }
@@ -240,8 +251,12 @@ fn sighup_reloads_cameras_users_and_roles_while_untouched_cameras_record_on() {
     let sim = Camsim::start_logged(4, &sim_log);
     let tom = user("tom", "technician", TOM, "[\"*\"]");
     // A, C at north; B at south. Tom (technician) may not read the logbook.
-    let rest0 = config_rest(&sim, &[("a", "north", 0), ("b", "south", 1), ("c", "north", 2)], &tom)
-        .replace("SOUTH_POLICY", "standard");
+    let rest0 = config_rest(
+        &sim,
+        &[("a", "north", 0), ("b", "south", 1), ("c", "north", 2)],
+        &tom,
+    )
+    .replace("SOUTH_POLICY", "standard");
     let t_start = now_secs();
     let d = Daemon::start(&rest0, STORAGE);
     wait_recording(&d, &["a", "b", "c"]);
@@ -254,12 +269,22 @@ fn sighup_reloads_cameras_users_and_roles_while_untouched_cameras_record_on() {
     assert_eq!(http_get(d.addr, "/api/v1/cameras", Some(ERIN)).0, 401);
     assert_eq!(http_get(d.addr, "/api/v1/logbook", Some(TOM)).0, 403);
     let mut a_frames = frames(&d, "a");
+    // a's footage starts before the first reload.
+    d.wait_until(Duration::from_secs(15), |d| {
+        !intervals(d, "a", t_start).is_empty()
+    });
+    let t_first = now_secs();
 
     // (1) Add camera d and user erin.
     let erin = user("erin", "manager", ERIN, "[\"*\"]");
     let rest1 = config_rest(
         &sim,
-        &[("a", "north", 0), ("b", "south", 1), ("c", "north", 2), ("d", "north", 3)],
+        &[
+            ("a", "north", 0),
+            ("b", "south", 1),
+            ("c", "north", 2),
+            ("d", "north", 3),
+        ],
         &format!("{tom}{erin}"),
     )
     .replace("SOUTH_POLICY", "standard");
@@ -268,7 +293,7 @@ fn sighup_reloads_cameras_users_and_roles_while_untouched_cameras_record_on() {
     wait_recording(&d, &["d"]);
     assert_eq!(http_get(d.addr, "/api/v1/cameras", Some(ERIN)).0, 200);
     assert_eq!(camera_ids(&d), ["a", "b", "c", "d"]);
-    a_frames = a_moves_on(&d, a_frames);
+    a_frames = a_moves_on(&d, a_frames, t_start);
 
     // (2) Remove c, move south (camera b) to another policy, revoke erin.
     let rest2 = config_rest(
@@ -284,7 +309,11 @@ fn sighup_reloads_cameras_users_and_roles_while_untouched_cameras_record_on() {
     // for configured cameras only.
     assert_eq!(
         d.get(
-            &format!("/api/v1/cameras/c/recordings?from={}&to={}", rfc3339(t_start), rfc3339(now_secs())),
+            &format!(
+                "/api/v1/cameras/c/recordings?from={}&to={}",
+                rfc3339(t_start),
+                rfc3339(now_secs())
+            ),
             Some(&d.token)
         )
         .0,
@@ -294,21 +323,23 @@ fn sighup_reloads_cameras_users_and_roles_while_untouched_cameras_record_on() {
         camsim_events(&sim_log, "camsim: playing", 1) == 2
     });
     wait_recording(&d, &["b"]);
-    a_frames = a_moves_on(&d, a_frames);
+    a_frames = a_moves_on(&d, a_frames, t_start);
 
     // (3) The technician role may read the logbook now.
     let roles = "\n[roles.technician]\npermissions = [\"cameras_status\", \"view:technical\", \"logbook_read\"]\n";
     let rest3 = format!("{rest2}{roles}");
     reload(&d, &rest2, &rest3, "ok", 3.0);
     assert_eq!(http_get(d.addr, "/api/v1/logbook", Some(TOM)).0, 200);
-    a_frames = a_moves_on(&d, a_frames);
+    a_frames = a_moves_on(&d, a_frames, t_start);
 
     // (4) A typo: refused, the key named in the log, the running config kept.
     let rest4 = rest3.replacen("url = ", "urll = ", 1);
     reload(&d, &rest3, &rest4, "refused", 1.0);
     // (5) A key that needs a restart: refused, named, "needs a restart".
     let path = d.config_path();
-    let text = std::fs::read_to_string(&path).unwrap().replacen(&rest4, &rest3, 1);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replacen(&rest4, &rest3, 1);
     let listen = format!("listen = \"{}\"", d.addr);
     assert!(text.contains(&listen));
     std::fs::write(&path, text.replacen(&listen, "listen = \"127.0.0.1:1\"", 1)).unwrap();
@@ -322,15 +353,16 @@ fn sighup_reloads_cameras_users_and_roles_while_untouched_cameras_record_on() {
         "no refusal naming the key:\n{log}"
     );
     assert!(
-        log.lines().any(|l| l.contains("config reload refused: http.listen")
-            && l.contains("needs a restart")),
+        log.lines()
+            .any(|l| l.contains("config reload refused: http.listen")
+                && l.contains("needs a restart")),
         "no refusal naming http.listen:\n{log}"
     );
     assert_eq!(reloads(&d, "ok"), 3.0);
     assert_eq!(camera_ids(&d), ["a", "b", "d"]);
     assert_eq!(http_get(d.addr, "/api/v1/logbook", Some(TOM)).0, 200);
     assert_eq!(http_get(d.addr, "/api/v1/cameras", Some(ERIN)).0, 401);
-    a_moves_on(&d, a_frames);
+    a_moves_on(&d, a_frames, t_start);
 
     // Camera a: one RTSP session from start to end, never torn down, never reconnected.
     assert_eq!(camsim_events(&sim_log, "camsim: playing", 0), 1);
@@ -342,17 +374,30 @@ fn sighup_reloads_cameras_users_and_roles_while_untouched_cameras_record_on() {
     // ... and its footage is one contiguous run (segments written after the last reload too).
     let t_check = now_secs();
     d.wait_until(Duration::from_secs(15), |d| {
-        intervals(d, "a", t_start).last().is_some_and(|i| i.1 > t_check)
+        intervals(d, "a", t_start)
+            .last()
+            .is_some_and(|i| i.1 > t_check)
     });
     let iv = intervals(&d, "a", t_start);
     assert_eq!(iv.len(), 1, "a has gaps: {iv:?}");
+    assert!(
+        iv[0].0 < t_first && iv[0].1 > t_check,
+        "a's run {iv:?} does not span the reloads ({t_first} .. {t_check})"
+    );
     // b restarted once (TEARDOWN, new session), c was torn down, d started once.
     assert_eq!(camsim_events(&sim_log, "camsim: TEARDOWN", 1), 1);
     assert_eq!(camsim_events(&sim_log, "camsim: TEARDOWN", 2), 1);
     assert_eq!(camsim_events(&sim_log, "camsim: playing", 3), 1);
 
     // One logbook entry per reload, with what changed by name (no token hash).
+    for l in d.log_text().lines().filter(|l| l.contains("config reload")) {
+        println!("{l}");
+    }
+    println!("a: {iv:?}");
     let entries = reload_entries(&d);
+    for e in &entries {
+        println!("{}", e["object"]);
+    }
     assert_eq!(entries.len(), 5, "{entries:#?}");
     let text = serde_json::to_string(&entries).unwrap();
     use sha2::Digest;
