@@ -257,6 +257,8 @@ mod tests {
 data_dir = "/tmp/hf"
 [http]
 listen = "127.0.0.1:8480"
+[logbook]
+unkeyed = true
 [policies.standard]
 video = "7d"
 keytags = "7d"
