@@ -1,4 +1,5 @@
-//! `holdfast run`: wires the stages together and runs until SIGTERM or Ctrl-C.
+//! `holdfast run`: wires the stages together, reloads the config on SIGHUP, and runs until
+//! SIGTERM or Ctrl-C.
 //!
 //! Start-up order: open the store (recovery runs and reports), open the logbook (refused when it
 //! disagrees with its head record or newest checkpoint) and start its checkpoint thread, load the
@@ -11,6 +12,13 @@
 //! io_uring broken), `/healthz` answers 503 at once; after [`WRITER_DEATH_GRACE`] the daemon
 //! shuts down and `run` returns [`WriterDied`], which `holdfast run` turns into exit code
 //! [`EXIT_WRITER_DIED`] (70, `EX_SOFTWARE`), so that systemd restarts it.
+//!
+//! SIGHUP (`Reloader`) re-reads the config file: refused whole (errors logged by key, the running
+//! config kept) when it is invalid or a key that needs a restart changed (`crate::reload`);
+//! otherwise removed and changed cameras stop, added and changed ones start, untouched ones keep
+//! their task and RTSP session, and the API's `Live` settings, the sweeper's settings and the
+//! writer's retention map are replaced. Every reload is a `config.reload` logbook entry. The
+//! stop has a budget ([`STOP_BUDGET`]) below systemd's `TimeoutStopSec`.
 //!
 //! The camera tasks run on a runtime of their own (two worker threads); HTTP and everything
 //! else run on the main runtime.
