@@ -592,13 +592,18 @@ impl Sweeper {
     }
 
     fn run(mut self, rx: Receiver<Cmd>, now: impl Fn() -> Time90k) {
+        // The next sweep is due one interval after the last one ended (a reload does not push
+        // it back, so frequent reloads cannot starve the sweeps).
+        let mut last = std::time::Instant::now();
         loop {
             let mut done: Option<Sender<()>> = None;
-            match rx.recv_timeout(self.cfg.interval) {
+            let wait =
+                (last + self.cfg.interval).saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(wait) {
                 Ok(Cmd::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Ok(Cmd::Now(tx)) => done = Some(tx),
                 Ok(Cmd::Config(cfg)) => {
-                    // A reload: the next sweep (after the new interval) uses it.
+                    // A reload: the next sweep (due by the new interval) uses it.
                     self.cfg = *cfg;
                     continue;
                 }
@@ -613,6 +618,7 @@ impl Sweeper {
                 }
                 Err(e) => tracing::error!(error = %e, "sweep failed; retrying next interval"),
             }
+            last = std::time::Instant::now();
             if let Some(tx) = done {
                 let _ = tx.send(());
             }
