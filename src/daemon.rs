@@ -622,6 +622,9 @@ impl Reloader {
                 "camera tasks that did not stop in time were cut off"
             );
         }
+        for id in &d.removed {
+            self.metrics.forget_camera_state(id);
+        }
         // New buckets of a new policy record its retention before its first segment arrives.
         self.writer.set_retention(writer_retention(&new));
         for id in d.added.iter().chain(&d.changed) {

@@ -466,6 +466,17 @@ impl Metrics {
         );
     }
 
+    /// Removes the state series (`holdfast_camera_up`, `holdfast_camera_last_frame_age_seconds`)
+    /// of a camera a reload removed, so it does not stay "down" (and alerting) until the next
+    /// start; its counters stay (they only ever grow).
+    pub fn forget_camera_state(&self, camera: &str) {
+        let l = CameraLabel {
+            camera: camera.to_owned(),
+        };
+        self.camera_up.remove(&l);
+        self.camera_last_frame_age.remove(&l);
+    }
+
     /// Creates a camera's dropped-segment series at 0 for every reason, so the first drop is an
     /// increase a rate or an alert sees, and dashboards show the family before anything failed.
     pub fn register_camera_drops(&self, camera: &str) {

@@ -305,6 +305,13 @@ fn sighup_reloads_cameras_users_and_roles_while_untouched_cameras_record_on() {
     reload(&d, &rest1, &rest2, "ok", 2.0);
     assert_eq!(http_get(d.addr, "/api/v1/cameras", Some(ERIN)).0, 401);
     assert_eq!(camera_ids(&d), ["a", "b", "d"]);
+    // A removed camera is not left "down" in the metrics (it would alert until the next start).
+    let (_, text) = d.get("/metrics", None);
+    assert!(!text.contains("holdfast_camera_up{camera=\"c\"}"), "{text}");
+    assert!(
+        text.contains("holdfast_camera_up{camera=\"a\"} 1"),
+        "{text}"
+    );
     // The removed camera's footage is kept (nothing is deleted by a reload), but the API answers
     // for configured cameras only.
     assert_eq!(
