@@ -124,8 +124,11 @@ impl CameraTask {
         loop {
             self.status.set_state(CameraState::Connecting);
             let before = self.segmenter.stats().frames;
+            // For rtsps://, the relay of this session: kept past the session's end when the task
+            // stops, so that retina's TEARDOWN can still go through it.
+            let mut relay = None;
             let outcome = tokio::select! {
-                r = self.session() => Some(r),
+                r = self.session(&mut relay) => Some(r),
                 _ = shutdown.wait_for(|stop| *stop) => None,
             };
             let Some(result) = outcome else {
@@ -148,8 +151,10 @@ impl CameraTask {
                     Err(_) => tracing::warn!(camera = %self.status.id, timeout = ?TEARDOWN_TIMEOUT,
                         "camera stopped; no answer to the TEARDOWN in time"),
                 }
+                drop(relay);
                 return;
             };
+            drop(relay);
             // The stream ended: what is buffered is written, and the gap starts here.
             if let Some(seg) = self.segmenter.end_of_stream() {
                 let _ = self.writer.submit(seg);
@@ -194,19 +199,23 @@ impl CameraTask {
     }
 
     /// One RTSP session, until it fails. The caller scrubs the error text.
-    async fn session(&mut self) -> Result<(), String> {
+    async fn session(&mut self, relay_slot: &mut Option<tls::Relay>) -> Result<(), String> {
         let user_agent = format!("holdfast/{}", env!("CARGO_PKG_VERSION"));
         // For rtsps://, the relay lives as long as this session.
-        let (url, _relay) = match &self.tls {
+        // For rtsps://, the relay lives in the caller's slot (as long as this session, or until
+        // the TEARDOWN when the task stops).
+        let url = match &self.tls {
             Some(client) => {
                 let relay = within("TLS connect", tls::connect(&self.url, client)).await?;
-                (relay.url.clone(), Some(relay))
+                let url = relay.url.clone();
+                *relay_slot = Some(relay);
+                url
             }
             None => {
                 if self.credentials.is_some() && !self.allow_basic_auth {
                     self.refuse_basic_only(&user_agent).await?;
                 }
-                (self.url.clone(), None)
+                self.url.clone()
             }
         };
         let creds = self.credentials.as_ref().map(|(u, p)| Credentials {
