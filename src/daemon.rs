@@ -81,6 +81,16 @@ pub async fn run_with(
     stop: Option<tokio::sync::oneshot::Receiver<()>>,
     opts: RunOptions,
 ) -> anyhow::Result<()> {
+    // SIGHUP is caught from the very start, so a reload asked for during recovery is not fatal
+    // (it is applied once the daemon runs). Without a config file (the demo) there is nothing to
+    // re-read and SIGHUP keeps its default action.
+    let hup = match opts.config_path {
+        Some(_) => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("installing the SIGHUP handler")?,
+        ),
+        None => None,
+    };
     // Every camera's password is readable before anything is opened (they are loaded again when
     // the camera tasks start).
     if let Some(e) = config.check_secrets().into_iter().next() {
@@ -240,9 +250,9 @@ pub async fn run_with(
         .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
     let cameras = Arc::new(tokio::sync::Mutex::new(cameras));
-    // SIGHUP: re-read the config (see `reload`). Without a config file (tests, the demo) there is
-    // nothing to re-read and SIGHUP keeps its default action.
-    let reloader = opts.config_path.clone().map(|path| {
+    // SIGHUP: re-read the config (see `Reloader`). A SIGHUP that came during the start (the
+    // handler is installed first thing) is applied now.
+    let reloader = opts.config_path.clone().zip(hup).map(|(path, hup)| {
         let r = Reloader {
             path,
             config: config.clone(),
@@ -252,12 +262,8 @@ pub async fn run_with(
             writer: writer.handle(),
             metrics: metrics.clone(),
         };
-        // Installed before the API answers, so a SIGHUP from then on is never fatal.
-        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .context("installing the SIGHUP handler");
-        hup.map(|hup| tokio::spawn(r.run(hup)))
+        tokio::spawn(r.run(hup))
     });
-    let reloader = reloader.transpose()?;
     let died = Arc::new(std::sync::Mutex::new(None::<String>));
     let (watch, died_w) = (writer.handle(), died.clone());
     let stopped = async move {

@@ -397,7 +397,11 @@ fn sighup_reloads_cameras_users_and_roles_while_untouched_cameras_record_on() {
     assert_eq!(camsim_events(&sim_log, "camsim: playing", 3), 1);
 
     // One logbook entry per reload, with what changed by name (no token hash).
-    for l in d.log_text().lines().filter(|l| l.contains("config reload")) {
+    for l in d
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("config reload") || l.contains("SIGHUP"))
+    {
         println!("{l}");
     }
     println!("a: {iv:?}");
