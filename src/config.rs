@@ -236,7 +236,7 @@ pub struct Policy {
 }
 
 /// `[[sites]]`: a complex, with its policy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Site {
     /// Site id.
     pub id: String,
@@ -266,7 +266,7 @@ pub enum PasswordSource {
 }
 
 /// `[[cameras]]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Camera {
     /// Camera id, `[a-z0-9-]`.
     pub id: String,
@@ -315,7 +315,7 @@ impl Camera {
 }
 
 /// `[[users]]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     /// User (or system) name, as the logbook shows it.
     pub name: String,

@@ -1,4 +1,5 @@
-//! `holdfast run`: wires the stages together and runs until SIGTERM or Ctrl-C.
+//! `holdfast run`: wires the stages together, reloads the config on SIGHUP, and runs until
+//! SIGTERM or Ctrl-C.
 //!
 //! Start-up order: open the store (recovery runs and reports), open the logbook (refused when it
 //! disagrees with its head record or newest checkpoint) and start its checkpoint thread, load the
@@ -12,25 +13,36 @@
 //! shuts down and `run` returns [`WriterDied`], which `holdfast run` turns into exit code
 //! [`EXIT_WRITER_DIED`] (70, `EX_SOFTWARE`), so that systemd restarts it.
 //!
+//! SIGHUP (`Reloader`) re-reads the config file: refused whole (errors logged by key, the running
+//! config kept) when it is invalid or a key that needs a restart changed (`crate::reload`);
+//! otherwise removed and changed cameras stop, added and changed ones start, untouched ones keep
+//! their task and RTSP session, and the API's `Live` settings, the sweeper's settings and the
+//! writer's retention map are replaced. Every reload is a `config.reload` logbook entry. The
+//! stop has a budget ([`STOP_BUDGET`]) below systemd's `TimeoutStopSec`.
+//!
 //! The camera tasks run on a runtime of their own (two worker threads); HTTP and everything
 //! else run on the main runtime.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::api::{self, auth::Authenticator, AppState};
+use crate::api::{self, AppState, Live};
 use crate::config::Config;
 use crate::ingest::camera::{CameraMetrics, CameraTask};
 use crate::ingest::segmenter::Segmenter;
 use crate::ingest::CameraStatus;
 use crate::logbook::{Checkpointer, Logbook};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ResultLabel};
+use crate::reload::{restart_keys, CameraSpec, Summary};
 use crate::retention::holds::Holds;
-use crate::retention::sweeper::{Sweeper, SweeperConfig};
+use crate::retention::sweeper::{Sweeper, SweeperConfig, SweeperHandle};
 use crate::store::recovery::RecoverOptions;
-use crate::store::writer::{Writer, WriterConfig};
+use crate::store::writer::{Writer, WriterConfig, WriterHandle};
 use crate::store::Store;
 use crate::time::duration_to_ticks;
 use crate::wallclock::TrustedClock;
@@ -50,11 +62,13 @@ pub const LOGBOOK_VERIFY_INTERVAL: std::time::Duration = std::time::Duration::fr
 pub struct WriterDied(pub String);
 
 /// Options of `holdfast run`.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct RunOptions {
     /// Start although most bucket files are missing, forgetting their entries (recorded in the
     /// logbook as `store.files_lost`).
     pub accept_missing_files: bool,
+    /// The config file, re-read on SIGHUP (`None`: no reload; SIGHUP keeps its default action).
+    pub config_path: Option<PathBuf>,
 }
 
 /// Runs the daemon until `stop` resolves (or SIGTERM/Ctrl-C when `stop` is `None`).
@@ -71,12 +85,21 @@ pub async fn run_with(
     stop: Option<tokio::sync::oneshot::Receiver<()>>,
     opts: RunOptions,
 ) -> anyhow::Result<()> {
-    let secrets: Vec<_> = config
-        .cameras
-        .iter()
-        .map(|c| c.load_password())
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+    // SIGHUP is caught from the very start, so a reload asked for during recovery is not fatal
+    // (it is applied once the daemon runs). Without a config file (the demo) there is nothing to
+    // re-read and SIGHUP keeps its default action.
+    let hup = match opts.config_path {
+        Some(_) => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("installing the SIGHUP handler")?,
+        ),
+        None => None,
+    };
+    // Every camera's password is readable before anything is opened (they are loaded again when
+    // the camera tasks start).
+    if let Some(e) = config.check_secrets().into_iter().next() {
+        anyhow::bail!("config: {e}");
+    }
 
     let data_dir = config.storage.data_dir.clone();
     let bucket_secs = config.storage.bucket_secs();
@@ -200,55 +223,25 @@ pub async fn run_with(
     )?;
     // Every bucket the writer creates records its policy's retention, so that it still expires
     // after the policy is renamed or removed.
-    writer.handle().set_retention(
-        config
-            .policies
-            .iter()
-            .map(|(name, p)| (name.clone(), p.video.as_secs()))
-            .collect(),
-    );
+    writer.handle().set_retention(writer_retention(&config));
 
     let holds =
         Arc::new(Holds::load_at(store.clone(), clock.retention_now()).context("loading holds")?);
-    let retention = SweeperConfig {
-        policies: config
-            .policies
-            .iter()
-            .map(|(name, p)| (name.clone(), p.video))
-            .collect(),
-        interval: config.sweeper.interval,
-        min_free: config.storage.min_free,
-        keytags: config
-            .sites
-            .iter()
-            .filter_map(|s| Some((s.id.clone(), config.policies.get(&s.policy)?.keytags)))
-            .collect(),
-        camera_sites: config
-            .cameras
-            .iter()
-            .map(|c| (c.id.clone(), c.site.clone()))
-            .collect(),
-        camera_policies: config
-            .cameras
-            .iter()
-            .map(|c| (c.id.clone(), config.camera_policy(c).to_owned()))
-            .collect(),
-    };
-    let sweeper = Sweeper::new(
-        store.clone(),
-        holds.clone(),
-        writer.handle(),
-        retention.clone(),
-        metrics.clone(),
-    )
-    .spawn_with_now({
-        let clock = clock.clone();
-        move || clock.retention_now()
-    });
+    let retention = sweeper_config(&config);
+    let sweeper = Arc::new(
+        Sweeper::new(
+            store.clone(),
+            holds.clone(),
+            writer.handle(),
+            retention.clone(),
+            metrics.clone(),
+        )
+        .spawn_with_now({
+            let clock = clock.clone();
+            move || clock.retention_now()
+        }),
+    );
 
-    // Camera sessions get a runtime of their own, so nothing the API does (synchronous RocksDB
-    // reads, logbook fsyncs, a flood of requests) runs on the threads that carry them.
-    let camera_rt = CameraRuntime::new()?;
     // New footage starts after the newest footage on disk, even after a backward step of the
     // wall clock that was confirmed before this start (design/time.md).
     let newest_recorded = store
@@ -258,79 +251,53 @@ pub async fn run_with(
         .filter(|b| b.segments > 0)
         .map(|b| b.last_end)
         .max();
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let mut statuses = Vec::new();
-    let mut tasks = Vec::new();
-    for (cam, secret) in config.cameras.iter().zip(secrets) {
-        let status = Arc::new(CameraStatus::new(&cam.id, &cam.site));
-        statuses.push(status.clone());
-        let policy = config.camera_policy(cam);
-        let task = CameraTask {
-            status,
-            url: cam.url.clone(),
-            credentials: cam.username.clone().zip(secret),
-            transport: cam.transport,
-            allow_basic_auth: cam.allow_basic_auth,
-            tls: crate::ingest::tls::TlsClient::for_camera(cam)
-                .map_err(|e| anyhow::anyhow!("config: {e}"))?,
-            segmenter: Segmenter::new(
-                cam.id.as_str().into(),
-                policy.into(),
-                duration_to_ticks(config.storage.segment_target),
-            )
-            .not_before(newest_recorded),
-            writer: writer.handle(),
-            metrics: CameraMetrics::new(&metrics, &cam.id),
-            shutdown: shutdown_rx.clone(),
-            clock: clock.clone(),
-        };
-        tasks.push(camera_rt.spawn(task.run()));
-    }
-    tracing::info!(cameras = tasks.len(), "camera tasks started");
+    // Camera sessions get a runtime of their own, so nothing the API does (synchronous RocksDB
+    // reads, logbook fsyncs, a flood of requests) runs on the threads that carry them.
+    let mut cameras = Cameras {
+        rt: Some(CameraRuntime::new()?),
+        running: BTreeMap::new(),
+        writer: writer.handle(),
+        metrics: metrics.clone(),
+        clock: clock.clone(),
+        segment_target: config.storage.segment_target,
+        newest_recorded,
+    };
+    let prepared = config
+        .cameras
+        .iter()
+        .map(|c| Cameras::prepare(&config, c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+    let statuses: Vec<_> = prepared.into_iter().map(|p| cameras.start(p)).collect();
+    tracing::info!(cameras = statuses.len(), "camera tasks started");
 
     let state = Arc::new(AppState {
         store: store.clone(),
         writer: writer.handle(),
         metrics: metrics.clone(),
-        auth: Authenticator::new(&config.users, &crate::roles::RoleTable::new(&config.roles)),
-        cameras: statuses.clone(),
-        metrics_require_auth: config.http.metrics_require_auth,
+        live: arc_swap::ArcSwap::from_pointee(Live::new(&config, statuses, retention)),
         holds,
-        sites: config
-            .sites
-            .iter()
-            .map(|s| {
-                let cams = config
-                    .cameras
-                    .iter()
-                    .filter(|c| c.site == s.id)
-                    .map(|c| c.id.clone())
-                    .collect();
-                (s.id.clone(), cams)
-            })
-            .collect(),
-        retention,
         logbook,
-        hold_max_future: config.holds.max_future,
-        hold_review: config
-            .cameras
-            .iter()
-            .map(|c| {
-                let review = config
-                    .policies
-                    .get(config.camera_policy(c))
-                    .map_or(std::time::Duration::from_secs(14 * 86_400), |p| {
-                        p.hold_review
-                    });
-                (c.id.clone(), review)
-            })
-            .collect(),
-        keytag_max_range: config.keytags.max_range.clone(),
         clock,
     });
     let listener = api::server::bind(config.http.listen)
         .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
+    let cameras = Arc::new(tokio::sync::Mutex::new(cameras));
+    // SIGHUP: re-read the config (see `Reloader`). A SIGHUP that came during the start (the
+    // handler is installed first thing) is applied now.
+    let reloader = opts.config_path.clone().zip(hup).map(|(path, hup)| {
+        let r = Reloader {
+            path,
+            config: config.clone(),
+            cameras: cameras.clone(),
+            state: state.clone(),
+            sweeper: sweeper.clone(),
+            writer: writer.handle(),
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(r.run(hup))
+    });
     let died = Arc::new(std::sync::Mutex::new(None::<String>));
     let (watch, died_w) = (writer.handle(), died.clone());
     let stopped = async move {
@@ -345,7 +312,7 @@ pub async fn run_with(
         tokio::select! {
             _ = requested => {
                 crate::service::stopping();
-                tracing::info!("stopping");
+                tracing::info!(budget = ?STOP_BUDGET, "stopping");
             }
             reason = writer_death(watch) => {
                 tracing::error!(reason = %reason, grace = ?WRITER_DEATH_GRACE,
@@ -374,7 +341,10 @@ pub async fn run_with(
         ],
         http: addr,
         tls: tls.is_some(),
-        cameras: statuses,
+        cameras: {
+            let st = state.clone();
+            Arc::new(move || st.live().cameras.clone())
+        },
     }
     .spawn();
     let served = api::server::serve(listener, &config.http, tls, state, stopped).await;
@@ -383,25 +353,364 @@ pub async fn run_with(
     }
     served?;
 
-    let _ = shutdown_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
+    // The stop: every step has a share of STOP_BUDGET, so the process is gone before systemd's
+    // TimeoutStopSec (60 s) would kill it.
+    let t0 = std::time::Instant::now();
+    // No reload runs from here on (one that was running is cut at its next await; whatever
+    // cameras it had started are in `cameras` and stopped below).
+    if let Some(r) = reloader {
+        r.abort();
+        let _ = r.await;
     }
-    tokio::task::spawn_blocking(move || {
+    let mut cams = cameras.lock().await;
+    let ids: Vec<String> = cams.running.keys().cloned().collect();
+    let cut = cams.stop(&ids, CAMERA_STOP_BUDGET).await;
+    if cut > 0 {
+        tracing::warn!(cameras = cut, budget = ?CAMERA_STOP_BUDGET,
+            "camera tasks that did not stop within their budget were cut off");
+    }
+    let camera_rt = cams.rt.take();
+    drop(cams);
+    tracing::info!(
+        took_ms = t0.elapsed().as_millis() as u64,
+        "camera tasks stopped"
+    );
+    let store_w = store.clone();
+    let last = tokio::task::spawn_blocking(move || {
         checkpointer.stop();
         verifier.stop();
         backup.stop();
-        camera_rt.shutdown();
-        sweeper.stop();
+        if let Some(rt) = camera_rt {
+            rt.shutdown();
+        }
+        match Arc::try_unwrap(sweeper) {
+            Ok(s) => s.stop(),
+            Err(s) => drop(s),
+        }
         clock_monitor.stop();
         writer.shutdown();
-    })
-    .await?;
+        // Everything is durable; the memtables go to SST files now, so the next start replays no
+        // write-ahead log.
+        if let Err(e) = store_w.index().flush() {
+            tracing::warn!(error = %e, "could not flush the index at stop");
+        }
+    });
+    match tokio::time::timeout(STOP_BUDGET.saturating_sub(t0.elapsed()), last).await {
+        Ok(r) => r?,
+        Err(_) => {
+            tracing::error!(budget = ?STOP_BUDGET,
+                "the stop did not finish within its budget: exiting now; the next start \
+                 recovers whatever was not made durable");
+            std::process::exit(i32::from(EXIT_STOP_TIMEOUT));
+        }
+    }
     if let Some(reason) = died.lock().unwrap_or_else(|e| e.into_inner()).take() {
         return Err(WriterDied(reason).into());
     }
-    tracing::info!("stopped; everything received is durable");
+    tracing::info!(
+        took_ms = t0.elapsed().as_millis() as u64,
+        "stopped; everything received is durable"
+    );
     Ok(())
+}
+
+/// How long the whole stop after SIGTERM may take (systemd's `TimeoutStopSec` is 60 s).
+pub const STOP_BUDGET: Duration = Duration::from_secs(45);
+/// The camera tasks' share of [`STOP_BUDGET`]: hand the buffered frames to the writer, TEARDOWN.
+pub const CAMERA_STOP_BUDGET: Duration = Duration::from_secs(10);
+/// Exit code when the stop overran [`STOP_BUDGET`] (`EX_TEMPFAIL`).
+pub const EXIT_STOP_TIMEOUT: u8 = 75;
+
+/// The sweeper's settings from a config.
+pub fn sweeper_config(config: &Config) -> SweeperConfig {
+    SweeperConfig {
+        policies: config
+            .policies
+            .iter()
+            .map(|(name, p)| (name.clone(), p.video))
+            .collect(),
+        interval: config.sweeper.interval,
+        min_free: config.storage.min_free,
+        keytags: config
+            .sites
+            .iter()
+            .filter_map(|s| Some((s.id.clone(), config.policies.get(&s.policy)?.keytags)))
+            .collect(),
+        camera_sites: config
+            .cameras
+            .iter()
+            .map(|c| (c.id.clone(), c.site.clone()))
+            .collect(),
+        camera_policies: config
+            .cameras
+            .iter()
+            .map(|c| (c.id.clone(), config.camera_policy(c).to_owned()))
+            .collect(),
+    }
+}
+
+/// The video retention (seconds) per policy that new buckets record.
+fn writer_retention(config: &Config) -> HashMap<String, u64> {
+    config
+        .policies
+        .iter()
+        .map(|(name, p)| (name.clone(), p.video.as_secs()))
+        .collect()
+}
+
+/// One running camera task.
+struct RunningCamera {
+    spec: CameraSpec,
+    status: Arc<CameraStatus>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a camera needs to start, checked before anything changes (a reload with one camera whose
+/// password file is unreadable is refused whole).
+struct Prepared {
+    spec: CameraSpec,
+    tls: Option<crate::ingest::tls::TlsClient>,
+}
+
+/// The camera tasks by id: started at start and by reloads, stopped by reloads and the stop.
+struct Cameras {
+    rt: Option<CameraRuntime>,
+    running: BTreeMap<String, RunningCamera>,
+    writer: WriterHandle,
+    metrics: Arc<Metrics>,
+    clock: Arc<TrustedClock>,
+    segment_target: Duration,
+    newest_recorded: Option<crate::time::Time90k>,
+}
+
+impl Cameras {
+    /// Loads the camera's password and TLS settings; the error names the key.
+    fn prepare(
+        config: &Config,
+        cam: &crate::config::Camera,
+    ) -> Result<Prepared, crate::config::ConfigError> {
+        let secret = cam.load_password()?;
+        let tls = crate::ingest::tls::TlsClient::for_camera(cam)?;
+        Ok(Prepared {
+            spec: CameraSpec::new(config, cam, secret),
+            tls,
+        })
+    }
+
+    /// Starts a camera task; returns its status.
+    fn start(&mut self, p: Prepared) -> Arc<CameraStatus> {
+        let cam = &p.spec.camera;
+        let status = Arc::new(CameraStatus::new(&cam.id, &cam.site));
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let task = CameraTask {
+            status: status.clone(),
+            url: cam.url.clone(),
+            credentials: cam.username.clone().zip(p.spec.secret.clone()),
+            transport: cam.transport,
+            allow_basic_auth: cam.allow_basic_auth,
+            tls: p.tls,
+            segmenter: Segmenter::new(
+                cam.id.as_str().into(),
+                p.spec.policy.as_str().into(),
+                duration_to_ticks(self.segment_target),
+            )
+            .not_before(self.newest_recorded),
+            writer: self.writer.clone(),
+            metrics: CameraMetrics::new(&self.metrics, &cam.id),
+            shutdown,
+            clock: self.clock.clone(),
+            sessions: Default::default(),
+        };
+        let task = self.rt.as_ref().expect("running").spawn(task.run());
+        self.running.insert(
+            cam.id.clone(),
+            RunningCamera {
+                spec: p.spec,
+                status: status.clone(),
+                stop,
+                task,
+            },
+        );
+        status
+    }
+
+    /// Stops these cameras together (each hands its buffered frames to the writer and tears its
+    /// RTSP session down); returns how many did not finish within `budget` and were cut off.
+    async fn stop(&mut self, ids: &[String], budget: Duration) -> usize {
+        let stopping: Vec<_> = ids
+            .iter()
+            .filter_map(|id| self.running.remove(id))
+            .collect();
+        for c in &stopping {
+            let _ = c.stop.send(true);
+        }
+        let deadline = tokio::time::Instant::now() + budget;
+        let mut cut = 0;
+        for mut c in stopping {
+            if tokio::time::timeout_at(deadline, &mut c.task)
+                .await
+                .is_err()
+            {
+                tracing::warn!(camera = %c.status.id, "camera task did not stop in time; cut off");
+                c.task.abort();
+                cut += 1;
+            }
+        }
+        cut
+    }
+
+    fn specs(&self) -> BTreeMap<String, CameraSpec> {
+        self.running
+            .iter()
+            .map(|(id, c)| (id.clone(), c.spec.clone()))
+            .collect()
+    }
+}
+
+/// Applies config reloads on SIGHUP, one at a time.
+struct Reloader {
+    path: PathBuf,
+    /// The running config (replaced only by an accepted reload).
+    config: Config,
+    cameras: Arc<tokio::sync::Mutex<Cameras>>,
+    state: Arc<AppState>,
+    sweeper: Arc<SweeperHandle>,
+    writer: WriterHandle,
+    metrics: Arc<Metrics>,
+}
+
+impl Reloader {
+    async fn run(mut self, mut hup: tokio::signal::unix::Signal) {
+        while hup.recv().await.is_some() {
+            self.reload().await;
+        }
+    }
+
+    /// One reload: applied whole or refused whole; logged, counted and a logbook entry either way.
+    async fn reload(&mut self) {
+        // systemd shows "reloading" until READY=1 again (`service::reloaded` below).
+        crate::service::reloading();
+        tracing::info!(config = %self.path.display(), "SIGHUP: reloading the config");
+        let (result, object, text) = match self.apply().await {
+            Ok(summary) => {
+                tracing::info!(changes = %summary, "config reload applied: {summary}");
+                self.metrics
+                    .config_reloads
+                    .get_or_create(&ResultLabel {
+                        result: "ok".into(),
+                    })
+                    .inc();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                self.metrics.config_last_reload_success.set(now);
+                let mut object = summary.to_json();
+                object["result"] = "ok".into();
+                ("ok", object, format!("applied: {summary}"))
+            }
+            Err(errors) => {
+                for (key, message) in &errors {
+                    tracing::error!(key = %key, "config reload refused: {key}: {message}");
+                }
+                tracing::error!(
+                    errors = errors.len(),
+                    "config reload refused; the running config is kept"
+                );
+                self.metrics
+                    .config_reloads
+                    .get_or_create(&ResultLabel {
+                        result: "refused".into(),
+                    })
+                    .inc();
+                let keys = crate::reload::error_keys(errors.iter().map(|(k, _)| k.as_str()));
+                let text = format!("refused: {}", keys.join(", "));
+                (
+                    "refused",
+                    serde_json::json!({ "result": "refused", "errors": keys }),
+                    text,
+                )
+            }
+        };
+        let entry = crate::logbook::NewEntry {
+            user: "holdfast".into(),
+            role: "-".into(),
+            action: "config.reload".into(),
+            object,
+            reason: Some("SIGHUP".into()),
+            text: Some(text),
+            ..Default::default()
+        };
+        if let Err(e) = self.state.record(entry).await {
+            tracing::error!(error = ?e, result, "could not write the logbook entry of a config reload");
+        }
+        crate::service::reloaded(&format!("config reload {result}"));
+    }
+
+    /// Loads and checks the file, then applies it; the errors (key, message) when refused.
+    async fn apply(&mut self) -> Result<Summary, Vec<(String, String)>> {
+        let path = self.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&path))
+            .await
+            .map_err(|e| vec![(String::new(), format!("loading the config: {e}"))])?;
+        let new = loaded.map_err(|errs| {
+            errs.0
+                .into_iter()
+                .map(|e| (e.key, e.message))
+                .collect::<Vec<_>>()
+        })?;
+        let mut errors = restart_keys(&self.config, &new);
+        let mut prepared = BTreeMap::new();
+        for cam in &new.cameras {
+            match Cameras::prepare(&new, cam) {
+                Ok(p) => {
+                    prepared.insert(cam.id.clone(), p);
+                }
+                Err(e) => errors.push((e.key, e.message)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut cams = self.cameras.lock().await;
+        let new_specs: BTreeMap<_, _> = prepared
+            .iter()
+            .map(|(id, p)| (id.clone(), p.spec.clone()))
+            .collect();
+        let summary = Summary::of(&self.config, &new, &cams.specs(), &new_specs);
+        let d = &summary.cameras;
+        let restart: Vec<String> = d.removed.iter().chain(&d.changed).cloned().collect();
+        let cut = cams.stop(&restart, CAMERA_STOP_BUDGET).await;
+        if cut > 0 {
+            tracing::warn!(
+                cameras = cut,
+                "camera tasks that did not stop in time were cut off"
+            );
+        }
+        for id in &d.removed {
+            self.metrics.forget_camera_state(id);
+        }
+        // New buckets of a new policy record its retention before its first segment arrives.
+        self.writer.set_retention(writer_retention(&new));
+        for id in d.added.iter().chain(&d.changed) {
+            if let Some(p) = prepared.remove(id) {
+                cams.start(p);
+            }
+        }
+        let statuses = new
+            .cameras
+            .iter()
+            .filter_map(|c| cams.running.get(&c.id).map(|r| r.status.clone()))
+            .collect();
+        drop(cams);
+        let retention = sweeper_config(&new);
+        self.state
+            .live
+            .store(Arc::new(Live::new(&new, statuses, retention.clone())));
+        self.sweeper.set_config(retention);
+        self.config = new;
+        Ok(summary)
+    }
 }
 
 /// Resolves when the writer thread has died, with the reason.

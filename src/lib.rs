@@ -25,6 +25,7 @@ pub mod ingest;
 pub mod keytags;
 pub mod logbook;
 pub mod metrics;
+pub mod reload;
 pub mod retention;
 pub mod roles;
 pub mod service;

@@ -59,7 +59,7 @@ pub struct NewEntry {
     pub role: String,
     /// What was done: `export`, `view`, `keytags.query`, `keytags.submit`, `hold.place`,
     /// `hold.release`, `hold.extend`, `erasure`, `denied`, `finding`, `signoff`,
-    /// `logbook.keyed`, `logbook.lost`.
+    /// `logbook.keyed`, `logbook.lost`, `config.reload` (a SIGHUP reload, applied or refused).
     pub action: String,
     /// What it was done to: cameras and range, tag or door query, hold id, request path.
     pub object: serde_json::Value,

@@ -191,6 +191,7 @@ fn main() -> ExitCode {
         } => with_config(&config, |c| {
             let opts = holdfast::daemon::RunOptions {
                 accept_missing_files,
+                config_path: Some(config.clone()),
             };
             match tokio_runtime()?.block_on(holdfast::daemon::run_with(c, None, opts)) {
                 Ok(()) => Ok(ExitCode::SUCCESS),

@@ -57,6 +57,13 @@ pub struct DirectionLabel {
     pub direction: String,
 }
 
+/// Label set of config reload counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok` or `refused`.
+    pub result: String,
+}
+
 /// Label set of per-policy metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabel {
@@ -192,6 +199,10 @@ pub struct Metrics {
     pub clock_jumps: Family<DirectionLabel, Counter>,
     /// Wall clock minus trusted time, in seconds (0 while the wall clock is trusted).
     pub clock_offset_seconds: GaugeF64,
+    /// Config reloads (SIGHUP) by result: `ok` or `refused`.
+    pub config_reloads: Family<ResultLabel, Counter>,
+    /// Unix time of the last accepted config reload (0: none since the start).
+    pub config_last_reload_success: GaugeF64,
 }
 
 impl Default for Metrics {
@@ -413,8 +424,27 @@ impl Metrics {
             "Wall clock minus the trusted time (0 while the wall clock is trusted)",
             clock_offset_seconds.clone(),
         );
+        let config_reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "holdfast_config_reloads",
+            "Config reloads (SIGHUP) by result: ok (applied) or refused (invalid, or a key that needs a restart changed)",
+            config_reloads.clone(),
+        );
+        for result in ["ok", "refused"] {
+            drop(config_reloads.get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            }));
+        }
+        let config_last_reload_success = GaugeF64::default();
+        registry.register(
+            "holdfast_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last accepted config reload (0: none since the daemon started)",
+            config_last_reload_success.clone(),
+        );
         Self {
             registry,
+            config_reloads,
+            config_last_reload_success,
             clock_jumps,
             clock_offset_seconds,
             sweeper_runs,
@@ -468,6 +498,17 @@ impl Metrics {
             "Bucket files the index names that are missing",
             m.index_missing_files.clone(),
         );
+    }
+
+    /// Removes the state series (`holdfast_camera_up`, `holdfast_camera_last_frame_age_seconds`)
+    /// of a camera a reload removed, so it does not stay "down" (and alerting) until the next
+    /// start; its counters stay (they only ever grow).
+    pub fn forget_camera_state(&self, camera: &str) {
+        let l = CameraLabel {
+            camera: camera.to_owned(),
+        };
+        self.camera_up.remove(&l);
+        self.camera_last_frame_age.remove(&l);
     }
 
     /// Creates a camera's dropped-segment series at 0 for every reason, so the first drop is an
@@ -552,6 +593,14 @@ mod tests {
             let series = format!("holdfast_clock_jumps_total{{direction=\"{direction}\"}} 0");
             assert!(text.contains(&series), "{text}");
         }
+        for result in ["ok", "refused"] {
+            let series = format!("holdfast_config_reloads_total{{result=\"{result}\"}} 0");
+            assert!(text.contains(&series), "{text}");
+        }
+        assert!(
+            text.contains("holdfast_config_last_reload_success_timestamp_seconds 0"),
+            "{text}"
+        );
         for reason in DROP_REASONS {
             let series = format!(
                 "holdfast_segments_dropped_total{{camera=\"noord\",reason=\"{reason}\"}} 0"

@@ -51,7 +51,22 @@ fn send(states: &[NotifyState]) {
 
 /// `READY=1`: start-up is complete (recovery done, HTTP answering).
 pub fn ready() {
+    READY.store(true, Ordering::Relaxed);
     send(&[NotifyState::Ready]);
+}
+
+/// Set by [`ready`]: the start is over (a reload says READY=1 again only after this).
+static READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A reload is over: `READY=1` again, with a status line, but only when the start had already
+/// said so (a SIGHUP caught during the start must not announce readiness before `/healthz`
+/// answers).
+pub fn reloaded(text: &str) {
+    if READY.load(Ordering::Relaxed) {
+        send(&[NotifyState::Ready, NotifyState::Status(&one_line(text))]);
+    } else {
+        status(text);
+    }
 }
 
 /// `STATUS=`: one line of text shown by `systemctl status` (line breaks become spaces).
@@ -71,6 +86,9 @@ pub fn stopping() {
 /// `RELOADING=1` with `MONOTONIC_USEC=` (as `Type=notify-reload` wants): a reload has started;
 /// call [`ready`] when it is done.
 pub fn reloading() {
+    if !READY.load(Ordering::Relaxed) {
+        return; // still starting: systemd is waiting for READY=1 anyway
+    }
     match NotifyState::monotonic_usec_now() {
         Ok(now) => send(&[NotifyState::Reloading, now]),
         Err(_) => send(&[NotifyState::Reloading]),
@@ -312,8 +330,8 @@ pub struct Supervisor {
     pub http: SocketAddr,
     /// Whether it speaks TLS.
     pub tls: bool,
-    /// The cameras, for "recording N of M cameras".
-    pub cameras: Vec<Arc<CameraStatus>>,
+    /// The cameras now (a reload changes them), for "recording N of M cameras".
+    pub cameras: Arc<dyn Fn() -> Vec<Arc<CameraStatus>> + Send + Sync>,
 }
 
 impl Supervisor {
@@ -338,7 +356,7 @@ impl Supervisor {
         }
         let mut http_ok = Instant::now();
         ready();
-        status(&recording_status(&self.cameras));
+        status(&recording_status(&(self.cameras)()));
         tracing::info!(watchdog = ?watchdog, "service ready");
         let tick = watchdog.map_or(STATUS_EVERY, |w| (w / 2).max(Duration::from_millis(100)));
         let mut reported: Option<&'static str> = None;
@@ -346,7 +364,7 @@ impl Supervisor {
         loop {
             tokio::time::sleep(tick).await;
             let Some(limit) = watchdog else {
-                status(&recording_status(&self.cameras));
+                status(&recording_status(&(self.cameras)()));
                 continue;
             };
             let stopping = STOPPING.load(Ordering::Relaxed);
@@ -384,7 +402,7 @@ impl Supervisor {
                     }
                     watchdog_ping();
                     if !stopping && last_status.elapsed() >= STATUS_EVERY.min(limit) {
-                        status(&recording_status(&self.cameras));
+                        status(&recording_status(&(self.cameras)()));
                         last_status = Instant::now();
                     }
                 }

@@ -73,9 +73,9 @@ enum Scope {
 
 /// The site of one of a hold's cameras: as recorded when the hold was placed (holds from before
 /// that was recorded fall back to the current config; an unknown camera has none).
-fn held_site<'a>(state: &'a AppState, h: &'a Hold, camera: &str) -> Option<&'a str> {
+fn held_site(state: &AppState, h: &Hold, camera: &str) -> Option<String> {
     match h.camera_sites.get(camera) {
-        Some(s) => Some(s.as_str()),
+        Some(s) => Some(s.clone()),
         None if h.camera_sites.is_empty() => state.camera_site(camera),
         None => None,
     }
@@ -103,7 +103,7 @@ fn hold_scope(state: &AppState, user: &Principal, h: &Hold) -> Scope {
     let mine = h
         .cameras
         .iter()
-        .filter(|c| held_site(state, h, c).is_some_and(|s| user.covers_site(s)))
+        .filter(|c| held_site(state, h, c).is_some_and(|s| user.covers_site(&s)))
         .count();
     match mine {
         0 => Scope::None,
@@ -120,7 +120,7 @@ fn hold_view(state: &AppState, user: &Principal, h: &Hold, now: Time90k) -> serd
         let mine: Vec<&String> = h
             .cameras
             .iter()
-            .filter(|c| held_site(state, h, c).is_some_and(|s| user.covers_site(s)))
+            .filter(|c| held_site(state, h, c).is_some_and(|s| user.covers_site(&s)))
             .collect();
         let null = serde_json::Value::Null;
         v["cameras"] = json!(mine);
@@ -189,7 +189,7 @@ pub async fn place(
             }
             for (i, c) in cams.iter().enumerate() {
                 // Another site's camera is answered like one that does not exist.
-                if !state.camera_site(c).is_some_and(|s| user.covers_site(s)) {
+                if !state.camera_site(c).is_some_and(|s| user.covers_site(&s)) {
                     return Err(ApiError::bad_field(
                         &format!("cameras[{i}]"),
                         format!(
@@ -205,7 +205,8 @@ pub async fn place(
             cams
         }
         (None, Some(site)) => {
-            let cams = state.sites.get(site).filter(|_| user.covers_site(site));
+            let live = state.live();
+            let cams = live.sites.get(site).filter(|_| user.covers_site(site));
             let Some(cams) = cams else {
                 return Err(ApiError::bad_field(
                     "site",
@@ -233,14 +234,14 @@ pub async fn place(
     // by it (never the raw wall clock, which may have jumped).
     let now = state.clock.retention_now();
     // A hold pins what exists: its end may reach only a little past now.
-    let latest = now.add_ticks(duration_to_ticks(state.hold_max_future));
+    let latest = now.add_ticks(duration_to_ticks(state.live().hold_max_future));
     if req.to > latest {
         return Err(ApiError::bad_field(
             "to",
             format!(
                 "may be at most {} in the future ({}); for an ongoing incident place another \
                  hold later",
-                humantime::format_duration(state.hold_max_future),
+                humantime::format_duration(state.live().hold_max_future),
                 latest.to_rfc3339()
             ),
         ));
@@ -309,9 +310,10 @@ pub async fn place(
 
 /// The review period of a hold on these cameras: the shortest `hold_review` of their policies.
 fn review_period(state: &AppState, cameras: &[String]) -> Duration {
+    let live = state.live();
     cameras
         .iter()
-        .filter_map(|c| state.hold_review.get(c))
+        .filter_map(|c| live.hold_review.get(c))
         .min()
         .copied()
         .unwrap_or(Duration::from_secs(14 * 86_400))
@@ -532,7 +534,6 @@ pub async fn erasure(
     let Some(site) = state
         .camera_site(&req.camera)
         .filter(|s| user.covers_site(s))
-        .map(str::to_owned)
     else {
         return Err(ApiError::bad_field(
             "camera",

@@ -52,7 +52,7 @@ pub async fn submit(
     let site_for = |site: Option<&str>| -> Result<String, String> {
         match site {
             // Another site is answered like one that does not exist.
-            Some(s) if !state.sites.contains_key(s) || !user.covers_site(s) => {
+            Some(s) if !state.live().sites.contains_key(s) || !user.covers_site(s) => {
                 Err(format!("unknown site {:?}", truncate(s, 64)))
             }
             Some(s) => Ok(s.to_owned()),
@@ -103,7 +103,7 @@ fn non_empty(v: &Option<String>) -> Option<String> {
 fn sites_of(state: &AppState, user: &Principal) -> Vec<String> {
     let mut v: Vec<String> = match &user.sites {
         Some(s) => s.clone(),
-        None => state.sites.keys().cloned().collect(),
+        None => state.live().sites.keys().cloned().collect(),
     };
     v.sort();
     v
@@ -213,7 +213,7 @@ fn check(state: &AppState, user: &Principal, raw: Option<&str>) -> Result<Keytag
         }
     }
     let (from, to) = parse_range(q.from.as_deref(), q.to.as_deref())?;
-    if let Some(max) = state.keytag_max_range.get(&purpose) {
+    if let Some(max) = state.live().keytag_max_range.get(&purpose) {
         if to.0 - from.0 > duration_to_ticks(*max) {
             return Err(ApiError::bad_field(
                 "to",

@@ -53,28 +53,79 @@ pub struct AppState {
     pub writer: WriterHandle,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Everything derived from the config that a reload (SIGHUP) may change; handlers take one
+    /// snapshot per use with [`AppState::live`].
+    pub live: arc_swap::ArcSwap<Live>,
+    /// Incident holds.
+    pub holds: Arc<Holds>,
+    /// The logbook.
+    pub logbook: Arc<Logbook>,
+    /// The trusted clock (retention and hold review dates are judged by it).
+    pub clock: Arc<crate::wallclock::TrustedClock>,
+}
+
+/// The parts of [`AppState`] that come from the config and are swapped whole by a reload
+/// (`crate::daemon`): a request sees either the old or the new set, never a mix.
+pub struct Live {
     /// Users.
     pub auth: Authenticator,
     /// Cameras, in config order.
     pub cameras: Vec<Arc<CameraStatus>>,
     /// Whether `/metrics` needs a token.
     pub metrics_require_auth: bool,
-    /// Incident holds.
-    pub holds: Arc<Holds>,
     /// Camera ids per site.
     pub sites: HashMap<String, Vec<String>>,
     /// Retention settings (for the retention gauges at scrape time).
     pub retention: SweeperConfig,
-    /// The logbook.
-    pub logbook: Arc<Logbook>,
     /// How far past now a hold's `to` may reach (`holds.max_future`).
     pub hold_max_future: Duration,
     /// Default review period of a hold, per camera (its policy's `hold_review`).
     pub hold_review: HashMap<String, Duration>,
     /// The longest range of a key-tag query, per purpose (`keytags.max_range`).
     pub keytag_max_range: BTreeMap<String, Duration>,
-    /// The trusted clock (retention and hold review dates are judged by it).
-    pub clock: Arc<crate::wallclock::TrustedClock>,
+}
+
+impl Live {
+    /// The live settings of `config`, with the status of each configured camera (in config
+    /// order) and the sweeper settings derived from the same config.
+    pub fn new(
+        config: &crate::config::Config,
+        cameras: Vec<Arc<CameraStatus>>,
+        retention: SweeperConfig,
+    ) -> Live {
+        Live {
+            auth: Authenticator::new(&config.users, &crate::roles::RoleTable::new(&config.roles)),
+            cameras,
+            metrics_require_auth: config.http.metrics_require_auth,
+            sites: config
+                .sites
+                .iter()
+                .map(|s| {
+                    let cams = config
+                        .cameras
+                        .iter()
+                        .filter(|c| c.site == s.id)
+                        .map(|c| c.id.clone())
+                        .collect();
+                    (s.id.clone(), cams)
+                })
+                .collect(),
+            retention,
+            hold_max_future: config.holds.max_future,
+            hold_review: config
+                .cameras
+                .iter()
+                .map(|c| {
+                    let review = config
+                        .policies
+                        .get(config.camera_policy(c))
+                        .map_or(Duration::from_secs(14 * 86_400), |p| p.hold_review);
+                    (c.id.clone(), review)
+                })
+                .collect(),
+            keytag_max_range: config.keytags.max_range.clone(),
+        }
+    }
 }
 
 impl AppState {
@@ -114,19 +165,26 @@ impl AppState {
 }
 
 impl AppState {
+    /// The current live settings (a snapshot: a reload meanwhile does not change it).
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
     /// The site of a configured camera.
-    pub fn camera_site(&self, camera: &str) -> Option<&str> {
-        self.cameras
+    pub fn camera_site(&self, camera: &str) -> Option<String> {
+        self.live
+            .load()
+            .cameras
             .iter()
             .find(|c| c.id == camera)
-            .map(|c| c.site.as_str())
+            .map(|c| c.site.clone())
     }
 
     /// The sites of some cameras, sorted and without repeats (unknown cameras have none).
     pub fn sites_of<'a>(&self, cameras: impl IntoIterator<Item = &'a String>) -> Vec<String> {
         let mut v: Vec<String> = cameras
             .into_iter()
-            .filter_map(|c| self.camera_site(c).map(str::to_owned))
+            .filter_map(|c| self.camera_site(c))
             .collect();
         v.sort();
         v.dedup();
@@ -438,9 +496,13 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
         .get::<Arc<Limits>>()
         .cloned()
         .unwrap_or_else(|| Arc::new(Limits::new()));
-    let throttled = limits
-        .throttled(peer)
-        .filter(|_| state.auth.authenticate(authorization.as_deref()).is_none());
+    let throttled = limits.throttled(peer).filter(|_| {
+        state
+            .live()
+            .auth
+            .authenticate(authorization.as_deref())
+            .is_none()
+    });
     let mut resp = match throttled {
         Some(wait) => {
             let secs = wait.as_secs().max(1);
@@ -466,7 +528,7 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
             limits.auth_failed(peer);
         }
         let user = (status != StatusCode::UNAUTHORIZED)
-            .then(|| state.auth.authenticate(authorization.as_deref()))
+            .then(|| state.live().auth.authenticate(authorization.as_deref()))
             .flatten();
         let entries = limits.refused(Refusal {
             peer,
@@ -579,6 +641,7 @@ async fn json_errors(resp: Response) -> Response {
 pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
     let value = headers.get("authorization").and_then(|v| v.to_str().ok());
     state
+        .live()
         .auth
         .authenticate(value)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required"))
@@ -644,7 +707,8 @@ async fn healthz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     };
     let reclaim = state.store.reclaim_status();
     let missing = state.store.missing_files();
-    let cameras: BTreeMap<&str, _> = state
+    let live = state.live();
+    let cameras: BTreeMap<&str, _> = live
         .cameras
         .iter()
         .filter(|c| user.covers_site(&c.site))
@@ -679,7 +743,7 @@ async fn metrics(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if state.metrics_require_auth {
+    if state.live().metrics_require_auth {
         let user = authorize(&state, &headers, Permission::CamerasStatus)?;
         // The exposition names every camera of every site: for users of every site only.
         if user.sites.is_some() {
@@ -695,7 +759,7 @@ async fn metrics(
         retention_gauges(
             &st.store,
             &st.holds,
-            &st.retention,
+            &st.live().retention,
             &st.metrics,
             st.clock.retention_now(),
         )
@@ -712,7 +776,7 @@ async fn metrics(
 
 fn update_camera_ages(state: &AppState) {
     let now = state.clock.now();
-    for c in &state.cameras {
+    for c in &state.live().cameras {
         // A camera that never delivered has no age (its `holdfast_camera_up` is 0).
         let Some(last) = c.last_frame_at() else {
             continue;
@@ -744,6 +808,7 @@ async fn cameras(
 ) -> Result<Response, ApiError> {
     let user = authorize(&state, &headers, Permission::CamerasStatus)?;
     let list: Vec<_> = state
+        .live()
         .cameras
         .iter()
         .filter(|c| user.covers_site(&c.site))
@@ -754,16 +819,17 @@ async fn cameras(
 
 /// A camera the user may see; 404 otherwise, the same for another site's camera as for one that
 /// does not exist (ids cannot be enumerated across sites).
-pub fn camera_in_scope<'a>(
-    state: &'a AppState,
+pub fn camera_in_scope(
+    state: &AppState,
     user: &Principal,
     id: &str,
-) -> Result<&'a CameraStatus, ApiError> {
+) -> Result<Arc<CameraStatus>, ApiError> {
     state
+        .live()
         .cameras
         .iter()
         .find(|c| c.id == id && user.covers_site(&c.site))
-        .map(|c| &**c)
+        .cloned()
         .ok_or_else(|| no_camera(id))
 }
 

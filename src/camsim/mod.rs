@@ -226,7 +226,6 @@ async fn serve(sock: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                 .await?;
             continue;
         };
-        let _ = stream;
         match req.method.as_str() {
             "OPTIONS" => {
                 let public = (
@@ -302,7 +301,9 @@ async fn serve(sock: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                 wr.write_all(&response(&req.cseq, "200 OK", &headers, ""))
                     .await?;
                 shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
-                return play(rd, wr, buf, shared, channel, ssrc, seq, rtptime).await;
+                // One line per session and stream (tests count a camera's sessions by it).
+                tracing::info!("camsim: playing cam{stream}: session {session_id}");
+                return play(rd, wr, buf, shared, channel, ssrc, seq, rtptime, stream).await;
             }
             "GET_PARAMETER" | "SET_PARAMETER" => {
                 wr.write_all(&response(
@@ -314,6 +315,7 @@ async fn serve(sock: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                 .await?;
             }
             "TEARDOWN" => {
+                tracing::info!("camsim: TEARDOWN cam{stream}: session {session_id}");
                 wr.write_all(&response(&req.cseq, "200 OK", &[], ""))
                     .await?;
                 return Ok(());
@@ -342,11 +344,15 @@ async fn play(
     ssrc: u32,
     mut seq: u16,
     rtptime: u32,
+    stream: usize,
 ) -> std::io::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(8);
     let reader = tokio::spawn(async move {
         while let Ok(Some(req)) = read_request(&mut rd, &mut buf).await {
             let done = req.method == "TEARDOWN";
+            if done {
+                tracing::info!("camsim: TEARDOWN cam{stream}: while playing");
+            }
             if tx
                 .send(response(&req.cseq, "200 OK", &[], ""))
                 .await

@@ -78,7 +78,13 @@ pub struct CameraTask {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// The trusted clock: frames are stamped with its time, not the raw wall clock.
     pub clock: Arc<crate::wallclock::TrustedClock>,
+    /// This task's RTSP sessions: when the task stops, it waits (at most [`TEARDOWN_TIMEOUT`])
+    /// for retina's TEARDOWN of the last one.
+    pub sessions: Arc<retina::client::SessionGroup>,
 }
+
+/// Longest wait for the camera to answer the TEARDOWN when the task stops.
+pub const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Metric handles of one camera, looked up once.
 #[derive(Clone)]
@@ -118,17 +124,37 @@ impl CameraTask {
         loop {
             self.status.set_state(CameraState::Connecting);
             let before = self.segmenter.stats().frames;
+            // For rtsps://, the relay of this session: kept past the session's end when the task
+            // stops, so that retina's TEARDOWN can still go through it.
+            let mut relay = None;
             let outcome = tokio::select! {
-                r = self.session() => Some(r),
+                r = self.session(&mut relay) => Some(r),
                 _ = shutdown.wait_for(|stop| *stop) => None,
             };
             let Some(result) = outcome else {
+                // Stopped (daemon stop, or the camera removed or changed by a reload): what is
+                // buffered goes to the writer, then the session (dropped with the `session`
+                // future above) is torn down: retina sends TEARDOWN on its connection.
                 if let Some(seg) = self.segmenter.end_of_stream() {
                     let _ = self.writer.submit(seg);
                 }
                 self.sync_stats();
+                self.metrics.up.set(0);
+                self.status.set_state(CameraState::Down);
+                match tokio::time::timeout(TEARDOWN_TIMEOUT, self.sessions.await_teardown()).await {
+                    Ok(Ok(())) => {
+                        tracing::info!(camera = %self.status.id, "camera stopped; session torn down")
+                    }
+                    Ok(Err(e)) => tracing::info!(camera = %self.status.id,
+                        error = %redact::error_text(&e.to_string(), self.credentials.as_ref().map(|(_, p)| p.expose())),
+                        "camera stopped; the TEARDOWN failed"),
+                    Err(_) => tracing::warn!(camera = %self.status.id, timeout = ?TEARDOWN_TIMEOUT,
+                        "camera stopped; no answer to the TEARDOWN in time"),
+                }
+                drop(relay);
                 return;
             };
+            drop(relay);
             // The stream ended: what is buffered is written, and the gap starts here.
             if let Some(seg) = self.segmenter.end_of_stream() {
                 let _ = self.writer.submit(seg);
@@ -173,19 +199,23 @@ impl CameraTask {
     }
 
     /// One RTSP session, until it fails. The caller scrubs the error text.
-    async fn session(&mut self) -> Result<(), String> {
+    async fn session(&mut self, relay_slot: &mut Option<tls::Relay>) -> Result<(), String> {
         let user_agent = format!("holdfast/{}", env!("CARGO_PKG_VERSION"));
         // For rtsps://, the relay lives as long as this session.
-        let (url, _relay) = match &self.tls {
+        // For rtsps://, the relay lives in the caller's slot (as long as this session, or until
+        // the TEARDOWN when the task stops).
+        let url = match &self.tls {
             Some(client) => {
                 let relay = within("TLS connect", tls::connect(&self.url, client)).await?;
-                (relay.url.clone(), Some(relay))
+                let url = relay.url.clone();
+                *relay_slot = Some(relay);
+                url
             }
             None => {
                 if self.credentials.is_some() && !self.allow_basic_auth {
                     self.refuse_basic_only(&user_agent).await?;
                 }
-                (self.url.clone(), None)
+                self.url.clone()
             }
         };
         let creds = self.credentials.as_ref().map(|(u, p)| Credentials {
@@ -194,7 +224,8 @@ impl CameraTask {
         });
         let opts = SessionOptions::default()
             .creds(creds)
-            .user_agent(user_agent);
+            .user_agent(user_agent)
+            .session_group(self.sessions.clone());
         let mut session = timeout("DESCRIBE", Session::describe(url, opts)).await?;
         let video = session
             .streams()
@@ -219,6 +250,7 @@ impl CameraTask {
         .await?;
         let playing = timeout("PLAY", session.play(PlayOptions::default())).await?;
         let mut demuxed = playing.demuxed().map_err(|e| e.to_string())?;
+        tracing::info!(camera = %self.status.id, "camera session playing");
         if let Some(ParametersRef::Video(v)) = demuxed.streams()[video].parameters() {
             self.segmenter
                 .set_codec(Arc::new(CodecConfig::new(Bytes::copy_from_slice(

@@ -596,14 +596,18 @@ impl Sweeper {
         }
     }
 
-    fn run(self, rx: Receiver<Cmd>, now: impl Fn() -> Time90k) {
+    fn run(mut self, rx: Receiver<Cmd>, now: impl Fn() -> Time90k) {
+        // The next sweep is due one interval after the last one ended (a reload does not push
+        // it back, so frequent reloads cannot starve the sweeps).
+        let mut last = std::time::Instant::now();
         loop {
             let mut done: Option<Sender<()>> = None;
-            // Wait for the interval or a command, waking up every tick to show it is alive.
-            let due = std::time::Instant::now() + self.cfg.interval;
+            // Wait until one interval after the last sweep ended, or a command, waking up every
+            // tick to show it is alive.
             loop {
                 self.heartbeat.beat();
-                let left = due.saturating_duration_since(std::time::Instant::now());
+                let left = (last + self.cfg.interval)
+                    .saturating_duration_since(std::time::Instant::now());
                 if left.is_zero() {
                     break;
                 }
@@ -613,6 +617,8 @@ impl Sweeper {
                         done = Some(tx);
                         break;
                     }
+                    // A reload: the next sweep (due by the new interval) uses it.
+                    Ok(Cmd::Config(cfg)) => self.cfg = *cfg,
                     Err(RecvTimeoutError::Timeout) => {}
                 }
             }
@@ -625,6 +631,7 @@ impl Sweeper {
                 }
                 Err(e) => tracing::error!(error = %e, "sweep failed; retrying next interval"),
             }
+            last = std::time::Instant::now();
             if let Some(tx) = done {
                 let _ = tx.send(());
             }
@@ -634,6 +641,7 @@ impl Sweeper {
 
 enum Cmd {
     Now(Sender<()>),
+    Config(Box<SweeperConfig>),
     Stop,
 }
 
@@ -657,6 +665,12 @@ impl SweeperHandle {
     /// [`crate::service::HEARTBEAT_TICK`] while idle and at every bucket of a sweep.
     pub fn heartbeat(&self) -> crate::service::Heartbeat {
         self.heartbeat.clone()
+    }
+
+    /// Replaces the sweeper's settings (a config reload); a running sweep finishes with the old
+    /// ones, the next one uses these.
+    pub fn set_config(&self, cfg: SweeperConfig) {
+        let _ = self.tx.send(Cmd::Config(Box::new(cfg)));
     }
 
     /// Stops the thread (after a running sweep finishes).

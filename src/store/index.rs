@@ -608,6 +608,19 @@ impl Index {
         Ok(())
     }
 
+    /// Writes every column family's memtable to SST files and syncs the write-ahead log (the
+    /// daemon's stop): the next open replays no log.
+    pub fn flush(&self) -> Result<(), IndexError> {
+        let cfs: Vec<_> = ALL_CFS
+            .into_iter()
+            .filter_map(|name| self.db.cf_handle(name))
+            .collect();
+        self.db.flush_wal(true)?;
+        self.db
+            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
+        Ok(())
+    }
+
     /// The segment entry with this key, if any.
     pub fn segment(&self, key: &[u8]) -> Result<Option<SegmentEntry>, IndexError> {
         match self.db.get_pinned_cf(self.cf(CF_SEGMENTS), key)? {

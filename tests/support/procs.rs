@@ -339,6 +339,35 @@ impl Daemon {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// Sends a signal (`libc::SIGHUP`, ...) to the running daemon.
+    pub fn signal(&self, sig: i32) {
+        let c = self.child.as_ref().expect("the daemon runs");
+        unsafe {
+            libc::kill(c.id() as i32, sig);
+        }
+    }
+
+    /// SIGTERM, then waits (at most `limit`) for the exit: its status and how long it took.
+    /// Panics (after a SIGKILL) when the daemon is still there after `limit`.
+    pub fn terminate_within(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let mut c = self.child.take().expect("the daemon runs");
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let t0 = Instant::now();
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return (status, t0.elapsed());
+            }
+            if t0.elapsed() > limit {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("the daemon did not exit within {limit:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Its config file.
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("holdfast.toml")
@@ -607,10 +636,38 @@ impl Camsim {
         Camsim { child, port }
     }
 
+    /// Like [`Camsim::start`], with camsim's log (one `camsim: playing` line per session and
+    /// stream, one `camsim: TEARDOWN` line per TEARDOWN received) in `log`.
+    pub fn start_logged(streams: usize, log: &Path) -> Camsim {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_holdfast"))
+            .args(["camsim", "--streams", &streams.to_string(), "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("camsim:"), "{line}");
+        Camsim { child, port }
+    }
+
     /// URL of stream `i`.
     pub fn url(&self, i: usize) -> String {
         format!("rtsp://127.0.0.1:{}/cam{i}", self.port)
     }
+}
+
+/// Lines of a camsim log (see [`Camsim::start_logged`]) with `what` (`camsim: playing`,
+/// `camsim: TEARDOWN`) for stream `i`.
+pub fn camsim_events(log: &Path, what: &str, i: usize) -> usize {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let needle = format!("{what} cam{i}:");
+    text.lines().filter(|l| l.contains(&needle)).count()
 }
 
 impl Drop for Camsim {
