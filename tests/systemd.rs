@@ -234,6 +234,15 @@ impl Running {
         }
     }
 
+    fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
     fn sigterm(&self) {
         if let Some(c) = &self.child {
             unsafe {
@@ -357,6 +366,17 @@ fn notify_status_ready_watchdog_stopping() {
         "{:?}",
         notify.texts()
     );
+    // SIGHUP (`systemctl reload`): RELOADING=1 with MONOTONIC_USEC, then READY=1 again with the
+    // outcome as STATUS.
+    d.signal(libc::SIGHUP);
+    let reloading = notify.until(Duration::from_secs(10), "RELOADING=1", is("RELOADING=1"));
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading:?}");
+    let done = notify.until(
+        Duration::from_secs(10),
+        "READY=1 after the reload",
+        is("READY=1"),
+    );
+    assert_eq!(status_of(&done), Some("config reload ok"), "{done:?}");
     // SIGTERM: STOPPING=1, then a clean exit.
     d.sigterm();
     notify.until(Duration::from_secs(10), "STOPPING=1", is("STOPPING=1"));

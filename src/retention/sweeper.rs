@@ -606,8 +606,8 @@ impl Sweeper {
             // tick to show it is alive.
             loop {
                 self.heartbeat.beat();
-                let left = (last + self.cfg.interval)
-                    .saturating_duration_since(std::time::Instant::now());
+                let left =
+                    (last + self.cfg.interval).saturating_duration_since(std::time::Instant::now());
                 if left.is_zero() {
                     break;
                 }
