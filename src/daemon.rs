@@ -279,6 +279,7 @@ pub async fn run_with(
         holds,
         logbook,
         clock,
+        http_progress: crate::service::Heartbeat::new(),
     });
     let listener = api::server::bind(config.http.listen)
         .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
@@ -286,6 +287,7 @@ pub async fn run_with(
     let cameras = Arc::new(tokio::sync::Mutex::new(cameras));
     // SIGHUP: re-read the config (see `Reloader`). A SIGHUP that came during the start (the
     // handler is installed first thing) is applied now.
+    let (reload_stop, reload_stopped) = tokio::sync::watch::channel(false);
     let reloader = opts.config_path.clone().zip(hup).map(|(path, hup)| {
         let r = Reloader {
             path,
@@ -296,7 +298,7 @@ pub async fn run_with(
             writer: writer.handle(),
             metrics: metrics.clone(),
         };
-        tokio::spawn(r.run(hup))
+        tokio::spawn(r.run(hup, reload_stopped))
     });
     let died = Arc::new(std::sync::Mutex::new(None::<String>));
     let (watch, died_w) = (writer.handle(), died.clone());
@@ -341,6 +343,7 @@ pub async fn run_with(
         ],
         http: addr,
         tls: tls.is_some(),
+        http_progress: state.http_progress.clone(),
         cameras: {
             let st = state.clone();
             Arc::new(move || st.live().cameras.clone())
@@ -356,11 +359,20 @@ pub async fn run_with(
     // The stop: every step has a share of STOP_BUDGET, so the process is gone before systemd's
     // TimeoutStopSec (60 s) would kill it.
     let t0 = std::time::Instant::now();
-    // No reload runs from here on (one that was running is cut at its next await; whatever
-    // cameras it had started are in `cameras` and stopped below).
-    if let Some(r) = reloader {
-        r.abort();
-        let _ = r.await;
+    // No reload starts from here on; one under way is let finish (it is bounded: its camera
+    // stops have CAMERA_STOP_BUDGET), because cut at an await it could drop camera tasks it
+    // had taken out of `cameras` before they handed over their frames. Only a reload stuck
+    // past its budget is aborted.
+    let _ = reload_stop.send(true);
+    if let Some(mut r) = reloader {
+        if tokio::time::timeout(RELOAD_FINISH_BUDGET, &mut r)
+            .await
+            .is_err()
+        {
+            tracing::warn!(budget = ?RELOAD_FINISH_BUDGET, "a config reload did not finish in time; cut off");
+            r.abort();
+            let _ = r.await;
+        }
     }
     let mut cams = cameras.lock().await;
     let ids: Vec<String> = cams.running.keys().cloned().collect();
@@ -418,6 +430,9 @@ pub async fn run_with(
 pub const STOP_BUDGET: Duration = Duration::from_secs(45);
 /// The camera tasks' share of [`STOP_BUDGET`]: hand the buffered frames to the writer, TEARDOWN.
 pub const CAMERA_STOP_BUDGET: Duration = Duration::from_secs(10);
+/// How long the stop waits for a config reload under way to finish (its camera stops have
+/// [`CAMERA_STOP_BUDGET`]; the rest is reading the file and one logbook entry).
+pub const RELOAD_FINISH_BUDGET: Duration = Duration::from_secs(15);
 /// Exit code when the stop overran [`STOP_BUDGET`] (`EX_TEMPFAIL`).
 pub const EXIT_STOP_TIMEOUT: u8 = 75;
 
@@ -492,10 +507,17 @@ impl Cameras {
     ) -> Result<Prepared, crate::config::ConfigError> {
         let secret = cam.load_password()?;
         let tls = crate::ingest::tls::TlsClient::for_camera(cam)?;
-        Ok(Prepared {
-            spec: CameraSpec::new(config, cam, secret),
-            tls,
-        })
+        let mut spec = CameraSpec::new(config, cam, secret);
+        if let Some(path) = &cam.tls_ca_file {
+            // Read again after TlsClient loaded it: a file replaced in between restarts the
+            // camera at the next reload, never leaves a new CA unused.
+            let bytes = std::fs::read(path).map_err(|e| crate::config::ConfigError {
+                key: format!("{}.tls_ca_file", cam.key),
+                message: format!("cannot read {}: {e}", path.display()),
+            })?;
+            spec.tls_ca_sha256 = Some(<sha2::Sha256 as sha2::Digest>::digest(&bytes).into());
+        }
+        Ok(Prepared { spec, tls })
     }
 
     /// Starts a camera task; returns its status.
@@ -581,8 +603,23 @@ struct Reloader {
 }
 
 impl Reloader {
-    async fn run(mut self, mut hup: tokio::signal::unix::Signal) {
-        while hup.recv().await.is_some() {
+    /// Applies a reload per SIGHUP until `stop` turns true; a reload under way is never cut
+    /// here (the stop waits for it, see `run_with`).
+    async fn run(
+        mut self,
+        mut hup: tokio::signal::unix::Signal,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                }
+            }
             self.reload().await;
         }
     }

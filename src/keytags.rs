@@ -260,8 +260,10 @@ pub fn by_door(
     Ok(out)
 }
 
-/// Per site, the time ranges that holds with `keytags: true` pin at `now`. `site_of` maps a
-/// camera to its site.
+/// Per site, the time ranges that holds with `keytags: true` pin at `now`. A held camera's site
+/// is the one the hold recorded when it was placed (`Hold::camera_sites`), so a camera removed
+/// from the config or moved to another site by a reload keeps its incident's doors pinned;
+/// `site_of` (the current config) answers only for holds placed before sites were recorded.
 pub fn pinned(
     holds: &HoldSnapshot,
     site_of: impl Fn(&str) -> Option<String>,
@@ -269,7 +271,11 @@ pub fn pinned(
 ) -> HashMap<String, IntervalSet> {
     let mut per_site: HashMap<String, Vec<Interval>> = HashMap::new();
     for h in holds.active(now).filter(|h| h.keytags) {
-        let mut sites: Vec<String> = h.cameras.iter().filter_map(|c| site_of(c)).collect();
+        let mut sites: Vec<String> = h
+            .cameras
+            .iter()
+            .filter_map(|c| h.camera_sites.get(c).cloned().or_else(|| site_of(c)))
+            .collect();
         sites.extend(h.site.clone());
         sites.sort();
         sites.dedup();

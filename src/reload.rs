@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
 
-use crate::config::{Camera, Config, Policy, Secret};
+use crate::config::{Camera, Config, Secret};
 
 /// The keys that differ between `old` and `new` and only take effect at start, each with the
 /// message to log (`storage.data_dir: changed; needs a restart ...`). Empty: the reload may go on.
@@ -67,10 +67,13 @@ pub struct CameraSpec {
     pub camera: Camera,
     /// Its password (compared only; never shown: `Secret`'s `Debug` is redacted).
     pub secret: Option<Secret>,
-    /// Its policy's name (through its site).
+    /// Its policy's name (through its site): the segments it writes carry it. The policy's
+    /// settings are not part of this: a changed retention or review period reaches the writer's
+    /// retention map and the sweeper without touching the camera (no gap).
     pub policy: String,
-    /// That policy's settings.
-    pub policy_settings: Option<Policy>,
+    /// SHA-256 of the `tls_ca_file` it was started with (a CA file replaced at the same path
+    /// restarts the camera, so the new CA is really used).
+    pub tls_ca_sha256: Option<[u8; 32]>,
 }
 
 impl CameraSpec {
@@ -80,7 +83,7 @@ impl CameraSpec {
         let mut camera = camera.clone();
         camera.key = String::new();
         CameraSpec {
-            policy_settings: config.policies.get(&policy).cloned(),
+            tls_ca_sha256: None,
             camera,
             secret,
             policy,
@@ -325,6 +328,13 @@ sites = ["*"]
         ))
         .unwrap();
         assert_eq!(Delta::of(&specs(&old), &specs(&policy)).changed, ["a", "b"]);
+        // The policy's settings change (shorter retention): no camera restarts.
+        let longer = Config::parse(&BASE.replace("video = \"7d\"", "video = \"6d\"")).unwrap();
+        assert_ne!(
+            old.policies, longer.policies,
+            "the test changes a policy's settings"
+        );
+        assert!(Delta::of(&specs(&old), &specs(&longer)).is_empty());
         // A different password (same source) changes the spec too.
         let a = &old.cameras[0];
         assert_ne!(

@@ -1,8 +1,9 @@
 //! Everything systemd: the notify protocol, the watchdog and the choice of log output.
 //!
 //! - **Notify** (`Type=notify`): [`status`] lines while the daemon starts ("recovering the
-//!   store", "opening the logbook", ...), [`ready`] once recovery is done and the HTTP server
-//!   answers `/healthz` (the [`Supervisor`] sends it after a first answered probe), then
+//!   store", "opening the logbook", ...), [`ready`] once recovery is done and the HTTP listener
+//!   is bound (the [`Supervisor`] sends it when it starts, just before the server runs: a
+//!   connection made then waits in the listen queue and is answered), then
 //!   "recording N of M cameras" every few seconds, [`stopping`] when shutdown starts and
 //!   [`reloading`] when a reload starts. Every call is a no-op without `NOTIFY_SOCKET`, and a
 //!   failed send is only logged (at debug): systemd going away never stops recording.
@@ -11,7 +12,12 @@
 //!   thread and the sweeper thread bump a [`Heartbeat`] at every turn of their loops (both wake
 //!   up at least every [`HEARTBEAT_TICK`] or `sync_interval`, also when idle; the sweeper also
 //!   beats per bucket, so one long sweep that advances is not stuck), and the HTTP server must
-//!   answer a loopback `GET /healthz` (any status: it answered). A stage without progress for
+//!   make progress: its own heartbeat (`AppState::http_progress`: the accept loop turning with a
+//!   free slot, requests begun and finished, bytes written, connections closed) or an answered
+//!   loopback `GET /healthz` (any status). Not the probe alone: a flood that holds every
+//!   connection slot would delay the probe, and a restart would cost every camera footage;
+//!   nor does a non-loopback `http.listen` that `IPAddressDeny=` keeps the probe from reaching
+//!   stop the pings while the server works. A stage without progress for
 //!   longer than the watchdog interval stops the pings; the daemon logs which stage and since
 //!   when (warn) and says so in `STATUS=`, and systemd restarts the service.
 //! - **Logs**: [`journal_stream_is_stderr`] tells `main` whether stderr is the journal stream
@@ -330,6 +336,8 @@ pub struct Supervisor {
     pub http: SocketAddr,
     /// Whether it speaks TLS.
     pub tls: bool,
+    /// The server's own progress (`AppState::http_progress`).
+    pub http_progress: Heartbeat,
     /// The cameras now (a reload changes them), for "recording N of M cameras".
     pub cameras: Arc<dyn Fn() -> Vec<Arc<CameraStatus>> + Send + Sync>,
 }
@@ -346,14 +354,8 @@ impl Supervisor {
         let probe_timeout = watchdog.map_or(Duration::from_secs(5), |w| {
             (w / 4).clamp(Duration::from_millis(200), Duration::from_secs(5))
         });
-        // Ready once the server really answers.
-        loop {
-            match probe_http(addr, self.tls, probe_timeout).await {
-                Ok(_) => break,
-                Err(e) => tracing::debug!(%addr, error = %e, "waiting for the HTTP server"),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // Recovery is done and the listener is bound (the caller spawns this just before the
+        // server runs): ready.
         let mut http_ok = Instant::now();
         ready();
         status(&recording_status(&(self.cameras)()));
@@ -380,7 +382,7 @@ impl Supervisor {
             let mut stages: Vec<(&'static str, Instant)> =
                 self.stages.iter().map(|(n, h)| (*n, h.last())).collect();
             if !stopping {
-                stages.push(("HTTP server", http_ok));
+                stages.push(("HTTP server", http_ok.max(self.http_progress.last())));
             }
             match stuck_stage(&stages, Instant::now(), limit) {
                 Some((stage, since)) => {

@@ -610,3 +610,75 @@ fn the_daemon_records_under_the_units_syscall_filter() {
         "the daemon failed under the unit's sandbox (python3-seccomp: scripts/setup.sh):\n{text}"
     );
 }
+
+/// A flood that holds every connection slot with half-sent requests (each cut by the header
+/// timeout, then sent again) is not a hung server: the watchdog pings go on, so systemd does not
+/// restart the recorder (which would cost every camera footage). The loopback probe alone would
+/// wait behind the flood for a slot and miss its deadline.
+#[test]
+fn a_connection_flood_does_not_stop_the_watchdog_pings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut notify = NotifySocket::bind(dir.path());
+    let mut d = Running::start(
+        dir.path(),
+        &dir.path().join("data"),
+        "header_timeout = \"1s\"\nmax_connections = 4\n",
+        &notify.path.clone(),
+    );
+    wait_ready(&mut notify, &d);
+    let addr = d.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // 16 attackers for 4 slots: each opens a connection, sends half a request head and holds
+    // it until the server cuts it, then comes back.
+    let attackers: Vec<_> = (0..16)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut opened = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    };
+                    opened += 1;
+                    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n");
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                    let mut buf = [0u8; 256];
+                    let _ = s.read(&mut buf); // until the server closes it
+                }
+                opened
+            })
+        })
+        .collect();
+    // Six watchdog intervals under the flood: pings keep coming, no stage is reported stuck.
+    let during = notify.during(WATCHDOG * 6);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let opened: u32 = attackers.into_iter().map(|a| a.join().unwrap()).sum();
+    let stuck: Vec<&String> = during
+        .iter()
+        .filter(|m| status_of(m).is_some_and(|s| s.starts_with("watchdog:")))
+        .collect();
+    assert!(
+        stuck.is_empty(),
+        "a stage reported stuck under the flood: {stuck:?}"
+    );
+    let pings = during.iter().filter(|m| is("WATCHDOG=1")(m)).count();
+    assert!(
+        pings >= 8,
+        "{pings} WATCHDOG=1 in {:?} under the flood ({opened} connections opened)",
+        WATCHDOG * 6
+    );
+    assert!(
+        opened > 16,
+        "the flood held the slots and came back ({opened} connections)"
+    );
+    assert!(
+        !d.log_text()
+            .contains("no progress for longer than the watchdog interval"),
+        "{}",
+        d.log_text()
+    );
+    d.sigterm();
+    assert!(d.wait_exit(Duration::from_secs(30)), "{}", d.log_text());
+}

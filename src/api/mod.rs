@@ -62,6 +62,8 @@ pub struct AppState {
     pub logbook: Arc<Logbook>,
     /// The trusted clock (retention and hold review dates are judged by it).
     pub clock: Arc<crate::wallclock::TrustedClock>,
+    /// Beats while the HTTP server makes progress (`api::server`); the watchdog reads it.
+    pub http_progress: crate::service::Heartbeat,
 }
 
 /// The parts of [`AppState`] that come from the config and are swapped whole by a reload

@@ -131,6 +131,8 @@ struct Shared {
     /// connection can be closed to make room (otherwise a few hundred clients that send a
     /// cheap request now and then could hold every slot forever).
     open: Mutex<Vec<std::sync::Weak<Activity>>>,
+    /// Beats while the server makes progress (the watchdog reads it, `crate::service`).
+    progress: crate::service::Heartbeat,
 }
 
 impl Shared {
@@ -172,6 +174,7 @@ pub async fn serve(
         body_timeout: BODY_TIMEOUT,
         write_stall: WRITE_STALL_TIMEOUT,
         open: Mutex::new(Vec::new()),
+        progress: state.http_progress.clone(),
     });
     let slots = Arc::new(Semaphore::new(http.max_connections.max(1)));
     let (close_tx, close_rx) = watch::channel(false);
@@ -194,9 +197,22 @@ pub async fn serve(
 
     let mut conns = JoinSet::new();
     tokio::pin!(stop);
+    // The watchdog's view of the server (`AppState::http_progress`): it beats while the server
+    // can take a connection (a free slot, the loop turning), and while connections make
+    // progress (a request begun or finished, bytes written, a connection closed). A flood that
+    // fills every slot with half-sent requests still beats as the header timeout cuts them;
+    // only a server whose slots are all held by requests that never move stops beating.
+    let mut idle_tick = tokio::time::interval(crate::service::HEARTBEAT_TICK);
+    idle_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'accept: loop {
         let (stream, peer) = tokio::select! {
             _ = &mut stop => break,
+            _ = idle_tick.tick() => {
+                if slots.available_permits() > 0 {
+                    shared.progress.beat();
+                }
+                continue;
+            }
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
@@ -221,6 +237,7 @@ pub async fn serve(
             },
         };
         while conns.try_join_next().is_some() {}
+        shared.progress.beat();
         conns.spawn(connection(
             stream,
             peer,
@@ -269,6 +286,8 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::new(&shared));
+    // A closed connection (served, cut by a timeout, a failed handshake) is progress too.
+    let _closed = BeatOnDrop(shared.progress.clone());
     {
         let mut open = shared.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.len() >= 4096 {
@@ -387,6 +406,7 @@ struct Activity {
     header_timeout: Duration,
     idle_timeout: Duration,
     write_stall: Duration,
+    progress: crate::service::Heartbeat,
     state: Mutex<ActivityState>,
     changed: Notify,
 }
@@ -411,6 +431,7 @@ impl Activity {
             header_timeout: shared.header_timeout,
             idle_timeout: shared.idle_timeout,
             write_stall: shared.write_stall,
+            progress: shared.progress.clone(),
             state: Mutex::new(ActivityState {
                 in_flight: 0,
                 idle: false,
@@ -436,6 +457,14 @@ impl Activity {
         }
     }
 
+    /// A write of ours returned: blocked (pending) or progress (bytes taken).
+    fn wrote(&self, r: &Poll<io::Result<usize>>) {
+        if matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
+            self.progress.beat();
+        }
+        self.write_blocked(r.is_pending());
+    }
+
     fn write_blocked(&self, blocked: bool) {
         let mut s = self.lock();
         match (blocked, s.write_blocked_since.is_some()) {
@@ -450,6 +479,7 @@ impl Activity {
     }
 
     fn request_started(self: &Arc<Self>) -> InFlight {
+        self.progress.beat();
         let mut s = self.lock();
         s.in_flight += 1;
         s.idle = false;
@@ -458,6 +488,7 @@ impl Activity {
     }
 
     fn request_finished(&self) {
+        self.progress.beat();
         let mut s = self.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
         if s.in_flight == 0 {
@@ -512,6 +543,15 @@ impl Activity {
     }
 }
 
+/// Beats a heartbeat when dropped.
+struct BeatOnDrop(crate::service::Heartbeat);
+
+impl Drop for BeatOnDrop {
+    fn drop(&mut self) {
+        self.0.beat();
+    }
+}
+
 /// Marks a request in flight until its response body is finished (or dropped).
 struct InFlight(Arc<Activity>);
 
@@ -555,7 +595,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.activity.write_blocked(r.is_pending());
+        self.activity.wrote(&r);
         r
     }
 
@@ -565,7 +605,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.activity.write_blocked(r.is_pending());
+        self.activity.wrote(&r);
         r
     }
 
@@ -681,6 +721,7 @@ mod tests {
             body_timeout,
             write_stall,
             open: Mutex::new(Vec::new()),
+            progress: crate::service::Heartbeat::new(),
         });
         let (client, server) = tokio::io::duplex(16 * 1024);
         let activity = Arc::new(Activity::new(&shared));

@@ -550,6 +550,31 @@ mod tests {
         }
     }
 
+    #[test]
+    fn keytag_pins_follow_the_sites_a_hold_recorded_not_the_current_config() {
+        let (_d, _s, h) = holds();
+        let mut r = req(&["cam-a"], 10, 20);
+        r.keytags = true;
+        r.camera_sites = BTreeMap::from([("cam-a".to_owned(), "north".to_owned())]);
+        h.place(r, "j", t(0)).unwrap();
+        // cam-a since removed from the config (no site) or moved to "south" by a reload.
+        for now_site in [None, Some("south".to_owned())] {
+            let pins = crate::keytags::pinned(&h.snapshot(), |_| now_site.clone(), t(5));
+            assert_eq!(
+                pins.keys().collect::<Vec<_>>(),
+                vec!["north"],
+                "{now_site:?}"
+            );
+            assert!(pins["north"].contains(t(15).0), "{now_site:?}");
+        }
+        // A hold without recorded sites (placed before they were recorded) asks the config.
+        let mut old = req(&["cam-b"], 30, 40);
+        old.keytags = true;
+        h.place(old, "j", t(0)).unwrap();
+        let pins = crate::keytags::pinned(&h.snapshot(), |c| Some(format!("{c}-site")), t(5));
+        assert!(pins["cam-b-site"].contains(t(35).0));
+    }
+
     fn holds() -> (tempfile::TempDir, Arc<Store>, Holds) {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(dir.path(), 3600).unwrap();
