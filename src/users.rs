@@ -7,7 +7,8 @@
 //! the original's mode and owner, fsync, rename, fsync of the directory). Anything wrong (the
 //! name exists, an unknown role or site, a config that would not validate) is refused naming
 //! the field, and nothing is written. The token is returned to be printed once; it is stored
-//! nowhere.
+//! nowhere. The whole read-modify-replace runs under an exclusive `flock` on `.NAME.lock` beside
+//! the config file `NAME` (0600), so concurrent runs never drop each other's user.
 
 use std::io::Write;
 use std::path::Path;
@@ -202,8 +203,50 @@ pub fn replace_file(path: &Path, original: &str, text: &str) -> std::io::Result<
     Ok(())
 }
 
+/// Name of the lock file beside a config file `NAME`: `.NAME.lock`.
+pub fn lock_path(path: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let real = std::fs::canonicalize(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let name = real
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("{}: not a file", real.display()))?;
+    Ok(real.with_file_name(format!(".{}.lock", name.to_string_lossy())))
+}
+
+/// Takes an exclusive `flock` on the lock file beside the config ([`lock_path`], created 0600
+/// with the config's owner), waiting for another `user add` to finish. Released on drop.
+fn lock_config(path: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let lock = lock_path(path)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&lock)
+        .map_err(|e| anyhow::anyhow!("cannot open the lock file {}: {e}", lock.display()))?;
+    if let Ok(m) = std::fs::metadata(path) {
+        // Best effort: the config's owner can take the lock too when root made the file.
+        let _ = std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()));
+    }
+    loop {
+        // SAFETY: fd is open for the duration of the call.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(f);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            anyhow::bail!("cannot lock {}: {e}", lock.display());
+        }
+    }
+}
+
 /// `holdfast user add`: the new token (to print once), after the config file was replaced.
 pub fn add_user(path: &Path, user: &NewUser) -> anyhow::Result<Token> {
+    // Held for the whole read-modify-replace: concurrent runs add one after the other.
+    let _lock = lock_config(path)?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     let token = Token::generate()?;
