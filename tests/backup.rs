@@ -2,7 +2,8 @@
 //! makes the RocksDB checkpoint (a second process cannot), the CLI copies it out with the logbook
 //! checkpoint file and a manifest; a config pointing at the restored copy passes `holdfast
 //! logbook verify` and its recordings are there and intact (`holdfast verify`). A non-empty
-//! target is refused by name; with the daemon stopped the CLI checkpoints by itself.
+//! target is refused by name; two backups at once never break each other; with the daemon
+//! stopped the CLI checkpoints by itself.
 
 mod support;
 
@@ -103,6 +104,10 @@ fn a_backup_taken_while_recording_restores_to_a_verified_logbook_and_its_recordi
         serde_json::from_slice(&std::fs::read(dest.join("MANIFEST.json")).unwrap()).unwrap();
     assert_eq!(manifest["daemon_running"], true);
     let files = manifest["files"].as_array().unwrap();
+    // Whole checkpoint lines only, their length recorded.
+    let cp = std::fs::read(dest.join("checkpoints/logbook.checkpoints")).unwrap();
+    assert_eq!(cp.last(), Some(&b'\n'));
+    assert_eq!(manifest["checkpoint_file_bytes"], cp.len() as u64);
     assert!(
         files.iter().any(|f| f["path"] == "index/CURRENT"),
         "{manifest}"
@@ -156,6 +161,57 @@ fn a_backup_taken_while_recording_restores_to_a_verified_logbook_and_its_recordi
         segs.len()
     };
 
+    // Two at once: one is made, the other is refused at once by name (or waits its turn and is
+    // made too); nothing is left in the data directory either way.
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    let runs: Vec<_> = [&a, &b]
+        .into_iter()
+        .map(|p| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
+                .arg("backup")
+                .arg(p)
+                .arg("--config")
+                .arg(d.config_path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = runs
+        .into_iter()
+        .map(|c| {
+            let o = c.wait_with_output().unwrap();
+            (
+                o.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+            )
+        })
+        .collect();
+    assert!(outs.iter().any(|(ok, _)| *ok), "{outs:?}");
+    eprintln!(
+        "concurrent backups: {} made, {} refused",
+        outs.iter().filter(|(ok, _)| *ok).count(),
+        outs.iter().filter(|(ok, _)| !*ok).count()
+    );
+    for ((ok, out), dir) in outs.iter().zip([&a, &b]) {
+        if *ok {
+            assert!(dir.join("MANIFEST.json").is_file(), "{out}");
+        } else {
+            assert!(out.contains("another holdfast backup"), "{out}");
+        }
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&d.data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("backup"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
     // The daemon goes on recording afterwards.
     d.wait_until(Duration::from_secs(20), |d| {
         d.metric("holdfast_camera_frames_total{camera=\"cam-0\"}") > frames_after + 50.0
@@ -208,7 +264,9 @@ fn a_backup_taken_while_recording_restores_to_a_verified_logbook_and_its_recordi
     assert!(ok, "{out}");
     assert!(out.contains("no daemon running"), "{out}");
     let copy = Index::open_read_only(&dest2.join("index")).unwrap();
-    assert_eq!(actions(&copy, "store.backup").len(), 2);
+    // The first backup, the concurrent ones that were made, this one.
+    let made = outs.iter().filter(|(ok, _)| *ok).count();
+    assert_eq!(actions(&copy, "store.backup").len(), 2 + made);
     let (ok, out) = holdfast(&["logbook", "verify"], &d.config_path());
     assert!(ok, "{out}");
 }
