@@ -7,8 +7,9 @@
 //! the original's mode and owner, fsync, rename, fsync of the directory). Anything wrong (the
 //! name exists, an unknown role or site, a config that would not validate) is refused naming
 //! the field, and nothing is written. The token is returned to be printed once; it is stored
-//! nowhere. The whole read-modify-replace runs under an exclusive `flock` on `.NAME.lock` beside
-//! the config file `NAME` (0600), so concurrent runs never drop each other's user.
+//! nowhere. The whole read-modify-replace runs under an exclusive `flock` on the config file itself
+//! (re-taken on the new file when a concurrent run replaced it while this one waited), so
+//! concurrent runs never drop each other's user.
 
 use std::io::Write;
 use std::path::Path;
@@ -203,42 +204,31 @@ pub fn replace_file(path: &Path, original: &str, text: &str) -> std::io::Result<
     Ok(())
 }
 
-/// Name of the lock file beside a config file `NAME`: `.NAME.lock`.
-pub fn lock_path(path: &Path) -> anyhow::Result<std::path::PathBuf> {
-    let real = std::fs::canonicalize(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    let name = real
-        .file_name()
-        .ok_or_else(|| anyhow::anyhow!("{}: not a file", real.display()))?;
-    Ok(real.with_file_name(format!(".{}.lock", name.to_string_lossy())))
-}
-
-/// Takes an exclusive `flock` on the lock file beside the config ([`lock_path`], created 0600
-/// with the config's owner), waiting for another `user add` to finish. Released on drop.
+/// Takes an exclusive `flock` on the config file itself (its real path), waiting for another
+/// `user add` to finish; released on drop. The file a waiter locked may have been replaced
+/// meanwhile (a new inode renamed over it): then it locks the new one, so every run reads the
+/// text the previous one wrote. No lock file is left behind.
 fn lock_config(path: &Path) -> anyhow::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let lock = lock_path(path)?;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&lock)
-        .map_err(|e| anyhow::anyhow!("cannot open the lock file {}: {e}", lock.display()))?;
-    if let Ok(m) = std::fs::metadata(path) {
-        // Best effort: the config's owner can take the lock too when root made the file.
-        let _ = std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()));
-    }
+    use std::os::unix::fs::MetadataExt;
     loop {
+        let real = std::fs::canonicalize(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let f = std::fs::File::open(&real)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", real.display()))?;
         // SAFETY: fd is open for the duration of the call.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
-            return Ok(f);
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            anyhow::bail!("cannot lock {}: {e}", real.display());
         }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            anyhow::bail!("cannot lock {}: {e}", lock.display());
+        let locked = f.metadata()?;
+        match std::fs::metadata(&real) {
+            Ok(now) if now.dev() == locked.dev() && now.ino() == locked.ino() => return Ok(f),
+            // Replaced while this run waited: lock the new file.
+            _ => continue,
         }
     }
 }

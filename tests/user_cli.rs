@@ -115,13 +115,7 @@ fn user_add_prints_the_token_once_stores_its_hash_and_refuses_without_writing() 
         assert!(!text(&out.stdout).contains("token"), "{args:?}");
         assert_eq!(std::fs::read_to_string(&conf).unwrap(), after, "{args:?}");
     }
-    // The config and its lock file (kept: removing it would race a waiting run), no temporary.
-    let mut names: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, [".holdfast.toml.lock", "holdfast.toml"]);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 
     let out = holdfast(&["user", "list"], &conf);
     let list = text(&out.stdout);
@@ -177,10 +171,6 @@ fn concurrent_user_adds_all_land_and_every_printed_token_is_stored() {
             "a printed token's hash is missing:\n{after}"
         );
     }
-    // The lock file sits beside the config, private.
-    let lock = dir.path().join(".holdfast.toml.lock");
-    assert_eq!(
-        std::fs::metadata(&lock).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    // Nothing but the config is left (no lock or temporary file).
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
