@@ -17,6 +17,14 @@
 //! the backup names an entry the backed-up logbook holds. DIR also gets `MANIFEST.json` (what was
 //! copied, with SHA-256 and size of every file, the logbook head, what is not in the backup).
 //! The footage (bucket files) and the logbook key are never copied.
+//!
+//! Run as root against the packaged daemon (user `holdfast`), the CLI gives the request file to
+//! the data directory's owner ([`write_request`]) so the daemon can read it. It does not trust
+//! the daemon's user: it derives the staging path itself from its nonce, checks it is a real
+//! directory owned by the data directory's owner, and copies only regular files and directories
+//! (a symlink is refused by name). One backup runs at a time: the CLI holds an exclusive
+//! `flock` on the data directory for the whole backup, and a second is refused at once; the
+//! daemon removes staging directories of dead requests before it answers a new one.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -113,7 +121,7 @@ impl Responder {
         logbook: Arc<Logbook>,
         data_dir: PathBuf,
     ) -> std::io::Result<Self> {
-        remove_stale_staging(&data_dir);
+        remove_stale_staging(&data_dir, STAGING_STALE);
         let (tx, rx) = crossbeam_channel::bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name("holdfast-backup".into())
@@ -153,7 +161,8 @@ impl Drop for Responder {
     }
 }
 
-fn remove_stale_staging(data_dir: &Path) {
+/// Removes the staging directories in `data_dir` older than `max_age`.
+fn remove_stale_staging(data_dir: &Path, max_age: Duration) {
     let Ok(dir) = std::fs::read_dir(data_dir) else {
         return;
     };
@@ -163,7 +172,7 @@ fn remove_stale_staging(data_dir: &Path) {
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > STAGING_STALE);
+            .is_some_and(|age| age >= max_age);
         if e.file_name().to_string_lossy().starts_with(STAGING_PREFIX) && stale {
             tracing::warn!(path = %e.path().display(), "backup: removing a stale staging directory");
             let _ = std::fs::remove_dir_all(e.path());
@@ -172,7 +181,8 @@ fn remove_stale_staging(data_dir: &Path) {
 }
 
 /// Reads a pending request: a regular file (not a link), at most 4 KiB, owned by this process's
-/// user or root. Anything else is removed and ignored.
+/// user or root (the CLI run as root gives it to the data directory's owner, [`write_request`]).
+/// Anything else is removed and ignored.
 fn read_request(data_dir: &Path) -> Option<Request> {
     use std::os::unix::fs::MetadataExt;
     let path = data_dir.join(REQUEST_FILE);
@@ -203,7 +213,10 @@ fn answer(store: &crate::store::Store, logbook: &Logbook, data_dir: &Path, req: 
             message: "the request was too old; ignored".into(),
         }
     } else {
-        let staging = data_dir.join(format!("{STAGING_PREFIX}{}", req.nonce));
+        // The CLI holds the data directory's lock for its whole backup: any staging directory
+        // present now was left by a CLI that died.
+        remove_stale_staging(data_dir, Duration::ZERO);
+        let staging = staging_dir(data_dir, req.nonce);
         let dest = staging.join("index");
         let r = std::fs::create_dir(&staging)
             .with_context(|| format!("creating {}", staging.display()))
@@ -250,6 +263,101 @@ fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// The staging directory of the request `nonce` (both sides derive it; the CLI never takes a path
+/// from the daemon's answer).
+fn staging_dir(data_dir: &Path, nonce: u64) -> PathBuf {
+    data_dir.join(format!("{STAGING_PREFIX}{nonce}"))
+}
+
+/// Writes a request file `path` (mode 0600, created new) in `data_dir` for the daemon to read:
+/// when this process's euid is not the data directory's owner (root running the CLI against the
+/// packaged daemon's `holdfast` user), the file is given to the owner (uid and gid) before it is
+/// renamed into place, so the daemon (no capabilities) can read and remove it.
+pub(crate) fn write_request(data_dir: &Path, path: &Path, body: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let owner = std::fs::metadata(data_dir)?;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    let r = (|| {
+        if needs_chown(owner.uid()) {
+            std::os::unix::fs::fchown(&f, Some(owner.uid()), Some(owner.gid())).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "giving {} to the data directory's owner (uid {}): {e}",
+                        path.display(),
+                        owner.uid()
+                    ),
+                )
+            })?;
+        }
+        f.write_all(body)?;
+        f.sync_all()
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    r
+}
+
+/// Whether a file this process creates must be given to `owner` (this euid is another user).
+fn needs_chown(owner: u32) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    owner != unsafe { libc::geteuid() }
+}
+
+/// An exclusive `flock` on the data directory, held for a whole backup (released on drop).
+struct BackupLock {
+    _held: std::fs::File,
+}
+
+impl BackupLock {
+    /// Takes the lock, or refuses at once when another backup holds it.
+    fn take(data_dir: &Path) -> anyhow::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(data_dir)
+            .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
+        // SAFETY: fd is open for the duration of the call.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                anyhow::bail!(
+                    "another holdfast backup of {} is running (it holds the data directory's                      lock); wait for it to finish and run this one again",
+                    data_dir.display()
+                );
+            }
+            anyhow::bail!("locking the data directory {}: {e}", data_dir.display());
+        }
+        Ok(Self { _held: f })
+    }
+}
+
+/// Checks the staging directory the daemon made: a real directory (not a link), owned by
+/// `owner` (the data directory's owner).
+fn check_staging(staging: &Path, owner: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(staging)
+        .with_context(|| format!("the staging directory {}", staging.display()))?;
+    if !m.file_type().is_dir() {
+        anyhow::bail!(
+            "the staging directory {} is not a directory (a symlink or other file): refused",
+            staging.display()
+        );
+    }
+    if m.uid() != owner {
+        anyhow::bail!(
+            "the staging directory {} belongs to uid {}, not to the data directory's owner (uid              {owner}): refused",
+            staging.display(),
+            m.uid()
+        );
+    }
+    Ok(())
+}
+
 /// Whether another process holds RocksDB's lock on the index (`LOCK`, an fcntl write lock):
 /// the daemon runs on it.
 pub fn index_locked(index_dir: &Path) -> anyhow::Result<bool> {
@@ -280,8 +388,9 @@ pub fn index_locked(index_dir: &Path) -> anyhow::Result<bool> {
     Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
-/// Asks the daemon running on `data_dir` for a checkpoint; returns the staging directory and the
-/// seq of the `store.backup` entry.
+/// Asks the daemon running on `data_dir` for a checkpoint; returns the staging directory (derived
+/// from the nonce, checked) and the seq of the `store.backup` entry. The caller holds the
+/// [`BackupLock`].
 fn request(data_dir: &Path, by: &str, dest: &Path) -> anyhow::Result<(PathBuf, u64)> {
     let nonce = u64::from(std::process::id()) << 32 | u64::from(rand::random::<u32>());
     let req = Request {
@@ -293,7 +402,12 @@ fn request(data_dir: &Path, by: &str, dest: &Path) -> anyhow::Result<(PathBuf, u
     let result_path = data_dir.join(RESULT_FILE);
     let _ = std::fs::remove_file(&result_path);
     let tmp = data_dir.join(format!("{REQUEST_FILE}.{}", std::process::id()));
-    write_private(&tmp, &serde_json::to_vec(&req).expect("serialises")).map_err(|e| {
+    write_request(
+        data_dir,
+        &tmp,
+        &serde_json::to_vec(&req).expect("serialises"),
+    )
+    .map_err(|e| {
         anyhow::anyhow!(
             "cannot write the backup request in {}: {e} (run as the daemon's user or root)",
             data_dir.display()
@@ -314,7 +428,12 @@ fn request(data_dir: &Path, by: &str, dest: &Path) -> anyhow::Result<(PathBuf, u
         }
         let _ = std::fs::remove_file(&result_path);
         return match (a.staging, a.entry_seq) {
-            (Some(s), Some(seq)) => Ok((s, seq)),
+            (Some(_), Some(seq)) => {
+                use std::os::unix::fs::MetadataExt;
+                let staging = staging_dir(data_dir, nonce);
+                check_staging(&staging, std::fs::metadata(data_dir)?.uid())?;
+                Ok((staging, seq))
+            }
             _ => Err(anyhow::anyhow!("{}", a.message)),
         };
     }
@@ -359,6 +478,10 @@ pub struct Manifest {
     pub backup_entry: u64,
     /// The head link of the backed-up logbook (hex).
     pub logbook_head: String,
+    /// Bytes of the logbook checkpoint file copied (up to its last newline: a line the
+    /// checkpointer was appending is left out); `None` when there was no checkpoint file.
+    #[serde(default)]
+    pub checkpoint_file_bytes: Option<u64>,
     /// Every file copied.
     pub files: Vec<ManifestFile>,
     /// What is deliberately not in the backup.
@@ -402,13 +525,20 @@ pub fn run(config: &Config, dest: &Path, by: &str) -> anyhow::Result<Manifest> {
     let dest = std::fs::canonicalize(dest)
         .with_context(|| format!("backup directory {}", dest.display()))?;
     // The checkpoint lines first: each names an entry the index copied afterwards holds.
+    let _lock = BackupLock::take(data_dir)?;
     let cp_src = config.logbook.checkpoint_dir.join(CHECKPOINT_FILE);
-    if cp_src.exists() {
+    let checkpoint_file_bytes = if cp_src.exists() {
         let cp_dir = dest.join("checkpoints");
         std::fs::DirBuilder::new().mode(0o700).create(&cp_dir)?;
-        std::fs::copy(&cp_src, cp_dir.join(CHECKPOINT_FILE))
+        let body =
+            std::fs::read(&cp_src).with_context(|| format!("reading {}", cp_src.display()))?;
+        let whole = whole_lines(&body);
+        write_private(&cp_dir.join(CHECKPOINT_FILE), whole)
             .with_context(|| format!("copying {}", cp_src.display()))?;
-    }
+        Some(whole.len() as u64)
+    } else {
+        None
+    };
     let dest_index = dest.join("index");
     let running = index_locked(&index_dir)?;
     let backup_entry = if running {
@@ -480,6 +610,7 @@ pub fn run(config: &Config, dest: &Path, by: &str) -> anyhow::Result<Manifest> {
         logbook_entries: entries,
         logbook_head: head,
         backup_entry,
+        checkpoint_file_bytes,
         files,
         not_included: vec![
             format!(
@@ -504,17 +635,46 @@ pub fn run(config: &Config, dest: &Path, by: &str) -> anyhow::Result<Manifest> {
     Ok(manifest)
 }
 
+/// `body` up to and including its last newline (a line being appended is left out).
+fn whole_lines(body: &[u8]) -> &[u8] {
+    body.iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(&body[..0], |i| &body[..=i])
+}
+
+/// Copies the tree `from` to `to` (created): only regular files and directories; a symlink or
+/// any other kind of file is refused, naming its path (the tree is made by the daemon's user).
 fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     std::fs::DirBuilder::new().mode(0o700).create(to)?;
     for e in std::fs::read_dir(from)? {
         let e = e?;
         let target = to.join(e.file_name());
-        if e.file_type()?.is_dir() {
+        // DirEntry::file_type does not follow symlinks.
+        let t = e.file_type()?;
+        if t.is_dir() {
             copy_tree(&e.path(), &target)?;
+        } else if t.is_file() {
+            // O_NOFOLLOW: a file swapped for a link after the listing is refused too.
+            let mut src = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(e.path())
+                .map_err(|err| {
+                    std::io::Error::new(err.kind(), format!("{}: {err}", e.path().display()))
+                })?;
+            let mut dst = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&target)?;
+            std::io::copy(&mut src, &mut dst)?;
+            dst.sync_all()?;
         } else {
-            std::fs::copy(e.path(), &target)?;
-            std::fs::File::open(&target)?.sync_all()?;
+            return Err(std::io::Error::other(format!(
+                "{} is not a regular file or directory (a symlink?): refused",
+                e.path().display()
+            )));
         }
     }
     std::fs::File::open(to)?.sync_all()
@@ -563,5 +723,90 @@ mod tests {
         let e = Logbook::get(&copy, 1).unwrap();
         assert_eq!(e.entry.body.action, ACTION_BACKUP);
         assert_eq!(e.entry.body.user, "cli:tester");
+    }
+
+    #[test]
+    fn copy_tree_refuses_a_symlink_planted_in_the_staging_dir_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("staging/index");
+        std::fs::create_dir_all(from.join("sub")).unwrap();
+        std::fs::write(from.join("CURRENT"), b"MANIFEST-1\n").unwrap();
+        std::fs::write(from.join("sub/a"), b"a").unwrap();
+        let ok = dir.path().join("ok");
+        copy_tree(&from, &ok).unwrap();
+        assert_eq!(std::fs::read(ok.join("sub/a")).unwrap(), b"a");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"root:secret").unwrap();
+        std::os::unix::fs::symlink(&secret, from.join("sub/OPTIONS-1")).unwrap();
+        let to = dir.path().join("copy");
+        let e = copy_tree(&from, &to).unwrap_err().to_string();
+        assert!(
+            e.contains(&from.join("sub/OPTIONS-1").display().to_string()),
+            "{e}"
+        );
+        assert!(!to.join("sub/OPTIONS-1").exists());
+    }
+
+    #[test]
+    fn the_cli_refuses_a_staging_path_that_is_a_link_or_of_another_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::fs::metadata(dir.path()).unwrap().uid();
+        let staging = staging_dir(dir.path(), 7);
+        assert_eq!(staging, dir.path().join("backup-staging-7"));
+        std::fs::create_dir(dir.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), &staging).unwrap();
+        let e = check_staging(&staging, me).unwrap_err().to_string();
+        assert!(
+            e.contains("not a directory") && e.contains("backup-staging-7"),
+            "{e}"
+        );
+        std::fs::remove_file(&staging).unwrap();
+        std::fs::create_dir(&staging).unwrap();
+        check_staging(&staging, me).unwrap();
+        let e = check_staging(&staging, me + 1).unwrap_err().to_string();
+        assert!(e.contains("belongs to uid"), "{e}");
+    }
+
+    #[test]
+    fn only_whole_checkpoint_lines_are_copied() {
+        assert_eq!(whole_lines(b"a\nb\nc"), b"a\nb\n");
+        assert_eq!(whole_lines(b"a\nb\n"), b"a\nb\n");
+        assert_eq!(whole_lines(b"half"), b"");
+        assert_eq!(whole_lines(b""), b"");
+    }
+
+    #[test]
+    fn a_second_backup_lock_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = BackupLock::take(dir.path()).unwrap();
+        let e = BackupLock::take(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("another holdfast backup"), "{e}");
+        drop(first);
+        BackupLock::take(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_request_written_by_root_is_given_to_the_data_dirs_owner() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to give a file to another user");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::os::unix::fs::chown(&data, Some(65534), Some(65534)).unwrap();
+        let f = data.join("backup.request.1");
+        write_request(&data, &f, b"{}").unwrap();
+        let m = std::fs::symlink_metadata(&f).unwrap();
+        assert_eq!((m.uid(), m.gid()), (65534, 65534));
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read(&f).unwrap(), b"{}");
+        // Owned by root: nothing to give.
+        std::os::unix::fs::chown(&data, Some(0), Some(0)).unwrap();
+        write_request(&data, &f, b"{}").unwrap();
+        assert_eq!(std::fs::metadata(&f).unwrap().uid(), 0);
     }
 }

@@ -7,7 +7,9 @@
 //! the original's mode and owner, fsync, rename, fsync of the directory). Anything wrong (the
 //! name exists, an unknown role or site, a config that would not validate) is refused naming
 //! the field, and nothing is written. The token is returned to be printed once; it is stored
-//! nowhere.
+//! nowhere. The whole read-modify-replace runs under an exclusive `flock` on the config file itself
+//! (re-taken on the new file when a concurrent run replaced it while this one waited), so
+//! concurrent runs never drop each other's user.
 
 use std::io::Write;
 use std::path::Path;
@@ -202,8 +204,39 @@ pub fn replace_file(path: &Path, original: &str, text: &str) -> std::io::Result<
     Ok(())
 }
 
+/// Takes an exclusive `flock` on the config file itself (its real path), waiting for another
+/// `user add` to finish; released on drop. The file a waiter locked may have been replaced
+/// meanwhile (a new inode renamed over it): then it locks the new one, so every run reads the
+/// text the previous one wrote. No lock file is left behind.
+fn lock_config(path: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    loop {
+        let real = std::fs::canonicalize(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let f = std::fs::File::open(&real)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", real.display()))?;
+        // SAFETY: fd is open for the duration of the call.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            anyhow::bail!("cannot lock {}: {e}", real.display());
+        }
+        let locked = f.metadata()?;
+        match std::fs::metadata(&real) {
+            Ok(now) if now.dev() == locked.dev() && now.ino() == locked.ino() => return Ok(f),
+            // Replaced while this run waited: lock the new file.
+            _ => continue,
+        }
+    }
+}
+
 /// `holdfast user add`: the new token (to print once), after the config file was replaced.
 pub fn add_user(path: &Path, user: &NewUser) -> anyhow::Result<Token> {
+    // Held for the whole read-modify-replace: concurrent runs add one after the other.
+    let _lock = lock_config(path)?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     let token = Token::generate()?;

@@ -1062,8 +1062,13 @@ pub fn request_accept(data_dir: &Path, by: &str, wait: Duration) -> anyhow::Resu
     let result_path = data_dir.join(RESULT_FILE);
     let _ = std::fs::remove_file(&result_path);
     let tmp = data_dir.join(format!("{REQUEST_FILE}.{}", std::process::id()));
-    write_private(&tmp, &serde_json::to_vec(&req).expect("serialises"))
-        .map_err(|e| anyhow::anyhow!("cannot write the request in {}: {e}", data_dir.display()))?;
+    // Given to the data directory's owner when this is root and the daemon another user.
+    crate::backup::write_request(
+        data_dir,
+        &tmp,
+        &serde_json::to_vec(&req).expect("serialises"),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot write the request in {}: {e}", data_dir.display()))?;
     std::fs::rename(&tmp, data_dir.join(REQUEST_FILE))?;
     let deadline = std::time::Instant::now() + wait;
     while std::time::Instant::now() < deadline {

@@ -2,7 +2,8 @@
 //! makes the RocksDB checkpoint (a second process cannot), the CLI copies it out with the logbook
 //! checkpoint file and a manifest; a config pointing at the restored copy passes `holdfast
 //! logbook verify` and its recordings are there and intact (`holdfast verify`). A non-empty
-//! target is refused by name; with the daemon stopped the CLI checkpoints by itself.
+//! target is refused by name; two backups at once never break each other; with the daemon
+//! stopped the CLI checkpoints by itself.
 
 mod support;
 
@@ -103,6 +104,10 @@ fn a_backup_taken_while_recording_restores_to_a_verified_logbook_and_its_recordi
         serde_json::from_slice(&std::fs::read(dest.join("MANIFEST.json")).unwrap()).unwrap();
     assert_eq!(manifest["daemon_running"], true);
     let files = manifest["files"].as_array().unwrap();
+    // Whole checkpoint lines only, their length recorded.
+    let cp = std::fs::read(dest.join("checkpoints/logbook.checkpoints")).unwrap();
+    assert_eq!(cp.last(), Some(&b'\n'));
+    assert_eq!(manifest["checkpoint_file_bytes"], cp.len() as u64);
     assert!(
         files.iter().any(|f| f["path"] == "index/CURRENT"),
         "{manifest}"
@@ -156,6 +161,57 @@ fn a_backup_taken_while_recording_restores_to_a_verified_logbook_and_its_recordi
         segs.len()
     };
 
+    // Two at once: one is made, the other is refused at once by name (or waits its turn and is
+    // made too); nothing is left in the data directory either way.
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    let runs: Vec<_> = [&a, &b]
+        .into_iter()
+        .map(|p| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
+                .arg("backup")
+                .arg(p)
+                .arg("--config")
+                .arg(d.config_path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = runs
+        .into_iter()
+        .map(|c| {
+            let o = c.wait_with_output().unwrap();
+            (
+                o.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+            )
+        })
+        .collect();
+    assert!(outs.iter().any(|(ok, _)| *ok), "{outs:?}");
+    eprintln!(
+        "concurrent backups: {} made, {} refused",
+        outs.iter().filter(|(ok, _)| *ok).count(),
+        outs.iter().filter(|(ok, _)| !*ok).count()
+    );
+    for ((ok, out), dir) in outs.iter().zip([&a, &b]) {
+        if *ok {
+            assert!(dir.join("MANIFEST.json").is_file(), "{out}");
+        } else {
+            assert!(out.contains("another holdfast backup"), "{out}");
+        }
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&d.data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("backup"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
     // The daemon goes on recording afterwards.
     d.wait_until(Duration::from_secs(20), |d| {
         d.metric("holdfast_camera_frames_total{camera=\"cam-0\"}") > frames_after + 50.0
@@ -208,7 +264,95 @@ fn a_backup_taken_while_recording_restores_to_a_verified_logbook_and_its_recordi
     assert!(ok, "{out}");
     assert!(out.contains("no daemon running"), "{out}");
     let copy = Index::open_read_only(&dest2.join("index")).unwrap();
-    assert_eq!(actions(&copy, "store.backup").len(), 2);
+    // The first backup, the concurrent ones that were made, this one.
+    let made = outs.iter().filter(|(ok, _)| *ok).count();
+    assert_eq!(actions(&copy, "store.backup").len(), 2 + made);
     let (ok, out) = holdfast(&["logbook", "verify"], &d.config_path());
     assert!(ok, "{out}");
+}
+
+/// `sudo holdfast backup` and `sudo holdfast clock accept` against a daemon that runs as another
+/// user (65534 here, `holdfast` in the package) and owns the data directory: root's request file
+/// is given to that user, so the daemon reads it and answers (it used to delete it as invalid and
+/// the CLI waited for nothing). Needs root; a few seconds.
+#[test]
+fn root_cli_requests_reach_a_daemon_running_as_the_data_dirs_owner() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (to run the daemon as uid 65534)");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The test binary's directory may be closed to other users (/root): a copy it can run.
+    let bin = dir.path().join("holdfast");
+    std::fs::copy(env!("CARGO_BIN_EXE_holdfast"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    let checkpoints = dir.path().join("checkpoints");
+    for d in [&data, &checkpoints] {
+        std::fs::create_dir(d).unwrap();
+        chown(d, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let logbook = support::procs::logbook_section(dir.path());
+    chown(dir.path().join("logbook.key"), Some(NOBODY), Some(NOBODY)).unwrap();
+    let port = support::procs::free_port();
+    let config = dir.path().join("holdfast.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\ndata_dir = {:?}\n\n[http]\nlisten = \"127.0.0.1:{port}\"\n{logbook}",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let log = dir.path().join("holdfast.log");
+    let mut child = std::process::Command::new(&bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let t0 = std::time::Instant::now();
+    while !holdfast::backup::index_locked(&data.join("index")).unwrap_or(false) {
+        if t0.elapsed() > Duration::from_secs(30) || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the daemon (uid {NOBODY}) did not start:\n{}", log_text());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Let its backup and clock threads start.
+    std::thread::sleep(Duration::from_secs(1));
+    let dest = dir.path().join("backup");
+    let (backup_ok, backup_out) = holdfast(&["backup", dest.to_str().unwrap()], &config);
+    let (_, accept_out) = holdfast(&["clock", "accept"], &config);
+    let leftovers: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("backup") || n.starts_with("clock"))
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    let daemon_log = log_text();
+    assert!(backup_ok, "{backup_out}\n{daemon_log}");
+    assert!(
+        backup_out.contains("made by the running daemon"),
+        "{backup_out}"
+    );
+    assert!(dest.join("MANIFEST.json").is_file());
+    assert!(
+        !accept_out.contains("no answer from a daemon"),
+        "{accept_out}\n{daemon_log}"
+    );
+    assert!(!daemon_log.contains("invalid"), "{daemon_log}");
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

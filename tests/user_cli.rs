@@ -123,3 +123,54 @@ fn user_add_prints_the_token_once_stores_its_hash_and_refuses_without_writing() 
     assert!(list.contains("j.devries") && list.contains("manager") && list.contains("site-1"));
     assert!(!list.contains(&hash[..16]), "never a hash: {list}");
 }
+
+#[test]
+fn concurrent_user_adds_all_land_and_every_printed_token_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("holdfast.toml");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("pkg/holdfast.toml"),
+        &conf,
+    )
+    .unwrap();
+    const N: usize = 8;
+    let children: Vec<_> = (0..N)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_holdfast"))
+                .args(["user", "add", &format!("user-{i}"), "--role", "manager"])
+                .args(["--sites", "site-1", "--config"])
+                .arg(&conf)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+        let t = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("token: "))
+            .unwrap_or_else(|| panic!("no token: {stdout}"));
+        tokens.push(t.to_owned());
+    }
+    let after = std::fs::read_to_string(&conf).unwrap();
+    for i in 0..N {
+        assert!(
+            after.contains(&format!("name = \"user-{i}\"")),
+            "user-{i}:\n{after}"
+        );
+    }
+    for t in &tokens {
+        let h = hex::encode(Sha256::digest(t.as_bytes()));
+        assert!(
+            after.contains(&h),
+            "a printed token's hash is missing:\n{after}"
+        );
+    }
+    // Nothing but the config is left (no lock or temporary file).
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
