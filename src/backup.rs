@@ -180,21 +180,28 @@ fn remove_stale_staging(data_dir: &Path, max_age: Duration) {
     }
 }
 
-/// Reads a pending request: a regular file (not a link), at most 4 KiB, owned by this process's
-/// user or root (the CLI run as root gives it to the data directory's owner, [`write_request`]).
-/// Anything else is removed and ignored.
-fn read_request(data_dir: &Path) -> Option<Request> {
+/// Reads a request file left by a CLI in the data directory: a regular file (not a link), at
+/// most 4 KiB, owned by this process's user or root (the CLI run as root gives it to the data
+/// directory's owner, [`write_request`]), parsed as JSON. `None`: there is none; `Some(None)`:
+/// one that is not a valid request (the caller removes it).
+pub(crate) fn read_request_file<T: serde::de::DeserializeOwned>(path: &Path) -> Option<Option<T>> {
     use std::os::unix::fs::MetadataExt;
-    let path = data_dir.join(REQUEST_FILE);
-    let meta = std::fs::symlink_metadata(&path).ok()?;
+    let meta = std::fs::symlink_metadata(path).ok()?;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     let ok =
         meta.file_type().is_file() && meta.len() <= 4096 && (meta.uid() == me || meta.uid() == 0);
-    let req = ok
-        .then(|| std::fs::read(&path).ok())
-        .flatten()
-        .and_then(|b| serde_json::from_slice::<Request>(&b).ok());
+    Some(
+        ok.then(|| std::fs::read(path).ok())
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<T>(&b).ok()),
+    )
+}
+
+/// Reads and removes a pending backup request; an invalid one is removed and ignored.
+fn read_request(data_dir: &Path) -> Option<Request> {
+    let path = data_dir.join(REQUEST_FILE);
+    let req = read_request_file::<Request>(&path)?;
     let _ = std::fs::remove_file(&path);
     if req.is_none() {
         tracing::warn!(path = %path.display(), "backup: an invalid request was removed");
@@ -326,7 +333,7 @@ impl BackupLock {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 anyhow::bail!(
-                    "another holdfast backup of {} is running (it holds the data directory's                      lock); wait for it to finish and run this one again",
+                    "another holdfast backup of {} is running (it holds the data directory's lock); wait for it to finish and run this one again",
                     data_dir.display()
                 );
             }
@@ -350,7 +357,7 @@ fn check_staging(staging: &Path, owner: u32) -> anyhow::Result<()> {
     }
     if m.uid() != owner {
         anyhow::bail!(
-            "the staging directory {} belongs to uid {}, not to the data directory's owner (uid              {owner}): refused",
+            "the staging directory {} belongs to uid {}, not to the data directory's owner (uid {owner}): refused",
             staging.display(),
             m.uid()
         );
@@ -645,35 +652,52 @@ fn whole_lines(body: &[u8]) -> &[u8] {
 /// Copies the tree `from` to `to` (created): only regular files and directories; a symlink or
 /// any other kind of file is refused, naming its path (the tree is made by the daemon's user).
 fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    copy_tree_at(from, from, to)
+}
+
+/// [`copy_tree`] of the directory at `open` (shown in errors as `shown`). The directory is opened
+/// without following a link (`O_NOFOLLOW | O_DIRECTORY`) and listed and read through its
+/// descriptor (`/proc/self/fd/N/...`), so a directory or file that the data directory's owner
+/// swaps for a link after a check is refused, not followed (the CLI may run as root).
+fn copy_tree_at(open: &Path, shown: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let named = |err: std::io::Error, p: &Path| {
+        std::io::Error::new(err.kind(), format!("{}: {err}", p.display()))
+    };
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+        .open(open)
+        .map_err(|e| named(e, shown))?;
+    let via = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
     std::fs::DirBuilder::new().mode(0o700).create(to)?;
-    for e in std::fs::read_dir(from)? {
+    for e in std::fs::read_dir(&via).map_err(|e| named(e, shown))? {
         let e = e?;
+        let (src, path) = (via.join(e.file_name()), shown.join(e.file_name()));
         let target = to.join(e.file_name());
         // DirEntry::file_type does not follow symlinks.
         let t = e.file_type()?;
         if t.is_dir() {
-            copy_tree(&e.path(), &target)?;
+            copy_tree_at(&src, &path, &target)?;
         } else if t.is_file() {
             // O_NOFOLLOW: a file swapped for a link after the listing is refused too.
-            let mut src = std::fs::OpenOptions::new()
+            let mut from = std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_NOFOLLOW)
-                .open(e.path())
-                .map_err(|err| {
-                    std::io::Error::new(err.kind(), format!("{}: {err}", e.path().display()))
-                })?;
+                .open(&src)
+                .map_err(|err| named(err, &path))?;
             let mut dst = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(&target)?;
-            std::io::copy(&mut src, &mut dst)?;
+            std::io::copy(&mut from, &mut dst)?;
             dst.sync_all()?;
         } else {
             return Err(std::io::Error::other(format!(
                 "{} is not a regular file or directory (a symlink?): refused",
-                e.path().display()
+                path.display()
             )));
         }
     }
@@ -738,6 +762,17 @@ mod tests {
         let secret = dir.path().join("secret");
         std::fs::write(&secret, b"root:secret").unwrap();
         std::os::unix::fs::symlink(&secret, from.join("sub/OPTIONS-1")).unwrap();
+        // The staging index itself a link to another directory: refused, not followed.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("shadow"), b"root:secret").unwrap();
+        let linked = dir.path().join("staging/linked");
+        std::os::unix::fs::symlink(&elsewhere, &linked).unwrap();
+        let e = copy_tree(&linked, &dir.path().join("copy-linked"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&linked.display().to_string()), "{e}");
+        assert!(!dir.path().join("copy-linked/shadow").exists());
         let to = dir.path().join("copy");
         let e = copy_tree(&from, &to).unwrap_err().to_string();
         assert!(
@@ -791,6 +826,11 @@ mod tests {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
+            // CI runs as root and sets HOLDFAST_REQUIRE_ROOT_TESTS=1: there a skip is a failure.
+            assert!(
+                std::env::var_os("HOLDFAST_REQUIRE_ROOT_TESTS").is_none(),
+                "HOLDFAST_REQUIRE_ROOT_TESTS is set but the tests do not run as root"
+            );
             eprintln!("skipped: needs root to give a file to another user");
             return;
         }

@@ -287,7 +287,10 @@ pub async fn run_with(
     let cameras = Arc::new(tokio::sync::Mutex::new(cameras));
     // SIGHUP: re-read the config (see `Reloader`). A SIGHUP that came during the start (the
     // handler is installed first thing) is applied now.
+    // Turned on as soon as a stop is asked for (in `stopped` below, before HTTP drains), so no
+    // reload starts cameras during the stop.
     let (reload_stop, reload_stopped) = tokio::sync::watch::channel(false);
+    let reload_stop = Arc::new(reload_stop);
     let reloader = opts.config_path.clone().zip(hup).map(|(path, hup)| {
         let r = Reloader {
             path,
@@ -301,7 +304,7 @@ pub async fn run_with(
         tokio::spawn(r.run(hup, reload_stopped))
     });
     let died = Arc::new(std::sync::Mutex::new(None::<String>));
-    let (watch, died_w) = (writer.handle(), died.clone());
+    let (watch, died_w, reload_stop_s) = (writer.handle(), died.clone(), reload_stop.clone());
     let stopped = async move {
         let requested = async {
             match stop {
@@ -313,12 +316,14 @@ pub async fn run_with(
         };
         tokio::select! {
             _ = requested => {
+                let _ = reload_stop_s.send(true);
                 crate::service::stopping();
                 tracing::info!(budget = ?STOP_BUDGET, "stopping");
             }
             reason = writer_death(watch) => {
                 tracing::error!(reason = %reason, grace = ?WRITER_DEATH_GRACE,
                     "the writer thread died: /healthz answers 503; exiting after the grace period");
+                let _ = reload_stop_s.send(true);
                 crate::service::status("the writer thread died: exiting");
                 tokio::time::sleep(WRITER_DEATH_GRACE).await;
                 crate::service::stopping();
@@ -335,7 +340,7 @@ pub async fn run_with(
     } else {
         tracing::info!(%addr, "HTTP API listening");
     }
-    // READY=1 once /healthz answers, then STATUS= and the watchdog (crate::service).
+    // READY=1 now (recovery done, listener bound), then STATUS= and the watchdog (crate::service).
     let supervisor = crate::service::Supervisor {
         stages: vec![
             ("writer", writer.handle().heartbeat()),
@@ -506,17 +511,29 @@ impl Cameras {
         cam: &crate::config::Camera,
     ) -> Result<Prepared, crate::config::ConfigError> {
         let secret = cam.load_password()?;
-        let tls = crate::ingest::tls::TlsClient::for_camera(cam)?;
-        let mut spec = CameraSpec::new(config, cam, secret);
-        if let Some(path) = &cam.tls_ca_file {
-            // Read again after TlsClient loaded it: a file replaced in between restarts the
-            // camera at the next reload, never leaves a new CA unused.
+        // The CA file's hash before and after the client loads it: equal, the client holds
+        // exactly those bytes (a file replaced in between is refused, not recorded with a hash
+        // the running camera does not use, which would leave the new CA unused for good).
+        let ca_hash = || -> Result<Option<[u8; 32]>, crate::config::ConfigError> {
+            let Some(path) = &cam.tls_ca_file else {
+                return Ok(None);
+            };
             let bytes = std::fs::read(path).map_err(|e| crate::config::ConfigError {
                 key: format!("{}.tls_ca_file", cam.key),
                 message: format!("cannot read {}: {e}", path.display()),
             })?;
-            spec.tls_ca_sha256 = Some(<sha2::Sha256 as sha2::Digest>::digest(&bytes).into());
+            Ok(Some(<sha2::Sha256 as sha2::Digest>::digest(&bytes).into()))
+        };
+        let before = ca_hash()?;
+        let tls = crate::ingest::tls::TlsClient::for_camera(cam)?;
+        if ca_hash()? != before {
+            return Err(crate::config::ConfigError {
+                key: format!("{}.tls_ca_file", cam.key),
+                message: "the file changed while it was read; reload again".into(),
+            });
         }
+        let mut spec = CameraSpec::new(config, cam, secret);
+        spec.tls_ca_sha256 = before;
         Ok(Prepared { spec, tls })
     }
 

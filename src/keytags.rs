@@ -263,7 +263,8 @@ pub fn by_door(
 /// Per site, the time ranges that holds with `keytags: true` pin at `now`. A held camera's site
 /// is the one the hold recorded when it was placed (`Hold::camera_sites`), so a camera removed
 /// from the config or moved to another site by a reload keeps its incident's doors pinned;
-/// `site_of` (the current config) answers only for holds placed before sites were recorded.
+/// `site_of` (the current config) answers only for holds placed before sites were recorded (the
+/// same rule as the API's `held_site`).
 pub fn pinned(
     holds: &HoldSnapshot,
     site_of: impl Fn(&str) -> Option<String>,
@@ -274,7 +275,13 @@ pub fn pinned(
         let mut sites: Vec<String> = h
             .cameras
             .iter()
-            .filter_map(|c| h.camera_sites.get(c).cloned().or_else(|| site_of(c)))
+            .filter_map(|c| {
+                if h.camera_sites.is_empty() {
+                    site_of(c)
+                } else {
+                    h.camera_sites.get(c).cloned()
+                }
+            })
             .collect();
         sites.extend(h.site.clone());
         sites.sort();

@@ -12,8 +12,8 @@
 //!   thread and the sweeper thread bump a [`Heartbeat`] at every turn of their loops (both wake
 //!   up at least every [`HEARTBEAT_TICK`] or `sync_interval`, also when idle; the sweeper also
 //!   beats per bucket, so one long sweep that advances is not stuck), and the HTTP server must
-//!   make progress: its own heartbeat (`AppState::http_progress`: the accept loop turning with a
-//!   free slot, requests begun and finished, bytes written, connections closed) or an answered
+//!   make progress: its own heartbeat (`AppState::http_progress`: idle with a free slot and a
+//!   working accept, requests finished, bytes written, connections closed) or an answered
 //!   loopback `GET /healthz` (any status). Not the probe alone: a flood that holds every
 //!   connection slot would delay the probe, and a restart would cost every camera footage;
 //!   nor does a non-loopback `http.listen` that `IPAddressDeny=` keeps the probe from reaching
@@ -65,8 +65,8 @@ pub fn ready() {
 static READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// A reload is over: `READY=1` again, with a status line, but only when the start had already
-/// said so (a SIGHUP caught during the start must not announce readiness before `/healthz`
-/// answers).
+/// said so (a SIGHUP caught during the start must not announce readiness before the start is
+/// over).
 pub fn reloaded(text: &str) {
     if READY.load(Ordering::Relaxed) {
         send(&[NotifyState::Ready, NotifyState::Status(&one_line(text))]);
@@ -344,7 +344,8 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Starts the task (on the current runtime) when a service manager listens; it sends
-    /// `READY=1` once `/healthz` answers, then status lines and watchdog pings until aborted.
+    /// `READY=1` at once (the caller spawns it once recovery is done and the listener is bound),
+    /// then status lines and watchdog pings until aborted.
     pub fn spawn(self) -> Option<tokio::task::JoinHandle<()>> {
         enabled().then(|| tokio::spawn(self.run(watchdog_interval())))
     }
@@ -356,8 +357,29 @@ impl Supervisor {
         });
         // Recovery is done and the listener is bound (the caller spawns this just before the
         // server runs): ready.
-        let mut http_ok = Instant::now();
         ready();
+        // The loopback probe runs on its own task, so a slow answer (a busy server) never delays
+        // the pings; it beats `probed` when the server answered.
+        let probed = Heartbeat::new();
+        let prober = watchdog.map(|w| {
+            let (probed, tls) = (probed.clone(), self.tls);
+            let every = (w / 2).max(Duration::from_millis(100));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if STOPPING.load(Ordering::Relaxed) {
+                        continue; // the server stops answering on purpose
+                    }
+                    match probe_http(addr, tls, probe_timeout).await {
+                        Ok(_) => probed.beat(),
+                        Err(e) => {
+                            tracing::debug!(%addr, error = %e, "watchdog: /healthz probe failed")
+                        }
+                    }
+                }
+            })
+        });
+        let _stop_prober = AbortOnDrop(prober);
         status(&recording_status(&(self.cameras)()));
         tracing::info!(watchdog = ?watchdog, "service ready");
         let tick = watchdog.map_or(STATUS_EVERY, |w| (w / 2).max(Duration::from_millis(100)));
@@ -370,19 +392,11 @@ impl Supervisor {
                 continue;
             };
             let stopping = STOPPING.load(Ordering::Relaxed);
-            // While stopping, the server stops answering on purpose: only the threads count.
-            if !stopping {
-                match probe_http(addr, self.tls, probe_timeout).await {
-                    Ok(_) => http_ok = Instant::now(),
-                    Err(e) => {
-                        tracing::debug!(%addr, error = %e, "watchdog: /healthz probe failed")
-                    }
-                }
-            }
             let mut stages: Vec<(&'static str, Instant)> =
                 self.stages.iter().map(|(n, h)| (*n, h.last())).collect();
             if !stopping {
-                stages.push(("HTTP server", http_ok.max(self.http_progress.last())));
+                // While stopping, the server stops answering on purpose: only the threads count.
+                stages.push(("HTTP server", probed.last().max(self.http_progress.last())));
             }
             match stuck_stage(&stages, Instant::now(), limit) {
                 Some((stage, since)) => {
@@ -409,6 +423,17 @@ impl Supervisor {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Aborts a task when dropped (the supervisor's prober goes with the supervisor).
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.abort();
         }
     }
 }

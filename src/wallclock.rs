@@ -1014,20 +1014,11 @@ struct AcceptResult {
     message: String,
 }
 
-/// Reads a pending request: a regular file (not a link), at most 4 KiB, owned by this process's
-/// user or root. Anything else is removed and ignored.
+/// Reads a pending accept request (see `backup::read_request_file` for what is accepted);
+/// anything else is removed and ignored.
 fn read_request(data_dir: &Path) -> Option<Request> {
-    use std::os::unix::fs::MetadataExt;
     let path = data_dir.join(REQUEST_FILE);
-    let meta = std::fs::symlink_metadata(&path).ok()?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    let ok =
-        meta.file_type().is_file() && meta.len() <= 4096 && (meta.uid() == me || meta.uid() == 0);
-    let req = ok
-        .then(|| std::fs::read(&path).ok())
-        .flatten()
-        .and_then(|b| serde_json::from_slice::<Request>(&b).ok());
+    let req = crate::backup::read_request_file::<Request>(&path)?;
     if req.is_none() {
         tracing::warn!(path = %path.display(), "clock: an invalid accept request was removed");
         let _ = std::fs::remove_file(&path);

@@ -281,6 +281,11 @@ fn root_cli_requests_reach_a_daemon_running_as_the_data_dirs_owner() {
     use std::os::unix::process::CommandExt;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
+        // CI runs as root and sets HOLDFAST_REQUIRE_ROOT_TESTS=1: there a skip is a failure.
+        assert!(
+            std::env::var_os("HOLDFAST_REQUIRE_ROOT_TESTS").is_none(),
+            "HOLDFAST_REQUIRE_ROOT_TESTS is set but the tests do not run as root"
+        );
         eprintln!("skipped: needs root (to run the daemon as uid 65534)");
         return;
     }

@@ -133,6 +133,8 @@ struct Shared {
     open: Mutex<Vec<std::sync::Weak<Activity>>>,
     /// Beats while the server makes progress (the watchdog reads it, `crate::service`).
     progress: crate::service::Heartbeat,
+    /// Requests in flight on every connection (the idle beat is only for a server with none).
+    busy: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Shared {
@@ -175,6 +177,7 @@ pub async fn serve(
         write_stall: WRITE_STALL_TIMEOUT,
         open: Mutex::new(Vec::new()),
         progress: state.http_progress.clone(),
+        busy: Default::default(),
     });
     let slots = Arc::new(Semaphore::new(http.max_connections.max(1)));
     let (close_tx, close_rx) = watch::channel(false);
@@ -198,24 +201,31 @@ pub async fn serve(
     let mut conns = JoinSet::new();
     tokio::pin!(stop);
     // The watchdog's view of the server (`AppState::http_progress`): it beats while the server
-    // can take a connection (a free slot, the loop turning), and while connections make
-    // progress (a request begun or finished, bytes written, a connection closed). A flood that
-    // fills every slot with half-sent requests still beats as the header timeout cuts them;
-    // only a server whose slots are all held by requests that never move stops beating.
+    // is idle and can take a connection (a free slot, no request in flight, accept working),
+    // and while connections make progress (a request finished, bytes written, a connection
+    // closed). A flood that fills every slot with half-sent requests still beats as the header
+    // timeout cuts them; requests that never finish while nothing else moves, or an accept that
+    // keeps failing, stop the beats (and the loopback probe fails too), so systemd restarts.
+    let mut accept_failing = false;
     let mut idle_tick = tokio::time::interval(crate::service::HEARTBEAT_TICK);
     idle_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'accept: loop {
         let (stream, peer) = tokio::select! {
             _ = &mut stop => break,
             _ = idle_tick.tick() => {
-                if slots.available_permits() > 0 {
+                let idle = shared.busy.load(std::sync::atomic::Ordering::Relaxed) == 0;
+                if idle && !accept_failing && slots.available_permits() > 0 {
                     shared.progress.beat();
                 }
                 continue;
             }
             r = listener.accept() => match r {
-                Ok(c) => c,
+                Ok(c) => {
+                    accept_failing = false;
+                    c
+                }
                 Err(e) => {
+                    accept_failing = true;
                     // Out of file descriptors and the like: wait a little rather than spin.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -237,7 +247,6 @@ pub async fn serve(
             },
         };
         while conns.try_join_next().is_some() {}
-        shared.progress.beat();
         conns.spawn(connection(
             stream,
             peer,
@@ -407,6 +416,7 @@ struct Activity {
     idle_timeout: Duration,
     write_stall: Duration,
     progress: crate::service::Heartbeat,
+    busy: Arc<std::sync::atomic::AtomicUsize>,
     state: Mutex<ActivityState>,
     changed: Notify,
 }
@@ -432,6 +442,7 @@ impl Activity {
             idle_timeout: shared.idle_timeout,
             write_stall: shared.write_stall,
             progress: shared.progress.clone(),
+            busy: shared.busy.clone(),
             state: Mutex::new(ActivityState {
                 in_flight: 0,
                 idle: false,
@@ -479,7 +490,7 @@ impl Activity {
     }
 
     fn request_started(self: &Arc<Self>) -> InFlight {
-        self.progress.beat();
+        self.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut s = self.lock();
         s.in_flight += 1;
         s.idle = false;
@@ -488,6 +499,7 @@ impl Activity {
     }
 
     fn request_finished(&self) {
+        self.busy.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         self.progress.beat();
         let mut s = self.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
@@ -722,6 +734,7 @@ mod tests {
             write_stall,
             open: Mutex::new(Vec::new()),
             progress: crate::service::Heartbeat::new(),
+            busy: Default::default(),
         });
         let (client, server) = tokio::io::duplex(16 * 1024);
         let activity = Arc::new(Activity::new(&shared));
