@@ -258,7 +258,8 @@ fn answer(store: &crate::store::Store, logbook: &Logbook, data_dir: &Path, req: 
     }
 }
 
-fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
+/// Writes `body` to a new file at `path` (an old one removed first) with mode 0600, synced.
+pub(crate) fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);
     let mut f = std::fs::OpenOptions::new()

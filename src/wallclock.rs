@@ -898,7 +898,7 @@ impl TrustedClock {
         };
         let tmp = data_dir.join(format!("{RESULT_FILE}.tmp"));
         let body = serde_json::to_vec(&result).expect("serialises");
-        if let Err(e) = write_private(&tmp, &body)
+        if let Err(e) = crate::backup::write_private(&tmp, &body)
             .and_then(|()| std::fs::rename(&tmp, data_dir.join(RESULT_FILE)))
         {
             tracing::warn!(error = %e, "clock: could not write the accept result");
@@ -1024,19 +1024,6 @@ fn read_request(data_dir: &Path) -> Option<Request> {
         let _ = std::fs::remove_file(&path);
     }
     req
-}
-
-fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(body)?;
-    f.sync_all()
 }
 
 /// `holdfast clock accept`: asks the daemon running on `data_dir` to accept the wall clock and

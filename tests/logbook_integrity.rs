@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use holdfast::store::index::{Index, CF_LOGBOOK, CF_META};
 use holdfast::time::Time90k;
 use sha2::{Digest, Sha256};
-use support::procs::{q, Daemon};
+use support::procs::{q, strip_ansi, Daemon};
 
 const CONFIG: &str = "[policies.short]\nvideo = \"1d\"\nkeytags = \"1d\"\n\n\
                       [[sites]]\nid = \"site-a\"\npolicy = \"short\"\n";
@@ -91,24 +91,6 @@ fn start_refused(d: &Daemon) -> String {
     let err = std::fs::read_to_string(&log).unwrap();
     assert!(!status.success(), "the daemon exited 0: {err}");
     err
-}
-
-/// The text without terminal colour codes (the log may carry them).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn open_index(d: &Daemon) -> Index {

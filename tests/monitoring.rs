@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::procs::{repo_path, Daemon, RtspServer};
+use support::procs::{repo_path, strip_ansi, Daemon, RtspServer};
 
 /// Runs promtool with `args` in `dir` and fails the test (with its output) unless it succeeds.
 fn promtool(dir: &Path, args: &[&str]) -> String {
@@ -271,22 +271,4 @@ fn a_tampered_logbook_entry_turns_the_verify_metric_to_zero() {
         "{log}"
     );
     d.stop();
-}
-
-/// The log without terminal colour codes.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::procs::{free_port, http_get, logbook_section, repo_path, Camsim};
+use support::procs::{free_port, http_get, logbook_section, repo_path, strip_ansi, Camsim};
 
 /// The watchdog interval given to the daemon (`WATCHDOG_USEC`).
 const WATCHDOG: Duration = Duration::from_secs(2);
@@ -287,24 +287,6 @@ impl Drop for Unstall<'_> {
     fn drop(&mut self) {
         self.0.unstall();
     }
-}
-
-/// The log without terminal colour codes.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn is(key: &'static str) -> impl Fn(&str) -> bool {

@@ -694,3 +694,21 @@ pub fn holdfast(args: &[&str], config: &Path) -> (bool, String) {
         ),
     )
 }
+
+/// A daemon log without terminal colour codes (the log may carry them).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
