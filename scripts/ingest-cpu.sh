@@ -4,10 +4,11 @@
 # switches) for SECS seconds. Several binaries in one invocation are measured one after the
 # other against the same camsim binary, so a baseline and a variant share the run:
 #   flock /work/bench.lock scripts/ingest-cpu.sh [-n 200] [-s 20] BIN_BASE BIN_VARIANT ...
-# Prints one line per binary: task-clock ms, instructions, frames recorded, CPU ms per frame.
+# Prints one line per binary: task-clock ms, instructions, frames recorded, CPU per frame.
+# With -r DIR, a `perf record -g` profile of each daemon goes to DIR/<binary name>.data as well.
 set -euo pipefail
-N=200; SECS=20; WARM=6
-while getopts n:s: o; do case $o in n) N=$OPTARG;; s) SECS=$OPTARG;; *) exit 2;; esac; done
+N=200; SECS=20; WARM=6; REC=
+while getopts n:s:r: o; do case $o in n) N=$OPTARG;; s) SECS=$OPTARG;; r) REC=$OPTARG;; *) exit 2;; esac; done
 shift $((OPTIND-1))
 SIM=${CAMSIM_BIN:-$1}
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
@@ -30,7 +31,12 @@ for BIN in "$@"; do
   PID=$!
   sleep "$WARM"
   F0=$(metric_sum "$HP" holdfast_camera_frames_total)
-  perf stat -x, -e task-clock,instructions,context-switches -p "$PID" -o "$D/stat" -- sleep "$SECS"
+  if [ -n "$REC" ]; then
+    perf record -q -g -F 999 -p "$PID" -o "$REC/$(basename "$BIN").data" -- \
+      perf stat -x, -e task-clock,instructions,context-switches -p "$PID" -o "$D/stat" -- sleep "$SECS"
+  else
+    perf stat -x, -e task-clock,instructions,context-switches -p "$PID" -o "$D/stat" -- sleep "$SECS"
+  fi
   F1=$(metric_sum "$HP" holdfast_camera_frames_total)
   kill -TERM "$PID"; wait "$PID" || true
   kill -TERM "$SIMPID"; wait "$SIMPID" || true
