@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use rand::Rng;
@@ -53,6 +53,8 @@ pub const BACKOFF_START: Duration = Duration::from_secs(1);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// How long after a session with frames the reconnect delay stays at [`BACKOFF_START`].
 pub const FAST_RETRY_WINDOW: Duration = Duration::from_secs(10);
+/// Most items taken from retina in one batch (one clock reading) before the task waits again.
+pub const MAX_BATCH: usize = 32;
 
 /// Everything a camera task needs.
 pub struct CameraTask {
@@ -86,7 +88,14 @@ pub struct CameraTask {
 /// Longest wait for the camera to answer the TEARDOWN when the task stops.
 pub const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Metric handles of one camera, looked up once.
+/// Frames (and their bytes) counted locally before `holdfast_camera_frames_total` and
+/// `holdfast_camera_bytes_total` are bumped: the shared counters move once per segment (and at
+/// the latest every this many frames, so a camera that never completes a segment still shows
+/// its frames), not once per frame.
+pub const METRICS_FLUSH_FRAMES: u64 = 256;
+
+/// Metric handles of one camera, looked up once (never per frame), and the frame and byte counts
+/// not yet added to them.
 #[derive(Clone)]
 pub struct CameraMetrics {
     up: Gauge,
@@ -95,6 +104,8 @@ pub struct CameraMetrics {
     reconnects: Counter,
     anomalies: Counter,
     dropped_no_key: Counter,
+    unflushed_frames: u64,
+    unflushed_bytes: u64,
 }
 
 impl CameraMetrics {
@@ -111,6 +122,26 @@ impl CameraMetrics {
             reconnects: m.camera_reconnects.get_or_create_owned(&l),
             anomalies: m.camera_timestamp_anomalies.get_or_create_owned(&l),
             dropped_no_key: m.camera_frames_dropped.get_or_create_owned(&l),
+            unflushed_frames: 0,
+            unflushed_bytes: 0,
+        }
+    }
+
+    /// Counts one received frame of `bytes` bytes; returns true when the local counts should be
+    /// flushed ([`METRICS_FLUSH_FRAMES`] reached).
+    fn frame(&mut self, bytes: usize) -> bool {
+        self.unflushed_frames += 1;
+        self.unflushed_bytes += bytes as u64;
+        self.unflushed_frames >= METRICS_FLUSH_FRAMES
+    }
+
+    /// Adds the locally counted frames and bytes to the shared counters.
+    fn flush(&mut self) {
+        if self.unflushed_frames > 0 {
+            self.frames.inc_by(self.unflushed_frames);
+            self.bytes.inc_by(self.unflushed_bytes);
+            self.unflushed_frames = 0;
+            self.unflushed_bytes = 0;
         }
     }
 }
@@ -182,7 +213,12 @@ impl CameraTask {
         }
     }
 
+    /// Brings the camera's counters up to date: the locally counted frames and bytes, and the
+    /// segmenter's anomaly and drop counts. Called when a segment is complete, every
+    /// [`METRICS_FLUSH_FRAMES`] frames and when a session ends, so the counters are exact at
+    /// every segment end.
     fn sync_stats(&mut self) {
+        self.metrics.flush();
         let s = self.segmenter.stats();
         // Counters only move forward; add what is new since the last sync.
         let add = |c: &Counter, v: u64| {
@@ -257,51 +293,91 @@ impl CameraTask {
                     v.extra_data(),
                 ))));
         }
+        // The frame timeout is a timer armed once and moved on only when it fires (to the last
+        // item's time plus FRAME_TIMEOUT), not a new timer per frame.
+        let mut last_item = tokio::time::Instant::now();
+        let idle = tokio::time::sleep_until(last_item + FRAME_TIMEOUT);
+        tokio::pin!(idle);
         loop {
-            let item = match tokio::time::timeout(FRAME_TIMEOUT, demuxed.next()).await {
-                Err(_) => return Err(format!("no frame for {} s", FRAME_TIMEOUT.as_secs())),
-                Ok(None) => return Err("the camera ended the stream".to_owned()),
-                Ok(Some(Err(e))) => return Err(e.to_string()),
-                Ok(Some(Ok(item))) => item,
+            let first = tokio::select! {
+                biased;
+                item = demuxed.next() => item,
+                _ = &mut idle => {
+                    let due = last_item + FRAME_TIMEOUT;
+                    if due <= tokio::time::Instant::now() {
+                        return Err(format!("no frame for {} s", FRAME_TIMEOUT.as_secs()));
+                    }
+                    idle.as_mut().reset(due);
+                    continue;
+                }
             };
-            let CodecItem::VideoFrame(frame) = item else {
-                continue;
-            };
-            if frame.stream_id() != video {
-                continue;
-            }
-            if frame.has_new_parameters() {
-                if let Some(ParametersRef::Video(v)) = demuxed.streams()[video].parameters() {
-                    self.segmenter
-                        .set_codec(Arc::new(CodecConfig::new(Bytes::copy_from_slice(
-                            v.extra_data(),
-                        ))));
+            // One batch: this item and every further one retina has ready without waiting (read
+            // from the socket together). The batch shares one reading of the clocks: the frames
+            // arrived together.
+            last_item = tokio::time::Instant::now();
+            let arrival = self.clock.now();
+            let mut next = Some(first);
+            let mut in_batch = 0;
+            while let Some(item) = next.take() {
+                let item = match item {
+                    None => return Err("the camera ended the stream".to_owned()),
+                    Some(Err(e)) => return Err(e.to_string()),
+                    Some(Ok(item)) => item,
+                };
+                if let CodecItem::VideoFrame(frame) = item {
+                    if frame.stream_id() == video {
+                        self.take_frame(frame, arrival, &demuxed, video);
+                    }
+                }
+                in_batch += 1;
+                if in_batch < MAX_BATCH {
+                    next = demuxed.next().now_or_never();
                 }
             }
-            let arrival = self.clock.now();
-            let key = frame.is_random_access_point();
-            let rtp = frame.timestamp().timestamp();
-            let data = Bytes::from(frame.into_data());
-            self.metrics.frames.inc();
-            self.metrics.bytes.inc_by(data.len() as u64);
-            if self.status.state() != CameraState::Recording {
-                self.status.set_state(CameraState::Recording);
-                self.status.set_error(None);
-                self.metrics.up.set(1);
+        }
+    }
+
+    /// Hands one video frame, which arrived at `arrival`, to the segmenter; a completed segment
+    /// goes to the writer.
+    fn take_frame(
+        &mut self,
+        frame: retina::codec::VideoFrame,
+        arrival: crate::time::Time90k,
+        demuxed: &retina::client::Demuxed,
+        video: usize,
+    ) {
+        if frame.has_new_parameters() {
+            if let Some(ParametersRef::Video(v)) = demuxed.streams()[video].parameters() {
+                self.segmenter
+                    .set_codec(Arc::new(CodecConfig::new(Bytes::copy_from_slice(
+                        v.extra_data(),
+                    ))));
             }
-            self.status.frame_arrived(arrival);
-            let seg = self.segmenter.push(FrameIn {
-                rtp,
-                arrival,
-                key,
-                data,
-            });
-            // Per frame, so the anomaly counters are as current as the frame counter.
+        }
+        let key = frame.is_random_access_point();
+        let rtp = frame.timestamp().timestamp();
+        // retina sizes the frame's Vec exactly, so this takes it over without a copy or an
+        // allocation.
+        let data = Bytes::from(frame.into_data());
+        let flush = self.metrics.frame(data.len());
+        if self.status.state() != CameraState::Recording {
+            self.status.set_state(CameraState::Recording);
+            self.status.set_error(None);
+            self.metrics.up.set(1);
+        }
+        self.status.frame_arrived(arrival);
+        let seg = self.segmenter.push(FrameIn {
+            rtp,
+            arrival,
+            key,
+            data,
+        });
+        if seg.is_some() || flush {
             self.sync_stats();
-            if let Some(seg) = seg {
-                // A full queue drops the segment and counts it; the camera never waits.
-                let _ = self.writer.submit(seg);
-            }
+        }
+        if let Some(seg) = seg {
+            // A full queue drops the segment and counts it; the camera never waits.
+            let _ = self.writer.submit(seg);
         }
     }
 }
