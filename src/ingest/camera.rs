@@ -88,14 +88,7 @@ pub struct CameraTask {
 /// Longest wait for the camera to answer the TEARDOWN when the task stops.
 pub const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Frames (and their bytes) counted locally before `holdfast_camera_frames_total` and
-/// `holdfast_camera_bytes_total` are bumped: the shared counters move once per segment (and at
-/// the latest every this many frames, so a camera that never completes a segment still shows
-/// its frames), not once per frame.
-pub const METRICS_FLUSH_FRAMES: u64 = 256;
-
-/// Metric handles of one camera, looked up once (never per frame), and the frame and byte counts
-/// not yet added to them.
+/// Metric handles of one camera, looked up once (never per frame).
 #[derive(Clone)]
 pub struct CameraMetrics {
     up: Gauge,
@@ -104,8 +97,6 @@ pub struct CameraMetrics {
     reconnects: Counter,
     anomalies: Counter,
     dropped_no_key: Counter,
-    unflushed_frames: u64,
-    unflushed_bytes: u64,
 }
 
 impl CameraMetrics {
@@ -122,26 +113,6 @@ impl CameraMetrics {
             reconnects: m.camera_reconnects.get_or_create_owned(&l),
             anomalies: m.camera_timestamp_anomalies.get_or_create_owned(&l),
             dropped_no_key: m.camera_frames_dropped.get_or_create_owned(&l),
-            unflushed_frames: 0,
-            unflushed_bytes: 0,
-        }
-    }
-
-    /// Counts one received frame of `bytes` bytes; returns true when the local counts should be
-    /// flushed ([`METRICS_FLUSH_FRAMES`] reached).
-    fn frame(&mut self, bytes: usize) -> bool {
-        self.unflushed_frames += 1;
-        self.unflushed_bytes += bytes as u64;
-        self.unflushed_frames >= METRICS_FLUSH_FRAMES
-    }
-
-    /// Adds the locally counted frames and bytes to the shared counters.
-    fn flush(&mut self) {
-        if self.unflushed_frames > 0 {
-            self.frames.inc_by(self.unflushed_frames);
-            self.bytes.inc_by(self.unflushed_bytes);
-            self.unflushed_frames = 0;
-            self.unflushed_bytes = 0;
         }
     }
 }
@@ -213,12 +184,7 @@ impl CameraTask {
         }
     }
 
-    /// Brings the camera's counters up to date: the locally counted frames and bytes, and the
-    /// segmenter's anomaly and drop counts. Called when a segment is complete, every
-    /// [`METRICS_FLUSH_FRAMES`] frames and when a session ends, so the counters are exact at
-    /// every segment end.
     fn sync_stats(&mut self) {
-        self.metrics.flush();
         let s = self.segmenter.stats();
         // Counters only move forward; add what is new since the last sync.
         let add = |c: &Counter, v: u64| {
@@ -359,7 +325,10 @@ impl CameraTask {
         // retina sizes the frame's Vec exactly, so this takes it over without a copy or an
         // allocation.
         let data = Bytes::from(frame.into_data());
-        let flush = self.metrics.frame(data.len());
+        // Per frame: tests and dashboards read these counters over short windows, and they are
+        // two uncontended atomic adds (design/performance.md).
+        self.metrics.frames.inc();
+        self.metrics.bytes.inc_by(data.len() as u64);
         if self.status.state() != CameraState::Recording {
             self.status.set_state(CameraState::Recording);
             self.status.set_error(None);
@@ -372,9 +341,8 @@ impl CameraTask {
             key,
             data,
         });
-        if seg.is_some() || flush {
-            self.sync_stats();
-        }
+        // Per frame, so the anomaly counters are as current as the frame counter.
+        self.sync_stats();
         if let Some(seg) = seg {
             // A full queue drops the segment and counts it; the camera never waits.
             let _ = self.writer.submit(seg);
