@@ -10,6 +10,11 @@ use holdfast::config::Config;
 use holdfast::logbook;
 use holdfast::store::{recovery, Store};
 
+/// The process allocator: mimalloc (per-thread free lists, no arena lock on the camera threads'
+/// malloc/free of RTP buffers and frames); see design/performance.md for the measured gain.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "holdfast",

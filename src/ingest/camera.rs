@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use rand::Rng;
@@ -53,6 +53,8 @@ pub const BACKOFF_START: Duration = Duration::from_secs(1);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// How long after a session with frames the reconnect delay stays at [`BACKOFF_START`].
 pub const FAST_RETRY_WINDOW: Duration = Duration::from_secs(10);
+/// Most items taken from retina in one batch (one clock reading) before the task waits again.
+pub const MAX_BATCH: usize = 32;
 
 /// Everything a camera task needs.
 pub struct CameraTask {
@@ -86,7 +88,7 @@ pub struct CameraTask {
 /// Longest wait for the camera to answer the TEARDOWN when the task stops.
 pub const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Metric handles of one camera, looked up once.
+/// Metric handles of one camera, looked up once (never per frame).
 #[derive(Clone)]
 pub struct CameraMetrics {
     up: Gauge,
@@ -257,51 +259,93 @@ impl CameraTask {
                     v.extra_data(),
                 ))));
         }
+        // The frame timeout is a timer armed once and moved on only when it fires (to the last
+        // item's time plus FRAME_TIMEOUT), not a new timer per frame.
+        let mut last_item = tokio::time::Instant::now();
+        let idle = tokio::time::sleep_until(last_item + FRAME_TIMEOUT);
+        tokio::pin!(idle);
         loop {
-            let item = match tokio::time::timeout(FRAME_TIMEOUT, demuxed.next()).await {
-                Err(_) => return Err(format!("no frame for {} s", FRAME_TIMEOUT.as_secs())),
-                Ok(None) => return Err("the camera ended the stream".to_owned()),
-                Ok(Some(Err(e))) => return Err(e.to_string()),
-                Ok(Some(Ok(item))) => item,
+            let first = tokio::select! {
+                biased;
+                item = demuxed.next() => item,
+                _ = &mut idle => {
+                    let due = last_item + FRAME_TIMEOUT;
+                    if due <= tokio::time::Instant::now() {
+                        return Err(format!("no frame for {} s", FRAME_TIMEOUT.as_secs()));
+                    }
+                    idle.as_mut().reset(due);
+                    continue;
+                }
             };
-            let CodecItem::VideoFrame(frame) = item else {
-                continue;
-            };
-            if frame.stream_id() != video {
-                continue;
-            }
-            if frame.has_new_parameters() {
-                if let Some(ParametersRef::Video(v)) = demuxed.streams()[video].parameters() {
-                    self.segmenter
-                        .set_codec(Arc::new(CodecConfig::new(Bytes::copy_from_slice(
-                            v.extra_data(),
-                        ))));
+            // One batch: this item and every further one retina has ready without waiting (read
+            // from the socket together). The batch shares one reading of the clocks: the frames
+            // arrived together.
+            last_item = tokio::time::Instant::now();
+            let arrival = self.clock.now();
+            let mut next = Some(first);
+            let mut in_batch = 0;
+            while let Some(item) = next.take() {
+                let item = match item {
+                    None => return Err("the camera ended the stream".to_owned()),
+                    Some(Err(e)) => return Err(e.to_string()),
+                    Some(Ok(item)) => item,
+                };
+                if let CodecItem::VideoFrame(frame) = item {
+                    if frame.stream_id() == video {
+                        self.take_frame(frame, arrival, &demuxed, video);
+                    }
+                }
+                in_batch += 1;
+                if in_batch < MAX_BATCH {
+                    next = demuxed.next().now_or_never();
                 }
             }
-            let arrival = self.clock.now();
-            let key = frame.is_random_access_point();
-            let rtp = frame.timestamp().timestamp();
-            let data = Bytes::from(frame.into_data());
-            self.metrics.frames.inc();
-            self.metrics.bytes.inc_by(data.len() as u64);
-            if self.status.state() != CameraState::Recording {
-                self.status.set_state(CameraState::Recording);
-                self.status.set_error(None);
-                self.metrics.up.set(1);
+        }
+    }
+
+    /// Hands one video frame, which arrived at `arrival`, to the segmenter; a completed segment
+    /// goes to the writer.
+    fn take_frame(
+        &mut self,
+        frame: retina::codec::VideoFrame,
+        arrival: crate::time::Time90k,
+        demuxed: &retina::client::Demuxed,
+        video: usize,
+    ) {
+        if frame.has_new_parameters() {
+            if let Some(ParametersRef::Video(v)) = demuxed.streams()[video].parameters() {
+                self.segmenter
+                    .set_codec(Arc::new(CodecConfig::new(Bytes::copy_from_slice(
+                        v.extra_data(),
+                    ))));
             }
-            self.status.frame_arrived(arrival);
-            let seg = self.segmenter.push(FrameIn {
-                rtp,
-                arrival,
-                key,
-                data,
-            });
-            // Per frame, so the anomaly counters are as current as the frame counter.
-            self.sync_stats();
-            if let Some(seg) = seg {
-                // A full queue drops the segment and counts it; the camera never waits.
-                let _ = self.writer.submit(seg);
-            }
+        }
+        let key = frame.is_random_access_point();
+        let rtp = frame.timestamp().timestamp();
+        // retina sizes the frame's Vec exactly, so this takes it over without a copy or an
+        // allocation.
+        let data = Bytes::from(frame.into_data());
+        // Per frame: tests and dashboards read these counters over short windows, and they are
+        // two uncontended atomic adds (design/performance.md).
+        self.metrics.frames.inc();
+        self.metrics.bytes.inc_by(data.len() as u64);
+        if self.status.state() != CameraState::Recording {
+            self.status.set_state(CameraState::Recording);
+            self.status.set_error(None);
+            self.metrics.up.set(1);
+        }
+        self.status.frame_arrived(arrival);
+        let seg = self.segmenter.push(FrameIn {
+            rtp,
+            arrival,
+            key,
+            data,
+        });
+        // Per frame, so the anomaly counters are as current as the frame counter.
+        self.sync_stats();
+        if let Some(seg) = seg {
+            // A full queue drops the segment and counts it; the camera never waits.
+            let _ = self.writer.submit(seg);
         }
     }
 }

@@ -84,6 +84,9 @@ pub struct Segmenter {
     pending: Option<Pending>,
     last_duration: u32,
     last_end: Option<Time90k>,
+    /// Frames in the last segment: the next segment's frame list is allocated at this size once
+    /// rather than grown by doubling.
+    last_frames: usize,
     stats: SegmenterStats,
 }
 
@@ -100,6 +103,7 @@ impl Segmenter {
             pending: None,
             last_duration: DEFAULT_FRAME_DURATION,
             last_end: None,
+            last_frames: 0,
             stats: SegmenterStats::default(),
         }
     }
@@ -171,7 +175,9 @@ impl Segmenter {
                     self.building = Some(Building {
                         start: wall,
                         codec: codec.clone(),
-                        frames: Vec::new(),
+                        // One frame more than the last segment: a segment of the same length
+                        // never reallocates.
+                        frames: Vec::with_capacity(self.last_frames + 1),
                         bytes: 0,
                     });
                 }
@@ -215,6 +221,7 @@ impl Segmenter {
             frames: b.frames,
         };
         self.last_end = Some(seg.start.add_ticks(seg.duration() as i64));
+        self.last_frames = seg.frames.len();
         self.stats.segments += 1;
         Some(seg)
     }
