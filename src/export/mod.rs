@@ -322,8 +322,12 @@ pub fn plan_from_headers(
     plan
 }
 
-/// Asks the kernel to start reading a chunk's payload (a cold page cache: the next segment's
-/// bytes arrive while this one is checked and sent). Advice only: errors are ignored.
+/// Payload bytes announced to the kernel ahead of the one being sent (a cold page cache: the
+/// disk works on several segments while one is checked and sent).
+const PREFETCH_BYTES: u64 = 8 << 20;
+
+/// Asks the kernel to start reading a chunk's payload (a cold page cache: segments ahead are
+/// read while one is checked and sent). Advice only: errors are ignored.
 fn prefetch(file: &File, e: &SegmentEntry) {
     // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open.
     unsafe {
@@ -346,34 +350,41 @@ pub fn send_payloads(
     plan: &Plan,
     mut send: impl FnMut(Bytes) -> bool,
 ) -> Result<(), StoreError> {
-    // Files of chunks planned without one, opened once each.
-    let mut own: BTreeMap<(String, Time90k), Arc<OpenBucket>> = BTreeMap::new();
-    let mut file_of = |c: &Chunk| -> Result<Arc<OpenBucket>, StoreError> {
-        if let Some(f) = &c.file {
-            return Ok(f.clone());
-        }
-        let key = (c.entry.policy.clone(), c.entry.bucket);
-        if let Some(f) = own.get(&key) {
-            return Ok(f.clone());
-        }
-        let path = store.bucket_path(&c.entry.policy, c.entry.bucket);
-        let file = File::open(&path).map_err(StoreError::io("open", &path))?;
-        let f = Arc::new(OpenBucket { path, file });
-        own.insert(key, f.clone());
-        Ok(f)
-    };
-    let mut next = match plan.chunks.first() {
-        Some(c) => Some(file_of(c)?),
-        None => None,
-    };
+    // Files of chunks planned without one are opened once each.
+    let mut own: BTreeMap<(&str, Time90k), Arc<OpenBucket>> = BTreeMap::new();
+    let mut files = Vec::with_capacity(plan.chunks.len());
+    for c in &plan.chunks {
+        let f = match &c.file {
+            Some(f) => f.clone(),
+            None => match own.get(&(c.entry.policy.as_str(), c.entry.bucket)) {
+                Some(f) => f.clone(),
+                None => {
+                    let path = store.bucket_path(&c.entry.policy, c.entry.bucket);
+                    let file = File::open(&path).map_err(StoreError::io("open", &path))?;
+                    let f = Arc::new(OpenBucket { path, file });
+                    own.insert((c.entry.policy.as_str(), c.entry.bucket), f.clone());
+                    f
+                }
+            },
+        };
+        files.push(f);
+    }
+    // Chunks before `ahead` have been announced to the kernel; `ahead_bytes` of them are not
+    // sent yet.
+    let (mut ahead, mut ahead_bytes) = (0usize, 0u64);
     for (i, c) in plan.chunks.iter().enumerate() {
-        let f = next.take().expect("opened before its turn");
-        if let Some(n) = plan.chunks.get(i + 1) {
-            let nf = file_of(n)?;
-            prefetch(&nf.file, &n.entry);
-            next = Some(nf);
+        if ahead == i {
+            ahead_bytes = 0;
+            ahead = i + 1;
+        } else {
+            ahead_bytes -= c.entry.payload_len;
         }
-        let payload = read_payload(store, &f, &c.entry)?;
+        while ahead < plan.chunks.len() && ahead_bytes < PREFETCH_BYTES {
+            prefetch(&files[ahead].file, &plan.chunks[ahead].entry);
+            ahead_bytes += plan.chunks[ahead].entry.payload_len;
+            ahead += 1;
+        }
+        let payload = read_payload(store, &files[i], &c.entry)?;
         let start = c.payload_offset as usize;
         if !send(payload.slice(start..start + c.len as usize)) {
             return Ok(());
@@ -415,5 +426,86 @@ pub fn read_payload(store: &Store, f: &OpenBucket, e: &SegmentEntry) -> Result<B
         _ => Err(record_err(FormatError::Invalid(
             "no longer in the index (erased or expired since the export was planned)",
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::segment::FrameInfo;
+
+    /// A segment of `frames` one-second frames (keyframes where `key(i)`), 100 bytes each.
+    fn seg(
+        start_s: i64,
+        frames: usize,
+        key: impl Fn(usize) -> bool,
+        codec: u64,
+    ) -> (SegmentEntry, SegmentHeader, Option<Arc<OpenBucket>>) {
+        let start = Time90k(start_s * 90_000);
+        let frames: Vec<FrameInfo> = (0..frames)
+            .map(|i| FrameInfo {
+                size: 100 + i as u32,
+                duration: 90_000,
+                key: key(i),
+            })
+            .collect();
+        let e = SegmentEntry {
+            policy: "p".into(),
+            bucket: Time90k(0),
+            camera: "c".into(),
+            start,
+            offset: 0,
+            header_len: 0,
+            payload_len: frames.iter().map(|f| u64::from(f.size)).sum(),
+            duration: 90_000 * frames.len() as u32,
+            frame_count: frames.len() as u32,
+            codec_id: codec,
+            payload_crc: 0,
+        };
+        let h = SegmentHeader {
+            camera: "c".into(),
+            start,
+            codec_id: codec,
+            codec_config: Bytes::from(codec.to_be_bytes().to_vec()),
+            frames,
+            payload_crc: 0,
+        };
+        (e, h, None)
+    }
+
+    #[test]
+    fn plan_starts_at_the_keyframe_before_from_skips_gaps_and_switches_codecs() {
+        let t = |s: i64| Time90k(s * 90_000);
+        // Keyframes at 0 and 5 s of the first segment; a gap from 10 to 20 s; a codec change.
+        let segs = vec![
+            seg(0, 10, |i| i % 5 == 0, 1),
+            seg(20, 10, |i| i == 0, 2),
+            seg(30, 10, |i| i == 0, 1),
+        ];
+        let p = plan_from_headers("c", t(7), t(33), segs);
+        assert_eq!(p.start, t(5));
+        assert_eq!(p.end, t(33));
+        // 5 s of the first, all 10 of the second, 3 of the third (the last starts at 32 s).
+        assert_eq!(p.samples.len(), 5 + 10 + 3);
+        assert_eq!(p.duration, 18 * 90_000);
+        assert_eq!(p.chunks.len(), 3);
+        assert_eq!(p.chunks[0].payload_offset, (100..105).sum::<u64>());
+        assert_eq!(p.chunks[0].len, (105..110).sum::<u64>());
+        assert_eq!(p.chunks[2].len, (100..103).sum::<u64>());
+        assert_eq!(
+            p.chunks.iter().map(|c| c.codec_index).collect::<Vec<_>>(),
+            [0, 1, 0]
+        );
+        assert_eq!(p.codecs.iter().map(|c| c.0).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            p.payload_len(),
+            p.samples.iter().map(|s| u64::from(s.size)).sum::<u64>()
+        );
+        // A range that starts before any keyframe begins at the first one; a range that ends
+        // before the first frame is empty.
+        let p = plan_from_headers("c", t(-5), t(3), vec![seg(0, 10, |i| i == 2, 1)]);
+        assert_eq!(p.start, t(2));
+        assert_eq!(p.samples.len(), 1);
+        assert!(plan_from_headers("c", t(-20), t(-1), vec![seg(0, 10, |_| true, 1)]).is_empty());
     }
 }
