@@ -244,3 +244,130 @@ fn a_clip_across_a_resolution_change_and_a_gap_decodes_cleanly() {
     let errors = ffmpeg_errors(&clip);
     assert!(errors.trim().is_empty(), "ffmpeg: {errors}");
 }
+
+/// Issue 11 (export fast): a plan opens each bucket file once and reads each header once (by
+/// several threads: more than 48 segments), lays out exactly what the old per-segment path
+/// (`read_segment_header`, then `read_segment`) laid out, and sends only payloads whose entry
+/// is still in the index: an erasure committed after planning (holes not punched yet) and a
+/// punched hole both end the stream at that segment, with nothing of it sent.
+#[test]
+fn a_plan_opens_each_bucket_once_and_never_sends_what_an_erasure_removed() {
+    use holdfast::store::index::IndexBatch;
+    use std::os::unix::io::AsRawFd;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 3600).unwrap();
+    let store = Arc::new(store);
+    let writer = Writer::spawn(
+        store.clone(),
+        WriterConfig::default(),
+        Arc::new(Metrics::new()),
+        None,
+    )
+    .unwrap();
+    // 120 segments of 2 s of two interleaved cameras, across an hour boundary (two files).
+    let hour = Time90k::parse_rfc3339("2026-11-20T10:00:00Z").unwrap();
+    let t0 = hour.add_ticks(-120 * 90_000);
+    let mut rng = support::synth::rng(7);
+    let pool = support::synth::pool(&mut rng, 1 << 20);
+    for i in 0..120i64 {
+        for cam in ["a", "b"] {
+            let seg = support::synth::segment(
+                &mut rng,
+                &pool,
+                cam,
+                "month",
+                t0.add_ticks(i * 2 * 90_000),
+                50,
+                300,
+            );
+            writer.handle().submit(seg).unwrap();
+        }
+    }
+    assert!(writer.handle().flush());
+    writer.shutdown();
+
+    let (from, to) = (t0, t0.add_ticks(240 * 90_000));
+    let plan = holdfast::export::plan(&store, "a", from, to).unwrap();
+    assert_eq!(plan.chunks.len(), 120);
+    let mut files: Vec<*const holdfast::export::OpenBucket> = plan
+        .chunks
+        .iter()
+        .map(|c| Arc::as_ptr(c.file.as_ref().expect("opened while planning")))
+        .collect();
+    files.dedup();
+    assert_eq!(files.len(), 2, "one open per bucket file");
+
+    // The old path's layout and bytes.
+    let entries = store.index().camera_segments("a", from, to).unwrap();
+    let old = holdfast::export::plan_from_headers(
+        "a",
+        from,
+        to,
+        entries.iter().map(|e| {
+            let h = store.read_segment_header(e).unwrap();
+            (e.clone(), h, None)
+        }),
+    );
+    assert_eq!(
+        holdfast::export::mp4::header(&old).unwrap(),
+        holdfast::export::mp4::header(&plan).unwrap()
+    );
+    let old_bytes: Vec<Vec<u8>> = entries
+        .iter()
+        .map(|e| store.read_segment(e).unwrap().1)
+        .collect();
+    let mut sent = Vec::new();
+    holdfast::export::send_payloads(&store, &plan, |b| {
+        sent.extend_from_slice(&b);
+        true
+    })
+    .unwrap();
+    assert_eq!(sent, old_bytes.concat());
+    // A plan without open files (opened while sending) sends the same.
+    let mut again = Vec::new();
+    holdfast::export::send_payloads(&store, &old, |b| {
+        again.extend_from_slice(&b);
+        true
+    })
+    .unwrap();
+    assert_eq!(again, sent);
+
+    // Segment 70 erased after planning: the index commit only, its bytes still on disk.
+    let mut batch = IndexBatch::default();
+    batch.delete_segment(store.index(), &plan.chunks[70].entry);
+    store.index().commit(batch, true).unwrap();
+    let mut sent = Vec::new();
+    let err = holdfast::export::send_payloads(&store, &plan, |b| {
+        sent.extend_from_slice(&b);
+        true
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("no longer in the index"), "{err}");
+    assert_eq!(sent, old_bytes[..70].concat());
+
+    // Segment 30's payload punched out (what the reclaim of an erasure does): its CRC fails.
+    let e = &plan.chunks[30].entry;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(store.bucket_path(&e.policy, e.bucket))
+        .unwrap();
+    // SAFETY: fallocate on an open descriptor with plain integer arguments.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            (e.offset + u64::from(e.header_len)) as libc::off_t,
+            e.payload_len as libc::off_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    let mut sent = Vec::new();
+    let err = holdfast::export::send_payloads(&store, &plan, |b| {
+        sent.extend_from_slice(&b);
+        true
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("CRC"), "{err}");
+    assert_eq!(sent, old_bytes[..30].concat());
+}

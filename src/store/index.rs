@@ -73,7 +73,8 @@ const RECLAIM_ALL: u64 = u64::MAX;
 const RECLAIM_KIND_ALL: u8 = 1;
 /// Kind byte of a range reclaim key.
 const RECLAIM_KIND_RANGE: u8 = 2;
-const INDEX_FORMAT: &[u8] = b"1";
+/// The index format version stored under `meta/format` (benches key cached indexes by it).
+pub const INDEX_FORMAT: &[u8] = b"1";
 
 /// An error of the index.
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +135,9 @@ impl SegmentEntry {
         segment_key(&self.policy, self.bucket, &self.camera, self.start)
     }
 
-    fn encode_value(&self) -> Vec<u8> {
+    /// The value of this entry in the `segments` family (for bulk loads such as the export
+    /// bench's SST files).
+    pub fn encode_value(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(41);
         v.push(SEGMENT_VALUE_VERSION);
         v.extend_from_slice(&self.offset.to_be_bytes());
