@@ -9,7 +9,9 @@
 //! HOLDFAST_SCALE_SECS=20 cargo bench --bench scale -- 50
 //! HOLDFAST_SCALE_NO_FFMPEG=1 ...                 # skip the baseline
 //! HOLDFAST_SCALE_FFMPEG_MAX=200 ...              # largest N ffmpeg runs at (default 200)
-//! HOLDFAST_SCALE_CAMSIM_BIN=/path/holdfast ...   # camsim from another build (compare camsims)
+//! HOLDFAST_SCALE_CAMSIM_BIN=/path/holdfast ...   # camsim from another build
+//! HOLDFAST_SCALE_SINK=1 HOLDFAST_SCALE_CAMSIM_BASELINE=/path/holdfast cargo bench --bench scale
+//!                                                # camsim alone (no recorder), vs another build's
 //! ```
 //!
 //! Reported per N, over the measured window after a warm-up: CPU seconds per stream-minute
@@ -90,8 +92,12 @@ struct Camsim {
 
 impl Camsim {
     fn start(n: usize) -> Camsim {
-        let port = free_port();
         let bin = std::env::var("HOLDFAST_SCALE_CAMSIM_BIN").unwrap_or_else(|_| BIN.to_owned());
+        Camsim::start_bin(n, &bin)
+    }
+
+    fn start_bin(n: usize, bin: &str) -> Camsim {
+        let port = free_port();
         let mut child = Command::new(bin)
             .args([
                 "camsim",
@@ -362,6 +368,90 @@ fn run_ffmpeg(n: usize, secs: u64, base: &std::path::Path) -> Result {
     }
 }
 
+/// camsim alone: one minimal RTSP client per stream (SETUP, PLAY, then read and discard), so
+/// camsim's own CPU is measured without a recorder. (camsim CPU per stream-minute, received
+/// Mbit/s per stream, frames sent.)
+fn run_sink(n: usize, secs: u64, bin: &str) -> (f64, f64, u64) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let sim = Camsim::start_bin(n, bin);
+    let bytes = Arc::new(AtomicU64::new(0));
+    let port = sim.port;
+    let clients: Vec<_> = (0..n)
+        .map(|i| {
+            let bytes = bytes.clone();
+            std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                        return;
+                    };
+                    let url = format!("rtsp://127.0.0.1:{port}/cam{i}");
+                    let _ = write!(
+                        s,
+                        "SETUP {url}/track0 RTSP/1.0\r\nCSeq: 1\r\n\
+                         Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n\
+                         PLAY {url} RTSP/1.0\r\nCSeq: 2\r\n\r\n"
+                    );
+                    let mut buf = vec![0u8; 256 * 1024];
+                    while let Ok(k) = s.read(&mut buf) {
+                        if k == 0 {
+                            break;
+                        }
+                        bytes.fetch_add(k as u64, Ordering::Relaxed);
+                    }
+                })
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(WARMUP);
+    let (c0, b0) = (sim.cpu(), bytes.load(Ordering::Relaxed));
+    std::thread::sleep(Duration::from_secs(secs));
+    let (c1, b1) = (sim.cpu(), bytes.load(Ordering::Relaxed));
+    let sent = sim.stop();
+    for c in clients {
+        let _ = c.join();
+    }
+    (
+        per_stream_min(c1 - c0, n, secs),
+        (b1 - b0) as f64 * 8.0 / 1e6 / secs as f64 / n as f64,
+        sent,
+    )
+}
+
+/// `HOLDFAST_SCALE_SINK=1`: camsim alone at each N, and the camsim of
+/// `HOLDFAST_SCALE_CAMSIM_BASELINE` (another build's binary) in the same run if set.
+fn sink_mode(ns: &[usize], secs: u64) {
+    let baseline = std::env::var("HOLDFAST_SCALE_CAMSIM_BASELINE").ok();
+    println!(
+        "camsim alone (minimal clients that read and discard): {secs} s per run after {WARMUP:?}"
+    );
+    println!(
+        "{:>5} {:>9} {:>16} {:>16} {:>12}",
+        "N", "camsim", "CPU s/str-min", "Mbit/s/stream", "frames sent"
+    );
+    for &n in ns {
+        let mut runs = Vec::new();
+        if let Some(b) = &baseline {
+            runs.push(("baseline", b.clone()));
+        }
+        runs.push(("this", BIN.to_owned()));
+        let mut cpu = Vec::new();
+        for (name, bin) in runs {
+            let (c, mbit, sent) = run_sink(n, secs, &bin);
+            println!("{n:>5} {name:>9} {c:>16.4} {mbit:>16.2} {sent:>12}");
+            cpu.push(c);
+        }
+        if cpu.len() == 2 {
+            println!(
+                "{n:>5} {:>9} this / baseline camsim CPU = {:.3}",
+                "ratio",
+                cpu[1] / cpu[0].max(1e-9)
+            );
+        }
+    }
+}
+
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -384,6 +474,10 @@ fn main() {
     let base = std::env::var_os("HOLDFAST_BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
+    if std::env::var_os("HOLDFAST_SCALE_SINK").is_some() {
+        sink_mode(&ns, secs);
+        return;
+    }
     let with_ffmpeg = std::env::var_os("HOLDFAST_SCALE_NO_FFMPEG").is_none();
     println!(
         "scale benchmark: {secs} s per run after {WARMUP:?} warm-up; camsim clip 720p25 ~4 Mbit/s; \
