@@ -479,8 +479,11 @@ mod tests {
         Clip::from_annex_b(&data).unwrap()
     }
 
-    /// RTP packets read back from a stream: (seq, ts, marker, payload).
-    fn parse(mut bytes: &[u8]) -> (Vec<(u16, u32, bool, Vec<u8>)>, Vec<String>) {
+    /// An RTP packet read back: (seq, ts, marker, payload).
+    type Packet = (u16, u32, bool, Vec<u8>);
+
+    /// RTP packets and RTSP replies read back from a stream.
+    fn parse(mut bytes: &[u8]) -> (Vec<Packet>, Vec<String>) {
         let mut packets = Vec::new();
         let mut replies = Vec::new();
         while !bytes.is_empty() {
