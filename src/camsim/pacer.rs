@@ -27,6 +27,8 @@ const MAX_IOV: usize = 1024;
 const MAX_PACKETS: usize = (MAX_IOV - 1) / 2;
 /// How long a session whose client has gone may take to flush its last reply.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a stop waits for the clients to receive what was written.
+const STOP_DRAIN: Duration = Duration::from_secs(5);
 /// Sessions per pacer thread before another thread is started (up to one per core).
 const STREAMS_PER_THREAD: usize = 500;
 /// Interleave prefix (4 bytes) plus RTP header (12 bytes).
@@ -154,7 +156,8 @@ impl Pacers {
             .push(session);
     }
 
-    /// Stops every pacer (their sessions are shut down) and waits for the threads.
+    /// Stops every pacer and waits for the threads: their sessions end after what was already
+    /// written has been received (at most [`STOP_DRAIN`]), then are shut down.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
@@ -171,9 +174,7 @@ fn run(inbox: &Mutex<Vec<Session>>, stop: &AtomicBool, wire: &Wire) {
     let mut next_tick = Instant::now();
     loop {
         if stop.load(Ordering::Acquire) {
-            for p in &sessions {
-                shutdown(&p.s.fd);
-            }
+            drain(&sessions);
             return;
         }
         sessions.extend(
@@ -202,6 +203,55 @@ fn run(inbox: &Mutex<Vec<Session>>, stop: &AtomicBool, wire: &Wire) {
             next_tick = now;
         }
     }
+}
+
+/// At stop: ends every session after the bytes already written, and waits (at most
+/// [`STOP_DRAIN`]) until the clients have them, so every frame counted as sent can be received
+/// (the process exiting with data still queued could reset the connection and lose it).
+fn drain(sessions: &[Playing]) {
+    for p in sessions {
+        // SAFETY: a valid descriptor.
+        unsafe {
+            libc::shutdown(p.s.fd.as_raw_fd(), libc::SHUT_WR);
+        }
+    }
+    let t0 = Instant::now();
+    let mut left: Vec<&Playing> = sessions.iter().collect();
+    while !left.is_empty() && t0.elapsed() < STOP_DRAIN {
+        left.retain(|p| !delivered(&p.s.fd));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for p in sessions {
+        shutdown(&p.s.fd);
+    }
+}
+
+/// Whether a socket shut down for writing has had everything (and its FIN) acknowledged, or is
+/// closed. Not a TCP socket: `true`.
+fn delivered(fd: &OwnedFd) -> bool {
+    const TCP_ESTABLISHED: u8 = 1;
+    const TCP_FIN_WAIT1: u8 = 4;
+    const TCP_CLOSE_WAIT: u8 = 8;
+    const TCP_LAST_ACK: u8 = 9;
+    const TCP_CLOSING: u8 = 11;
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: `info` has room for `len` bytes; tcpi_state is its first byte.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    r != 0
+        || len == 0
+        || !matches!(
+            info[0],
+            TCP_ESTABLISHED | TCP_FIN_WAIT1 | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING
+        )
 }
 
 fn shutdown(fd: &OwnedFd) {
