@@ -16,7 +16,8 @@
 //!
 //! Reported per N, over the measured window after a warm-up: CPU seconds per stream-minute
 //! (user + system, from /proc) of the recorder and, separately, of camsim; peak RSS per stream
-//! (VmHWM); frames sent vs received and frames lost; segments dropped by reason. The frame count
+//! (VmHWM); frames sent vs received and frames lost; segments dropped by reason; frames camsim
+//! could not send in time ("unsent": due, but the recorder did not read them). The frame count
 //! is exact: camsim is stopped first (its `camsim-stats` line counts every frame it wrote
 //! completely; it only sends after a PLAY, so every one was due while the recorder recorded),
 //! then the recorder is left to drain until its `holdfast_camera_frames_total` stops moving.
@@ -137,16 +138,23 @@ impl Camsim {
         proc_usage(self.child.id()).0
     }
 
-    /// Stops camsim; returns frames sent (complete frames written, final).
-    fn stop(mut self) -> u64 {
+    /// Stops camsim; returns frames sent (complete frames written, final) and frames due but
+    /// not sent (the recorder did not read fast enough).
+    fn stop(mut self) -> (u64, u64) {
         term(&mut self.child);
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
         let s = self.stats.lock().unwrap().clone().unwrap_or_default();
-        s.split_whitespace()
-            .find_map(|kv| kv.strip_prefix("frames_sent=")?.parse().ok())
-            .expect("camsim printed its frames_sent")
+        let field = |k: &str| {
+            s.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(k)?.parse().ok())
+        };
+        (
+            field("frames_sent=").expect("camsim printed its frames_sent"),
+            // Older camsims do not count it.
+            field("frames_unsent=").unwrap_or(0),
+        )
     }
 }
 
@@ -198,6 +206,7 @@ struct Result {
     camsim_cpu_per_stream_min: f64,
     rss_per_stream: f64,
     sent: u64,
+    unsent: u64,
     received: u64,
     dropped: BTreeMap<String, u64>,
 }
@@ -260,7 +269,7 @@ fn run_holdfast(n: usize, secs: u64, base: &std::path::Path) -> Result {
     let (cpu1, hwm) = proc_usage(daemon.id());
     let sim1 = sim.cpu();
     // camsim first (its count is then final), then let the daemon drain the sockets.
-    let sent = sim.stop();
+    let (sent, unsent) = sim.stop();
     let t0 = Instant::now();
     let mut received = -1.0;
     let mut m;
@@ -279,6 +288,7 @@ fn run_holdfast(n: usize, secs: u64, base: &std::path::Path) -> Result {
         camsim_cpu_per_stream_min: per_stream_min(sim1 - sim0, n, secs),
         rss_per_stream: hwm as f64 / n as f64,
         sent,
+        unsent,
         received: received.max(0.0) as u64,
         dropped: dropped_by_reason(&m),
     }
@@ -348,7 +358,7 @@ fn run_ffmpeg(n: usize, secs: u64, base: &std::path::Path) -> Result {
     let sim1 = sim.cpu();
     let cpu1: f64 = usage.iter().map(|u| u.0).sum();
     let hwm: u64 = usage.iter().map(|u| u.1).sum();
-    let sent = sim.stop();
+    let (sent, unsent) = sim.stop();
     std::thread::sleep(Duration::from_millis(1500));
     for c in &mut children {
         term(c);
@@ -363,6 +373,7 @@ fn run_ffmpeg(n: usize, secs: u64, base: &std::path::Path) -> Result {
         camsim_cpu_per_stream_min: per_stream_min(sim1 - sim0, n, secs),
         rss_per_stream: hwm as f64 / n as f64,
         sent,
+        unsent,
         received,
         dropped: BTreeMap::new(),
     }
@@ -408,7 +419,7 @@ fn run_sink(n: usize, secs: u64, bin: &str) -> (f64, f64, u64) {
     let (c0, b0) = (sim.cpu(), bytes.load(Ordering::Relaxed));
     std::thread::sleep(Duration::from_secs(secs));
     let (c1, b1) = (sim.cpu(), bytes.load(Ordering::Relaxed));
-    let sent = sim.stop();
+    let (sent, _) = sim.stop();
     for c in clients {
         let _ = c.join();
     }
@@ -487,7 +498,7 @@ fn main() {
         println!("camsim from {b}");
     }
     println!(
-        "{:>5} {:>9} {:>14} {:>14} {:>11} {:>10} {:>10} {:>7} {:>9}",
+        "{:>5} {:>9} {:>14} {:>14} {:>11} {:>10} {:>10} {:>7} {:>9} {:>9}",
         "N",
         "recorder",
         "CPU s/str-min",
@@ -496,11 +507,12 @@ fn main() {
         "sent",
         "received",
         "lost",
-        "dropped"
+        "dropped",
+        "unsent"
     );
     let line = |n: usize, name: &str, r: &Result| {
         println!(
-            "{:>5} {:>9} {:>14.4} {:>14.4} {:>9.2}MB {:>10} {:>10} {:>7} {:>9}",
+            "{:>5} {:>9} {:>14.4} {:>14.4} {:>9.2}MB {:>10} {:>10} {:>7} {:>9} {:>9}",
             n,
             name,
             r.cpu_per_stream_min,
@@ -509,7 +521,8 @@ fn main() {
             r.sent,
             r.received,
             r.lost(),
-            r.dropped_text()
+            r.dropped_text(),
+            r.unsent
         )
     };
     let mut holdfast: Vec<(usize, f64)> = Vec::new();

@@ -38,6 +38,9 @@ pub struct CamsimStats {
     pub frames_sent: AtomicU64,
     /// RTP packets sent.
     pub packets_sent: AtomicU64,
+    /// Frames that were due but not sent when their session ended (its client did not read
+    /// fast enough, or went away), all sessions together.
+    pub frames_unsent: AtomicU64,
     /// Clients that started playing.
     pub sessions: AtomicU64,
 }

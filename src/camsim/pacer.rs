@@ -174,6 +174,11 @@ fn run(inbox: &Mutex<Vec<Session>>, stop: &AtomicBool, wire: &Wire) {
     let mut next_tick = Instant::now();
     loop {
         if stop.load(Ordering::Acquire) {
+            let now = Instant::now();
+            let unsent = sessions.iter().map(|p| p.unsent(now, wire)).sum();
+            wire.stats
+                .frames_unsent
+                .fetch_add(unsent, Ordering::Relaxed);
             drain(&sessions);
             return;
         }
@@ -186,7 +191,19 @@ fn run(inbox: &Mutex<Vec<Session>>, stop: &AtomicBool, wire: &Wire) {
         );
         let now = Instant::now();
         let mut totals = (0u64, 0u64);
-        sessions.retain_mut(|p| p.service(now, wire, &mut scratch, &mut totals));
+        let mut unsent = 0;
+        sessions.retain_mut(|p| {
+            let keep = p.service(now, wire, &mut scratch, &mut totals);
+            if !keep {
+                unsent += p.unsent(now, wire);
+            }
+            keep
+        });
+        if unsent > 0 {
+            wire.stats
+                .frames_unsent
+                .fetch_add(unsent, Ordering::Relaxed);
+        }
         if totals.0 > 0 {
             wire.stats
                 .frames_sent
@@ -439,6 +456,15 @@ impl Playing {
             }
         }
         true
+    }
+
+    /// Frames due by `now` and not sent (none once the client asked to close).
+    fn unsent(&self, now: Instant, wire: &Wire) -> u64 {
+        if self.closing_since.is_some() {
+            return 0;
+        }
+        let elapsed = now.saturating_duration_since(self.s.start).as_nanos() as u64;
+        (elapsed / wire.period_ns + 1).saturating_sub(self.n)
     }
 
     /// Accounts `w` bytes sent: replies first (if they led the send), then frames.
