@@ -458,12 +458,16 @@ impl Playing {
         true
     }
 
-    /// Frames due by `now` and not sent (none once the client asked to close).
+    /// Frames due a tick before `now` and not sent (none once the client asked to close): the
+    /// frames of the tick under way are not late yet.
     fn unsent(&self, now: Instant, wire: &Wire) -> u64 {
         if self.closing_since.is_some() {
             return 0;
         }
-        let elapsed = now.saturating_duration_since(self.s.start).as_nanos() as u64;
+        let elapsed = now
+            .saturating_duration_since(self.s.start)
+            .saturating_sub(TICK)
+            .as_nanos() as u64;
         (elapsed / wire.period_ns + 1).saturating_sub(self.n)
     }
 
