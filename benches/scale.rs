@@ -3,20 +3,38 @@
 //! -c copy -f segment` per stream, on the same camsim load, in the same run.
 //!
 //! ```sh
-//! cargo bench --bench scale                      # N = 50, 200, 500; 60 s each
+//! cargo bench --bench scale                      # N = 50, 200, 1000; 60 s each
 //! cargo bench --bench scale -- 50 200            # chosen N
+//! HOLDFAST_SCALE_SECS=600 cargo bench --bench scale -- 1000   # the long form: 10 minutes
 //! HOLDFAST_SCALE_SECS=20 cargo bench --bench scale -- 50
 //! HOLDFAST_SCALE_NO_FFMPEG=1 ...                 # skip the baseline
+//! HOLDFAST_SCALE_FFMPEG_MAX=200 ...              # largest N ffmpeg runs at (default 200)
+//! HOLDFAST_SCALE_CAMSIM_BIN=/path/holdfast ...   # camsim from another build
+//! HOLDFAST_SCALE_SINK=1 HOLDFAST_SCALE_CAMSIM_BASELINE=/path/holdfast cargo bench --bench scale
+//!                                                # camsim alone (no recorder), vs another build's
 //! ```
 //!
-//! Reported per run: CPU seconds per stream-minute (user + system, from /proc, over the measured
-//! window after a warm-up), peak RSS per stream (VmHWM), frames received vs sent (camsim counts
-//! what it wrote; holdfast's `holdfast_camera_frames_total`, ffmpeg's output frame counts), and
-//! segments dropped. Set `HOLDFAST_BENCH_DIR` to put the data on a particular disk.
+//! Reported per N, over the measured window after a warm-up: CPU seconds per stream-minute
+//! (user + system, from /proc) of the recorder and, separately, of camsim; peak RSS per stream
+//! (VmHWM); frames sent vs received and frames lost; segments dropped by reason; frames camsim
+//! could not send in time ("unsent": due, but the recorder did not read them). The frame count
+//! is exact: camsim is stopped first (its `camsim-stats` line counts every frame it wrote
+//! completely; it only sends after a PLAY, so every one was due while the recorder recorded),
+//! then the recorder is left to drain until its `holdfast_camera_frames_total` stops moving.
+//! ffmpeg's frames are its `-progress` counts after camsim stopped.
+//!
+//! One ffmpeg process takes ~58 MB, so ffmpeg runs only up to `HOLDFAST_SCALE_FFMPEG_MAX`
+//! streams; for a larger N the holdfast/ffmpeg ratio is taken against the largest ffmpeg run
+//! (said so in the output). The ratios printed at the end are those of issue 11's goal:
+//! holdfast/ffmpeg CPU per stream-minute at each N, and holdfast at each N against N = 200.
+//! camsim logs only warnings here (its per-session INFO lines would flood the output). Set
+//! `HOLDFAST_BENCH_DIR` to put the data on a particular disk.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
@@ -69,12 +87,19 @@ fn term(child: &mut Child) {
 struct Camsim {
     child: Child,
     port: u16,
+    stats: Arc<Mutex<Option<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Camsim {
     fn start(n: usize) -> Camsim {
+        let bin = std::env::var("HOLDFAST_SCALE_CAMSIM_BIN").unwrap_or_else(|_| BIN.to_owned());
+        Camsim::start_bin(n, &bin)
+    }
+
+    fn start_bin(n: usize, bin: &str) -> Camsim {
         let port = free_port();
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin)
             .args([
                 "camsim",
                 "--streams",
@@ -82,6 +107,8 @@ impl Camsim {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
             ])
+            // One INFO line per session would flood the bench's output.
+            .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -89,35 +116,45 @@ impl Camsim {
         let mut out = BufReader::new(child.stdout.take().unwrap());
         out.read_line(&mut line).unwrap();
         assert!(line.starts_with("camsim:"), "{line}");
-        // Keep the reader for the stats line at the end.
-        std::thread::spawn(move || {
-            let mut rest = String::new();
-            while out.read_line(&mut rest).unwrap_or(0) > 0 {
-                if rest.starts_with("camsim-stats") {
-                    std::fs::write(format!("/tmp/holdfast-camsim-{port}.stats"), &rest).unwrap();
+        // Keep reading for the stats line at the end.
+        let stats = Arc::new(Mutex::new(None));
+        let stats2 = stats.clone();
+        let reader = std::thread::spawn(move || {
+            for l in out.lines().map_while(|l| l.ok()) {
+                if l.starts_with("camsim-stats") {
+                    *stats2.lock().unwrap() = Some(l);
                 }
-                rest.clear();
             }
         });
-        Camsim { child, port }
+        Camsim {
+            child,
+            port,
+            stats,
+            reader: Some(reader),
+        }
     }
 
-    /// Stops camsim; returns frames sent.
-    fn stop(mut self) -> u64 {
+    fn cpu(&self) -> f64 {
+        proc_usage(self.child.id()).0
+    }
+
+    /// Stops camsim; returns frames sent (complete frames written, final) and frames due but
+    /// not sent (the recorder did not read fast enough).
+    fn stop(mut self) -> (u64, u64) {
         term(&mut self.child);
-        let path = format!("/tmp/holdfast-camsim-{}.stats", self.port);
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(5) {
-            if let Ok(s) = std::fs::read_to_string(&path) {
-                let _ = std::fs::remove_file(&path);
-                return s
-                    .split_whitespace()
-                    .find_map(|kv| kv.strip_prefix("frames_sent=")?.parse().ok())
-                    .unwrap_or(0);
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
         }
-        0
+        let s = self.stats.lock().unwrap().clone().unwrap_or_default();
+        let field = |k: &str| {
+            s.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(k)?.parse().ok())
+        };
+        (
+            field("frames_sent=").expect("camsim printed its frames_sent"),
+            // Older camsims do not count it.
+            field("frames_unsent=").unwrap_or(0),
+        )
     }
 }
 
@@ -145,12 +182,56 @@ fn sum_series(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// `holdfast_segments_dropped_total` summed per `reason` label.
+fn dropped_by_reason(text: &str) -> BTreeMap<String, u64> {
+    let name = "holdfast_segments_dropped_total{";
+    let mut out = BTreeMap::new();
+    for l in text.lines().filter(|l| l.starts_with(name)) {
+        let reason = l
+            .split_once("reason=\"")
+            .and_then(|(_, r)| r.split_once('"'))
+            .map_or("?", |(r, _)| r);
+        let v = l
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+        *out.entry(reason.to_owned()).or_insert(0) += v;
+    }
+    out
+}
+
 struct Result {
     cpu_per_stream_min: f64,
+    camsim_cpu_per_stream_min: f64,
     rss_per_stream: f64,
     sent: u64,
+    unsent: u64,
     received: u64,
-    dropped: u64,
+    dropped: BTreeMap<String, u64>,
+}
+
+impl Result {
+    fn lost(&self) -> i64 {
+        self.sent as i64 - self.received as i64
+    }
+
+    fn dropped_text(&self) -> String {
+        let total: u64 = self.dropped.values().sum();
+        if total == 0 {
+            return "0".to_owned();
+        }
+        self.dropped
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn per_stream_min(cpu: f64, n: usize, secs: u64) -> f64 {
+    cpu / n as f64 / (secs as f64 / 60.0)
 }
 
 fn run_holdfast(n: usize, secs: u64, base: &std::path::Path) -> Result {
@@ -183,21 +264,33 @@ fn run_holdfast(n: usize, secs: u64, base: &std::path::Path) -> Result {
         .spawn()
         .unwrap();
     std::thread::sleep(WARMUP);
-    let (cpu0, _) = proc_usage(daemon.id());
+    let (cpu0, sim0) = (proc_usage(daemon.id()).0, sim.cpu());
     std::thread::sleep(Duration::from_secs(secs));
     let (cpu1, hwm) = proc_usage(daemon.id());
-    let sent = sim.stop();
-    std::thread::sleep(Duration::from_millis(500));
-    let m = http_metrics(http);
-    let received = sum_series(&m, "holdfast_camera_frames_total") as u64;
-    let dropped = sum_series(&m, "holdfast_segments_dropped_total") as u64;
+    let sim1 = sim.cpu();
+    // camsim first (its count is then final), then let the daemon drain the sockets.
+    let (sent, unsent) = sim.stop();
+    let t0 = Instant::now();
+    let mut received = -1.0;
+    let mut m;
+    loop {
+        m = http_metrics(http);
+        let now = sum_series(&m, "holdfast_camera_frames_total");
+        if now == received || t0.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        received = now;
+        std::thread::sleep(Duration::from_millis(1000));
+    }
     term(&mut daemon);
     Result {
-        cpu_per_stream_min: (cpu1 - cpu0) / n as f64 / (secs as f64 / 60.0),
+        cpu_per_stream_min: per_stream_min(cpu1 - cpu0, n, secs),
+        camsim_cpu_per_stream_min: per_stream_min(sim1 - sim0, n, secs),
         rss_per_stream: hwm as f64 / n as f64,
         sent,
-        received,
-        dropped,
+        unsent,
+        received: received.max(0.0) as u64,
+        dropped: dropped_by_reason(&m),
     }
 }
 
@@ -259,11 +352,13 @@ fn run_ffmpeg(n: usize, secs: u64, base: &std::path::Path) -> Result {
         .collect();
     std::thread::sleep(WARMUP);
     let cpu0: f64 = children.iter().map(|c| proc_usage(c.id()).0).sum();
+    let sim0 = sim.cpu();
     std::thread::sleep(Duration::from_secs(secs));
     let usage: Vec<(f64, u64)> = children.iter().map(|c| proc_usage(c.id())).collect();
+    let sim1 = sim.cpu();
     let cpu1: f64 = usage.iter().map(|u| u.0).sum();
     let hwm: u64 = usage.iter().map(|u| u.1).sum();
-    let sent = sim.stop();
+    let (sent, unsent) = sim.stop();
     std::thread::sleep(Duration::from_millis(1500));
     for c in &mut children {
         term(c);
@@ -274,12 +369,105 @@ fn run_ffmpeg(n: usize, secs: u64, base: &std::path::Path) -> Result {
         .map(|a| a.load(std::sync::atomic::Ordering::Relaxed))
         .sum();
     Result {
-        cpu_per_stream_min: (cpu1 - cpu0) / n as f64 / (secs as f64 / 60.0),
+        cpu_per_stream_min: per_stream_min(cpu1 - cpu0, n, secs),
+        camsim_cpu_per_stream_min: per_stream_min(sim1 - sim0, n, secs),
         rss_per_stream: hwm as f64 / n as f64,
         sent,
+        unsent,
         received,
-        dropped: 0,
+        dropped: BTreeMap::new(),
     }
+}
+
+/// camsim alone: one minimal RTSP client per stream (SETUP, PLAY, then read and discard), so
+/// camsim's own CPU is measured without a recorder. (camsim CPU per stream-minute, received
+/// Mbit/s per stream, frames sent.)
+fn run_sink(n: usize, secs: u64, bin: &str) -> (f64, f64, u64) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let sim = Camsim::start_bin(n, bin);
+    let bytes = Arc::new(AtomicU64::new(0));
+    let port = sim.port;
+    let clients: Vec<_> = (0..n)
+        .map(|i| {
+            let bytes = bytes.clone();
+            std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                        return;
+                    };
+                    let url = format!("rtsp://127.0.0.1:{port}/cam{i}");
+                    let _ = write!(
+                        s,
+                        "SETUP {url}/track0 RTSP/1.0\r\nCSeq: 1\r\n\
+                         Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n\
+                         PLAY {url} RTSP/1.0\r\nCSeq: 2\r\n\r\n"
+                    );
+                    let mut buf = vec![0u8; 256 * 1024];
+                    while let Ok(k) = s.read(&mut buf) {
+                        if k == 0 {
+                            break;
+                        }
+                        bytes.fetch_add(k as u64, Ordering::Relaxed);
+                    }
+                })
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(WARMUP);
+    let (c0, b0) = (sim.cpu(), bytes.load(Ordering::Relaxed));
+    std::thread::sleep(Duration::from_secs(secs));
+    let (c1, b1) = (sim.cpu(), bytes.load(Ordering::Relaxed));
+    let (sent, _) = sim.stop();
+    for c in clients {
+        let _ = c.join();
+    }
+    (
+        per_stream_min(c1 - c0, n, secs),
+        (b1 - b0) as f64 * 8.0 / 1e6 / secs as f64 / n as f64,
+        sent,
+    )
+}
+
+/// `HOLDFAST_SCALE_SINK=1`: camsim alone at each N, and the camsim of
+/// `HOLDFAST_SCALE_CAMSIM_BASELINE` (another build's binary) in the same run if set.
+fn sink_mode(ns: &[usize], secs: u64) {
+    let baseline = std::env::var("HOLDFAST_SCALE_CAMSIM_BASELINE").ok();
+    println!(
+        "camsim alone (minimal clients that read and discard): {secs} s per run after {WARMUP:?}"
+    );
+    println!(
+        "{:>5} {:>9} {:>16} {:>16} {:>12}",
+        "N", "camsim", "CPU s/str-min", "Mbit/s/stream", "frames sent"
+    );
+    for &n in ns {
+        let mut runs = Vec::new();
+        if let Some(b) = &baseline {
+            runs.push(("baseline", b.clone()));
+        }
+        runs.push(("this", BIN.to_owned()));
+        let mut cpu = Vec::new();
+        for (name, bin) in runs {
+            let (c, mbit, sent) = run_sink(n, secs, &bin);
+            println!("{n:>5} {name:>9} {c:>16.4} {mbit:>16.2} {sent:>12}");
+            cpu.push(c);
+        }
+        if cpu.len() == 2 {
+            println!(
+                "{n:>5} {:>9} this / baseline camsim CPU = {:.3}",
+                "ratio",
+                cpu[1] / cpu[0].max(1e-9)
+            );
+        }
+    }
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -288,48 +476,104 @@ fn main() {
         .filter_map(|a| a.parse().ok())
         .collect();
     let ns = if ns.is_empty() {
-        vec![50, 200, 500]
+        vec![50, 200, 1000]
     } else {
         ns
     };
-    let secs: u64 = std::env::var("HOLDFAST_SCALE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+    let secs = env_u64("HOLDFAST_SCALE_SECS", 60);
+    let ffmpeg_max = env_u64("HOLDFAST_SCALE_FFMPEG_MAX", 200) as usize;
     let base = std::env::var_os("HOLDFAST_BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
+    if std::env::var_os("HOLDFAST_SCALE_SINK").is_some() {
+        sink_mode(&ns, secs);
+        return;
+    }
     let with_ffmpeg = std::env::var_os("HOLDFAST_SCALE_NO_FFMPEG").is_none();
     println!(
-        "scale benchmark: {secs} s per run after {WARMUP:?} warm-up; camsim clip 720p25 ~4 Mbit/s"
+        "scale benchmark: {secs} s per run after {WARMUP:?} warm-up; camsim clip 720p25 ~4 Mbit/s; \
+         ffmpeg up to N = {ffmpeg_max}"
     );
+    if let Ok(b) = std::env::var("HOLDFAST_SCALE_CAMSIM_BIN") {
+        println!("camsim from {b}");
+    }
     println!(
-        "{:>5} {:>9} {:>14} {:>12} {:>11} {:>11} {:>9}",
-        "N", "recorder", "CPU s/str-min", "RSS/stream", "sent", "received", "dropped"
+        "{:>5} {:>9} {:>14} {:>14} {:>11} {:>10} {:>10} {:>7} {:>9} {:>9}",
+        "N",
+        "recorder",
+        "CPU s/str-min",
+        "camsim s/s-min",
+        "RSS/stream",
+        "sent",
+        "received",
+        "lost",
+        "dropped",
+        "unsent"
     );
-    for n in ns {
+    let line = |n: usize, name: &str, r: &Result| {
+        println!(
+            "{:>5} {:>9} {:>14.4} {:>14.4} {:>9.2}MB {:>10} {:>10} {:>7} {:>9} {:>9}",
+            n,
+            name,
+            r.cpu_per_stream_min,
+            r.camsim_cpu_per_stream_min,
+            r.rss_per_stream / 1e6,
+            r.sent,
+            r.received,
+            r.lost(),
+            r.dropped_text(),
+            r.unsent
+        )
+    };
+    let mut holdfast: Vec<(usize, f64)> = Vec::new();
+    // (N, ffmpeg CPU per stream-minute) of the largest ffmpeg run so far.
+    let mut ffmpeg_ref: Option<(usize, f64)> = None;
+    let mut ratios: Vec<String> = Vec::new();
+    for &n in &ns {
         let h = run_holdfast(n, secs, &base);
-        let line = |name: &str, r: &Result| {
-            println!(
-                "{:>5} {:>9} {:>14.4} {:>10.2}MB {:>11} {:>11} {:>9}",
-                n,
-                name,
-                r.cpu_per_stream_min,
-                r.rss_per_stream / 1e6,
-                r.sent,
-                r.received,
-                r.dropped
-            )
-        };
-        line("holdfast", &h);
-        if with_ffmpeg {
+        line(n, "holdfast", &h);
+        holdfast.push((n, h.cpu_per_stream_min));
+        if !with_ffmpeg {
+            continue;
+        }
+        if n <= ffmpeg_max {
             let f = run_ffmpeg(n, secs, &base);
-            line("ffmpeg", &f);
+            line(n, "ffmpeg", &f);
+            if ffmpeg_ref.is_none_or(|(m, _)| m <= n) {
+                ffmpeg_ref = Some((n, f.cpu_per_stream_min));
+            }
+            ratios.push(format!(
+                "N = {n}: holdfast / ffmpeg CPU per stream-minute = {:.3}",
+                h.cpu_per_stream_min / f.cpu_per_stream_min.max(1e-9)
+            ));
+        } else {
+            if ffmpeg_ref.is_none() {
+                let f = run_ffmpeg(ffmpeg_max, secs, &base);
+                line(ffmpeg_max, "ffmpeg", &f);
+                ffmpeg_ref = Some((ffmpeg_max, f.cpu_per_stream_min));
+            }
+            let (m, f) = ffmpeg_ref.unwrap();
             println!(
-                "{:>5} {:>9} holdfast uses {:.1}x less CPU per stream than ffmpeg",
-                n,
-                "ratio",
-                f.cpu_per_stream_min / h.cpu_per_stream_min.max(1e-9)
+                "{:>5} {:>9} not run above N = {ffmpeg_max} (HOLDFAST_SCALE_FFMPEG_MAX); \
+                 compared with its N = {m} run",
+                n, "ffmpeg"
+            );
+            ratios.push(format!(
+                "N = {n}: holdfast / ffmpeg CPU per stream-minute = {:.3} \
+                 (ffmpeg measured at N = {m}, not at {n})",
+                h.cpu_per_stream_min / f.max(1e-9)
+            ));
+        }
+    }
+    println!();
+    for r in &ratios {
+        println!("{r}");
+    }
+    if let Some(&(_, at200)) = holdfast.iter().find(|(n, _)| *n == 200) {
+        for &(n, c) in holdfast.iter().filter(|(n, _)| *n != 200) {
+            println!(
+                "holdfast CPU per stream-minute at N = {n} / at N = 200 = {:.3}",
+                c / at200.max(1e-9)
             );
         }
     }

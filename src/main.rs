@@ -244,10 +244,11 @@ fn main() -> ExitCode {
                 sim.stop();
                 use std::sync::atomic::Ordering::Relaxed;
                 println!(
-                    "camsim-stats sessions={} frames_sent={} packets_sent={}",
+                    "camsim-stats sessions={} frames_sent={} packets_sent={} frames_unsent={}",
                     stats.sessions.load(Relaxed),
                     stats.frames_sent.load(Relaxed),
-                    stats.packets_sent.load(Relaxed)
+                    stats.packets_sent.load(Relaxed),
+                    stats.frames_unsent.load(Relaxed)
                 );
                 Ok(())
             })
