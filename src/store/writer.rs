@@ -751,6 +751,14 @@ impl WriterThread {
             let (file, direct) = match self.cfg.io {
                 WriteIo::Buffered => (open(false), false),
                 WriteIo::Direct => match open(true) {
+                    Ok(f) if is_tmpfs(&f) => {
+                        // tmpfs takes O_DIRECT but its "disk" is the page cache: padding and
+                        // preallocation would only cost memory.
+                        tracing::info!(path = %path.display(),
+                            "tmpfs: buffered writes to this file (direct I/O gains nothing there)");
+                        drop(f);
+                        (open(false), false)
+                    }
                     Ok(f) => (Ok(f), true),
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                         tracing::info!(path = %path.display(), error = %e,
@@ -1559,4 +1567,17 @@ fn trim_tail(b: &OpenBucket) {
             tracing::warn!(path = %b.path.display(), error = %e, "cannot trim the preallocated tail");
         }
     }
+}
+
+/// Whether the file lives on tmpfs (or ramfs).
+fn is_tmpfs(f: &File) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // SAFETY: `statfs` is plain data, filled by the kernel.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor and pointer.
+    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
 }
