@@ -48,10 +48,7 @@ fn make_segments(cameras: usize, round: i64, pool: &bytes::Bytes) -> Vec<Segment
 
 fn tmp(name: &str) -> tempfile::TempDir {
     match std::env::var_os("HOLDFAST_BENCH_DIR") {
-        Some(d) => tempfile::Builder::new()
-            .prefix(name)
-            .tempdir_in(d)
-            .unwrap(),
+        Some(d) => tempfile::Builder::new().prefix(name).tempdir_in(d).unwrap(),
         None => tempfile::Builder::new().prefix(name).tempdir().unwrap(),
     }
 }
@@ -93,7 +90,12 @@ fn raw_disk(mib: usize) -> Figures {
     let st = std::process::Command::new("dd")
         .arg("if=/dev/zero")
         .arg(format!("of={}", f.display()))
-        .args(["bs=4M", &format!("count={}", mib / 4), "oflag=direct", "conv=fdatasync"])
+        .args([
+            "bs=4M",
+            &format!("count={}", mib / 4),
+            "oflag=direct",
+            "conv=fdatasync",
+        ])
         .stderr(std::process::Stdio::null())
         .status()
         .expect("run dd");

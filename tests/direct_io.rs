@@ -92,7 +92,8 @@ fn bucket_files_are_written_with_o_direct_and_trimmed_at_close() {
     let (store, _) = Store::open(dir.path(), BUCKET).unwrap();
     let store = Arc::new(store);
     let (tx, rx) = crossbeam_channel::unbounded();
-    let writer = Writer::spawn(store.clone(), config(), Arc::new(Metrics::new()), Some(tx)).unwrap();
+    let writer =
+        Writer::spawn(store.clone(), config(), Arc::new(Metrics::new()), Some(tx)).unwrap();
     let t0 = Time90k::from_unix_seconds(1_795_000_020);
     let segs = segments(1, 6, "noord-entrance", t0);
     for s in segs.clone() {
@@ -109,7 +110,12 @@ fn bucket_files_are_written_with_o_direct_and_trimmed_at_close() {
         "bucket file opened without O_DIRECT: flags {flags:o}"
     );
     for e in &got {
-        assert_eq!(e.offset % RECORD_ALIGN, 0, "record at {} not aligned", e.offset);
+        assert_eq!(
+            e.offset % RECORD_ALIGN,
+            0,
+            "record at {} not aligned",
+            e.offset
+        );
         store.read_segment(e).unwrap();
     }
     // Space ahead is preallocated while the file is open (the file is longer than its records).
@@ -128,8 +134,13 @@ fn recovery_of_a_padded_file_with_a_torn_record_and_a_preallocated_tail() {
     let durable = {
         let (store, _) = Store::open(dir.path(), BUCKET).unwrap();
         let (tx, rx) = crossbeam_channel::unbounded();
-        let writer =
-            Writer::spawn(Arc::new(store), config(), Arc::new(Metrics::new()), Some(tx)).unwrap();
+        let writer = Writer::spawn(
+            Arc::new(store),
+            config(),
+            Arc::new(Metrics::new()),
+            Some(tx),
+        )
+        .unwrap();
         for s in segments(2, 3, "noord-entrance", t0) {
             writer.handle().submit(s).unwrap();
         }
@@ -194,5 +205,9 @@ fn recovery_of_a_padded_file_with_a_torn_record_and_a_preallocated_tail() {
     drop(store);
     // Idempotent: nothing more to do the second time.
     let (_, again) = Store::open(dir.path(), BUCKET).unwrap();
-    assert_eq!((again.segments_reindexed, again.bytes_truncated), (0, 0), "{again}");
+    assert_eq!(
+        (again.segments_reindexed, again.bytes_truncated),
+        (0, 0),
+        "{again}"
+    );
 }

@@ -1006,7 +1006,10 @@ impl WriterThread {
                 self.drop_segment(&job.seg.camera, job.bytes, "write_error");
                 continue;
             }
-            let b = self.open.get_mut(&job.key).expect("open while its jobs run");
+            let b = self
+                .open
+                .get_mut(&job.key)
+                .expect("open while its jobs run");
             let header_len = job.header.len() as u32;
             b.data_end = b
                 .data_end
@@ -1055,26 +1058,28 @@ impl WriterThread {
         if ops.is_empty() {
             return true;
         }
-        let results = match self.run_ops(ops.iter().map(|op| match &op.buf {
-            OpBuf::Iov(iov) => {
-                opcode::Writev::new(types::Fd(op.fd), iov.as_ptr(), iov.len() as u32)
+        let results = match self.run_ops(ops.iter().map(|op| {
+            match &op.buf {
+                OpBuf::Iov(iov) => {
+                    opcode::Writev::new(types::Fd(op.fd), iov.as_ptr(), iov.len() as u32)
+                        .offset(op.offset)
+                        .build()
+                }
+                OpBuf::Staged {
+                    ptr,
+                    len,
+                    fixed: Some(index),
+                } => opcode::WriteFixed::new(types::Fd(op.fd), *ptr, *len as u32, *index)
                     .offset(op.offset)
-                    .build()
+                    .build(),
+                OpBuf::Staged {
+                    ptr,
+                    len,
+                    fixed: None,
+                } => opcode::Write::new(types::Fd(op.fd), *ptr, *len as u32)
+                    .offset(op.offset)
+                    .build(),
             }
-            OpBuf::Staged {
-                ptr,
-                len,
-                fixed: Some(index),
-            } => opcode::WriteFixed::new(types::Fd(op.fd), *ptr, *len as u32, *index)
-                .offset(op.offset)
-                .build(),
-            OpBuf::Staged {
-                ptr,
-                len,
-                fixed: None,
-            } => opcode::Write::new(types::Fd(op.fd), *ptr, *len as u32)
-                .offset(op.offset)
-                .build(),
         })) {
             Ok(r) => r,
             Err(RingBroken(e)) => {
@@ -1461,8 +1466,8 @@ impl AlignedBuf {
         let layout = Self::layout(len);
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = std::ptr::NonNull::new(ptr)
-            .unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let ptr =
+            std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         Self { ptr, len }
     }
 
