@@ -788,7 +788,7 @@ pub fn scan_file(file: &File, path: &Path, from: u64, len: u64) -> Result<ScanOu
                 // next record starts. Checked first, so a padded file costs one small read per
                 // record instead of a search.
                 let next = align_up(pos + 1);
-                if pos % RECORD_ALIGN != 0
+                if !pos.is_multiple_of(RECORD_ALIGN)
                     && next + PREFIX_LEN as u64 <= len
                     && zeros_between(file, path, pos, next)?
                 {
