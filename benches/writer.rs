@@ -1,42 +1,42 @@
-//! Writer throughput: 200 simulated cameras at 4 Mbit/s (25 fps, 2 s segments) through the
-//! holdfast writer (io_uring writev, grouped fdatasync, RocksDB commit), against the same bytes
-//! written with plain `std::fs::File` writes and one `sync_data` in the same run as the baseline.
+//! Writer throughput and CPU per byte: 200 and 1,000 interleaved simulated cameras at 4 Mbit/s
+//! (25 fps, 2 s segments) through the holdfast writer, per write mode, against the raw disk
+//! measured in the same run on the same filesystem (`dd bs=4M oflag=direct conv=fdatasync`).
 //!
-//! One iteration is 2 s of video of every camera (200 segments, about 200 MB), ending when all
-//! of it is durable. Both sides append to one file that lives for the whole benchmark, as a bucket
-//! file does (a baseline that deleted its file after each iteration would measure a page cache
-//! that never fills, which no recorder has). `cargo bench --bench writer`; criterion prints the
-//! throughput of both.
+//! One round is 2 s of video of every camera (about 1 MB per camera), ending when all of it is
+//! durable (synced and indexed). For each variant the bench prints MiB/s, % of the raw baseline,
+//! CPU seconds per GiB (getrusage of the whole process: writer thread, io-wq workers, RocksDB)
+//! and how many io_uring worker threads (`iou-wrk`) the process had (0 = no punt to io-wq).
+//! Then criterion measures the 200-camera case as before.
+//!
+//! `cargo bench --bench writer` (under `flock /work/bench.lock`). `HOLDFAST_BENCH_DIR` chooses
+//! the filesystem (default: the system temp dir); `HOLDFAST_BENCH_ROUNDS` the rounds per variant.
 
 #[path = "../tests/support/synth.rs"]
 mod synth;
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use holdfast::metrics::Metrics;
 use holdfast::store::segment::Segment;
-use holdfast::store::writer::{Writer, WriterConfig};
+use holdfast::store::writer::{WriteIo, Writer, WriterConfig};
 use holdfast::store::Store;
 use holdfast::time::{Time90k, TICKS_PER_SEC};
 
-const CAMERAS: usize = 200;
 /// 4 Mbit/s at 25 fps.
 const AVG_FRAME: usize = 4_000_000 / 8 / 25;
 const FRAMES_PER_SEGMENT: usize = 50;
 
-fn make_segments(round: i64) -> Vec<Segment> {
+fn make_segments(cameras: usize, round: i64, pool: &bytes::Bytes) -> Vec<Segment> {
     let mut rng = synth::rng(round as u64);
-    let pool = synth::pool(&mut rng, 64 << 20);
     let start = Time90k::now().add_ticks(round * 2 * TICKS_PER_SEC);
-    (0..CAMERAS)
+    (0..cameras)
         .map(|c| {
             synth::segment(
                 &mut rng,
-                &pool,
-                &format!("cam-{c:03}"),
+                pool,
+                &format!("cam-{c:04}"),
                 "four-weeks",
                 start,
                 FRAMES_PER_SEGMENT,
@@ -46,46 +46,69 @@ fn make_segments(round: i64) -> Vec<Segment> {
         .collect()
 }
 
-fn bench_writer(c: &mut Criterion) {
-    let segments = make_segments(0);
-    let bytes: u64 = segments.iter().map(|s| s.payload_len()).sum();
-    let mut group = c.benchmark_group("writer_200cams_4mbit");
-    group.throughput(Throughput::Bytes(bytes));
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(20));
-
-    let bench_dir = std::env::var_os("HOLDFAST_BENCH_DIR").map(std::path::PathBuf::from);
-    let tmp = |name: &str| match &bench_dir {
+fn tmp(name: &str) -> tempfile::TempDir {
+    match std::env::var_os("HOLDFAST_BENCH_DIR") {
         Some(d) => tempfile::Builder::new().prefix(name).tempdir_in(d).unwrap(),
         None => tempfile::Builder::new().prefix(name).tempdir().unwrap(),
-    };
+    }
+}
 
-    let dir = tmp("holdfast-bench-std");
-    let mut f = std::fs::File::create(dir.path().join("bucket.seg")).unwrap();
-    group.bench_function("std_fs_baseline", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let t0 = Instant::now();
-                let mut hbuf = Vec::new();
-                for s in &segments {
-                    hbuf.clear();
-                    s.header().unwrap().encode(&mut hbuf).unwrap();
-                    f.write_all(&hbuf).unwrap();
-                    for fr in &s.frames {
-                        f.write_all(&fr.data).unwrap();
-                    }
-                }
-                f.sync_data().unwrap();
-                total += t0.elapsed();
-            }
-            total
+/// User + system CPU seconds of this process (who = RUSAGE_SELF) or its waited-for children.
+fn cpu(who: i32) -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Threads of this process named `iou-wrk*` right now.
+fn iou_workers() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with("iou-wrk"))
+                })
+                .count()
         })
-    });
+        .unwrap_or(0)
+}
 
-    drop(f);
-    drop(dir);
+struct Figures {
+    mib_s: f64,
+    cpu_per_gib: f64,
+    iou_wrk: usize,
+}
 
+/// The raw disk: `dd` writing `mib` MiB with 4 MiB direct writes and one fdatasync.
+fn raw_disk(mib: usize) -> Figures {
+    let dir = tmp("holdfast-bench-raw");
+    let f = dir.path().join("raw");
+    let c0 = cpu(libc::RUSAGE_CHILDREN);
+    let t0 = Instant::now();
+    let st = std::process::Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", f.display()))
+        .args([
+            "bs=4M",
+            &format!("count={}", mib / 4),
+            "oflag=direct",
+            "conv=fdatasync",
+        ])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run dd");
+    assert!(st.success(), "dd failed");
+    let secs = t0.elapsed().as_secs_f64();
+    Figures {
+        mib_s: mib as f64 / secs,
+        cpu_per_gib: (cpu(libc::RUSAGE_CHILDREN) - c0) / (mib as f64 / 1024.0),
+        iou_wrk: 0,
+    }
+}
+
+fn run_writer(io: WriteIo, cameras: usize, rounds: i64, pool: &bytes::Bytes) -> Figures {
     let dir = tmp("holdfast-bench-writer");
     let (store, _) = Store::open(dir.path(), 3600).unwrap();
     let writer = Writer::spawn(
@@ -95,32 +118,115 @@ fn bench_writer(c: &mut Criterion) {
             sync_interval: Duration::from_secs(1),
             queue_limit_bytes: 4 << 30,
             queue_limit_segments: 100_000,
+            io,
         },
         Arc::new(Metrics::new()),
         None,
     )
     .unwrap();
-    let handle = writer.handle();
-    let mut round = 1;
-    group.bench_function("holdfast_writer", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                // Fresh start times each round, so every segment is a new index entry.
-                let segs = make_segments(round);
-                round += 1;
-                let t0 = Instant::now();
-                for s in segs {
-                    handle.submit(s).unwrap();
-                }
-                assert!(handle.flush());
-                total += t0.elapsed();
-            }
-            total
-        })
-    });
-    group.finish();
+    let h = writer.handle();
+    let (mut bytes, mut secs, mut cpu_s, mut wrk) = (0u64, 0.0, 0.0, 0);
+    for round in 0..rounds {
+        let segs = make_segments(cameras, round, pool);
+        bytes += segs.iter().map(|s| s.payload_len()).sum::<u64>();
+        let c0 = cpu(libc::RUSAGE_SELF);
+        let t0 = Instant::now();
+        for s in segs {
+            h.submit(s).unwrap();
+        }
+        assert!(h.flush());
+        secs += t0.elapsed().as_secs_f64();
+        cpu_s += cpu(libc::RUSAGE_SELF) - c0;
+        wrk = wrk.max(iou_workers());
+    }
     writer.shutdown();
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    Figures {
+        mib_s: gib * 1024.0 / secs,
+        cpu_per_gib: cpu_s / gib,
+        iou_wrk: wrk,
+    }
+}
+
+fn report() {
+    let rounds: i64 = std::env::var("HOLDFAST_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let mut rng = synth::rng(1);
+    let pool = synth::pool(&mut rng, 64 << 20);
+    let raw = raw_disk(1024);
+    println!(
+        "raw disk (dd bs=4M oflag=direct conv=fdatasync, 1 GiB): {:.0} MiB/s, {:.2} CPU-s/GiB",
+        raw.mib_s, raw.cpu_per_gib
+    );
+    println!("| cameras | variant | MiB/s | % of raw | CPU-s/GiB | iou-wrk threads |");
+    println!("|---|---|---|---|---|---|");
+    for cameras in [200, 1000] {
+        for (name, io) in [
+            ("direct (O_DIRECT, WriteFixed, fallocate)", WriteIo::Direct),
+            ("buffered writev (before issue 11)", WriteIo::Buffered),
+        ] {
+            let f = run_writer(io, cameras, rounds * (1000 / cameras as i64).max(1), &pool);
+            println!(
+                "| {cameras} | {name} | {:.0} | {:.0}% | {:.2} | {} |",
+                f.mib_s,
+                100.0 * f.mib_s / raw.mib_s,
+                f.cpu_per_gib,
+                f.iou_wrk
+            );
+        }
+    }
+}
+
+fn bench_writer(c: &mut Criterion) {
+    report();
+    let mut rng = synth::rng(1);
+    let pool = synth::pool(&mut rng, 64 << 20);
+    let segments = make_segments(200, 0, &pool);
+    let bytes: u64 = segments.iter().map(|s| s.payload_len()).sum();
+    let mut group = c.benchmark_group("writer_200cams_4mbit");
+    group.throughput(Throughput::Bytes(bytes));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    for (name, io) in [("direct", WriteIo::Direct), ("buffered", WriteIo::Buffered)] {
+        let dir = tmp("holdfast-bench-writer");
+        let (store, _) = Store::open(dir.path(), 3600).unwrap();
+        let writer = Writer::spawn(
+            Arc::new(store),
+            WriterConfig {
+                bucket_secs: 3600,
+                sync_interval: Duration::from_secs(1),
+                queue_limit_bytes: 4 << 30,
+                queue_limit_segments: 100_000,
+                io,
+            },
+            Arc::new(Metrics::new()),
+            None,
+        )
+        .unwrap();
+        let handle = writer.handle();
+        let mut round = 1;
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    // Fresh start times each round, so every segment is a new index entry.
+                    let segs = make_segments(200, round, &pool);
+                    round += 1;
+                    let t0 = Instant::now();
+                    for s in segs {
+                        handle.submit(s).unwrap();
+                    }
+                    assert!(handle.flush());
+                    total += t0.elapsed();
+                }
+                total
+            })
+        });
+        writer.shutdown();
+    }
+    group.finish();
 }
 
 criterion_group!(benches, bench_writer);

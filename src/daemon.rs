@@ -217,6 +217,7 @@ pub async fn run_with(
             sync_interval: config.storage.sync_interval,
             queue_limit_bytes: config.storage.writer_queue,
             queue_limit_segments: 16_384,
+            io: Default::default(),
         },
         metrics.clone(),
         None,

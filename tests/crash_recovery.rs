@@ -142,6 +142,7 @@ fn crash_child() {
         sync_interval: Duration::from_millis(rng.random_range(5..100)),
         queue_limit_bytes: 1 << 30,
         queue_limit_segments: 100_000,
+        io: Default::default(),
     };
     let writer = Writer::spawn(Arc::new(store), cfg, metrics, Some(tx)).unwrap();
     std::thread::spawn(move || {

@@ -1047,6 +1047,7 @@ fn writer_config() -> holdfast::store::writer::WriterConfig {
         sync_interval: Duration::from_millis(20),
         queue_limit_bytes: 1 << 30,
         queue_limit_segments: 10_000,
+        io: Default::default(),
     }
 }
 

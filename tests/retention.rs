@@ -113,6 +113,7 @@ impl Rig {
                 sync_interval: Duration::from_millis(50),
                 queue_limit_bytes: 1 << 30,
                 queue_limit_segments: 100_000,
+                io: Default::default(),
             },
             metrics.clone(),
             None,

@@ -51,7 +51,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::index::{BucketInfo, IndexBatch, SegmentEntry};
-use super::segment::{FormatError, SegmentHeader, MAGIC, PREFIX_LEN};
+use super::segment::{align_up, FormatError, SegmentHeader, MAGIC, PREFIX_LEN, RECORD_ALIGN};
 use super::{sync_dir, Store, StoreError, BUCKET_EXT};
 use crate::time::{parse_bucket_stem, Time90k};
 
@@ -760,7 +760,8 @@ pub struct ScanOutcome {
 }
 
 /// Scans `[from, len)` of a bucket file for valid records, resynchronising on the magic after
-/// damage.
+/// damage. Zero padding up to the next [`RECORD_ALIGN`] boundary (direct writes) is stepped
+/// over with one small read; holes and preallocated (unwritten) space are skipped by `SEEK_DATA`.
 pub fn scan_file(file: &File, path: &Path, from: u64, len: u64) -> Result<ScanOutcome, StoreError> {
     let mut out = ScanOutcome {
         records: Vec::new(),
@@ -769,22 +770,51 @@ pub fn scan_file(file: &File, path: &Path, from: u64, len: u64) -> Result<ScanOu
     };
     let mut pos = from;
     let mut payload = Vec::new();
+    // Zero padding right after the last valid record (see `segment::RECORD_ALIGN`).
+    let mut padding = 0;
     while pos + PREFIX_LEN as u64 <= len {
         match try_record(file, path, pos, len, &mut payload)? {
             Some(h) => {
                 let end = pos + h.encoded_len() as u64 + h.payload_len();
-                out.skipped += pos - out.valid_end;
+                // Padding after the previous record is not damage.
+                out.skipped += pos - out.valid_end - padding;
+                padding = 0;
                 out.records.push((pos, h));
                 out.valid_end = end;
                 pos = end;
             }
-            None => match find_magic(file, path, pos + 1, len)? {
-                Some(next) => pos = next,
-                None => break,
-            },
+            None => {
+                // A direct writer's padding: zeros up to the next aligned offset, where its
+                // next record starts. Checked first, so a padded file costs one small read per
+                // record instead of a search.
+                let next = align_up(pos + 1);
+                if !pos.is_multiple_of(RECORD_ALIGN)
+                    && next + PREFIX_LEN as u64 <= len
+                    && zeros_between(file, path, pos, next)?
+                {
+                    if out.valid_end == pos {
+                        padding = next - pos;
+                    }
+                    pos = next;
+                    continue;
+                }
+                match find_magic(file, path, pos + 1, len)? {
+                    Some(next) => pos = next,
+                    None => break,
+                }
+            }
         }
     }
     Ok(out)
+}
+
+/// Whether `[from, to)` of the file (at most one block) reads as zeros.
+fn zeros_between(file: &File, path: &Path, from: u64, to: u64) -> Result<bool, StoreError> {
+    let mut buf = [0u8; RECORD_ALIGN as usize];
+    let buf = &mut buf[..(to - from) as usize];
+    file.read_exact_at(buf, from)
+        .map_err(StoreError::io("read", path))?;
+    Ok(buf.iter().all(|&b| b == 0))
 }
 
 /// The record at `pos`, if a complete and valid one starts there.

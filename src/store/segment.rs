@@ -51,6 +51,16 @@ pub const MAX_PAYLOAD_LEN: u64 = 1 << 30;
 /// The longest camera id.
 pub const MAX_CAMERA_ID_LEN: usize = 64;
 
+/// Records written with direct I/O start at a multiple of this (bytes), and the bytes from a
+/// record's end to the next multiple are zeros (padding): every direct write starts and ends on
+/// a block boundary. Readers need not know it: the scanner skips zeros (`design/segment-format.md`).
+pub const RECORD_ALIGN: u64 = 4096;
+
+/// `n` rounded up to the next multiple of [`RECORD_ALIGN`].
+pub fn align_up(n: u64) -> u64 {
+    n.div_ceil(RECORD_ALIGN) * RECORD_ALIGN
+}
+
 /// Flag bit in the frame table: the frame is a keyframe (IDR, random access point).
 const FLAG_KEY: u8 = 1;
 
@@ -118,10 +128,27 @@ impl Segment {
 
     /// Builds the on-disk header of this segment (computes the payload CRC).
     pub fn header(&self) -> Result<SegmentHeader, FormatError> {
-        let mut crc = 0u32;
+        let crc = self
+            .frames
+            .iter()
+            .fold(0u32, |crc, f| crc32c::crc32c_append(crc, &f.data));
+        self.header_with_crc(crc)
+    }
+
+    /// Bytes of this segment's encoded header (what [`Segment::header`] would encode to).
+    pub fn header_len(&self) -> usize {
+        FIXED_LEN
+            + self.camera.len()
+            + self.codec.avcc.len()
+            + FRAME_ENTRY_LEN * self.frames.len()
+            + CRC_LEN
+    }
+
+    /// Builds the on-disk header with a payload CRC the caller computed (the writer computes it
+    /// while it copies the frames into its staging buffer, so the bytes are read only once).
+    pub fn header_with_crc(&self, crc: u32) -> Result<SegmentHeader, FormatError> {
         let mut frames = Vec::with_capacity(self.frames.len());
         for f in &self.frames {
-            crc = crc32c::crc32c_append(crc, &f.data);
             let size = u32::try_from(f.data.len())
                 .map_err(|_| FormatError::Invalid("frame larger than 4 GiB"))?;
             frames.push(FrameInfo {
@@ -528,6 +555,22 @@ mod tests {
         let mut seg = sample_segment(2);
         seg.frames.clear();
         assert_eq!(seg.header().unwrap_err(), FormatError::Invalid("no frames"));
+    }
+
+    #[test]
+    fn header_len_and_crc_match_the_encoded_header() {
+        let seg = sample_segment(7);
+        let h = seg.header().unwrap();
+        assert_eq!(seg.header_len(), h.encoded_len());
+        let crc = seg
+            .frames
+            .iter()
+            .fold(0, |c, f| crc32c::crc32c_append(c, &f.data));
+        assert_eq!(seg.header_with_crc(crc).unwrap(), h);
+        assert_eq!(align_up(0), 0);
+        assert_eq!(align_up(1), RECORD_ALIGN);
+        assert_eq!(align_up(RECORD_ALIGN), RECORD_ALIGN);
+        assert_eq!(align_up(RECORD_ALIGN + 1), 2 * RECORD_ALIGN);
     }
 
     #[test]

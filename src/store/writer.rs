@@ -55,7 +55,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use io_uring::{opcode, types, IoUring};
 
 use super::index::{BucketInfo, IndexBatch, SegmentEntry};
-use super::segment::Segment;
+use super::segment::{align_up, Segment, RECORD_ALIGN};
 use super::{sync_dir, Store, StoreError};
 use crate::metrics::Metrics;
 use crate::time::Time90k;
@@ -80,7 +80,24 @@ pub struct WriterConfig {
     pub queue_limit_bytes: u64,
     /// Segments that may be queued (bounds the channel).
     pub queue_limit_segments: usize,
+    /// How bucket files are written.
+    pub io: WriteIo,
 }
+
+/// How the writer writes bucket files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WriteIo {
+    /// `O_DIRECT` where the filesystem allows it: records copied once into an aligned,
+    /// registered buffer, padded to [`RECORD_ALIGN`], written with `WriteFixed` into space
+    /// preallocated with `fallocate`. Files that refuse `O_DIRECT` are written buffered.
+    #[default]
+    Direct,
+    /// Buffered `writev` of the frames' own buffers through the page cache (no padding).
+    Buffered,
+}
+
+/// Size of the registered staging arena of direct writes; a round of writes ends when it is full.
+pub const ARENA_LEN: usize = 32 << 20;
 
 impl Default for WriterConfig {
     fn default() -> Self {
@@ -89,6 +106,7 @@ impl Default for WriterConfig {
             sync_interval: Duration::from_secs(1),
             queue_limit_bytes: 256 << 20,
             queue_limit_segments: 4096,
+            io: WriteIo::Direct,
         }
     }
 }
@@ -331,6 +349,27 @@ impl Writer {
     ) -> Result<Writer, StoreError> {
         let ring =
             IoUring::new(RING_ENTRIES).map_err(StoreError::io("set up io_uring", store.root()))?;
+        let (arena, registered) = if cfg.io == WriteIo::Direct {
+            let mut arena = AlignedBuf::new(ARENA_LEN);
+            let iov = [libc::iovec {
+                iov_base: arena.as_mut_slice().as_mut_ptr().cast(),
+                iov_len: arena.len(),
+            }];
+            // SAFETY: the arena lives in the writer thread's state, declared after the ring, so
+            // it outlives the registration; it is leaked, never freed, if the ring breaks.
+            let registered = match unsafe { ring.submitter().register_buffers(&iov) } {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, bytes = ARENA_LEN,
+                        "io_uring_register_buffers refused (RLIMIT_MEMLOCK too low? the unit sets \
+                         LimitMEMLOCK): direct writes use the unregistered aligned buffer");
+                    false
+                }
+            };
+            (Some(arena), registered)
+        } else {
+            (None, false)
+        };
         let (tx, rx) = crossbeam_channel::bounded(cfg.queue_limit_segments.max(1));
         let shared = Arc::new(Shared {
             queued_bytes: AtomicU64::new(0),
@@ -371,6 +410,8 @@ impl Writer {
             next_user_data: 0,
             buckets_id,
             fatal: None,
+            arena,
+            registered,
         };
         let thread = std::thread::Builder::new()
             .name("holdfast-writer".into())
@@ -441,6 +482,14 @@ struct OpenBucket {
     info: BucketInfo,
     dirty: bool,
     last_write: Instant,
+    /// Opened with `O_DIRECT`: records are staged, aligned and padded.
+    direct: bool,
+    /// Whether `fallocate` is still tried for this file.
+    prealloc: bool,
+    /// End of the space allocated ahead (the file's size after the last `fallocate`).
+    prealloc_end: u64,
+    /// End of the last record written in this run (without its padding).
+    data_end: u64,
 }
 
 /// A record written but not yet synced and indexed.
@@ -458,6 +507,10 @@ struct Job {
     header: Vec<u8>,
     key: (Arc<str>, Time90k),
     offset: u64,
+    /// Bytes written for it: the record, plus its padding in a direct file.
+    len: u64,
+    /// Whether its file is written with direct I/O (staged, padded record).
+    direct: bool,
     failed: Option<String>,
 }
 
@@ -486,6 +539,11 @@ struct WriterThread {
     buckets_id: (u64, u64),
     /// Set when writing can no longer be safe: the thread stops (see the module doc).
     fatal: Option<String>,
+    /// The aligned staging buffer direct records are copied into (declared after `ring`, so
+    /// it is freed after the ring that may have it registered).
+    arena: Option<AlignedBuf>,
+    /// Whether `arena` is registered with the ring (buffer index 0: `WriteFixed`).
+    registered: bool,
 }
 
 impl WriterThread {
@@ -569,7 +627,9 @@ impl WriterThread {
                             return;
                         }
                         let key = (policy, start);
-                        self.open.remove(&key);
+                        if let Some(b) = self.open.remove(&key) {
+                            trim_tail(&b);
+                        }
                         self.retired.insert(key);
                         let _ = tx.send(());
                     }
@@ -617,6 +677,11 @@ impl WriterThread {
                     self.write_batch(chunk.to_vec());
                 }
                 self.sync_and_commit();
+                if self.fatal.is_none() {
+                    for (_, b) in self.open.drain() {
+                        trim_tail(&b);
+                    }
+                }
                 return;
             }
         }
@@ -675,13 +740,35 @@ impl WriterThread {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
                 Err(e) => return Err(StoreError::io("stat", &path)(e)),
             };
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(StoreError::io("open", &path))?;
+            let open = |direct: bool| {
+                let mut o = OpenOptions::new();
+                o.read(true).write(true).create(true).truncate(false);
+                if direct {
+                    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_DIRECT);
+                }
+                o.open(&path)
+            };
+            let (file, direct) = match self.cfg.io {
+                WriteIo::Buffered => (open(false), false),
+                WriteIo::Direct => match open(true) {
+                    Ok(f) if is_tmpfs(&f) => {
+                        // tmpfs takes O_DIRECT but its "disk" is the page cache: padding and
+                        // preallocation would only cost memory.
+                        tracing::info!(path = %path.display(),
+                            "tmpfs: buffered writes to this file (direct I/O gains nothing there)");
+                        drop(f);
+                        (open(false), false)
+                    }
+                    Ok(f) => (Ok(f), true),
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        tracing::info!(path = %path.display(), error = %e,
+                            "the filesystem refuses O_DIRECT: buffered writes to this file");
+                        (open(false), false)
+                    }
+                    Err(e) => (Err(e), false),
+                },
+            };
+            let file = file.map_err(StoreError::io("open", &path))?;
             if !existed {
                 self.new_dirs.push(dir);
             }
@@ -732,6 +819,10 @@ impl WriterThread {
                     info,
                     dirty: false,
                     last_write: Instant::now(),
+                    direct,
+                    prealloc: direct,
+                    prealloc_end: file_len,
+                    data_end: 0,
                 },
             );
         }
@@ -771,21 +862,17 @@ impl WriterThread {
                 }
                 seg.start = seg.start.add_ticks(1);
             }
-            let header = match seg.header() {
-                Ok(h) => h,
-                Err(e) => {
-                    tracing::error!(camera = %seg.camera, error = %e, "segment refused");
-                    self.drop_segment(&seg.camera, bytes, "invalid");
-                    continue;
-                }
-            };
-            let mut hbuf = Vec::with_capacity(header.encoded_len());
-            header
-                .encode(&mut hbuf)
-                .expect("checked by Segment::header");
+            // Checks the segment; the real payload CRC is computed where the bytes are copied
+            // (direct files) or below (buffered files).
+            if let Err(e) = seg.header_with_crc(0) {
+                tracing::error!(camera = %seg.camera, error = %e, "segment refused");
+                self.drop_segment(&seg.camera, bytes, "invalid");
+                continue;
+            }
+            let header_len = seg.header_len() as u64;
             let bstart = seg.start.floor_to(self.cfg.bucket_secs);
             let policy = seg.policy.clone();
-            let record_len = hbuf.len() as u64 + bytes;
+            let record_len = header_len + bytes;
             if self.retired.contains(&(policy.clone(), bstart)) {
                 self.drop_segment(&seg.camera, bytes, "expired");
                 continue;
@@ -795,16 +882,36 @@ impl WriterThread {
                     self.drop_segment(&seg.camera, bytes, "expired");
                 }
                 Ok(Some(b)) => {
-                    let offset = b.len;
-                    b.len += record_len;
+                    let (offset, len) = if b.direct {
+                        // Block-aligned start, zero padding to the next block boundary.
+                        (align_up(b.len), align_up(record_len))
+                    } else {
+                        (b.len, record_len)
+                    };
+                    b.len = offset + len;
                     b.dirty = true;
                     b.last_write = Instant::now();
+                    let direct = b.direct;
+                    if direct {
+                        preallocate(b, offset + len);
+                    }
+                    let header = if direct {
+                        Vec::new()
+                    } else {
+                        let mut hbuf = Vec::with_capacity(header_len as usize);
+                        seg.header()
+                            .and_then(|h| h.encode(&mut hbuf))
+                            .expect("checked above");
+                        hbuf
+                    };
                     jobs.push(Job {
                         seg,
                         bytes,
-                        header: hbuf,
+                        header,
                         key: (policy, bstart),
                         offset,
+                        len,
+                        direct,
                         failed: None,
                     });
                 }
@@ -816,71 +923,80 @@ impl WriterThread {
             }
         }
 
-        // One op per run of at most IOV_MAX iovecs; the iovecs point into the jobs' buffers.
-        struct Op {
-            job: usize,
-            fd: i32,
-            offset: u64,
-            iov: Vec<libc::iovec>,
-            len: u64,
-        }
-        let mut ops = Vec::new();
-        for (j, job) in jobs.iter().enumerate() {
-            let fd = self.open[&job.key].file.as_raw_fd();
-            let mut slices: Vec<&[u8]> = Vec::with_capacity(job.seg.frames.len() + 1);
-            slices.push(&job.header);
-            slices.extend(job.seg.frames.iter().map(|f| &f.data[..]));
-            let mut offset = job.offset;
-            for chunk in slices.chunks(IOV_MAX) {
-                let iov: Vec<libc::iovec> = chunk
-                    .iter()
-                    .map(|s| libc::iovec {
-                        iov_base: s.as_ptr() as *mut libc::c_void,
-                        iov_len: s.len(),
-                    })
-                    .collect();
-                let len: u64 = chunk.iter().map(|s| s.len() as u64).sum();
-                ops.push(Op {
-                    job: j,
-                    fd,
-                    offset,
-                    iov,
-                    len,
-                });
-                offset += len;
-            }
-        }
-
-        let results = match self.run_ops(ops.iter().map(|op| {
-            opcode::Writev::new(types::Fd(op.fd), op.iov.as_ptr(), op.iov.len() as u32)
-                .offset(op.offset)
-                .build()
-        })) {
-            Ok(r) => r,
-            Err(RingBroken(e)) => {
-                // Writes may still be in flight over these buffers: they are leaked, never
-                // freed, and the thread stops (the process exits soon after).
-                for job in &jobs {
-                    self.metrics.segment_dropped(&job.seg.camera, "write_error");
-                    self.release(job.bytes);
+        // Rounds of operations: a round ends when the staging arena is full. Buffered files get
+        // one writev per run of at most IOV_MAX iovecs pointing into the jobs' own buffers;
+        // direct files get one write per record from its copy in the arena.
+        let mut arena = self.arena.take();
+        let mut cursor = 0usize;
+        let mut extra: Vec<AlignedBuf> = Vec::new();
+        let mut ops: Vec<Op> = Vec::new();
+        for j in 0..jobs.len() {
+            let fd = self.open[&jobs[j].key].file.as_raw_fd();
+            let job = &mut jobs[j];
+            if !job.direct {
+                let mut slices: Vec<&[u8]> = Vec::with_capacity(job.seg.frames.len() + 1);
+                slices.push(&job.header);
+                slices.extend(job.seg.frames.iter().map(|f| &f.data[..]));
+                let mut offset = job.offset;
+                for chunk in slices.chunks(IOV_MAX) {
+                    let iov: Vec<libc::iovec> = chunk
+                        .iter()
+                        .map(|s| libc::iovec {
+                            iov_base: s.as_ptr() as *mut libc::c_void,
+                            iov_len: s.len(),
+                        })
+                        .collect();
+                    let len: u64 = chunk.iter().map(|s| s.len() as u64).sum();
+                    ops.push(Op {
+                        job: j,
+                        fd,
+                        offset,
+                        buf: OpBuf::Iov(iov),
+                        len,
+                    });
+                    offset += len;
                 }
-                std::mem::forget(ops);
-                std::mem::forget(jobs);
-                self.fatal = Some(format!("io_uring failed with writes in flight: {e}"));
-                return;
+                continue;
             }
-        };
-        for (op, res) in ops.iter().zip(results) {
-            let outcome = match res {
-                Ok(n) if n as u64 == op.len => Ok(()),
-                // A short write: finish it synchronously (rare: signals, full disk on the edge).
-                Ok(n) => finish_short_write(op.fd, &op.iov, op.offset, n as u64),
-                Err(e) => Err(e),
+            let len = job.len as usize;
+            let arena_len = arena.as_ref().map_or(0, |a| a.len());
+            if cursor + len > arena_len && cursor > 0 {
+                // The arena is full: write what it holds first.
+                if !self.run_round(&mut ops, &mut jobs, &mut arena, &mut extra) {
+                    return;
+                }
+                cursor = 0;
+            }
+            let job = &mut jobs[j];
+            let (buf, fixed) = match arena.as_mut() {
+                Some(a) if len <= a.len() => {
+                    let buf = &mut a.as_mut_slice()[cursor..cursor + len];
+                    cursor += len;
+                    (buf, self.registered.then_some(0u16))
+                }
+                _ => {
+                    // Larger than the arena (or no arena): a buffer of its own, unregistered.
+                    extra.push(AlignedBuf::new(len));
+                    (extra.last_mut().expect("pushed").as_mut_slice(), None)
+                }
             };
-            if let Err(e) = outcome {
-                jobs[op.job].failed.get_or_insert(e.to_string());
-            }
+            job.header = stage_record(&job.seg, buf);
+            ops.push(Op {
+                job: j,
+                fd,
+                offset: job.offset,
+                buf: OpBuf::Staged {
+                    ptr: buf.as_ptr(),
+                    len: buf.len(),
+                    fixed,
+                },
+                len: buf.len() as u64,
+            });
         }
+        if !self.run_round(&mut ops, &mut jobs, &mut arena, &mut extra) {
+            return;
+        }
+        self.arena = arena;
 
         for job in jobs {
             if let Some(err) = job.failed {
@@ -890,8 +1006,14 @@ impl WriterThread {
                 self.drop_segment(&job.seg.camera, job.bytes, "write_error");
                 continue;
             }
-            let b = &self.open[&job.key];
+            let b = self
+                .open
+                .get_mut(&job.key)
+                .expect("open while its jobs run");
             let header_len = job.header.len() as u32;
+            b.data_end = b
+                .data_end
+                .max(job.offset + u64::from(header_len) + job.bytes);
             let entry = SegmentEntry {
                 policy: b.info.policy.clone(),
                 bucket: b.info.start,
@@ -921,6 +1043,83 @@ impl WriterThread {
         self.metrics
             .writer_write_seconds
             .observe(t0.elapsed().as_secs_f64());
+    }
+
+    /// Submits one round of write operations and waits for them; records each failure on its
+    /// job. False when the ring broke: then the jobs' buffers and the arena are leaked (never
+    /// freed while the kernel may still read them), the segments dropped, and the thread stops.
+    fn run_round(
+        &mut self,
+        ops: &mut Vec<Op>,
+        jobs: &mut Vec<Job>,
+        arena: &mut Option<AlignedBuf>,
+        extra: &mut Vec<AlignedBuf>,
+    ) -> bool {
+        if ops.is_empty() {
+            return true;
+        }
+        let results = match self.run_ops(ops.iter().map(|op| {
+            match &op.buf {
+                OpBuf::Iov(iov) => {
+                    opcode::Writev::new(types::Fd(op.fd), iov.as_ptr(), iov.len() as u32)
+                        .offset(op.offset)
+                        .build()
+                }
+                OpBuf::Staged {
+                    ptr,
+                    len,
+                    fixed: Some(index),
+                } => opcode::WriteFixed::new(types::Fd(op.fd), *ptr, *len as u32, *index)
+                    .offset(op.offset)
+                    .build(),
+                OpBuf::Staged {
+                    ptr,
+                    len,
+                    fixed: None,
+                } => opcode::Write::new(types::Fd(op.fd), *ptr, *len as u32)
+                    .offset(op.offset)
+                    .build(),
+            }
+        })) {
+            Ok(r) => r,
+            Err(RingBroken(e)) => {
+                // Writes may still be in flight over these buffers: they are leaked, never
+                // freed, and the thread stops (the process exits soon after).
+                for job in jobs.iter() {
+                    self.metrics.segment_dropped(&job.seg.camera, "write_error");
+                    self.release(job.bytes);
+                }
+                std::mem::forget(std::mem::take(ops));
+                std::mem::forget(std::mem::take(jobs));
+                std::mem::forget(arena.take());
+                std::mem::forget(std::mem::take(extra));
+                self.fatal = Some(format!("io_uring failed with writes in flight: {e}"));
+                return false;
+            }
+        };
+        for (op, res) in ops.iter().zip(results) {
+            let outcome = match res {
+                Ok(n) if n as u64 == op.len => Ok(()),
+                // A short write: finish it synchronously (rare: signals, full disk on the edge).
+                Ok(n) => match &op.buf {
+                    OpBuf::Iov(iov) => finish_short_write(op.fd, iov, op.offset, n as u64),
+                    OpBuf::Staged { ptr, len, .. } => {
+                        let iov = [libc::iovec {
+                            iov_base: *ptr as *mut libc::c_void,
+                            iov_len: *len,
+                        }];
+                        finish_short_write(op.fd, &iov, op.offset, n as u64)
+                    }
+                },
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
+                jobs[op.job].failed.get_or_insert(e.to_string());
+            }
+        }
+        ops.clear();
+        extra.clear();
+        true
     }
 
     /// Submits the entries in chunks that fit the ring and returns each one's result, in order.
@@ -1067,7 +1266,8 @@ impl WriterThread {
             tracing::error!(path = %b.path.display(), error = %err,
                 "sync failed: this file's segments of the group are dropped, their range is never indexed");
             let mut info = b.info.clone();
-            info.committed_len = info.committed_len.max(b.len);
+            // The file's end includes space preallocated ahead: writing goes on after it.
+            info.committed_len = info.committed_len.max(b.len).max(b.prealloc_end);
             remembered.insert(key.clone(), info);
         }
 
@@ -1108,6 +1308,7 @@ impl WriterThread {
                     self.known_codecs.extend(new_codecs);
                     for (key, info) in touched {
                         if let Some(b) = self.open.get_mut(&key) {
+                            b.len = b.len.max(info.committed_len);
                             b.info = info;
                         }
                     }
@@ -1166,7 +1367,11 @@ impl WriterThread {
             .set_len(b.info.committed_len)
             .and_then(|()| b.file.sync_all());
         match cut {
-            Ok(()) => b.len = b.info.committed_len,
+            Ok(()) => {
+                b.len = b.info.committed_len;
+                b.prealloc_end = b.prealloc_end.min(b.len);
+                b.data_end = b.data_end.min(b.len);
+            }
             Err(e) => {
                 tracing::error!(path = %b.path.display(), error = %e,
                     "cannot cut the unsynced records off: no more writes to this file in this run");
@@ -1181,7 +1386,13 @@ impl WriterThread {
         let now = Time90k::now();
         let window = i64::from(self.cfg.bucket_secs) * crate::time::TICKS_PER_SEC;
         self.open.retain(|(_, start), b| {
-            b.dirty || start.add_ticks(window) > now || b.last_write.elapsed() < CLOSE_AFTER_IDLE
+            let keep = b.dirty
+                || start.add_ticks(window) > now
+                || b.last_write.elapsed() < CLOSE_AFTER_IDLE;
+            if !keep {
+                trim_tail(b);
+            }
+            keep
         });
     }
 }
@@ -1211,4 +1422,167 @@ fn finish_short_write(
         done = 0;
     }
     Ok(())
+}
+
+/// One write operation of a round.
+struct Op {
+    job: usize,
+    fd: i32,
+    offset: u64,
+    buf: OpBuf,
+    len: u64,
+}
+
+/// What an [`Op`] writes from.
+enum OpBuf {
+    /// A buffered file's record: its header buffer and the frames' own `Bytes`.
+    Iov(Vec<libc::iovec>),
+    /// A direct file's record, copied into an aligned buffer; `fixed` is the registered
+    /// buffer's index when the buffer is the registered arena.
+    Staged {
+        ptr: *const u8,
+        len: usize,
+        fixed: Option<u16>,
+    },
+}
+
+/// A zeroed heap buffer aligned to [`RECORD_ALIGN`], as direct I/O needs.
+pub(crate) struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the buffer is plain owned memory; only the writer thread uses it.
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    fn layout(len: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(len.max(1), RECORD_ALIGN as usize)
+            .expect("valid layout")
+    }
+
+    /// Allocates `len` zeroed bytes (aborts on allocation failure, as `Vec` does).
+    pub(crate) fn new(len: usize) -> Self {
+        let layout = Self::layout(len);
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr =
+            std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        Self { ptr, len }
+    }
+
+    /// Bytes in the buffer.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The whole buffer.
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` owns `len` initialised (zeroed) bytes.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+    }
+}
+
+/// Copies a segment's record into `buf` (exactly its padded length): the payload first, its
+/// CRC32C computed on the copy while it is in cache, then the header with that CRC, then zeros
+/// up to the end. Returns the encoded header.
+fn stage_record(seg: &Segment, buf: &mut [u8]) -> Vec<u8> {
+    let hlen = seg.header_len();
+    let mut at = hlen;
+    let mut crc = 0u32;
+    for f in &seg.frames {
+        let dst = &mut buf[at..at + f.data.len()];
+        dst.copy_from_slice(&f.data);
+        crc = crc32c::crc32c_append(crc, dst);
+        at += f.data.len();
+    }
+    buf[at..].fill(0);
+    let mut header = Vec::with_capacity(hlen);
+    seg.header_with_crc(crc)
+        .and_then(|h| h.encode(&mut header))
+        .expect("checked before the segment was given an offset");
+    buf[..hlen].copy_from_slice(&header);
+    header
+}
+
+/// Smallest and largest preallocation step of a direct file: the step grows with the file, so
+/// short-lived small buckets (tests, `bucket = "10s"`) do not reserve much.
+const PREALLOC_MIN: u64 = 1 << 20;
+const PREALLOC_MAX: u64 = 64 << 20;
+
+/// Makes sure the file's space is allocated up to `end` (with `fallocate`, in growing chunks),
+/// so that direct writes land inside the file and need no block allocation or size change of
+/// their own. A filesystem without `fallocate` gets plain appends (logged once for the file).
+fn preallocate(b: &mut OpenBucket, end: u64) {
+    if !b.prealloc || end <= b.prealloc_end {
+        return;
+    }
+    let from = b.prealloc_end;
+    let step = end.clamp(PREALLOC_MIN, PREALLOC_MAX);
+    let to = (end + step).div_ceil(PREALLOC_MIN) * PREALLOC_MIN;
+    // SAFETY: plain syscall on an open descriptor.
+    let r = unsafe {
+        libc::fallocate(
+            b.file.as_raw_fd(),
+            0,
+            from as libc::off_t,
+            (to - from) as libc::off_t,
+        )
+    };
+    if r == 0 {
+        b.prealloc_end = to;
+        return;
+    }
+    let e = std::io::Error::last_os_error();
+    b.prealloc = false;
+    if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) {
+        tracing::info!(path = %b.path.display(), error = %e,
+            "fallocate not supported: plain appends to this file");
+    } else {
+        tracing::warn!(path = %b.path.display(), error = %e,
+            "fallocate failed: plain appends to this file from now on");
+    }
+}
+
+/// Cuts a direct file being closed back to the end of its last record (committed, or written
+/// and synced in this run), so a closed file keeps neither its preallocated tail nor the last
+/// record's padding. Called only when everything written to it is synced.
+fn trim_tail(b: &OpenBucket) {
+    if !b.direct {
+        return;
+    }
+    let keep = b.info.committed_len.max(b.data_end);
+    let size = match b.file.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => {
+            tracing::warn!(path = %b.path.display(), error = %e, "cannot stat the bucket file to trim its tail");
+            return;
+        }
+    };
+    if size > keep {
+        if let Err(e) = b.file.set_len(keep) {
+            // The tail stays: recovery skips preallocated space and cuts it at the next start.
+            tracing::warn!(path = %b.path.display(), error = %e, "cannot trim the preallocated tail");
+        }
+    }
+}
+
+/// Whether the file lives on tmpfs (or ramfs).
+fn is_tmpfs(f: &File) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // SAFETY: `statfs` is plain data, filled by the kernel.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor and pointer.
+    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
 }
