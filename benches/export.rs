@@ -372,13 +372,13 @@ fn bench_export(c: &mut Criterion) {
     let (from, to) = shape.window();
 
     // The two paths agree on the layout, byte for byte.
-    let (old, new) = (old_plan(&store, from, to), new_plan(&store, from, to));
+    let (old, mut new) = (old_plan(&store, from, to), new_plan(&store, from, to));
     let head = mp4::header(&new).unwrap();
     assert_eq!(mp4::header(&old).unwrap(), head);
     assert_eq!(new.samples.len(), 450 * FRAMES);
     let (mut a, mut b) = (Vec::new(), Vec::new());
     old_send(&store, &old, |x| a.extend_from_slice(&x));
-    export::send_payloads(&store, &new, |x| {
+    export::send_payloads(&store, &mut new, |x| {
         b.extend_from_slice(&x);
         true
     })
@@ -448,9 +448,9 @@ fn bench_export(c: &mut Criterion) {
             sent += mp4::header(&p).unwrap().len() as u64;
             old_send(&store, &p, |x| sent += x.len() as u64);
         } else {
-            let p = new_plan(&store, from, to);
+            let mut p = new_plan(&store, from, to);
             sent += mp4::header(&p).unwrap().len() as u64;
-            export::send_payloads(&store, &p, |x| {
+            export::send_payloads(&store, &mut p, |x| {
                 sent += x.len() as u64;
                 true
             })

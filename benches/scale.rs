@@ -20,7 +20,9 @@
 //! could not send in time ("unsent": due, but the recorder did not read them). The frame count
 //! is exact: camsim is stopped first (its `camsim-stats` line counts every frame it wrote
 //! completely; it only sends after a PLAY, so every one was due while the recorder recorded),
-//! then the recorder is left to drain until its `holdfast_camera_frames_total` stops moving.
+//! then the recorder is left to drain until its `holdfast_camera_frames_total` stops moving,
+//! and is stopped; "stored" counts the frames of every indexed segment afterwards, and "lost"
+//! is sent minus stored (for ffmpeg, sent minus received).
 //! ffmpeg's frames are its `-progress` counts after camsim stopped.
 //!
 //! One ffmpeg process takes ~58 MB, so ffmpeg runs only up to `HOLDFAST_SCALE_FFMPEG_MAX`
@@ -208,12 +210,14 @@ struct Result {
     sent: u64,
     unsent: u64,
     received: u64,
+    /// Frames in the index after the recorder stopped (`None` for ffmpeg).
+    stored: Option<u64>,
     dropped: BTreeMap<String, u64>,
 }
 
 impl Result {
     fn lost(&self) -> i64 {
-        self.sent as i64 - self.received as i64
+        self.sent as i64 - self.stored.unwrap_or(self.received) as i64
     }
 
     fn dropped_text(&self) -> String {
@@ -283,7 +287,27 @@ fn run_holdfast(n: usize, secs: u64, base: &std::path::Path) -> Result {
         std::thread::sleep(Duration::from_millis(1000));
     }
     term(&mut daemon);
+    // What was recorded, not only received: the frames of every indexed segment once the
+    // daemon has stopped (its last, partial segments are flushed at the stop).
+    let stored = holdfast::store::Store::open_without_recovery(&dir.path().join("data"))
+        .map(|store| {
+            let (from, to) = (
+                holdfast::time::Time90k(i64::MIN / 4),
+                holdfast::time::Time90k(i64::MAX / 4),
+            );
+            (0..n)
+                .map(|i| {
+                    store
+                        .index()
+                        .camera_segments(&format!("cam-{i}"), from, to)
+                        .map(|es| es.iter().map(|e| u64::from(e.frame_count)).sum::<u64>())
+                        .unwrap_or(0)
+                })
+                .sum::<u64>()
+        })
+        .ok();
     Result {
+        stored,
         cpu_per_stream_min: per_stream_min(cpu1 - cpu0, n, secs),
         camsim_cpu_per_stream_min: per_stream_min(sim1 - sim0, n, secs),
         rss_per_stream: hwm as f64 / n as f64,
@@ -369,6 +393,7 @@ fn run_ffmpeg(n: usize, secs: u64, base: &std::path::Path) -> Result {
         .map(|a| a.load(std::sync::atomic::Ordering::Relaxed))
         .sum();
     Result {
+        stored: None,
         cpu_per_stream_min: per_stream_min(cpu1 - cpu0, n, secs),
         camsim_cpu_per_stream_min: per_stream_min(sim1 - sim0, n, secs),
         rss_per_stream: hwm as f64 / n as f64,
@@ -498,7 +523,7 @@ fn main() {
         println!("camsim from {b}");
     }
     println!(
-        "{:>5} {:>9} {:>14} {:>14} {:>11} {:>10} {:>10} {:>7} {:>9} {:>9}",
+        "{:>5} {:>9} {:>14} {:>14} {:>11} {:>10} {:>10} {:>10} {:>7} {:>9} {:>9}",
         "N",
         "recorder",
         "CPU s/str-min",
@@ -506,13 +531,14 @@ fn main() {
         "RSS/stream",
         "sent",
         "received",
+        "stored",
         "lost",
         "dropped",
         "unsent"
     );
     let line = |n: usize, name: &str, r: &Result| {
         println!(
-            "{:>5} {:>9} {:>14.4} {:>14.4} {:>9.2}MB {:>10} {:>10} {:>7} {:>9} {:>9}",
+            "{:>5} {:>9} {:>14.4} {:>14.4} {:>9.2}MB {:>10} {:>10} {:>10} {:>7} {:>9} {:>9}",
             n,
             name,
             r.cpu_per_stream_min,
@@ -520,6 +546,7 @@ fn main() {
             r.rss_per_stream / 1e6,
             r.sent,
             r.received,
+            r.stored.map_or_else(|| "-".to_owned(), |v| v.to_string()),
             r.lost(),
             r.dropped_text(),
             r.unsent

@@ -213,8 +213,14 @@ fn report() {
         for (name, io) in [
             ("direct (O_DIRECT, WriteFixed, fallocate)", WriteIo::Direct),
             ("buffered writev (before issue 11)", WriteIo::Buffered),
-            ("buffered writev + RWF_DONTCACHE", WriteIo::BufferedDontcache),
-            ("buffered writev + sync_file_range write-behind", WriteIo::BufferedWriteBehind),
+            (
+                "buffered writev + RWF_DONTCACHE",
+                WriteIo::BufferedDontcache,
+            ),
+            (
+                "buffered writev + sync_file_range write-behind",
+                WriteIo::BufferedWriteBehind,
+            ),
         ] {
             let f = run_writer(io, cameras, rounds * (1000 / cameras as i64).max(1), &pool);
             if f.stored_bytes == 0 {

@@ -103,6 +103,12 @@ fn bucket_files_are_written_with_o_direct_and_trimmed_at_close() {
     let got: Vec<SegmentEntry> = rx.try_iter().collect();
     assert_eq!(got.len(), 6);
     let path = store.bucket_path("four-weeks", t0.floor_to(BUCKET));
+    // As root (the tests), RLIMIT_MEMLOCK does not bind: the arena must be registered, so the
+    // writes below went out as WriteFixed.
+    assert!(
+        writer.handle().buffers_registered(),
+        "the staging arena was not registered with io_uring"
+    );
     let flags = open_flags(&path).expect("the writer holds the bucket file open");
     assert_ne!(
         flags & libc::O_DIRECT as u32,

@@ -288,7 +288,7 @@ fn a_plan_opens_each_bucket_once_and_never_sends_what_an_erasure_removed() {
     writer.shutdown();
 
     let (from, to) = (t0, t0.add_ticks(240 * 90_000));
-    let plan = holdfast::export::plan(&store, "a", from, to).unwrap();
+    let mut plan = holdfast::export::plan(&store, "a", from, to).unwrap();
     assert_eq!(plan.chunks.len(), 120);
     let mut files: Vec<*const holdfast::export::OpenBucket> = plan
         .chunks
@@ -300,7 +300,7 @@ fn a_plan_opens_each_bucket_once_and_never_sends_what_an_erasure_removed() {
 
     // The old path's layout and bytes.
     let entries = store.index().camera_segments("a", from, to).unwrap();
-    let old = holdfast::export::plan_from_headers(
+    let mut old = holdfast::export::plan_from_headers(
         "a",
         from,
         to,
@@ -317,16 +317,46 @@ fn a_plan_opens_each_bucket_once_and_never_sends_what_an_erasure_removed() {
         .iter()
         .map(|e| store.read_segment(e).unwrap().1)
         .collect();
+    // Each bucket file is closed once its last chunk is sent (an expired bucket's space is then
+    // freed at once, not at the end of a long export): while the second file's chunks go out,
+    // no descriptor of this process points at the first file any more.
+    let first = store.bucket_path(&plan.chunks[0].entry.policy, plan.chunks[0].entry.bucket);
+    let open_on = |path: &std::path::Path| {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|l| std::fs::read_link(l.path()).is_ok_and(|t| t == path))
+            .count()
+    };
+    assert_eq!(open_on(&first), 1, "open while planned");
+    let last_of_first = plan
+        .chunks
+        .iter()
+        .rposition(|c| store.bucket_path(&c.entry.policy, c.entry.bucket) == first)
+        .unwrap();
+    assert!(
+        last_of_first + 1 < plan.chunks.len(),
+        "the window spans two files"
+    );
     let mut sent = Vec::new();
-    holdfast::export::send_payloads(&store, &plan, |b| {
+    let (mut n, mut open_after_first) = (0, usize::MAX);
+    holdfast::export::send_payloads(&store, &mut plan, |b| {
         sent.extend_from_slice(&b);
+        if n == last_of_first + 1 {
+            open_after_first = open_on(&first);
+        }
+        n += 1;
         true
     })
     .unwrap();
+    assert_eq!(
+        open_after_first, 0,
+        "the first file is closed after its last chunk"
+    );
     assert_eq!(sent, old_bytes.concat());
     // A plan without open files (opened while sending) sends the same.
     let mut again = Vec::new();
-    holdfast::export::send_payloads(&store, &old, |b| {
+    holdfast::export::send_payloads(&store, &mut old, |b| {
         again.extend_from_slice(&b);
         true
     })
@@ -338,7 +368,7 @@ fn a_plan_opens_each_bucket_once_and_never_sends_what_an_erasure_removed() {
     batch.delete_segment(store.index(), &plan.chunks[70].entry);
     store.index().commit(batch, true).unwrap();
     let mut sent = Vec::new();
-    let err = holdfast::export::send_payloads(&store, &plan, |b| {
+    let err = holdfast::export::send_payloads(&store, &mut plan, |b| {
         sent.extend_from_slice(&b);
         true
     })
@@ -363,7 +393,7 @@ fn a_plan_opens_each_bucket_once_and_never_sends_what_an_erasure_removed() {
     };
     assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
     let mut sent = Vec::new();
-    let err = holdfast::export::send_payloads(&store, &plan, |b| {
+    let err = holdfast::export::send_payloads(&store, &mut plan, |b| {
         sent.extend_from_slice(&b);
         true
     })

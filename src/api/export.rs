@@ -338,7 +338,7 @@ async fn send(
         from,
         to,
         site,
-        plan,
+        mut plan,
         head,
         slot,
     } = p;
@@ -411,7 +411,7 @@ async fn send(
             }
         };
         if send(Ok(head)) {
-            if let Err(err) = send_payloads(&st.store, &plan, |b| send(Ok(b))) {
+            if let Err(err) = send_payloads(&st.store, &mut plan, |b| send(Ok(b))) {
                 tracing::error!(camera = %id, error = %err, "export stopped: stored footage failed its check");
                 send(Err(std::io::Error::other(
                     "stored footage failed its check",

@@ -174,25 +174,35 @@ fn read_headers(
     let next = AtomicUsize::new(0);
     let mut slots: Vec<Option<Result<SegmentHeader, StoreError>>> =
         (0..entries.len()).map(|_| None).collect();
+    let work = || {
+        let mut out = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= entries.len() {
+                break out;
+            }
+            out.push((i, read(i)));
+        }
+    };
     let done: Vec<Vec<(usize, Result<SegmentHeader, StoreError>)>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= entries.len() {
-                            break out;
-                        }
-                        out.push((i, read(i)));
-                    }
-                })
+        // Workers take entries from a shared counter, so any number of them reads them all:
+        // a thread that cannot be started (a process at its thread limit) only means fewer
+        // helpers, and this thread reads along with them.
+        let workers: Vec<_> = (1..threads)
+            .filter_map(|_| {
+                std::thread::Builder::new()
+                    .name("export-headers".into())
+                    .spawn_scoped(s, work)
+                    .ok()
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("header reader panicked"))
-            .collect()
+        let mut done = vec![work()];
+        done.extend(
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("header reader panicked")),
+        );
+        done
     });
     for (i, r) in done.into_iter().flatten() {
         slots[i] = Some(r);
@@ -347,28 +357,32 @@ fn prefetch(file: &File, e: &SegmentEntry) {
 /// away).
 pub fn send_payloads(
     store: &Arc<Store>,
-    plan: &Plan,
+    plan: &mut Plan,
     mut send: impl FnMut(Bytes) -> bool,
 ) -> Result<(), StoreError> {
-    // Files of chunks planned without one are opened once each.
-    let mut own: BTreeMap<(&str, Time90k), Arc<OpenBucket>> = BTreeMap::new();
-    let mut files = Vec::with_capacity(plan.chunks.len());
-    for c in &plan.chunks {
-        let f = match &c.file {
-            Some(f) => f.clone(),
-            None => match own.get(&(c.entry.policy.as_str(), c.entry.bucket)) {
+    // The open files move out of the plan, one handle per chunk; a chunk's handle is dropped
+    // once it is sent, so a bucket file is closed after its last chunk and an expired (unlinked)
+    // bucket's space is freed then, not at the end of a long export. Files of chunks planned
+    // without one are opened once each.
+    let mut own: BTreeMap<(String, Time90k), Arc<OpenBucket>> = BTreeMap::new();
+    let mut files: Vec<Option<Arc<OpenBucket>>> = Vec::with_capacity(plan.chunks.len());
+    for c in plan.chunks.iter_mut() {
+        let f = match c.file.take() {
+            Some(f) => f,
+            None => match own.get(&(c.entry.policy.clone(), c.entry.bucket)) {
                 Some(f) => f.clone(),
                 None => {
                     let path = store.bucket_path(&c.entry.policy, c.entry.bucket);
                     let file = File::open(&path).map_err(StoreError::io("open", &path))?;
                     let f = Arc::new(OpenBucket { path, file });
-                    own.insert((c.entry.policy.as_str(), c.entry.bucket), f.clone());
+                    own.insert((c.entry.policy.clone(), c.entry.bucket), f.clone());
                     f
                 }
             },
         };
-        files.push(f);
+        files.push(Some(f));
     }
+    drop(own);
     // Chunks before `ahead` have been announced to the kernel; `ahead_bytes` of them are not
     // sent yet.
     let (mut ahead, mut ahead_bytes) = (0usize, 0u64);
@@ -380,11 +394,15 @@ pub fn send_payloads(
             ahead_bytes -= c.entry.payload_len;
         }
         while ahead < plan.chunks.len() && ahead_bytes < PREFETCH_BYTES {
-            prefetch(&files[ahead].file, &plan.chunks[ahead].entry);
+            if let Some(f) = &files[ahead] {
+                prefetch(&f.file, &plan.chunks[ahead].entry);
+            }
             ahead_bytes += plan.chunks[ahead].entry.payload_len;
             ahead += 1;
         }
-        let payload = read_payload(store, &files[i], &c.entry)?;
+        let f = files[i].take().expect("each chunk's file is taken once");
+        let payload = read_payload(store, &f, &c.entry)?;
+        drop(f);
         let start = c.payload_offset as usize;
         if !send(payload.slice(start..start + c.len as usize)) {
             return Ok(());
@@ -417,7 +435,7 @@ pub fn read_payload(store: &Store, f: &OpenBucket, e: &SegmentEntry) -> Result<B
         }
         Err(err) => return Err(StoreError::io("read", &f.path)(err)),
     }
-    if crc32c::crc32c(&buf) != e.payload_crc {
+    if crate::store::segment::payload_crc(&buf) != e.payload_crc {
         return Err(record_err(FormatError::PayloadCrc));
     }
     // Read, then checked: bytes an erasure committed before this point are never sent.

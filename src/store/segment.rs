@@ -226,6 +226,13 @@ pub enum FormatError {
     Invalid(&'static str),
 }
 
+/// CRC32C (Castagnoli) of a payload, by `crc-fast` (carry-less multiplication folding, about
+/// twice the speed of the SSE4.2 `crc32` instruction loop of the `crc32c` crate on this
+/// machine's CPU); the same value as `crc32c::crc32c` (unit-tested).
+pub fn payload_crc(payload: &[u8]) -> u32 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, payload) as u32
+}
+
 /// Whether `s` is a valid camera id: 1 to 64 characters of `[a-z0-9-]`.
 pub fn is_valid_camera_id(s: &str) -> bool {
     !s.is_empty()
@@ -421,7 +428,7 @@ impl SegmentHeader {
                 have: payload.len(),
             });
         }
-        if crc32c::crc32c(payload) != self.payload_crc {
+        if payload_crc(payload) != self.payload_crc {
             return Err(FormatError::PayloadCrc);
         }
         Ok(())
@@ -430,6 +437,22 @@ impl SegmentHeader {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn payload_crc_is_crc32c() {
+        // Lengths around the folding implementation's block sizes, and the check value.
+        assert_eq!(super::payload_crc(b"123456789"), 0xE306_9283);
+        let data: Vec<u8> = (0..70_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for len in [0, 1, 15, 16, 63, 64, 255, 256, 4095, 4096, 65_537, 70_000] {
+            assert_eq!(
+                super::payload_crc(&data[..len]),
+                crc32c::crc32c(&data[..len]),
+                "length {len}"
+            );
+        }
+    }
+
     use super::*;
 
     fn sample_segment(frames: usize) -> Segment {

@@ -160,6 +160,8 @@ struct Shared {
     fail_ring: AtomicBool,
     /// Bumped at every turn of the thread's loop (the systemd watchdog's sign of progress).
     heartbeat: crate::service::Heartbeat,
+    /// Whether the direct-I/O staging arena is registered with the ring (`WriteFixed`).
+    buffers_registered: bool,
 }
 
 /// How storing segments went lately.
@@ -278,6 +280,12 @@ impl WriterHandle {
         self.shared.heartbeat.clone()
     }
 
+    /// Whether direct writes go from the staging arena registered with the ring (`WriteFixed`);
+    /// false for buffered writing or when the registration was refused (`RLIMIT_MEMLOCK`).
+    pub fn buffers_registered(&self) -> bool {
+        self.shared.buffers_registered
+    }
+
     /// Whether the writer thread is running.
     pub fn is_alive(&self) -> bool {
         self.shared.alive.load(Ordering::Acquire)
@@ -392,6 +400,7 @@ impl Writer {
             health: Default::default(),
             fail_ring: AtomicBool::new(false),
             heartbeat: crate::service::Heartbeat::new(),
+            buffers_registered: registered,
         });
         let buckets_dir = store.buckets_dir();
         let buckets_id =
@@ -523,6 +532,9 @@ struct Job {
     /// Whether its file is written with direct I/O (staged, padded record).
     direct: bool,
     failed: Option<String>,
+    /// The write failed with `EINVAL`: a filesystem that took `O_DIRECT` at open but refuses
+    /// direct writes (the file is then written buffered from the next round on).
+    einval: bool,
 }
 
 struct WriterThread {
@@ -926,6 +938,7 @@ impl WriterThread {
                         len,
                         direct,
                         failed: None,
+                        einval: false,
                     });
                 }
                 Err(e) => {
@@ -1013,6 +1026,9 @@ impl WriterThread {
 
         for job in jobs {
             if let Some(err) = job.failed {
+                if job.direct && job.einval {
+                    self.fall_back_to_buffered(&job.key);
+                }
                 let path = &self.open[&job.key].path;
                 tracing::error!(camera = %job.seg.camera, path = %path.display(), error = %err, "segment write failed");
                 self.note_failure(1, &format!("write {}: {err}", path.display()));
@@ -1126,13 +1142,19 @@ impl WriterThread {
                             iov_base: *ptr as *mut libc::c_void,
                             iov_len: *len,
                         }];
-                        finish_short_write(op.fd, &iov, op.offset, n as u64)
+                        // A direct write must go on from a block boundary: redo the partial
+                        // block (the buffer, offset and length are all RECORD_ALIGN-aligned).
+                        let done =
+                            n as u64 / super::segment::RECORD_ALIGN * super::segment::RECORD_ALIGN;
+                        finish_short_write(op.fd, &iov, op.offset, done)
                     }
                 },
                 Err(e) => Err(e),
             };
             if let Err(e) = outcome {
-                jobs[op.job].failed.get_or_insert(e.to_string());
+                let job = &mut jobs[op.job];
+                job.einval |= e.raw_os_error() == Some(libc::EINVAL);
+                job.failed.get_or_insert(e.to_string());
             }
         }
         if self.cfg.io == WriteIo::BufferedWriteBehind {
@@ -1147,7 +1169,7 @@ impl WriterThread {
             let res = self.run_ops(ranges.iter().map(|&(fd, offset, len)| {
                 opcode::SyncFileRange::new(types::Fd(fd), len.min(u32::MAX as u64) as u32)
                     .offset(offset)
-                    .flags(libc::SYNC_FILE_RANGE_WRITE as u32)
+                    .flags(libc::SYNC_FILE_RANGE_WRITE)
                     .build()
             }));
             if let Err(RingBroken(e)) = res {
@@ -1313,8 +1335,9 @@ impl WriterThread {
             tracing::error!(path = %b.path.display(), error = %err,
                 "sync failed: this file's segments of the group are dropped, their range is never indexed");
             let mut info = b.info.clone();
-            // The file's end includes space preallocated ahead: writing goes on after it.
-            info.committed_len = info.committed_len.max(b.len).max(b.prealloc_end);
+            // Writing goes on after what was written; space preallocated beyond it stays
+            // reserved for the next records (never written, so recovery finds nothing there).
+            info.committed_len = info.committed_len.max(b.len);
             remembered.insert(key.clone(), info);
         }
 
@@ -1543,13 +1566,16 @@ impl Drop for AlignedBuf {
 fn stage_record(seg: &Segment, buf: &mut [u8]) -> Vec<u8> {
     let hlen = seg.header_len();
     let mut at = hlen;
-    let mut crc = 0u32;
+    // The CRC32C of each frame is folded in right after its copy, while the copy is still in
+    // the core's cache (PCLMULQDQ folding: design/performance.md).
+    let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
     for f in &seg.frames {
         let dst = &mut buf[at..at + f.data.len()];
         dst.copy_from_slice(&f.data);
-        crc = crc32c::crc32c_append(crc, dst);
+        crc.update(dst);
         at += f.data.len();
     }
+    let crc = crc.finalize() as u32;
     buf[at..].fill(0);
     let mut header = Vec::with_capacity(hlen);
     seg.header_with_crc(crc)
@@ -1602,7 +1628,9 @@ fn preallocate(b: &mut OpenBucket, end: u64) {
 /// and synced in this run), so a closed file keeps neither its preallocated tail nor the last
 /// record's padding. Called only when everything written to it is synced.
 fn trim_tail(b: &OpenBucket) {
-    if !b.direct {
+    // Buffered files have no padding or reserved space, unless they were direct first (a
+    // write-time fallback) and space was reserved then.
+    if !b.direct && b.prealloc_end <= b.len {
         return;
     }
     let keep = b.info.committed_len.max(b.data_end);
@@ -1617,6 +1645,34 @@ fn trim_tail(b: &OpenBucket) {
         if let Err(e) = b.file.set_len(keep) {
             // The tail stays: recovery skips preallocated space and cuts it at the next start.
             tracing::warn!(path = %b.path.display(), error = %e, "cannot trim the preallocated tail");
+        }
+    }
+}
+
+impl WriterThread {
+    /// A filesystem took `O_DIRECT` at open but refused a direct write (`EINVAL`): the file is
+    /// reopened without it and written buffered from now on (the failed round's segments are
+    /// dropped and counted by the caller). Logged once per file.
+    fn fall_back_to_buffered(&mut self, key: &(Arc<str>, Time90k)) {
+        let Some(b) = self.open.get_mut(key) else {
+            return;
+        };
+        if !b.direct {
+            return;
+        }
+        match OpenOptions::new().read(true).write(true).open(&b.path) {
+            Ok(f) => {
+                tracing::warn!(path = %b.path.display(),
+                    "the filesystem refused a direct write (EINVAL): buffered writes to this file from now on");
+                // Every operation of the round has completed: the old descriptor is free.
+                b.file = f;
+                b.direct = false;
+                b.prealloc = false;
+            }
+            Err(e) => {
+                tracing::error!(path = %b.path.display(), error = %e,
+                    "cannot reopen the bucket file for buffered writes after a refused direct write");
+            }
         }
     }
 }
