@@ -139,19 +139,25 @@ fn raw_disk(mib: usize) -> Figures {
     }
 }
 
+/// The writer's settings in both parts of the bench: 1 h buckets, 1 s syncs, queues that never
+/// drop.
+fn bench_config(io: WriteIo) -> WriterConfig {
+    WriterConfig {
+        bucket_secs: 3600,
+        sync_interval: Duration::from_secs(1),
+        queue_limit_bytes: 4 << 30,
+        queue_limit_segments: 100_000,
+        io,
+    }
+}
+
 fn run_writer(io: WriteIo, cameras: usize, rounds: i64, pool: &bytes::Bytes) -> Figures {
     let dir = tmp("holdfast-bench-writer");
     let (store, _) = Store::open(dir.path(), 3600).unwrap();
     let (durable_tx, durable) = crossbeam_channel::unbounded();
     let writer = Writer::spawn(
         Arc::new(store),
-        WriterConfig {
-            bucket_secs: 3600,
-            sync_interval: Duration::from_secs(1),
-            queue_limit_bytes: 4 << 30,
-            queue_limit_segments: 100_000,
-            io,
-        },
+        bench_config(io),
         Arc::new(Metrics::new()),
         Some(durable_tx),
     )
@@ -259,13 +265,7 @@ fn bench_writer(c: &mut Criterion) {
         let (store, _) = Store::open(dir.path(), 3600).unwrap();
         let writer = Writer::spawn(
             Arc::new(store),
-            WriterConfig {
-                bucket_secs: 3600,
-                sync_interval: Duration::from_secs(1),
-                queue_limit_bytes: 4 << 30,
-                queue_limit_segments: 100_000,
-                io,
-            },
+            bench_config(io),
             Arc::new(Metrics::new()),
             None,
         )

@@ -588,7 +588,8 @@ fn faulty_disk_stays_local_and_frees_later() {
     let start = Time90k::now();
     std::thread::sleep(Duration::from_secs(3));
     // One second of cam1's first whole bucket is held (a hold may reach into the near future):
-    // that bucket is later punched around it, not unlinked.
+    // that bucket is later punched around it, not unlinked. (A segment that starts in the
+    // bucket before and reaches into the held second pins that bucket too: see `pinned` below.)
     let first1 = intervals(&d, "cam1")[0].0;
     let held_bucket = first1.floor_to(10).add_ticks(secs(10.0));
     let held = (
@@ -709,10 +710,26 @@ fn faulty_disk_stays_local_and_frees_later() {
         start.add_ticks(-secs(20.0)),
         overdue_before,
     );
-    // p1's buckets but the held one.
+    // The buckets the hold pins: those of cam1's segments that overlap the held second (the
+    // held bucket, and the one before when a segment starting there reaches into it), read from
+    // the index on the backing disk.
+    let pinned: Vec<String> =
+        holdfast::store::index::Index::open_read_only(&fs.backing.join("index"))
+            .unwrap()
+            .camera_segments("cam1", held.0, held.1)
+            .unwrap()
+            .iter()
+            .map(|e| format!("{}.seg", holdfast::time::bucket_stem(e.bucket)))
+            .collect();
+    f.check(
+        pinned.contains(&format!("{}.seg", holdfast::time::bucket_stem(held_bucket))),
+        format!("the hold pins its bucket: {pinned:?}"),
+    );
+    let is_pinned = |p: &std::path::Path| pinned.iter().any(|b| p.ends_with(b));
+    // p1's buckets but the held ones.
     let p1_gone: Vec<_> = bucket_files(&fs.backing, "p1", first1, overdue_before)
         .into_iter()
-        .filter(|p| !p.ends_with(format!("{}.seg", holdfast::time::bucket_stem(held_bucket))))
+        .filter(|p| !is_pinned(p))
         .collect();
     f.check(
         !p0_stuck.is_empty(),
@@ -768,7 +785,7 @@ fn faulty_disk_stays_local_and_frees_later() {
     let left: Vec<(String, u64)> = ["p0", "p1"]
         .iter()
         .flat_map(|p| bucket_files(&fs.backing, p, start.add_ticks(-secs(20.0)), overdue_before))
-        .filter(|p| !p.ends_with(format!("{}.seg", holdfast::time::bucket_stem(held_bucket))))
+        .filter(|p| !(p.starts_with(fs.backing.join("buckets/p1")) && is_pinned(p)))
         .map(|p| {
             let name = p.strip_prefix(&fs.backing).unwrap().display().to_string();
             (name, std::fs::metadata(&p).map_or(0, |m| m.len()))

@@ -238,16 +238,7 @@ pub fn read_header_at(
         Err(err) => return Err(StoreError::io("read", path)(err)),
     }
     let header = SegmentHeader::decode(&buf).map_err(record_err)?;
-    if header.encoded_len() != e.header_len as usize
-        || header.camera != e.camera
-        || header.start != e.start
-        || header.payload_crc != e.payload_crc
-        || header.payload_len() != e.payload_len
-    {
-        return Err(record_err(FormatError::Invalid(
-            "record does not match its index entry",
-        )));
-    }
+    crate::store::check_header_matches(&header, e).map_err(record_err)?;
     Ok(header)
 }
 

@@ -309,19 +309,27 @@ fn read_segment_from(
         Err(err) => return Err(StoreError::io("read", path)(err)),
     }
     let header = SegmentHeader::decode(&buf).map_err(record_err)?;
+    check_header_matches(&header, e).map_err(record_err)?;
+    let payload = buf.split_off(e.header_len as usize);
+    header.verify_payload(&payload).map_err(record_err)?;
+    Ok((header, payload))
+}
+
+/// Whether a decoded record header is the one its index entry names (length, camera, start,
+/// payload length and CRC): a record read at an entry's offset that is another one (the file was
+/// replaced or rewritten) is refused.
+pub fn check_header_matches(header: &SegmentHeader, e: &SegmentEntry) -> Result<(), FormatError> {
     if header.encoded_len() != e.header_len as usize
         || header.camera != e.camera
         || header.start != e.start
         || header.payload_crc != e.payload_crc
         || header.payload_len() != e.payload_len
     {
-        return Err(record_err(FormatError::Invalid(
+        return Err(FormatError::Invalid(
             "record does not match its index entry",
-        )));
+        ));
     }
-    let payload = buf.split_off(e.header_len as usize);
-    header.verify_payload(&payload).map_err(record_err)?;
-    Ok((header, payload))
+    Ok(())
 }
 
 /// (device, inode) of a directory: tells a replaced directory (or a mount point whose disk is
