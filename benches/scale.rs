@@ -22,7 +22,10 @@
 //! completely; it only sends after a PLAY, so every one was due while the recorder recorded),
 //! then the recorder is left to drain until its `holdfast_camera_frames_total` stops moving,
 //! and is stopped; "stored" counts the frames of every indexed segment afterwards, and "lost"
-//! is sent minus stored (for ffmpeg, sent minus received).
+//! is sent minus stored minus the frames received before each session's first keyframe
+//! ("pre-key", `holdfast_camera_frames_dropped_total`: camsim starts a stream at a random point of
+//! the clip, and no recorder can store a frame that no keyframe precedes); for ffmpeg, sent
+//! minus received.
 //! ffmpeg's frames are its `-progress` counts after camsim stopped.
 //!
 //! One ffmpeg process takes ~58 MB, so ffmpeg runs only up to `HOLDFAST_SCALE_FFMPEG_MAX`
@@ -212,12 +215,15 @@ struct Result {
     received: u64,
     /// Frames in the index after the recorder stopped (`None` for ffmpeg).
     stored: Option<u64>,
+    /// Frames received before a session's first keyframe (camsim starts each stream at a
+    /// random point of the clip): no recorder can store them (`holdfast_camera_frames_dropped`).
+    before_keyframe: u64,
     dropped: BTreeMap<String, u64>,
 }
 
 impl Result {
     fn lost(&self) -> i64 {
-        self.sent as i64 - self.stored.unwrap_or(self.received) as i64
+        self.sent as i64 - self.stored.unwrap_or(self.received) as i64 - self.before_keyframe as i64
     }
 
     fn dropped_text(&self) -> String {
@@ -308,6 +314,7 @@ fn run_holdfast(n: usize, secs: u64, base: &std::path::Path) -> Result {
         .ok();
     Result {
         stored,
+        before_keyframe: sum_series(&m, "holdfast_camera_frames_dropped_total") as u64,
         cpu_per_stream_min: per_stream_min(cpu1 - cpu0, n, secs),
         camsim_cpu_per_stream_min: per_stream_min(sim1 - sim0, n, secs),
         rss_per_stream: hwm as f64 / n as f64,
@@ -394,6 +401,7 @@ fn run_ffmpeg(n: usize, secs: u64, base: &std::path::Path) -> Result {
         .sum();
     Result {
         stored: None,
+        before_keyframe: 0,
         cpu_per_stream_min: per_stream_min(cpu1 - cpu0, n, secs),
         camsim_cpu_per_stream_min: per_stream_min(sim1 - sim0, n, secs),
         rss_per_stream: hwm as f64 / n as f64,
@@ -523,7 +531,7 @@ fn main() {
         println!("camsim from {b}");
     }
     println!(
-        "{:>5} {:>9} {:>14} {:>14} {:>11} {:>10} {:>10} {:>10} {:>7} {:>9} {:>9}",
+        "{:>5} {:>9} {:>14} {:>14} {:>11} {:>10} {:>10} {:>10} {:>7} {:>7} {:>9} {:>9}",
         "N",
         "recorder",
         "CPU s/str-min",
@@ -532,13 +540,14 @@ fn main() {
         "sent",
         "received",
         "stored",
+        "pre-key",
         "lost",
         "dropped",
         "unsent"
     );
     let line = |n: usize, name: &str, r: &Result| {
         println!(
-            "{:>5} {:>9} {:>14.4} {:>14.4} {:>9.2}MB {:>10} {:>10} {:>10} {:>7} {:>9} {:>9}",
+            "{:>5} {:>9} {:>14.4} {:>14.4} {:>9.2}MB {:>10} {:>10} {:>10} {:>7} {:>7} {:>9} {:>9}",
             n,
             name,
             r.cpu_per_stream_min,
@@ -547,6 +556,7 @@ fn main() {
             r.sent,
             r.received,
             r.stored.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+            r.before_keyframe,
             r.lost(),
             r.dropped_text(),
             r.unsent
