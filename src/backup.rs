@@ -260,15 +260,20 @@ fn answer(store: &crate::store::Store, logbook: &Logbook, data_dir: &Path, req: 
 
 /// Writes `body` to a new file at `path` (an old one removed first) with mode 0600, synced.
 pub(crate) fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let mut f = create_private(path)?;
+    f.write_all(body)?;
+    f.sync_all()
+}
+
+/// Creates a new file at `path` (an old one removed first) with mode 0600.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)?;
-    f.write_all(body)?;
-    f.sync_all()
+        .open(path)
 }
 
 /// The staging directory of the request `nonce` (both sides derive it; the CLI never takes a path
@@ -282,14 +287,9 @@ fn staging_dir(data_dir: &Path, nonce: u64) -> PathBuf {
 /// packaged daemon's `holdfast` user), the file is given to the owner (uid and gid) before it is
 /// renamed into place, so the daemon (no capabilities) can read and remove it.
 pub(crate) fn write_request(data_dir: &Path, path: &Path, body: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    use std::os::unix::fs::MetadataExt;
     let owner = std::fs::metadata(data_dir)?;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut f = create_private(path)?;
     let r = (|| {
         if needs_chown(owner.uid()) {
             std::os::unix::fs::fchown(&f, Some(owner.uid()), Some(owner.gid())).map_err(|e| {

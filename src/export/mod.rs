@@ -29,7 +29,6 @@ pub mod mp4;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -219,26 +218,11 @@ pub fn read_header_at(
     path: &std::path::Path,
     e: &SegmentEntry,
 ) -> Result<SegmentHeader, StoreError> {
-    let record_err = |source| StoreError::Record {
-        camera: e.camera.clone(),
-        start: e.start,
-        path: path.to_owned(),
-        offset: e.offset,
-        source,
-    };
-    let mut buf = vec![0u8; e.header_len as usize];
-    match file.read_exact_at(&mut buf, e.offset) {
-        Ok(()) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(record_err(FormatError::Truncated {
-                need: buf.len(),
-                have: 0,
-            }))
-        }
-        Err(err) => return Err(StoreError::io("read", path)(err)),
-    }
-    let header = SegmentHeader::decode(&buf).map_err(record_err)?;
-    crate::store::check_header_matches(&header, e).map_err(record_err)?;
+    let record_err = crate::store::record_error(path, e);
+    let len = e.header_len as usize;
+    let buf = crate::store::read_record_bytes(file, path, e, e.offset, len, len)?;
+    let header = SegmentHeader::decode(&buf).map_err(&record_err)?;
+    crate::store::check_header_matches(&header, e).map_err(&record_err)?;
     Ok(header)
 }
 
@@ -405,27 +389,15 @@ pub fn send_payloads(
 /// Reads a segment's payload (not its header) from an open bucket file, checks it against the
 /// entry's CRC, and checks that the entry is still in the index.
 pub fn read_payload(store: &Store, f: &OpenBucket, e: &SegmentEntry) -> Result<Bytes, StoreError> {
-    let record_err = |source| StoreError::Record {
-        camera: e.camera.clone(),
-        start: e.start,
-        path: f.path.clone(),
-        offset: e.offset,
-        source,
-    };
-    let mut buf = vec![0u8; e.payload_len as usize];
-    match f
-        .file
-        .read_exact_at(&mut buf, e.offset + u64::from(e.header_len))
-    {
-        Ok(()) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(record_err(FormatError::Truncated {
-                need: e.record_len() as usize,
-                have: 0,
-            }))
-        }
-        Err(err) => return Err(StoreError::io("read", &f.path)(err)),
-    }
+    let record_err = crate::store::record_error(&f.path, e);
+    let buf = crate::store::read_record_bytes(
+        &f.file,
+        &f.path,
+        e,
+        e.offset + u64::from(e.header_len),
+        e.payload_len as usize,
+        e.record_len() as usize,
+    )?;
     if crate::store::segment::payload_crc(&buf) != e.payload_crc {
         return Err(record_err(FormatError::PayloadCrc));
     }

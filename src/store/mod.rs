@@ -226,7 +226,7 @@ impl Store {
         let mut buf = vec![0u8; e.header_len as usize];
         file.read_exact_at(&mut buf, e.offset)
             .map_err(StoreError::io("read", &path))?;
-        let header = SegmentHeader::decode(&buf).map_err(record_err)?;
+        let header = SegmentHeader::decode(&buf).map_err(&record_err)?;
         if header.camera != e.camera
             || header.start != e.start
             || header.payload_crc != e.payload_crc
@@ -285,33 +285,53 @@ pub struct VerifyReport {
     pub bad: Vec<String>,
 }
 
+/// The error of a record (the entry `e` in the file `path`) that is damaged in `source`'s way.
+pub fn record_error(path: &Path, e: &SegmentEntry) -> impl Fn(FormatError) -> StoreError {
+    let (camera, start, path, offset) = (e.camera.clone(), e.start, path.to_owned(), e.offset);
+    move |source| StoreError::Record {
+        camera: camera.clone(),
+        start,
+        path: path.clone(),
+        offset,
+        source,
+    }
+}
+
+/// Reads `len` bytes of the record of entry `e` at `offset` of `file`: a file that ends first
+/// is the record truncated (`need` bytes were expected), other errors are read errors.
+pub fn read_record_bytes(
+    file: &File,
+    path: &Path,
+    e: &SegmentEntry,
+    offset: u64,
+    len: usize,
+    need: usize,
+) -> Result<Vec<u8>, StoreError> {
+    let mut buf = vec![0u8; len];
+    match file.read_exact_at(&mut buf, offset) {
+        Ok(()) => Ok(buf),
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
+            Err(record_error(path, e)(FormatError::Truncated {
+                need,
+                have: 0,
+            }))
+        }
+        Err(err) => Err(StoreError::io("read", path)(err)),
+    }
+}
+
 fn read_segment_from(
     file: &File,
     path: &Path,
     e: &SegmentEntry,
 ) -> Result<(SegmentHeader, Vec<u8>), StoreError> {
-    let record_err = |source| StoreError::Record {
-        camera: e.camera.clone(),
-        start: e.start,
-        path: path.to_owned(),
-        offset: e.offset,
-        source,
-    };
-    let mut buf = vec![0u8; e.record_len() as usize];
-    match file.read_exact_at(&mut buf, e.offset) {
-        Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
-            return Err(record_err(FormatError::Truncated {
-                need: buf.len(),
-                have: 0,
-            }))
-        }
-        Err(err) => return Err(StoreError::io("read", path)(err)),
-    }
-    let header = SegmentHeader::decode(&buf).map_err(record_err)?;
-    check_header_matches(&header, e).map_err(record_err)?;
+    let record_err = record_error(path, e);
+    let len = e.record_len() as usize;
+    let mut buf = read_record_bytes(file, path, e, e.offset, len, len)?;
+    let header = SegmentHeader::decode(&buf).map_err(&record_err)?;
+    check_header_matches(&header, e).map_err(&record_err)?;
     let payload = buf.split_off(e.header_len as usize);
-    header.verify_payload(&payload).map_err(record_err)?;
+    header.verify_payload(&payload).map_err(&record_err)?;
     Ok((header, payload))
 }
 
