@@ -16,10 +16,11 @@ use holdfast::store::{recovery, Store};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 extern "C" {
-    /// `mi_option_set` of the mimalloc library that `mimalloc` links (libmimalloc-sys, v2).
+    /// `mi_option_set` of the mimalloc library that `mimalloc` links (libmimalloc-sys 0.1.49
+    /// builds mimalloc v3 unless its `v2` feature is on).
     fn mi_option_set(option: std::os::raw::c_int, value: std::os::raw::c_long);
 }
-/// `mi_option_purge_delay` in mimalloc v2's `mi_option_e` (include/mimalloc.h).
+/// `mi_option_purge_delay` in `mi_option_e` (include/mimalloc.h): 15 in both v2 and v3.
 const MI_OPTION_PURGE_DELAY: std::os::raw::c_int = 15;
 
 /// Frames are allocated on the camera threads and freed on the writer thread once copied: with

@@ -19,7 +19,7 @@
 //! and the sweeper treat as garbage. A failed fdatasync drops the group's segments of that file
 //! (other files' segments are committed), because after an fsync error the page cache cannot be
 //! trusted to hold the data (the "fsyncgate" lesson); the bucket record is committed with
-//! `committed_len` at the file's current end and no entries for the failed range, so recovery
+//! `committed_len` at the end of what was written and no entries for the failed range, so recovery
 //! never scans (and never indexes) those records, and writing goes on after them. Only if that
 //! commit fails is the file cut back to its committed length, and only if that fails too is the
 //! bucket closed for the rest of the run. A segment whose key (camera, start) is already taken is
@@ -1132,6 +1132,9 @@ impl WriterThread {
             }
         };
         for (op, res) in ops.iter().zip(results) {
+            // Only the direct write itself refusing (`EINVAL` from the ring) switches the file
+            // to buffered, not an error while finishing a short write.
+            let refused = matches!(&res, Err(e) if e.raw_os_error() == Some(libc::EINVAL));
             let outcome = match res {
                 Ok(n) if n as u64 == op.len => Ok(()),
                 // A short write: finish it synchronously (rare: signals, full disk on the edge).
@@ -1153,7 +1156,7 @@ impl WriterThread {
             };
             if let Err(e) = outcome {
                 let job = &mut jobs[op.job];
-                job.einval |= e.raw_os_error() == Some(libc::EINVAL);
+                job.einval |= refused;
                 job.failed.get_or_insert(e.to_string());
             }
         }
@@ -1324,7 +1327,7 @@ impl WriterThread {
             }
         }
         // A file whose sync failed keeps its bytes, but its bucket record is committed with
-        // `committed_len` at the file's current end and no entries for them: they are never
+        // `committed_len` at the end of what was written and no entries for them: they are never
         // indexed now, and recovery never scans them later (the page cache may hold bytes the
         // disk does not). Writing goes on after them.
         let mut remembered: HashMap<(Arc<str>, Time90k), BucketInfo> = HashMap::new();
