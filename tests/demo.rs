@@ -46,6 +46,10 @@ fn every_printed_command_works_and_ctrl_c_removes_the_demo() {
             .to_owned()
     };
     let token = field("admin token:");
+    // The console's address, and it answers with the page.
+    let console = field("console:");
+    let console_url = console.split_whitespace().next().unwrap_or_default();
+    assert_eq!(console_url, format!("http://{listen}/"), "{printed:#?}");
     let data_dir = PathBuf::from(field("data dir:"));
     let demo_dir = data_dir.parent().unwrap().to_path_buf();
     assert!(demo_dir.exists());
@@ -75,6 +79,12 @@ fn every_printed_command_works_and_ctrl_c_removes_the_demo() {
                     .any(|c| c.contains("-d") && c.ends_with("/api/v1/keytags/events")));
         assert!(found, "no command with {what:?}: {commands:#?}");
     }
+
+    let (status, page) = http_get(listen.parse().unwrap(), "/", None);
+    assert!(
+        status == 200 && page.contains("<html"),
+        "the console at {console_url}: {status} {page}"
+    );
 
     // Footage to export: wait until both cameras have durable recordings.
     let t0 = Instant::now();
