@@ -223,7 +223,6 @@ mod tests {
         )
     }
 
-    #[test]
     fn add(t: &Ids, h: Held) -> String {
         let id = new_id();
         t.insert(&id, h);
