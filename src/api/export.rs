@@ -499,6 +499,7 @@ fn unsatisfiable(len: u64) -> Response {
 }
 
 /// The outcome entry of a delivery, written when its body is done with.
+#[allow(clippy::too_many_arguments)]
 fn outcome(
     state: &Arc<AppState>,
     user: &Arc<Principal>,
