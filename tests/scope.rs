@@ -183,6 +183,7 @@ fn every_route_keeps_to_the_users_sites() {
         let (s, made) = post(&d, &path.replace("{}", "north-cam"), Some(M_NORTH), &look);
         assert_eq!(s, 201, "{made}");
         let url = made["url"].as_str().unwrap();
+        assert!(url.starts_with("/api/v1/cameras/north-cam/"), "{url}");
         assert_eq!(http_get_bytes(d.addr, url, Some(M_NORTH)).0, 200, "{url}");
         assert_eq!(
             http_get_bytes(d.addr, url, Some(ADMIN_TOKEN)).0,
