@@ -147,7 +147,8 @@ fn router_routes(source: &str) -> BTreeSet<(String, String)> {
             "a .route( whose path is not a string literal: {args}"
         );
         let end = 1 + args[1..].find('"').expect("a closed path literal");
-        let path = args[1..end].to_owned();
+        // axum's catch-all `{*name}` is OpenAPI's `{name}`.
+        let path = args[1..end].replace("{*", "{");
         let rest = args[end + 1..].trim_start();
         let handlers = rest
             .strip_prefix(',')
@@ -228,6 +229,7 @@ fn route_reader_understands_multi_line_routes_and_method_chains() {
                     post(m::b).get(m::c), // a comment with a ( in it
                 )
                 .route("/c", axum::routing::delete(d).put(e.clone()))
+                .route("/files/{*path}", get(f))
                 .layer(axum::middleware::from_fn_with_state(state.clone(), count))
                 .with_state(state)
         }
@@ -239,6 +241,7 @@ fn route_reader_understands_multi_line_routes_and_method_chains() {
         ("GET", "/b/{id}"),
         ("DELETE", "/c"),
         ("PUT", "/c"),
+        ("GET", "/files/{path}"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_owned(), p.to_owned()))
@@ -442,8 +445,9 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_schema() {
         took.as_secs_f64()
     );
     // The daemon never stopped answering. Asked with the token: schemathesis' cases without
-    // one (a few per operation) can pass the 20 failed authentications a minute after which
-    // 127.0.0.1 is throttled (429) until it shows a valid token, as designed (`api::limits`).
+    // one (a few per operation), and its sign-ins with made-up tokens, are failed
+    // authentications; after 20 a minute 127.0.0.1 is throttled (429) until it shows a valid
+    // token, as designed (`api::limits`).
     assert_eq!(
         d.get("/healthz", Some(FUZZ_TOKEN)).0,
         200,
