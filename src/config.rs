@@ -101,6 +101,26 @@ pub struct Config {
     pub keytags: KeytagSettings,
     /// `[clock]`.
     pub clock: ClockSettings,
+    /// `[console]`.
+    pub console: ConsoleSettings,
+}
+
+/// `[console]`: the web console's local time zone and the idle timeout of its sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSettings {
+    /// IANA time zone name the console shows times in (checked against jiff's tz database).
+    pub timezone: String,
+    /// A console session unused for this long ends (`crate::api::session`).
+    pub session_idle: Duration,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self {
+            timezone: "Europe/Amsterdam".into(),
+            session_idle: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 /// `[clock]`: when a step of the wall clock is believed (see `crate::wallclock`).
@@ -402,6 +422,15 @@ struct RawConfig {
     keytags: RawKeytags,
     #[serde(default)]
     clock: RawClock,
+    #[serde(default)]
+    console: RawConsole,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConsole {
+    timezone: Option<String>,
+    session_idle: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -792,6 +821,29 @@ impl RawConfig {
                     )
                 },
             ),
+        };
+
+        let console_default = ConsoleSettings::default();
+        let console = ConsoleSettings {
+            timezone: match self.console.timezone.as_deref() {
+                None => console_default.timezone,
+                Some(tz) => {
+                    if let Err(err) = jiff::tz::db().get(tz) {
+                        e.push(
+                            "console.timezone",
+                            format!("{tz:?} is not a time zone of the tz database ({err})"),
+                        );
+                    }
+                    tz.to_owned()
+                }
+            },
+            session_idle: self
+                .console
+                .session_idle
+                .as_deref()
+                .map_or(console_default.session_idle, |v| {
+                    e.duration("console.session_idle", v, Duration::from_secs(1), DAY)
+                }),
         };
 
         let mut policies = BTreeMap::new();
@@ -1191,6 +1243,7 @@ impl RawConfig {
             },
             holds: HoldSettings { max_future },
             keytags: KeytagSettings { max_range },
+            console,
         })
     }
 }
@@ -1228,6 +1281,44 @@ sites = ["maas-noord"]
 [logbook]
 key_file = "/etc/holdfast/logbook.key"
 "#;
+
+    #[test]
+    fn console_defaults_and_values() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.console, ConsoleSettings::default());
+        assert_eq!(c.console.session_idle, Duration::from_secs(900));
+        let c = Config::parse(&format!(
+            "{GOOD}\n[console]\ntimezone = \"America/New_York\"\nsession_idle = \"2s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.console.timezone, "America/New_York");
+        assert_eq!(c.console.session_idle, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn console_errors_name_the_key() {
+        let errs = errors(&format!(
+            "{GOOD}\n[console]\ntimezone = \"Europe/Amsterdamm\"\nsession_idle = \"25h\"\n"
+        ));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("console.timezone") && e.contains("Amsterdamm")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.starts_with("console.session_idle")),
+            "{errs:?}"
+        );
+        for bad in ["0s", "500ms", "soon"] {
+            let errs = errors(&format!("{GOOD}\n[console]\nsession_idle = \"{bad}\"\n"));
+            assert!(
+                errs.iter().any(|e| e.starts_with("console.session_idle")),
+                "{bad}: {errs:?}"
+            );
+        }
+        let errs = errors(&format!("{GOOD}\n[console]\ntimezon = \"UTC\"\n"));
+        assert!(errs.iter().any(|e| e.contains("console")), "{errs:?}");
+    }
 
     fn errors(text: &str) -> Vec<String> {
         Config::parse(text)

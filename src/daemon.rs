@@ -272,6 +272,7 @@ pub async fn run_with(
     let statuses: Vec<_> = prepared.into_iter().map(|p| cameras.start(p)).collect();
     tracing::info!(cameras = statuses.len(), "camera tasks started");
 
+    let (sessions, ended_sessions) = api::session::Sessions::new(config.http.tls_cert.is_some());
     let state = Arc::new(AppState {
         store: store.clone(),
         writer: writer.handle(),
@@ -281,7 +282,9 @@ pub async fn run_with(
         logbook,
         clock,
         http_progress: crate::service::Heartbeat::new(),
+        sessions,
     });
+    tokio::spawn(api::session::run(Arc::downgrade(&state), ended_sessions));
     let listener = api::server::bind(config.http.listen)
         .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
@@ -762,6 +765,8 @@ impl Reloader {
         self.state
             .live
             .store(Arc::new(Live::new(&new, statuses, retention.clone())));
+        // Console sessions of users the new config no longer has end now (`session.end`).
+        self.state.sessions.sweep(&self.state.live());
         self.sweeper.set_config(retention);
         self.config = new;
         Ok(summary)

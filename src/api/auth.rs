@@ -87,6 +87,15 @@ impl Authenticator {
         }
         found
     }
+
+    /// The user called `name` (a console session names its user; the principal is looked up
+    /// in the current config on every request).
+    pub fn by_name(&self, name: &str) -> Option<Arc<Principal>> {
+        self.users
+            .iter()
+            .find(|(_, p)| p.name == name)
+            .map(|(_, p)| p.clone())
+    }
 }
 
 #[cfg(test)]
@@ -113,5 +122,7 @@ mod tests {
         assert!(a.authenticate(Some("s3cret-token")).is_none());
         assert!(a.authenticate(Some("Bearer ")).is_none());
         assert!(a.authenticate(None).is_none());
+        assert_eq!(a.by_name("j").unwrap().role, "manager");
+        assert!(a.by_name("J").is_none());
     }
 }

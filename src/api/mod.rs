@@ -10,12 +10,14 @@
 
 pub mod auth;
 pub mod clock;
+pub mod console;
 pub mod export;
 pub mod holds;
 pub mod keytags;
 pub mod limits;
 pub mod logbook;
 pub mod server;
+pub mod session;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -64,6 +66,8 @@ pub struct AppState {
     pub clock: Arc<crate::wallclock::TrustedClock>,
     /// Beats while the HTTP server makes progress (`api::server`); the watchdog reads it.
     pub http_progress: crate::service::Heartbeat,
+    /// Console sessions (`api::session`).
+    pub sessions: session::Sessions,
 }
 
 /// The parts of [`AppState`] that come from the config and are swapped whole by a reload
@@ -85,6 +89,8 @@ pub struct Live {
     pub hold_review: HashMap<String, Duration>,
     /// The longest range of a key-tag query, per purpose (`keytags.max_range`).
     pub keytag_max_range: BTreeMap<String, Duration>,
+    /// `[console]`: time zone and session idle timeout.
+    pub console: crate::config::ConsoleSettings,
 }
 
 impl Live {
@@ -126,6 +132,7 @@ impl Live {
                 })
                 .collect(),
             keytag_max_range: config.keytags.max_range.clone(),
+            console: config.console.clone(),
         }
     }
 }
@@ -450,7 +457,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/logbook/{seq}/finding", post(logbook::finding))
         .route("/api/v1/logbook/{seq}/signoff", post(logbook::signoff))
         .route("/api/v1/clock/accept", post(clock::accept))
+        .route(
+            "/api/v1/session",
+            post(session::sign_in)
+                .get(session::get)
+                .delete(session::sign_out),
+        )
+        .route("/", get(console::index))
+        .route("/console/{*path}", get(console::asset))
         .fallback(no_such_route)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            session::csrf_guard,
+        ))
         .layer(axum::middleware::from_fn(limit_bodies))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -458,6 +477,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         ))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::map_response(no_store))
         .with_state(state)
 }
 
@@ -488,6 +508,7 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let cookie = session::cookie(req.headers()).map(str::to_owned);
     let peer = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -498,13 +519,9 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
         .get::<Arc<Limits>>()
         .cloned()
         .unwrap_or_else(|| Arc::new(Limits::new()));
-    let throttled = limits.throttled(peer).filter(|_| {
-        state
-            .live()
-            .auth
-            .authenticate(authorization.as_deref())
-            .is_none()
-    });
+    let throttled = limits
+        .throttled(peer)
+        .filter(|_| requester(&state, authorization.as_deref(), cookie.as_deref()).is_none());
     let mut resp = match throttled {
         Some(wait) => {
             let secs = wait.as_secs().max(1);
@@ -530,7 +547,7 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
             limits.auth_failed(peer);
         }
         let user = (status != StatusCode::UNAUTHORIZED)
-            .then(|| state.live().auth.authenticate(authorization.as_deref()))
+            .then(|| requester(&state, authorization.as_deref(), cookie.as_deref()))
             .flatten();
         let entries = limits.refused(Refusal {
             peer,
@@ -600,6 +617,22 @@ async fn limit_bodies(req: Request, next: Next) -> Response {
     resp
 }
 
+/// `Cache-Control: no-store` on every JSON answer (API data is never kept by a browser or a
+/// proxy); answers that set their own `Cache-Control` (the console's files) keep it.
+async fn no_store(mut resp: Response) -> Response {
+    if is_json(&resp)
+        && !resp
+            .headers()
+            .contains_key(axum::http::header::CACHE_CONTROL)
+    {
+        resp.headers_mut().insert(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        );
+    }
+    resp
+}
+
 fn is_json(resp: &Response) -> bool {
     resp.headers()
         .get(axum::http::header::CONTENT_TYPE)
@@ -639,14 +672,38 @@ async fn json_errors(resp: Response) -> Response {
     Response::from_parts(parts, axum::body::Body::from(body))
 }
 
-/// Authenticates only (401 without a valid token).
+/// Authenticates only (401 without a valid token): an `Authorization: Bearer` header if there
+/// is one (a wrong one is 401 even with a good cookie), else the console's session cookie,
+/// whose user is looked up by name in the current config (`api::session`).
 pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
-    let value = headers.get("authorization").and_then(|v| v.to_str().ok());
-    state
-        .live()
-        .auth
-        .authenticate(value)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required"))
+    let live = state.live();
+    if let Some(value) = headers.get("authorization") {
+        return live.auth.authenticate(value.to_str().ok()).ok_or_else(|| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required")
+        });
+    }
+    match session::cookie(headers) {
+        Some(id) => state.sessions.authenticate(&live, id),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required",
+        )),
+    }
+}
+
+/// Who a request is from, without using a session (for the refusal middleware): the bearer
+/// token's user, else the user of a live session cookie.
+fn requester(
+    state: &AppState,
+    authorization: Option<&str>,
+    cookie: Option<&str>,
+) -> Option<Arc<Principal>> {
+    let live = state.live();
+    match (authorization, cookie) {
+        (Some(a), _) => live.auth.authenticate(Some(a)),
+        (None, Some(id)) => state.sessions.user_of(&live, id),
+        (None, None) => None,
+    }
 }
 
 /// Authenticates and checks a permission.
