@@ -7,53 +7,16 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use holdfast::metrics::Metrics;
-use holdfast::store::segment::{CodecConfig, Frame, Segment};
+use holdfast::store::segment::{Frame, Segment};
 use holdfast::store::writer::{Writer, WriterConfig};
 use holdfast::store::Store;
 use holdfast::time::Time90k;
 use support::procs::{
-    ffmpeg_errors, ffprobe, http_get_bytes, q, repo_path, Daemon, RtspServer, PRIVACY_TOKEN,
+    ffmpeg_errors, ffprobe, http_get_bytes, q, Daemon, RtspServer, PRIVACY_TOKEN,
 };
 
 const SITE: &str = "[policies.month]\nvideo = \"28d\"\nkeytags = \"28d\"\n\n[[sites]]\nid = \"s\"\npolicy = \"month\"\n";
-
-/// The shipped clip as AVC samples (length-prefixed, parameter sets in the avcC) and its avcC.
-fn clip_samples() -> (Vec<(Bytes, bool)>, Arc<CodecConfig>) {
-    let data = std::fs::read(repo_path("data/clip-720p25-4mbit.h264")).unwrap();
-    let (mut sps, mut pps) = (None, None);
-    let mut samples = Vec::new();
-    let mut au: Vec<u8> = Vec::new();
-    for nal in holdfast::camsim::clip::split_annex_b(&data) {
-        let t = nal[0] & 0x1f;
-        match t {
-            7 => {
-                sps.get_or_insert_with(|| nal.to_vec());
-                continue;
-            }
-            8 => {
-                pps.get_or_insert_with(|| nal.to_vec());
-                continue;
-            }
-            9 => continue,
-            _ => {}
-        }
-        au.extend_from_slice(&(nal.len() as u32).to_be_bytes());
-        au.extend_from_slice(nal);
-        if t == 1 || t == 5 {
-            samples.push((Bytes::from(std::mem::take(&mut au)), t == 5));
-        }
-    }
-    let (sps, pps) = (sps.unwrap(), pps.unwrap());
-    let mut avcc = vec![1, sps[1], sps[2], sps[3], 0xff, 0xe1];
-    avcc.extend_from_slice(&(sps.len() as u16).to_be_bytes());
-    avcc.extend_from_slice(&sps);
-    avcc.push(1);
-    avcc.extend_from_slice(&(pps.len() as u16).to_be_bytes());
-    avcc.extend_from_slice(&pps);
-    (samples, Arc::new(CodecConfig::new(Bytes::from(avcc))))
-}
 
 #[test]
 fn the_data_subject_window_is_exactly_21_00_to_21_15_amsterdam_plus_the_lead_in() {
@@ -82,7 +45,7 @@ fn the_data_subject_window_is_exactly_21_00_to_21_15_amsterdam_plus_the_lead_in(
     );
     d.stop();
     {
-        let (samples, codec) = clip_samples();
+        let (samples, codec) = support::clip::clip_samples();
         assert_eq!(samples.len(), 100);
         assert!(samples[0].1 && samples[50].1);
         let (store, _) = Store::open(&d.data_dir, 3600).unwrap();

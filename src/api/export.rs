@@ -25,11 +25,14 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::auth::Principal;
+use super::footage_ids::{ids, new_id, Held, EXPORT_LIFE, VIEW_IDLE};
+use super::holds::parse_json;
+use super::range::{self, Ranged};
 use super::{
     authenticate, camera_in_scope, check_len, entry, log_refusal, parse_query, parse_range,
-    ApiError, AppState, Param, MAX_REASON, MAX_REFERENCE,
+    read_body, ApiError, AppState, Param, MAX_REASON, MAX_REFERENCE,
 };
-use crate::export::{mp4, plan, send_payloads};
+use crate::export::{plan, send_payloads, Layout};
 use crate::logbook::NewEntry;
 use crate::roles::Footage;
 
@@ -96,8 +99,8 @@ impl Drop for UserSlot {
     }
 }
 
-/// Query of an export or view.
-#[derive(Deserialize, Default)]
+/// Query of an export or view (`view`/`export`: the id of one made by a POST).
+#[derive(Deserialize, Default, Clone)]
 pub struct FootageQuery {
     from: Option<String>,
     to: Option<String>,
@@ -105,7 +108,39 @@ pub struct FootageQuery {
     purpose: Option<String>,
     recipient: Option<String>,
     reference: Option<String>,
+    view: Option<String>,
+    export: Option<String>,
 }
+
+/// JSON body of `POST .../views` and `POST .../exports`: the fields of the GET's query.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FootageBody {
+    from: Option<String>,
+    to: Option<String>,
+    reason: Option<String>,
+    purpose: Option<String>,
+    recipient: Option<String>,
+    reference: Option<String>,
+}
+
+impl From<FootageBody> for FootageQuery {
+    fn from(b: FootageBody) -> Self {
+        FootageQuery {
+            from: b.from,
+            to: b.to,
+            reason: b.reason,
+            purpose: b.purpose,
+            recipient: b.recipient,
+            reference: b.reference,
+            view: None,
+            export: None,
+        }
+    }
+}
+
+/// Largest body of `POST .../views` and `POST .../exports`, in bytes.
+pub const POST_BODY_LIMIT: usize = 16 * 1024;
 
 /// `GET /api/v1/cameras/{id}/export.mp4`.
 pub async fn export(
@@ -127,6 +162,45 @@ pub async fn view(
     footage(state, headers, id, raw, Footage::View).await
 }
 
+/// `POST /api/v1/cameras/{id}/views`: a view id (logged once) for ranged playback.
+pub async fn post_view(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Param(id): Param,
+    body: Body,
+) -> Result<Response, ApiError> {
+    create(state, headers, id, body, Footage::View).await
+}
+
+/// `POST /api/v1/cameras/{id}/exports`: an export id with the file's size and SHA-256.
+pub async fn post_export(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Param(id): Param,
+    body: Body,
+) -> Result<Response, ApiError> {
+    create(state, headers, id, body, Footage::Export).await
+}
+
+/// `GET /api/v1/exports/{id}`: the receipt of an export id, for the user who made it.
+pub async fn get_export(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Param(id): Param,
+) -> Result<Response, ApiError> {
+    let user = authenticate(&state, &headers)?;
+    if !user.perms.any_footage(Footage::Export) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("role {} may not export footage", user.role),
+        ));
+    }
+    let held = ids()
+        .get(&id, Footage::Export, &user.name, None)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such export"))?;
+    Ok(axum::Json(held.receipt.clone()).into_response())
+}
+
 fn non_empty(v: Option<String>) -> Option<String> {
     v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
 }
@@ -144,13 +218,31 @@ pub fn truncate(s: &str, n: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+/// What a refused request asked: its query string or its body (shown cut), and the fields.
+struct Asked<'a> {
+    /// `query` or `body`.
+    shown_as: &'static str,
+    raw: Option<&'a str>,
+    q: FootageQuery,
+}
+
+impl<'a> Asked<'a> {
+    fn query(raw: Option<&'a str>) -> Self {
+        Asked {
+            shown_as: "query",
+            raw,
+            q: parse_query(raw).unwrap_or_default(),
+        }
+    }
+}
+
 /// Logs a refused footage request with what was asked, and marks the response as logged.
 async fn refuse(
     state: &Arc<AppState>,
     user: &Principal,
     kind: Footage,
     id: &str,
-    raw: Option<&str>,
+    asked: Asked<'_>,
     err: ApiError,
 ) -> Response {
     // Only a camera the user may see gives the entry a site; anything else is for `*` users.
@@ -159,16 +251,13 @@ async fn refuse(
         .filter(|s| user.covers_site(s))
         .map(|s| vec![s.to_owned()])
         .unwrap_or_default();
-    let q: FootageQuery = parse_query(raw).unwrap_or_default();
-    let mut e = entry(
-        user,
-        &format!("{}.refused", kind.name()),
-        json!({
-            "camera": truncate(id, 256),
-            "query": raw.map(|r| truncate(r, 256)),
-            "status": err.status().as_u16(),
-        }),
-    );
+    let q = asked.q;
+    let mut object = json!({
+        "camera": truncate(id, 256),
+        "status": err.status().as_u16(),
+    });
+    object[asked.shown_as] = asked.raw.map(|r| truncate(r, 256)).into();
+    let mut e = entry(user, &format!("{}.refused", kind.name()), object);
     e.reason = non_empty(q.reason).map(|r| truncate(&r, 1024));
     e.purpose = non_empty(q.purpose).map(|r| truncate(&r, 64));
     e.recipient = non_empty(q.recipient).map(|r| truncate(&r, 256));
@@ -185,37 +274,57 @@ async fn footage(
     kind: Footage,
 ) -> Result<Response, ApiError> {
     let user = authenticate(&state, &headers)?;
-    match prepare(&state, &user, &id, raw.as_deref(), kind).await {
-        Ok(p) => send(state, user, id, kind, p).await,
-        Err(err) => Ok(refuse(&state, &user, kind, &id, raw.as_deref(), err).await),
+    let held_id = parse_query::<FootageQuery>(raw.as_deref())
+        .ok()
+        .and_then(|q| match kind {
+            Footage::View => q.view,
+            Footage::Export => q.export,
+        });
+    if let Some(held_id) = held_id {
+        return Ok(by_id(&state, &headers, &user, &id, raw.as_deref(), kind, &held_id).await);
+    }
+    let asked = || Asked::query(raw.as_deref());
+    let q: FootageQuery = match parse_query(raw.as_deref()) {
+        Ok(q) => q,
+        Err(err) => {
+            // The role is judged before the query (403 before 400).
+            let err = footage_allowed(&user, kind).err().unwrap_or(err);
+            return Ok(refuse(&state, &user, kind, &id, asked(), err).await);
+        }
+    };
+    match prepare(&state, &user, &id, &q, kind, true).await {
+        Ok(p) => send(state, user, id, kind, q, p, &headers).await,
+        Err(err) => Ok(refuse(&state, &user, kind, &id, asked(), err).await),
     }
 }
 
-struct Prepared {
-    q: FootageQuery,
-    from: crate::time::Time90k,
-    to: crate::time::Time90k,
-    site: String,
-    plan: crate::export::Plan,
-    head: Bytes,
-    slot: (tokio::sync::SemaphorePermit<'static>, UserSlot),
-}
-
-/// Everything that can refuse the request, in the order 403, 400, 404.
-async fn prepare(
-    state: &Arc<AppState>,
-    user: &Arc<Principal>,
-    id: &str,
-    raw: Option<&str>,
-    kind: Footage,
-) -> Result<Prepared, ApiError> {
+/// 403 unless the user's role may view or export footage for some purpose.
+fn footage_allowed(user: &Principal, kind: Footage) -> Result<(), ApiError> {
     if !user.perms.any_footage(kind) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("role {} may not {} footage", user.role, kind.name()),
         ));
     }
-    let q: FootageQuery = parse_query(raw)?;
+    Ok(())
+}
+
+/// What a request for footage asked, checked.
+struct Checked {
+    from: crate::time::Time90k,
+    to: crate::time::Time90k,
+    site: String,
+}
+
+/// The checks of a request for footage, in the order 403, 400, 404 (no camera).
+fn check(
+    state: &Arc<AppState>,
+    user: &Arc<Principal>,
+    id: &str,
+    q: &FootageQuery,
+    kind: Footage,
+) -> Result<Checked, ApiError> {
+    footage_allowed(user, kind)?;
     let purpose = non_empty(q.purpose.clone());
     if let Some(p) = purpose.as_deref().filter(|p| !PURPOSES.contains(p)) {
         return Err(ApiError::bad_field(
@@ -278,7 +387,13 @@ async fn prepare(
             "an export or view covers at most 24 hours; ask for several",
         ));
     }
+    Ok(Checked { from, to, site })
+}
 
+/// A streaming slot of the user's and one of all (503 when either is taken).
+type Slot = (tokio::sync::SemaphorePermit<'static>, UserSlot);
+
+fn take_slots(user: &Principal) -> Result<Slot, ApiError> {
     let user_slot = UserSlot::take(&user.name).ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -291,113 +406,157 @@ async fn prepare(
             format!("{MAX_CONCURRENT} exports and views are running; try again shortly"),
         )
     })?;
+    Ok((slot, user_slot))
+}
+
+/// Plans `[from, to)` of camera `id` and builds its layout (404 when nothing is recorded).
+async fn plan_layout(
+    state: &Arc<AppState>,
+    id: &str,
+    from: crate::time::Time90k,
+    to: crate::time::Time90k,
+    keep_files: bool,
+) -> Result<Layout, ApiError> {
     let st = state.clone();
     let cam = id.to_owned();
-    let (plan, head) = tokio::task::spawn_blocking(move || {
+    let layout = tokio::task::spawn_blocking(move || {
         let p = plan(&st.store, &cam, from, to)?;
-        let h = if p.is_empty() {
-            Bytes::new()
-        } else {
-            mp4::header(&p).map_err(|e| crate::store::StoreError::Io {
+        if p.is_empty() {
+            return Ok(None);
+        }
+        Layout::new(p, keep_files)
+            .map(Some)
+            .map_err(|e| crate::store::StoreError::Io {
                 op: "build MP4 header",
                 path: st.store.root().to_owned(),
                 source: std::io::Error::other(e.to_string()),
-            })?
-        };
-        Ok::<_, crate::store::StoreError>((p, h))
+            })
     })
     .await
     .map_err(ApiError::internal)?
     .map_err(ApiError::internal)?;
-    if plan.is_empty() {
-        return Err(ApiError::new(
+    layout.ok_or_else(|| {
+        ApiError::new(
             StatusCode::NOT_FOUND,
             format!("nothing of camera {id:?} is recorded in that range (any more)"),
-        ));
-    }
-    Ok(Prepared {
-        q,
-        from,
-        to,
-        site,
-        plan,
-        head,
-        slot: (slot, user_slot),
+        )
     })
 }
 
-async fn send(
-    state: Arc<AppState>,
-    user: Arc<Principal>,
-    id: String,
+struct Prepared {
+    from: crate::time::Time90k,
+    to: crate::time::Time90k,
+    site: String,
+    layout: Layout,
+    slot: Slot,
+}
+
+/// Everything that can refuse the request, in the order 403, 400, 404, 503.
+async fn prepare(
+    state: &Arc<AppState>,
+    user: &Arc<Principal>,
+    id: &str,
+    q: &FootageQuery,
     kind: Footage,
-    p: Prepared,
-) -> Result<Response, ApiError> {
-    let Prepared {
-        q,
+    keep_files: bool,
+) -> Result<Prepared, ApiError> {
+    let Checked { from, to, site } = check(state, user, id, q, kind)?;
+    let slot = take_slots(user)?;
+    let layout = plan_layout(state, id, from, to, keep_files).await?;
+    Ok(Prepared {
         from,
         to,
         site,
-        mut plan,
-        head,
+        layout,
         slot,
-    } = p;
-    let total = head.len() as u64 + plan.payload_len();
+    })
+}
 
-    // The logbook first: nothing leaves before this entry is durable.
-    let mut e = entry(
-        &user,
-        kind.name(),
-        json!({
-            "camera": id,
-            "from": from.to_rfc3339(),
-            "to": to.to_rfc3339(),
-            "clip_start": plan.start.to_rfc3339(),
-            "clip_end": plan.end.to_rfc3339(),
-            "frames": plan.samples.len(),
-            "bytes": total,
-        }),
-    );
-    e.reason = non_empty(q.reason);
-    e.purpose = non_empty(q.purpose);
-    e.recipient = non_empty(q.recipient);
-    e.reference = non_empty(q.reference);
-    e.sites = vec![site.clone()];
-    let logged = state.record(e).await?;
+/// The file name of a clip of `camera` from `from`.
+fn file_name(camera: &str, from: crate::time::Time90k) -> String {
+    format!("{camera}_{}.mp4", from.to_rfc3339().replace(':', ""))
+}
 
+/// The `Range` and `If-Range` of a request judged against a file of `len` bytes.
+fn judge_range(headers: &HeaderMap, etag: Option<&str>, len: u64) -> Ranged {
+    let h = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    range::judge(h(header::RANGE), h(header::IF_RANGE), etag, len)
+}
+
+/// 416 with `Content-Range: bytes */len`.
+fn unsatisfiable(len: u64) -> Response {
+    let mut resp = ApiError::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        format!("range: the file has {len} bytes"),
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+        resp.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    resp.headers_mut()
+        .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    resp
+}
+
+/// The outcome entry of a delivery, written when its body is done with.
+fn outcome(
+    state: &Arc<AppState>,
+    user: &Arc<Principal>,
+    kind: Footage,
+    camera: String,
+    site: String,
+    refers: (u64, String),
+    planned: u64,
+    range: Option<String>,
+) -> Finish {
+    let user = user.clone();
+    let st = state.clone();
+    Box::new(move |outcome: &'static str, sent: u64, sha: String| {
+        let mut object = json!({
+            "camera": camera,
+            "outcome": outcome,
+            "bytes_sent": sent,
+            "bytes_planned": planned,
+            "sha256": sha,
+        });
+        if let Some(r) = range {
+            object["range"] = r.into();
+        }
+        let mut c: NewEntry = entry(&user, &format!("{}.outcome", kind.name()), object);
+        c.refers_to = Some(refers.0);
+        c.refers_hash = Some(refers.1);
+        c.sites = vec![site];
+        match st.logbook.append(st.store.index(), c) {
+            Ok(_) => {
+                st.metrics.logbook_entries.inc();
+            }
+            Err(e) => tracing::error!(error = %e, "could not log an export's outcome"),
+        }
+    })
+}
+
+/// What a delivery sends.
+enum Source {
+    /// The whole file of a plan that is used once (its bucket files closed as it goes).
+    Whole(Layout),
+    /// Bytes `[start, end)` of a layout.
+    Range(Arc<Layout>, u64, u64),
+}
+
+/// The response body of a delivery: a producer thread reads one verified segment at a time and
+/// gives up when the connection has taken nothing for [`STALL_TIMEOUT`] (the serving loop cuts
+/// such a connection too). The slot is held until the producer ends.
+fn deliver(
+    state: &Arc<AppState>,
+    camera: String,
+    source: Source,
+    len: u64,
+    slot: Slot,
+    finish: Option<Finish>,
+) -> Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
     let st = state.clone();
-    let camera = id.clone();
     let rt = tokio::runtime::Handle::current();
-    let (seq, hash) = (logged.entry.seq, logged.hash.clone());
-    let finish = {
-        let user = user.clone();
-        let st = state.clone();
-        move |outcome: &'static str, sent: u64, sha: String| {
-            let mut c: NewEntry = entry(
-                &user,
-                &format!("{}.outcome", kind.name()),
-                json!({
-                    "camera": camera,
-                    "outcome": outcome,
-                    "bytes_sent": sent,
-                    "bytes_planned": total,
-                    "sha256": sha,
-                }),
-            );
-            c.refers_to = Some(seq);
-            c.refers_hash = Some(hash);
-            c.sites = vec![site];
-            match st.logbook.append(st.store.index(), c) {
-                Ok(_) => {
-                    st.metrics.logbook_entries.inc();
-                }
-                Err(e) => tracing::error!(error = %e, "could not log an export's outcome"),
-            }
-        }
-    };
-    // The producer reads one verified segment at a time; it gives up when the connection has
-    // taken nothing for STALL_TIMEOUT (the serving loop cuts such a connection too).
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let send = |item: Result<Bytes, std::io::Error>| -> bool {
@@ -405,54 +564,439 @@ async fn send(
                 Ok(Ok(())) => true,
                 Ok(Err(_)) => false,
                 Err(_) => {
-                    tracing::warn!(camera = %id, "export dropped: the client stopped reading");
+                    tracing::warn!(camera = %camera, "export dropped: the client stopped reading");
                     false
                 }
             }
         };
-        if send(Ok(head)) {
-            if let Err(err) = send_payloads(&st.store, &mut plan, |b| send(Ok(b))) {
-                tracing::error!(camera = %id, error = %err, "export stopped: stored footage failed its check");
-                send(Err(std::io::Error::other(
-                    "stored footage failed its check",
-                )));
+        let result = match source {
+            Source::Whole(mut layout) => {
+                if send(Ok(layout.head.clone())) {
+                    send_payloads(&st.store, &mut layout.plan, |b| send(Ok(b)))
+                } else {
+                    Ok(())
+                }
             }
+            Source::Range(layout, start, end) => {
+                layout.send_range(&st.store, start, end, |b| send(Ok(b)))
+            }
+        };
+        if let Err(err) = result {
+            tracing::error!(camera = %camera, error = %err, "export stopped: stored footage failed its check");
+            send(Err(std::io::Error::other(
+                "stored footage failed its check",
+            )));
         }
     });
-    let stream = Delivery {
+    Body::from_stream(Delivery {
         rx,
         sha: Sha256::new(),
         sent: 0,
-        total,
+        total: len,
         failed: false,
-        finish: Some(Box::new(finish)),
+        finish,
+    })
+}
+
+/// The headers of an MP4 response: 200 or 206 (with `Content-Range`), length, type,
+/// disposition, `Accept-Ranges`, the entity tag of an id and the logbook entry's seq.
+fn mp4_response(
+    body: Body,
+    part: Option<(u64, u64)>,
+    total: u64,
+    disposition: &str,
+    etag: Option<&str>,
+    seq: u64,
+) -> Response {
+    let mut resp = body.into_response();
+    let len = match part {
+        Some((start, end)) => {
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{total}", end - 1)) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            end - start
+        }
+        None => total,
     };
-    let disposition = format!(
-        "{}; filename=\"{}_{}.mp4\"",
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(disposition) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if let Some(v) = etag.and_then(|t| HeaderValue::from_str(t).ok()) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert("x-holdfast-logbook-seq", HeaderValue::from(seq));
+    resp
+}
+
+fn disposition(kind: Footage, name: &str) -> String {
+    format!(
+        "{}; filename=\"{name}\"",
         if kind == Footage::Export {
             "attachment"
         } else {
             "inline"
-        },
-        logged
-            .entry
-            .body
-            .object
-            .get("camera")
-            .and_then(|c| c.as_str())
-            .unwrap_or("camera"),
-        from.to_rfc3339().replace(':', "")
+        }
+    )
+}
+
+/// A GET without an id: its own logbook entry (synced) before the first byte, its own outcome.
+async fn send(
+    state: Arc<AppState>,
+    user: Arc<Principal>,
+    id: String,
+    kind: Footage,
+    q: FootageQuery,
+    p: Prepared,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let Prepared {
+        from,
+        to,
+        site,
+        layout,
+        slot,
+    } = p;
+    let total = layout.len();
+    let part = match judge_range(headers, None, total) {
+        Ranged::Unsatisfiable => return Ok(unsatisfiable(total)),
+        Ranged::Whole => None,
+        Ranged::Part { start, end } => Some((start, end + 1)),
+    };
+
+    // The logbook first: nothing leaves before this entry is durable.
+    let mut object = json!({
+        "camera": id,
+        "from": from.to_rfc3339(),
+        "to": to.to_rfc3339(),
+        "clip_start": layout.plan.start.to_rfc3339(),
+        "clip_end": layout.plan.end.to_rfc3339(),
+        "frames": layout.frames,
+        "bytes": total,
+    });
+    let range = part.map(|(a, b)| format!("bytes {a}-{}/{total}", b - 1));
+    if let Some(r) = &range {
+        object["range"] = r.clone().into();
+    }
+    let mut e = entry(&user, kind.name(), object);
+    e.reason = non_empty(q.reason);
+    e.purpose = non_empty(q.purpose);
+    e.recipient = non_empty(q.recipient);
+    e.reference = non_empty(q.reference);
+    e.sites = vec![site.clone()];
+    let logged = state.record(e).await?;
+
+    let (source, planned) = match part {
+        None => (Source::Whole(layout), total),
+        Some((a, b)) => (Source::Range(Arc::new(layout), a, b), b - a),
+    };
+    let finish = outcome(
+        &state,
+        &user,
+        kind,
+        id.clone(),
+        site,
+        (logged.entry.seq, logged.hash.clone()),
+        planned,
+        range,
     );
-    let mut resp = Body::from_stream(stream).into_response();
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
-    if let Ok(v) = HeaderValue::from_str(&disposition) {
-        h.insert(header::CONTENT_DISPOSITION, v);
+    let body = deliver(&state, id.clone(), source, planned, slot, Some(finish));
+    Ok(mp4_response(
+        body,
+        part,
+        total,
+        &disposition(kind, &file_name(&id, from)),
+        None,
+        logged.entry.seq,
+    ))
+}
+
+/// A GET of a view or export id: exactly the bytes of the layout fixed when it was made, with
+/// no new logbook entry (an export's complete download writes its outcome entry).
+async fn by_id(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    user: &Arc<Principal>,
+    id: &str,
+    raw: Option<&str>,
+    kind: Footage,
+    held_id: &str,
+) -> Response {
+    let refused = |err| refuse(state, user, kind, id, Asked::query(raw), err);
+    let Some(held) = ids().get(held_id, kind, &user.name, Some(id)) else {
+        return refused(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no such {}", kind.name()),
+        ))
+        .await;
+    };
+    // The role and the sites as they are now (a reload may have changed them).
+    if !user.may_footage(kind, held.purpose.as_deref()) {
+        return refused(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "role {} may no longer {} this footage",
+                user.role,
+                kind.name()
+            ),
+        ))
+        .await;
     }
-    if let Ok(v) = HeaderValue::from_str(&logged.entry.seq.to_string()) {
-        h.insert("x-holdfast-logbook-seq", v);
+    if let Err(err) = camera_in_scope(state, user, id) {
+        return refused(err).await;
     }
+    let etag = format!("\"{held_id}\"");
+    let total = held.layout.len();
+    let part = match judge_range(headers, Some(&etag), total) {
+        Ranged::Unsatisfiable => return unsatisfiable(total),
+        Ranged::Whole => None,
+        Ranged::Part { start, end } => Some((start, end + 1)),
+    };
+    let (start, end) = part.unwrap_or((0, total));
+    // Footage erased or expired since the id was made: refused before a byte is sent (the
+    // payload reads check again, so a change during the transfer cuts it).
+    let st = state.clone();
+    let layout = held.layout.clone();
+    let stored =
+        tokio::task::spawn_blocking(move || layout.still_stored(&st.store, start, end)).await;
+    match stored {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(camera = %id, error = %e, "footage of an id changed since it was made");
+            return refused(ApiError::new(
+                StatusCode::GONE,
+                format!(
+                    "the footage of this {} changed since it was made (erased or expired); \
+                     make a new one",
+                    kind.name()
+                ),
+            ))
+            .await;
+        }
+        Err(e) => return ApiError::internal(e).into_response(),
+    }
+    let slot = match take_slots(user) {
+        Ok(s) => s,
+        Err(err) => return refused(err).await,
+    };
+    let finish = (kind == Footage::Export && part.is_none()).then(|| {
+        outcome(
+            state,
+            user,
+            kind,
+            id.to_owned(),
+            held.site.clone(),
+            held.logbook.clone(),
+            total,
+            None,
+        )
+    });
+    let body = deliver(
+        state,
+        id.to_owned(),
+        Source::Range(held.layout.clone(), start, end),
+        end - start,
+        slot,
+        finish,
+    );
+    mp4_response(
+        body,
+        part,
+        total,
+        &disposition(kind, &held.file_name),
+        Some(&etag),
+        held.logbook.0,
+    )
+}
+
+/// `POST .../views` and `POST .../exports`: the same checks as the GET (refusals logged the
+/// same way), then the layout, for an export its SHA-256 (every payload read and checked once),
+/// then the logbook entry, then the id.
+async fn create(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    id: String,
+    body: Body,
+    kind: Footage,
+) -> Result<Response, ApiError> {
+    let user = authenticate(&state, &headers)?;
+    let none = || Asked {
+        shown_as: "body",
+        raw: None,
+        q: FootageQuery::default(),
+    };
+    if let Err(err) = footage_allowed(&user, kind) {
+        return Ok(refuse(&state, &user, kind, &id, none(), err).await);
+    }
+    let raw = match read_body(&headers, body, POST_BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(err) => return Ok(refuse(&state, &user, kind, &id, none(), err).await),
+    };
+    let shown = String::from_utf8_lossy(&raw).into_owned();
+    let parsed: Result<FootageBody, _> = parse_json(&raw);
+    let q: FootageQuery = match parsed {
+        Ok(b) => b.into(),
+        Err(err) => {
+            let asked = Asked {
+                shown_as: "body",
+                raw: Some(&shown),
+                q: FootageQuery::default(),
+            };
+            return Ok(refuse(&state, &user, kind, &id, asked, err).await);
+        }
+    };
+    match make(&state, &user, &id, &q, kind).await {
+        Ok(r) => Ok(r),
+        Err(err)
+            if err.status().is_server_error()
+                && err.status() != StatusCode::SERVICE_UNAVAILABLE =>
+        {
+            Err(err)
+        }
+        Err(err) => {
+            let asked = Asked {
+                shown_as: "body",
+                raw: Some(&shown),
+                q,
+            };
+            Ok(refuse(&state, &user, kind, &id, asked, err).await)
+        }
+    }
+}
+
+async fn make(
+    state: &Arc<AppState>,
+    user: &Arc<Principal>,
+    id: &str,
+    q: &FootageQuery,
+    kind: Footage,
+) -> Result<Response, ApiError> {
+    let p = prepare(state, user, id, q, kind, false).await?;
+    let layout = Arc::new(p.layout);
+    let size = layout.len();
+    let name = file_name(id, p.from);
+    // An export's hash: the whole file, its payloads read and checked once; nothing leaves.
+    let sha = if kind == Footage::Export {
+        let st = state.clone();
+        let l = layout.clone();
+        let hashed = tokio::task::spawn_blocking(move || {
+            let mut sha = Sha256::new();
+            l.send_range(&st.store, 0, l.len(), |b| {
+                sha.update(&b);
+                true
+            })
+            .map(|()| hex::encode(sha.finalize()))
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        match hashed {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::error!(camera = %id, error = %e, "export refused: stored footage failed its check");
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "stored footage of camera {id:?} in that range changed or failed its \
+                         check while it was read; ask again"
+                    ),
+                ));
+            }
+        }
+    } else {
+        None
+    };
+    drop(p.slot);
+
+    let mut object = json!({
+        "camera": id,
+        "from": p.from.to_rfc3339(),
+        "to": p.to.to_rfc3339(),
+        "clip_start": layout.plan.start.to_rfc3339(),
+        "clip_end": layout.plan.end.to_rfc3339(),
+        "frames": layout.frames,
+        "bytes": size,
+    });
+    if let Some(sha) = &sha {
+        object["sha256"] = sha.clone().into();
+        object["size"] = size.into();
+        object["file_name"] = name.clone().into();
+    }
+    let purpose = non_empty(q.purpose.clone());
+    let mut e = entry(user, kind.name(), object);
+    e.reason = non_empty(q.reason.clone());
+    e.purpose = purpose.clone();
+    e.recipient = non_empty(q.recipient.clone());
+    e.reference = non_empty(q.reference.clone());
+    e.sites = vec![p.site.clone()];
+    let logged = state.record(e).await?;
+
+    let token = new_id();
+    let now = state.clock.now();
+    let life = match kind {
+        Footage::View => VIEW_IDLE,
+        Footage::Export => EXPORT_LIFE,
+    };
+    let expires_at = now.add_ticks(life.as_secs() as i64 * crate::time::TICKS_PER_SEC);
+    let route = match kind {
+        Footage::View => "view",
+        Footage::Export => "export",
+    };
+    let url = format!(
+        "/api/v1/cameras/{}/{route}.mp4?{route}={token}",
+        percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
+    );
+    let mut answer = json!({
+        route: token,
+        "logbook_seq": logged.entry.seq,
+        "url": url,
+        "size": size,
+        "clip_start": layout.plan.start.to_rfc3339(),
+        "clip_end": layout.plan.end.to_rfc3339(),
+        "expires_at": expires_at.to_rfc3339(),
+    });
+    if let Some(sha) = sha {
+        let extra = json!({
+            "file_name": name,
+            "sha256": sha,
+            "camera": id,
+            "from": p.from.to_rfc3339(),
+            "to": p.to.to_rfc3339(),
+            "purpose": purpose,
+            "reason": logged.entry.body.reason,
+            "recipient": logged.entry.body.recipient,
+            "reference": logged.entry.body.reference,
+            "user": user.name,
+            "created_at": now.to_rfc3339(),
+        });
+        for (k, v) in extra.as_object().expect("an object") {
+            answer[k] = v.clone();
+        }
+    }
+    let held = Held::new(
+        kind,
+        user.name.clone(),
+        id.to_owned(),
+        p.site,
+        purpose,
+        layout,
+        (logged.entry.seq, logged.hash.clone()),
+        name,
+        if kind == Footage::Export {
+            answer.clone()
+        } else {
+            serde_json::Value::Null
+        },
+    );
+    ids().insert(&token, held);
+    let mut resp = (StatusCode::CREATED, axum::Json(answer)).into_response();
+    resp.headers_mut().insert(
+        "x-holdfast-logbook-seq",
+        HeaderValue::from(logged.entry.seq),
+    );
     Ok(resp)
 }
 

@@ -12,10 +12,12 @@ pub mod auth;
 pub mod clock;
 pub mod console;
 pub mod export;
+pub mod footage_ids;
 pub mod holds;
 pub mod keytags;
 pub mod limits;
 pub mod logbook;
+pub mod range;
 pub mod server;
 pub mod session;
 
@@ -446,6 +448,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/erasures", post(holds::erasure))
         .route("/api/v1/cameras/{id}/export.mp4", get(export::export))
         .route("/api/v1/cameras/{id}/view.mp4", get(export::view))
+        .route("/api/v1/cameras/{id}/views", post(export::post_view))
+        .route("/api/v1/cameras/{id}/exports", post(export::post_export))
+        .route("/api/v1/exports/{id}", get(export::get_export))
         .route(
             "/api/v1/keytags/events",
             post(keytags::submit).get(keytags::query),
@@ -924,6 +929,19 @@ pub fn parse_range(from: Option<&str>, to: Option<&str>) -> Result<(Time90k, Tim
     Ok((from, to))
 }
 
+/// The time before which `camera`'s footage is past its policy's video retention by the trusted
+/// clock now (what the sweeper deletes unless held); `None` when the camera has no configured
+/// policy.
+pub fn retention_edge(state: &AppState, camera: &str) -> Option<Time90k> {
+    let live = state.live();
+    let r = &live.retention;
+    let keep = r.policies.get(r.camera_policies.get(camera)?)?;
+    let ticks = i64::try_from(keep.as_secs())
+        .ok()?
+        .checked_mul(crate::time::TICKS_PER_SEC)?;
+    Some(state.clock.retention_now().add_ticks(-ticks))
+}
+
 async fn recordings(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -960,6 +978,7 @@ async fn recordings(
         "to": to.to_rfc3339(),
         "intervals": fmt(&intervals),
         "gaps": fmt(&gaps),
+        "retention_edge": retention_edge(&state, &id).map(|t| t.to_rfc3339()),
     }))
     .into_response())
 }

@@ -410,6 +410,147 @@ pub fn read_payload(store: &Store, f: &OpenBucket, e: &SegmentEntry) -> Result<B
     }
 }
 
+/// The bytes of one export's MP4, fixed once: its plan (without the sample table, which only
+/// the header needed) and its header. Every byte range of the file is a pure function of it, so
+/// the requests of one viewing (or the downloads of one export) all see the same file; the
+/// payloads are read from the store on each request and checked as [`send_payloads`] checks
+/// them, so footage that changed underneath fails the request instead of sending other bytes.
+#[derive(Debug)]
+pub struct Layout {
+    /// The plan (its `samples` emptied once the header is built; see [`Layout::frames`]).
+    pub plan: Plan,
+    /// `ftyp`, `moov` and the `mdat` box header.
+    pub head: Bytes,
+    /// Frames in the clip.
+    pub frames: usize,
+}
+
+impl Layout {
+    /// Builds the header of `plan` and keeps what byte ranges need. With `keep_files` false the
+    /// plan's open bucket files are closed (a layout kept for a while must not keep an expired
+    /// bucket's unlinked file alive; each range opens what it reads).
+    pub fn new(mut plan: Plan, keep_files: bool) -> Result<Layout, mp4::Mp4Error> {
+        let head = mp4::header(&plan)?;
+        let frames = plan.samples.len();
+        plan.samples = Vec::new();
+        if !keep_files {
+            for c in &mut plan.chunks {
+                c.file = None;
+            }
+        }
+        Ok(Layout { plan, head, frames })
+    }
+
+    /// Length of the whole file.
+    pub fn len(&self) -> u64 {
+        self.head.len() as u64 + self.plan.payload_len()
+    }
+
+    /// Whether the file is empty (never: a layout has a header).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of memory the layout holds (for the caps on kept layouts).
+    pub fn mem_size(&self) -> usize {
+        self.head.len()
+            + self.plan.chunks.len()
+                * (std::mem::size_of::<Chunk>()
+                    + self.plan.camera.len()
+                    + self.plan.chunks.first().map_or(0, |c| c.entry.policy.len()))
+            + self
+                .plan
+                .codecs
+                .iter()
+                .map(|c| c.1.len() + 8)
+                .sum::<usize>()
+    }
+
+    /// The chunks that hold bytes of `[start, end)` of the file, each with its file offset.
+    fn chunks_in(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, &Chunk)> {
+        let mut at = self.head.len() as u64;
+        self.plan
+            .chunks
+            .iter()
+            .map(move |c| {
+                let o = at;
+                at += c.len;
+                (o, c)
+            })
+            .skip_while(move |(o, c)| o + c.len <= start)
+            .take_while(move |(o, _)| *o < end)
+    }
+
+    /// Checks that every segment that holds bytes of `[start, end)` is still in the index as it
+    /// was planned (not erased or expired since). A cheap check before a response starts, so
+    /// that changed footage is refused with a status rather than a cut stream; the payload reads
+    /// check again.
+    pub fn still_stored(&self, store: &Store, start: u64, end: u64) -> Result<(), StoreError> {
+        for (_, c) in self.chunks_in(start, end) {
+            match store.index().segment(&c.entry.key())? {
+                Some(now) if now == c.entry => {}
+                _ => {
+                    return Err(crate::store::record_error(
+                        &store.bucket_path(&c.entry.policy, c.entry.bucket),
+                        &c.entry,
+                    )(FormatError::Invalid(
+                        "no longer in the index (erased or expired since the export was planned)",
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends exactly the bytes `[start, end)` of the file to `send`, in order: the part of the
+    /// header in the range, then the payload pieces that cover the rest, each segment's payload
+    /// read whole, checked as [`read_payload`] checks it, and sliced to the range. Stops at the
+    /// first error or when `send` returns false. `end` is clamped to [`Layout::len`].
+    pub fn send_range(
+        &self,
+        store: &Store,
+        start: u64,
+        end: u64,
+        mut send: impl FnMut(Bytes) -> bool,
+    ) -> Result<(), StoreError> {
+        let end = end.min(self.len());
+        if start >= end {
+            return Ok(());
+        }
+        let hl = self.head.len() as u64;
+        if start < hl && !send(self.head.slice(start as usize..end.min(hl) as usize)) {
+            return Ok(());
+        }
+        // One open file at a time: chunks are in time order, so a bucket's chunks follow each
+        // other and its file is closed when the next bucket begins.
+        let mut open: Option<Arc<OpenBucket>> = None;
+        for (o, c) in self.chunks_in(start, end) {
+            let f = match (&c.file, &open) {
+                (Some(f), _) => f.clone(),
+                (None, Some(f)) if f.path == store.bucket_path(&c.entry.policy, c.entry.bucket) => {
+                    f.clone()
+                }
+                (None, _) => {
+                    let path = store.bucket_path(&c.entry.policy, c.entry.bucket);
+                    let file = File::open(&path).map_err(StoreError::io("open", &path))?;
+                    let f = Arc::new(OpenBucket { path, file });
+                    open = Some(f.clone());
+                    f
+                }
+            };
+            let payload = read_payload(store, &f, &c.entry)?;
+            // This chunk's bytes are [o, o + len) of the file; the wanted part of them:
+            let from = start.max(o) - o;
+            let to = end.min(o + c.len) - o;
+            let at = c.payload_offset;
+            if !send(payload.slice((at + from) as usize..(at + to) as usize)) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,5 +2,6 @@
 
 #![allow(dead_code)]
 
+pub mod clip;
 pub mod procs;
 pub mod synth;
