@@ -46,6 +46,7 @@ export function describe(e, ctx) {
     if (o.hold || o.id) parts.push(`#${o.hold || o.id}`);
     if (o.from && o.to) parts.push(`${fmtDateTime(o.from, ctx.tz, ctx.locale)} – ${fmtDateTime(o.to, ctx.tz, ctx.locale)}`);
     if (o.outcome) parts.push(String(o.outcome));
+    if (o.entry) parts.push(`→ ${o.entry}`);
     if (parts.length) return parts.join(' · ');
   }
   const s = o === undefined || o === null ? '' : JSON.stringify(o);

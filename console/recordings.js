@@ -14,16 +14,34 @@ function pct(x, a, b) {
 }
 
 function bar(cls, from, to, a, b, label) {
+  if (to <= a || from >= b) return null;
   const el = h('span', { class: `tl-${cls}`, title: label });
   el.style.left = pct(Math.max(from, a), a, b);
   el.style.width = `${(((Math.min(to, b) - Math.max(from, a)) / (b - a)) * 100).toFixed(3)}%`;
   return el;
 }
 
-/** The timeline of one day: recorded bars, gaps, the retention edge, hour ticks. */
-function timeline(rec, date, ctx, dayStart, dayEnd) {
-  const a = dayStart.getTime();
-  const b = dayEnd.getTime();
+/** Tick marks `[label, instant]` every `stepMin` minutes of local time from `a` to `b`. */
+function ticksOf(a, b, stepMin, ctx) {
+  const out = [];
+  const start = utcToZoned(a, ctx.tz);
+  const [hh, mm] = start.time.split(':').map(Number);
+  let minutes = hh * 60 + mm;
+  minutes -= minutes % stepMin;
+  for (let day = 0, date = start.date; day < 2; day += 1, date = addDays(date, 1)) {
+    for (; minutes < 24 * 60; minutes += stepMin) {
+      const label = `${String(Math.floor(minutes / 60)).padStart(2, '0')}:${String(minutes % 60).padStart(2, '0')}`;
+      const at = zonedToUtc(date, label, ctx.tz).getTime();
+      if (at > b) return out;
+      if (at >= a) out.push([label, at]);
+    }
+    minutes = 0;
+  }
+  return out;
+}
+
+/** A timeline of `[a, b)`: recorded bars, gaps, the retention edge, now, and tick marks. */
+function timeline(rec, a, b, ctx, stepMin, id, captionKey) {
   const span = (x) => `${fmtTime(x.from, ctx.tz, ctx.locale)} – ${fmtTime(x.to, ctx.tz, ctx.locale)}`;
   const track = h('div', { class: 'tl-track' });
   const edge = rec.retention_edge ? Date.parse(rec.retention_edge) : null;
@@ -31,40 +49,45 @@ function timeline(rec, date, ctx, dayStart, dayEnd) {
     const past = h('span', { class: 'tl-expired', title: t('rec.expired') });
     past.style.left = '0%';
     past.style.width = pct(Math.min(edge, b), a, b);
-    track.appendChild(past);
+    put(track, past);
   }
-  for (const g of rec.gaps) track.appendChild(bar('gap', Date.parse(g.from), Date.parse(g.to), a, b, `${t('rec.gap')} ${span(g)}`));
-  for (const i of rec.intervals) track.appendChild(bar('rec', Date.parse(i.from), Date.parse(i.to), a, b, `${t('rec.recorded')} ${span(i)}`));
+  for (const g of rec.gaps) put(track, bar('gap', Date.parse(g.from), Date.parse(g.to), a, b, `${t('rec.gap')} ${span(g)}`));
+  for (const i of rec.intervals) put(track, bar('rec', Date.parse(i.from), Date.parse(i.to), a, b, `${t('rec.recorded')} ${span(i)}`));
   if (edge !== null && edge >= a && edge <= b) {
-    const m = h('span', { class: 'tl-edge', id: 'retention-edge' }, h('span', { class: 'tl-edge-label' }, t('rec.edge_short')));
+    const m = h('span', { class: 'tl-edge', 'data-edge': rec.retention_edge }, h('span', { class: 'tl-edge-label' }, t('rec.edge_short')));
     m.style.left = pct(edge, a, b);
-    track.appendChild(m);
+    put(track, m);
   }
   const now = Date.now();
   if (now > a && now < b) {
     const m = h('span', { class: 'tl-now', title: t('rec.now') });
     m.style.left = pct(now, a, b);
-    track.appendChild(m);
+    put(track, m);
   }
   const ticks = h('div', { class: 'tl-ticks', 'aria-hidden': 'true' });
-  for (let hour = 0; hour <= 24; hour += 3) {
-    const at = hour === 24 ? b : zonedToUtc(date, `${String(hour).padStart(2, '0')}:00`, ctx.tz).getTime();
-    const tick = h('span', { class: 'tl-tick' }, `${String(hour).padStart(2, '0')}:00`);
+  for (const [label, at] of ticksOf(a, b, stepMin, ctx)) {
+    const tick = h('span', { class: 'tl-tick' }, label);
     tick.style.left = pct(at, a, b);
-    ticks.appendChild(tick);
+    put(ticks, tick);
   }
-  const recorded = rec.intervals.reduce((s, i) => s + (Date.parse(i.to) - Date.parse(i.from)), 0) / 1000;
+  const recorded =
+    rec.intervals.reduce((s, i) => s + Math.max(0, Math.min(Date.parse(i.to), b) - Math.max(Date.parse(i.from), a)), 0) / 1000;
+  const gaps = rec.gaps.filter((g) => Date.parse(g.to) > a && Date.parse(g.from) < b).length;
   return h(
     'figure',
-    { class: 'timeline' },
-    h('div', { role: 'img', 'aria-label': t('rec.timeline_label', { recorded: fmtDuration(recorded), n: rec.gaps.length }) }, track, ticks),
-    h(
-      'figcaption',
-      { class: 'legend' },
-      h('span', { class: 'key key-rec' }, t('rec.recorded')),
-      h('span', { class: 'key key-gap' }, t('rec.gap')),
-      h('span', { class: 'key key-expired' }, t('rec.expired')),
-    ),
+    { class: 'timeline', id },
+    h('figcaption', { class: 'tl-caption' }, t(captionKey, { from: fmtTime(a, ctx.tz, ctx.locale).slice(0, 5), to: fmtTime(b, ctx.tz, ctx.locale).slice(0, 5) })),
+    h('div', { role: 'img', 'aria-label': t('rec.timeline_label', { recorded: fmtDuration(recorded), n: gaps }) }, track, ticks),
+  );
+}
+
+function legend() {
+  return h(
+    'p',
+    { class: 'legend' },
+    h('span', { class: 'key key-rec' }, t('rec.recorded')),
+    h('span', { class: 'key key-gap' }, t('rec.gap')),
+    h('span', { class: 'key key-expired' }, t('rec.expired')),
   );
 }
 
@@ -102,7 +125,16 @@ export async function render(root, ctx) {
     showError(box, err);
     return;
   }
-  put(root, timeline(rec, date, ctx, dayStart, dayEnd));
+  // The day, and the hour of the last recording (or the day's first hour) in more detail.
+  const last = rec.intervals[rec.intervals.length - 1];
+  const focus = utcToZoned(last ? Math.max(Date.parse(last.to) - 1, dayStart.getTime()) : dayStart, ctx.tz);
+  const hourStart = zonedToUtc(focus.date, `${focus.time.slice(0, 2)}:00`, ctx.tz).getTime();
+  put(
+    root,
+    timeline(rec, dayStart.getTime(), dayEnd.getTime(), ctx, 180, 'timeline-day', 'rec.day_caption'),
+    timeline(rec, hourStart, Math.min(hourStart + 3600000, dayEnd.getTime()), ctx, 10, 'timeline-hour', 'rec.hour_caption'),
+    legend(),
+  );
   if (rec.retention_edge) {
     put(root, 
       h('p', { class: 'retention' }, t('rec.edge', { time: fmtTimeFull(rec.retention_edge, ctx) })),
@@ -110,7 +142,6 @@ export async function render(root, ctx) {
   }
 
   // The range to view or export: by default the last minute recorded this day.
-  const last = rec.intervals[rec.intervals.length - 1];
   const defTo = last ? Date.parse(last.to) : dayStart.getTime() + 3600000;
   const defFrom = last ? Math.max(Date.parse(last.from), defTo - 60000) : dayStart.getTime();
   const rng = range(ctx.tz, defFrom, defTo);

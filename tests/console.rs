@@ -1,6 +1,6 @@
 //! The web console in a real browser: the daemon binary records camsim cameras on two sites,
 //! then `tests/console/browser.py` drives headless Chromium (selenium, /usr/bin/chromedriver)
-//! through the page as a caretaker (site A only: views a clip that plays and seeks, exports and
+//! through the page as a caretaker (site A only, its camera that is down marked; views a clip that plays and seeks, exports and
 //! checks the receipt's SHA-256 against the downloaded file), a technician (no export button; a
 //! forged export POST with the page's CSRF token gets 403), a privacy officer (data-subject
 //! request) and a manager (places and releases a hold, signs off the caretaker's export entry,
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use holdfast::store::index::{Index, CF_LOGBOOK};
 use holdfast::time::Time90k;
-use support::procs::{q, repo_path, user, Camsim, Daemon};
+use support::procs::{free_port, q, repo_path, user, Camsim, Daemon};
 
 const CARETAKER: &str = "console-caretaker-token-0123456789abcdef";
 const TECHNICIAN: &str = "console-technician-token-0123456789abcdef";
@@ -175,9 +175,11 @@ fn the_console_in_a_real_browser() {
          [[sites]]\nid = \"site-b\"\npolicy = \"standard\"\n\n\
          [[cameras]]\nid = \"a1\"\nsite = \"site-a\"\nurl = \"{}\"\n\n\
          [[cameras]]\nid = \"a2\"\nsite = \"site-a\"\nurl = \"{}\"\n\n\
+         [[cameras]]\nid = \"a3\"\nsite = \"site-a\"\nurl = \"rtsp://127.0.0.1:{}/nothing-listens\"\n\n\
          [[cameras]]\nid = \"b1\"\nsite = \"site-b\"\nurl = \"{}\"\n{}{}{}{}",
         sim.url(0),
         sim.url(1),
+        free_port(),
         sim.url(2),
         user("caretaker", "caretaker", CARETAKER, "[\"site-a\"]"),
         user("technician", "technician", TECHNICIAN, "[\"site-a\", \"site-b\"]"),
@@ -198,6 +200,7 @@ fn the_console_in_a_real_browser() {
         "ok i18n-keys-equal",
         "ok zoned-time",
         "ok caretaker-site-a-only",
+        "ok down-camera-stands-out",
         "ok view-plays-and-seeks",
         "ok export-receipt-matches-download",
         "ok receipt-reachable-again",
@@ -241,7 +244,7 @@ fn the_console_in_a_real_browser() {
     assert_eq!(released.len(), 1, "{holds}");
     assert_eq!(released[0]["state"], "released");
     assert_eq!(released[0]["placed_by"], "manager");
-    let forged = entries(&d, "denied", "technician");
+    let forged = entries(&d, "export.refused", "technician");
     assert!(!forged.is_empty(), "the forged export is logged as refused");
     for name in [
         "sign-in-nl", "sign-in-en", "cameras-nl", "cameras-en", "recordings-nl", "recordings-en",

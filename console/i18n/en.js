@@ -55,6 +55,8 @@ export default {
   'rec.now': 'now',
   'rec.edge_short': 'retention edge',
   'rec.edge': 'Retention edge: footage before {time} is past its retention and is deleted at the next sweep unless a hold pins it.',
+  'rec.day_caption': 'The whole day',
+  'rec.hour_caption': 'In detail: {from} – {to}',
   'rec.timeline_label': 'Timeline of the day: {recorded} recorded, {n} gaps',
   'rec.intervals_title': 'What can still be exported',
   'rec.col.from': 'From',

@@ -56,6 +56,8 @@ export default {
   'rec.now': 'nu',
   'rec.edge_short': 'bewaargrens',
   'rec.edge': 'Bewaargrens: beelden van vóór {time} zijn over hun bewaartermijn en worden bij de volgende opruimronde gewist, tenzij een bewaarbevel ze vasthoudt.',
+  'rec.day_caption': 'De hele dag',
+  'rec.hour_caption': 'In detail: {from} – {to}',
   'rec.timeline_label': 'Tijdlijn van de dag: {recorded} opgenomen, {n} gaten',
   'rec.intervals_title': 'Wat nog te exporteren is',
   'rec.col.from': 'Van',

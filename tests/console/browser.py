@@ -20,6 +20,7 @@ the command line. Prints a JSON line `state {...}` with what the Rust side check
 """
 
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -104,12 +105,19 @@ class Console:
         self.js("location.hash = arguments[0]", hash_)
 
     def shot(self, name):
+        """A PNG of the whole page (not only the window) in the artifacts dir."""
         path = os.path.join(self.out, f"{name}.png")
-        # the whole page, not only the window
-        h = self.js("return Math.max(document.body.scrollHeight, 900)")
-        self.d.set_window_size(1280, min(int(h) + 100, 4000))
-        self.d.save_screenshot(path)
-        self.d.set_window_size(1280, 900)
+        height = self.js("return Math.max(document.documentElement.scrollHeight, 900)")
+        self.d.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1280, "height": min(int(height), 6000), "deviceScaleFactor": 1, "mobile": False},
+        )
+        try:
+            png = self.d.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+            with open(path, "wb") as f:
+                f.write(base64.b64decode(png["data"]))
+        finally:
+            self.d.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
         return path
 
     def settle(self):
@@ -281,10 +289,25 @@ def caretaker(c, token, state):
     sites = c.js("return [...document.querySelectorAll('[data-site]')].map(s => s.dataset.site)")
     cams = c.js("return [...document.querySelectorAll('[data-camera]')].map(s => s.dataset.camera)")
     check(sites == ["site-a"], f"caretaker sees only site A: {sites}")
-    check(sorted(cams) == ["a1", "a2"], f"caretaker's cameras: {cams}")
+    check(sorted(cams) == ["a1", "a2", "a3"], f"caretaker's cameras: {cams}")
+    # a3 has no camera behind it: it is down, marked by colour and by text.
+    c.wait(lambda: c.css('tr.row-down[data-camera="a3"]'), "camera a3 shown as down", 30)
+    down = c.js(
+        """
+        const row = document.querySelector('tr[data-camera="a3"]'), up = document.querySelector('tr[data-camera="a1"]');
+        const st = row.querySelector('.state');
+        return {text: st.innerText, bg: getComputedStyle(row).backgroundColor, upBg: getComputedStyle(up).backgroundColor,
+                badge: getComputedStyle(st).backgroundColor, upBadge: getComputedStyle(up.querySelector('.state')).backgroundColor,
+                upText: up.querySelector('.state').innerText};
+        """
+    )
+    check("UITGEVALLEN" in down["text"], f"down by text: {down}")
+    check(down["bg"] != down["upBg"] and down["badge"] != down["upBadge"], f"down by colour: {down}")
+    check("Neemt op" in down["upText"], f"a1 recording: {down}")
     nav = c.js("return [...document.querySelectorAll('#top nav a')].map(a => a.dataset.screen)")
     check("logbook" not in nav and "keytags" not in nav, f"caretaker nav: {nav}")
     ok("caretaker-site-a-only", sites=sites, cameras=sorted(cams), nav=nav)
+    ok("down-camera-stands-out", state=down["text"])
     c.both_langs("cameras", lambda: c.one("#screen-cameras table"))
 
     # Recordings of a1 and the day timeline.
