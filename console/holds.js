@@ -40,7 +40,7 @@ function holdCard(hold, ctx, reload) {
     hold.extensions.length
       ? h(
           'div',
-          {},
+          { class: 'extensions' },
           h('h4', {}, t('holds.extensions')),
           h('ul', {}, hold.extensions.map((e) => h('li', {}, `${dt(e.at)} ${e.by || '—'}: ${dt(e.expires_at)} — ${e.reason || '—'}`))),
         )
@@ -54,7 +54,11 @@ function holdCard(hold, ctx, reload) {
 
 function changeForms(hold, ctx, reload) {
   const extBox = errorBox();
-  const later = new Date(Date.parse(hold.expires_at) + 14 * 86400000);
+  // Proposed: two weeks on, but not past two weeks from now (the usual `hold_review`; the API
+  // names the real limit when the policy's is shorter).
+  const current = Date.parse(hold.expires_at);
+  let later = Math.min(current + 14 * 86400000, Date.now() + 14 * 86400000 - 300000);
+  if (later <= current) later = current + 86400000;
   const until = dateTime('expires_at', 'holds.new_review', later, ctx.tz);
   const ext = h(
     'form',

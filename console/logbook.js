@@ -47,10 +47,12 @@ export function describe(e, ctx) {
     if (o.from && o.to) parts.push(`${fmtDateTime(o.from, ctx.tz, ctx.locale)} – ${fmtDateTime(o.to, ctx.tz, ctx.locale)}`);
     if (o.outcome) parts.push(String(o.outcome));
     if (o.entry) parts.push(`→ ${o.entry}`);
+    if (o.remote) parts.push(String(o.remote));
+    if (o.why) parts.push(String(o.why));
     if (parts.length) return parts.join(' · ');
   }
   const s = o === undefined || o === null ? '' : JSON.stringify(o);
-  return s.length > 120 ? `${s.slice(0, 117)}…` : s;
+  return s.length > 80 ? `${s.slice(0, 77)}…` : s;
 }
 
 function entryRow(e, ctx) {

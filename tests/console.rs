@@ -3,7 +3,7 @@
 //! through the page as a caretaker (site A only, its camera that is down marked; views a clip that plays and seeks, exports and
 //! checks the receipt's SHA-256 against the downloaded file), a technician (no export button; a
 //! forged export POST with the page's CSRF token gets 403), a privacy officer (data-subject
-//! request) and a manager (places and releases a hold, signs off the caretaker's export entry,
+//! request) and a manager (places, extends and releases a hold, signs off the caretaker's export entry,
 //! queries key tags), every screen in Dutch and English without a missing string, no token in
 //! web storage. Then an entry is changed in RocksDB with the daemon stopped, and after a restart
 //! the logbook screen is red with that seq. Screenshots go to
@@ -31,7 +31,11 @@ const PRIVACY: &str = "console-privacy-token-0123456789abcdef";
 /// What is missing for the browser test, if anything.
 fn browser_missing() -> Option<String> {
     let mut missing = Vec::new();
-    for p in ["/usr/bin/chromium", "/usr/bin/chromedriver", "/usr/bin/python3"] {
+    for p in [
+        "/usr/bin/chromium",
+        "/usr/bin/chromedriver",
+        "/usr/bin/python3",
+    ] {
         if !Path::new(p).exists() {
             missing.push(p.to_owned());
         }
@@ -126,11 +130,7 @@ fn run_browser(d: &Daemon, phase: &str, extra: &[String], limit: Duration) -> (i
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let text = format!(
-        "{}{}",
-        reader.join().unwrap(),
-        err_reader.join().unwrap()
-    );
+    let text = format!("{}{}", reader.join().unwrap(), err_reader.join().unwrap());
     (code, text)
 }
 
@@ -186,7 +186,10 @@ fn the_console_in_a_real_browser() {
         user("manager", "manager", MANAGER, "[\"site-a\", \"site-b\"]"),
         user("privacy", "privacy_officer", PRIVACY, "[\"*\"]"),
     );
-    let mut d = Daemon::start(&rest, "segment_target = \"1s\"\nsync_interval = \"200ms\"\n");
+    let mut d = Daemon::start(
+        &rest,
+        "segment_target = \"1s\"\nsync_interval = \"200ms\"\n",
+    );
     // Enough footage of a1 for a clip that plays, seeks and plays on.
     d.wait_until(Duration::from_secs(60), |d| recorded_secs(d, "a1") >= 20.0);
     let out = artifacts_dir();
@@ -203,10 +206,12 @@ fn the_console_in_a_real_browser() {
         "ok down-camera-stands-out",
         "ok view-plays-and-seeks",
         "ok export-receipt-matches-download",
+        "ok receipt-prints",
         "ok receipt-reachable-again",
         "ok technician-no-export",
         "ok subject-request",
         "ok hold-placed",
+        "ok hold-extended",
         "ok hold-released",
         "ok signed-off",
         "ok no-signoff-on-own-entry",
@@ -226,7 +231,10 @@ fn the_console_in_a_real_browser() {
     let export = d.get_json(&format!("/api/v1/logbook/{export_seq}"));
     assert_eq!(export["user"], "caretaker");
     assert_eq!(export["action"], "export");
-    assert_eq!(export["object"]["sha256"], state["export_sha256"], "{export}");
+    assert_eq!(
+        export["object"]["sha256"], state["export_sha256"],
+        "{export}"
+    );
     let signoffs: Vec<_> = export["linked"]
         .as_array()
         .unwrap()
@@ -244,13 +252,37 @@ fn the_console_in_a_real_browser() {
     assert_eq!(released.len(), 1, "{holds}");
     assert_eq!(released[0]["state"], "released");
     assert_eq!(released[0]["placed_by"], "manager");
+    assert_eq!(
+        released[0]["extensions"].as_array().unwrap().len(),
+        1,
+        "{holds}"
+    );
     let forged = entries(&d, "export.refused", "technician");
     assert!(!forged.is_empty(), "the forged export is logged as refused");
     for name in [
-        "sign-in-nl", "sign-in-en", "cameras-nl", "cameras-en", "recordings-nl", "recordings-en",
-        "view-nl", "view-en", "view-player-nl", "export-nl", "export-en", "receipt-nl",
-        "receipt-en", "subject-nl", "subject-en", "holds-nl", "holds-en", "logbook-nl",
-        "logbook-en", "logbook-entry-nl", "logbook-entry-en", "keytags-nl", "keytags-en",
+        "sign-in-nl",
+        "sign-in-en",
+        "cameras-nl",
+        "cameras-en",
+        "recordings-nl",
+        "recordings-en",
+        "view-nl",
+        "view-en",
+        "view-player-nl",
+        "export-nl",
+        "export-en",
+        "receipt-nl",
+        "receipt-en",
+        "subject-nl",
+        "subject-en",
+        "holds-nl",
+        "holds-en",
+        "logbook-nl",
+        "logbook-en",
+        "logbook-entry-nl",
+        "logbook-entry-en",
+        "keytags-nl",
+        "keytags-en",
     ] {
         assert!(
             out.join(format!("{name}.png")).exists(),

@@ -11,8 +11,8 @@ a receipt whose SHA-256 equals the downloaded file's; a technician has no export
 forged export POST from the page (with its CSRF token) gets 403; a privacy officer finds what
 is still there for a data-subject request; a manager places and releases a hold, signs off the
 caretaker's export entry and queries key tags; every screen in Dutch and English without a
-missing string (no `⟦`), with screenshots. Phase `tampered`: the logbook screen is red and names
-the first bad seq.
+missing string (no `⟦`), reflowing at 200% zoom, with screenshots. Phase `tampered`: the
+logbook screen is red and names the first bad seq.
 
 Usage: browser.py PHASE --base URL --out DIR --downloads DIR [--bad-seq N]
 Tokens come in the environment (HOLDFAST_CONSOLE_TOKENS, a JSON object by user name), not on
@@ -155,14 +155,36 @@ class Console:
         check(not found, f"missing strings on {where} ({self.lang()}): {found}")
 
     def both_langs(self, name, ready):
-        """Checks and screenshots the current screen in Dutch and in English (ends in Dutch)."""
-        for code in ("nl", "en"):
+        """Checks and screenshots the current screen in Dutch and in English (ends in Dutch),
+        and that it reflows at 200% zoom."""
+        for code in ("en", "nl"):
             self.set_lang(code)
             ready()
             self.no_missing(name)
             self.shot(f"{name}-{code}")
-        self.set_lang("nl")
-        ready()
+        self.zoom_200(name)
+
+    def zoom_200(self, name):
+        """At 200% zoom a 1280 px window is 640 CSS px wide: the page must not scroll sideways
+        (wide tables scroll inside their own box)."""
+        self.d.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 640, "height": 900, "deviceScaleFactor": 2, "mobile": False},
+        )
+        try:
+            time.sleep(0.2)
+            wide = self.js(
+                "return [document.documentElement.scrollWidth, document.documentElement.clientWidth,"
+                " [...document.querySelectorAll('body *')].filter(e => { const r = e.getBoundingClientRect();"
+                " return r.right > document.documentElement.clientWidth + 1 && !e.closest('.table-wrap'); })"
+                ".slice(0, 5).map(e => e.tagName + '.' + e.className + '#' + e.id)]"
+            )
+            check(wide[0] <= wide[1] + 1, f"{name} scrolls sideways at 200% zoom: {wide}")
+            png = self.d.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})
+            with open(os.path.join(self.out, f"{name}-nl-200pct.png"), "wb") as f:
+                f.write(base64.b64decode(png["data"]))
+        finally:
+            self.d.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
     def set_value(self, el, value):
         self.js(
@@ -386,6 +408,22 @@ def caretaker(c, token, state):
     state["export_file"] = file_name
     ok("export-receipt-matches-download", sha256=digest, size=size, seq=seq)
     c.both_langs("receipt", lambda: c.one("#receipt-sha256"))
+    # Printed: no header, no buttons, the signature lines kept; a PDF of it as an artifact.
+    c.d.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+    try:
+        printed = c.js(
+            "return {top: getComputedStyle(document.getElementById('top')).display,"
+            " button: document.getElementById('receipt-print').getClientRects().length ? 'shown' : 'none',"
+            " lines: document.querySelectorAll('.signature .sig-line').length}"
+        )
+    finally:
+        c.d.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
+    check(printed["top"] == "none" and printed["button"] == "none", f"print CSS: {printed}")
+    check(printed["lines"] == 8, f"signature lines for both parties: {printed}")
+    pdf = c.d.execute_cdp_cmd("Page.printToPDF", {"printBackground": True})
+    with open(os.path.join(c.out, "receipt-nl.pdf"), "wb") as f:
+        f.write(base64.b64decode(pdf["data"]))
+    ok("receipt-prints")
     # The receipt is reachable again (GET /api/v1/exports/{id}) after a reload of the page.
     c.d.get(f"{c.base}/#/receipt/{export_id}")
     check(c.one("#receipt-sha256").text.strip() == digest, "the receipt after a reload")
@@ -462,10 +500,19 @@ def manager(c, token, state):
     c.fill("#hold-form", "reason", "console test: vandalism at the entrance")
     c.fill("#hold-form", "reference", "PL-CONSOLE-1")
     c.fill("#hold-form", "requested_by", "police Rotterdam-Noord")
+    # A review date a week from now (so that it can be extended at once).
+    week = c.js("return new Date(Date.now() + 7 * 86400000).toLocaleDateString('en-CA', {timeZone: 'Europe/Amsterdam'})")
+    c.set_value(c.one('#hold-form [name="expires_at"]'), week)
     c.one("#hold-submit").click()
     card = c.one("#holds-active [data-hold]")
     hold_id = card.get_attribute("data-hold")
     ok("hold-placed", hold=hold_id)
+    # Extend its review date (the default: two weeks past the current one), with a reason.
+    c.one(f"#hold-{hold_id} details summary").click()
+    c.fill(f"#hold-{hold_id} .extend-form", "reason", "console test: the prosecutor asked for more time")
+    c.one(f"#hold-{hold_id} .extend-form button[type=submit]").click()
+    c.wait(lambda: c.css(f"#holds-active #hold-{hold_id} .extensions li"), "the extension listed")
+    ok("hold-extended", hold=hold_id)
     c.one(f"#hold-{hold_id} details summary").click()
     c.fill(f"#hold-{hold_id} .release-form", "reason", "console test: police collected the export")
     c.one(f"#hold-{hold_id} .release-form button[type=submit]").click()
