@@ -1,7 +1,7 @@
 //! `holdfast demo` as a newcomer runs it: every command it prints works against it as printed
 //! (status, recordings, metrics, an export with reason and purpose, a hold and its release, a
-//! key-tag submit and query, the logbook check), run with bash in one shell; Ctrl-C (SIGINT)
-//! stops it and removes its temporary directory.
+//! key-tag submit and query, the logbook check), run with bash in one shell; the console's
+//! printed address serves the page; Ctrl-C (SIGINT) stops it and removes its temporary directory.
 
 mod support;
 
@@ -93,6 +93,17 @@ fn every_printed_command_works_and_ctrl_c_removes_the_demo() {
         assert!(t0.elapsed() < Duration::from_secs(60), "{status} {body}");
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    // The console's address is printed and answers with the page.
+    let console = field("console:");
+    assert_eq!(
+        console.split_whitespace().next(),
+        Some(format!("http://{listen}/").as_str()),
+        "{console}"
+    );
+    let (status, page) = http_get(listen.parse().unwrap(), "/", None);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("/console/app.js"), "{page}");
 
     // All commands in one shell (the release uses $HOLD from the hold), each checked.
     let work = tempfile::tempdir().unwrap();

@@ -508,11 +508,11 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let method = req.method().to_string();
     let path = limits::truncate_utf8(req.uri().path(), limits::MAX_PATH_BYTES).to_owned();
+    // A header that is not text still decides (as in `authenticate`): it is no valid token.
     let authorization = req
         .headers()
         .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+        .map(|v| v.to_str().unwrap_or_default().to_owned());
     let cookie = session::cookie(req.headers()).map(str::to_owned);
     let peer = req
         .extensions()
