@@ -157,6 +157,40 @@ fn every_route_keeps_to_the_users_sites() {
             "{path}"
         );
     }
+    // View and export ids: another site's camera is answered like one that does not exist; an
+    // id is its maker's only, so another site's manager cannot fetch it either.
+    let look = format!(r#"{{"from":"{from}","to":"{to}","reason":"look"}}"#);
+    for route in ["views", "exports"] {
+        let path = format!("/api/v1/cameras/{{}}/{route}");
+        let south = err(post(
+            &d,
+            &path.replace("{}", "south-cam"),
+            Some(M_NORTH),
+            &look,
+        ));
+        let none = err(post(
+            &d,
+            &path.replace("{}", "nope-cam"),
+            Some(M_NORTH),
+            &look,
+        ));
+        assert_eq!((south.0, none.0), (404, 404), "{route}");
+        assert_eq!(
+            south.1["error"].as_str().unwrap().replace("south-cam", "X"),
+            none.1["error"].as_str().unwrap().replace("nope-cam", "X"),
+            "{route}: the answers differ"
+        );
+        let (s, made) = post(&d, &path.replace("{}", "north-cam"), Some(M_NORTH), &look);
+        assert_eq!(s, 201, "{made}");
+        let url = made["url"].as_str().unwrap();
+        assert!(url.starts_with("/api/v1/cameras/north-cam/"), "{url}");
+        assert_eq!(http_get_bytes(d.addr, url, Some(M_NORTH)).0, 200, "{url}");
+        assert_eq!(
+            http_get_bytes(d.addr, url, Some(ADMIN_TOKEN)).0,
+            404,
+            "{url}"
+        );
+    }
     let hold = |cams: &str, extra: &str| {
         format!(
             r#"{{{cams},"from":"{from}","to":"{to}","reason":"scope test","reference":"REF-1"{extra}}}"#

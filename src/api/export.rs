@@ -139,6 +139,13 @@ impl From<FootageBody> for FootageQuery {
     }
 }
 
+/// What a camera id in a URL path segment is escaped with: all but the unreserved characters.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// Largest body of `POST .../views` and `POST .../exports`, in bytes.
 pub const POST_BODY_LIMIT: usize = 16 * 1024;
 
@@ -499,6 +506,7 @@ fn unsatisfiable(len: u64) -> Response {
 }
 
 /// The outcome entry of a delivery, written when its body is done with.
+#[allow(clippy::too_many_arguments)]
 fn outcome(
     state: &Arc<AppState>,
     user: &Arc<Principal>,
@@ -947,7 +955,7 @@ async fn make(
     };
     let url = format!(
         "/api/v1/cameras/{}/{route}.mp4?{route}={token}",
-        percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
+        percent_encoding::utf8_percent_encode(id, PATH_SEGMENT)
     );
     let mut answer = json!({
         route: token,
