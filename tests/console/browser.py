@@ -61,7 +61,6 @@ class Console:
             "--window-size=1280,900",
             "--autoplay-policy=no-user-gesture-required",
             "--no-first-run",
-            "--lang=nl-NL",
             "--disable-extensions",
         ]:
             opts.add_argument(a)
