@@ -5,7 +5,8 @@
 # wall clock with libfaketime), fuse3 and e2fsprogs (tests/faults.rs: the faultfs FUSE layer and
 # the loop-mounted ext4 image), dpkg-dev and fakeroot (`cargo deb`: dpkg-shlibdeps finds the
 # package's Depends; tests/package.rs installs it into a throwaway root, under fakeroot when not
-# root), cargo-deb (pinned), and schemathesis from PyPI (tests/api_spec.rs
+# root), chromium, chromium-driver and python3-selenium (tests/console.rs drives the web console in
+# a headless browser), cargo-deb (pinned), and schemathesis from PyPI (tests/api_spec.rs
 # runs it against docs/api.yaml) in a venv of its own; the nightly toolchain and cargo-fuzz for the
 # fuzz targets (fuzz/, tests/fuzz_smoke.rs). Needs root (or sudo) and a Rust toolchain (rustup).
 set -euo pipefail
@@ -17,6 +18,7 @@ PKGS=(
   gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gst-1.0 gstreamer1.0-tools
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad
   systemd python3-seccomp
+  chromium chromium-driver python3-selenium
 )
 missing=()
 for p in "${PKGS[@]}"; do
