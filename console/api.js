@@ -1,5 +1,4 @@
-// The API client: every request same-origin with the session cookie, the CSRF token on every
-// state-changing request, JSON both ways, and errors as `ApiError` carrying the API's own
+// The API client: every request same-origin with the session cookie and the CSRF token, JSON both ways, and errors as `ApiError` carrying the API's own
 // `error` text and the `detail.field` it names. The CSRF token lives only in this module's
 // memory (never in storage); a 401 outside sign-in tells the app that the session is gone.
 
@@ -43,7 +42,8 @@ export function withQuery(path, params) {
 export async function request(method, path, body) {
   const headers = { Accept: 'application/json' };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
-  if (method !== 'GET' && method !== 'HEAD' && csrf) headers['X-CSRF-Token'] = csrf;
+  // On every request, GETs too: a GET that is logged (a key-tag query) needs it as well.
+  if (csrf) headers['X-CSRF-Token'] = csrf;
   let res;
   try {
     res = await fetch(path, {

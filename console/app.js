@@ -61,7 +61,15 @@ function firstScreen(s) {
 function parseHash() {
   const raw = location.hash.replace(/^#\/?/, '');
   const [path, qs] = raw.split('?');
-  const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+  // A malformed link (`#/%E0`) leads to the first screen rather than a blank page.
+  const decode = (p) => {
+    try {
+      return decodeURIComponent(p);
+    } catch (e) {
+      return '';
+    }
+  };
+  const parts = path.split('/').filter(Boolean).map(decode);
   return { name: parts[0] || '', params: parts.slice(1), query: new URLSearchParams(qs || '') };
 }
 

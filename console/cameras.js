@@ -48,6 +48,7 @@ function row(c, ctx, now) {
         ? t('cameras.never')
         : h('span', { title: fmtDateTime(c.last_frame_at, ctx.tz, ctx.locale) }, t('cameras.ago', { age: fmtDuration(age) })),
     ),
+    h('td', { class: 'num' }, c.reconnects === undefined ? '—' : String(c.reconnects)),
     h('td', { class: 'error-text' }, c.last_error || '—'),
     h('td', {}, h('a', { href: link('recordings', [c.id]), class: 'button' }, t('cameras.recordings'))),
   );
@@ -73,7 +74,7 @@ export async function render(root, ctx) {
             { class: 'site', 'data-site': site },
             h('h2', {}, t('cameras.site', { site })),
             table(
-              ['cameras.col.camera', 'cameras.col.state', 'cameras.col.last_frame', 'cameras.col.last_error', 'cameras.col.actions'],
+              ['cameras.col.camera', 'cameras.col.state', 'cameras.col.last_frame', 'cameras.col.reconnects', 'cameras.col.last_error', 'cameras.col.actions'],
               cams.map((c) => row(c, ctx, now)),
               'cameras',
             ),

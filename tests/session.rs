@@ -283,24 +283,100 @@ fn sign_in_cookie_csrf_origin_sign_out_and_a_reload_that_removes_the_user() {
     assert_eq!(ends[0]["object"]["why"], "signed out");
     assert_eq!(ends[0]["object"]["session"], tag(&cookie).as_str());
 
-    // A reload that removes the user ends their session at once.
+    // Another page of the same site (another port, a sibling host) cannot use the cookie:
+    // the browser names it in Sec-Fetch-Site. The page itself and a typed address can.
     let r = sign_in(&d, CARETAKER);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let cookie1 = r.cookie("holdfast_session").unwrap();
+    let csrf1 = r.json()["csrf_token"].as_str().unwrap().to_owned();
+    for (site, want) in [
+        ("same-site", 403),
+        ("cross-site", 403),
+        ("same-origin", 200),
+        ("none", 200),
+    ] {
+        let r = with_cookie(
+            &d,
+            "GET",
+            "/api/v1/cameras",
+            &cookie1,
+            &[("Sec-Fetch-Site", site)],
+            None,
+        );
+        assert_eq!(r.status, want, "{site}: {}", r.body);
+    }
+    // A GET that writes a logbook entry (footage by range, a key-tag query) needs the CSRF
+    // token, so that no <video>/<img> of another page can make an entry in the user's name.
+    let view = "/api/v1/cameras/noord-1/view.mp4?from=2026-01-01T00:00:00Z&to=2026-01-01T00:01:00Z&reason=x";
+    let r = with_cookie(&d, "GET", view, &cookie1, &[], None);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["error"], "missing or wrong CSRF token");
+    let r = with_cookie(&d, "GET", view, &cookie1, &[("X-CSRF-Token", &csrf1)], None);
+    assert_ne!(r.status, 403, "the route's own answer: {}", r.body);
+    // Signing in again from the same browser ends the session it had.
+    let r = with_cookie(
+        &d,
+        "POST",
+        "/api/v1/session",
+        &cookie1,
+        &[("User-Agent", "session-test/1.0")],
+        Some(&format!("{{\"token\": \"{CARETAKER}\"}}")),
+    );
     assert_eq!(r.status, 201, "{}", r.body);
     let cookie2 = r.cookie("holdfast_session").unwrap();
     let csrf2 = r.json()["csrf_token"].as_str().unwrap().to_owned();
+    let r = with_cookie(&d, "GET", "/api/v1/cameras", &cookie1, &[], None);
+    assert_eq!(r.status, 401, "{}", r.body);
+    d.wait_until(Duration::from_secs(10), |d| {
+        entries(d, "session.end").iter().any(|e| {
+            e["object"]["session"] == tag(&cookie1).as_str() && e["object"]["why"] == "replaced"
+        })
+    });
+
+    // A reload that gives the user a new token (the old one leaked) ends the sessions opened
+    // with the old one.
     assert_eq!(
         with_cookie(&d, "GET", "/api/v1/cameras", &cookie2, &[], None).status,
         200
     );
     let path = d.config_path();
+    let reloads = |d: &Daemon| {
+        let (_, m) = d.get("/metrics", None);
+        metric_value(&m, "holdfast_config_reloads_total{result=\"ok\"}").unwrap_or(0.0)
+    };
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains(&caretaker()));
-    std::fs::write(&path, text.replacen(&caretaker(), "", 1)).unwrap();
+    let renewed = user(
+        "c.aretaker",
+        "caretaker",
+        "caretaker-new-token-0123456789abcdef",
+        "[\"maas-noord\"]",
+    );
+    std::fs::write(&path, text.replacen(&caretaker(), &renewed, 1)).unwrap();
     d.signal(libc::SIGHUP);
-    d.wait_until(Duration::from_secs(30), |d| {
-        let (_, m) = d.get("/metrics", None);
-        metric_value(&m, "holdfast_config_reloads_total{result=\"ok\"}").unwrap_or(0.0) >= 1.0
+    d.wait_until(Duration::from_secs(30), |d| reloads(d) >= 1.0);
+    let r = with_cookie(&d, "GET", "/api/v1/cameras", &cookie2, &[], None);
+    assert_eq!(r.status, 401, "{}", r.body);
+    d.wait_until(Duration::from_secs(10), |d| {
+        entries(d, "session.end").iter().any(|e| {
+            e["object"]["session"] == tag(&cookie2).as_str()
+                && e["object"]["why"] == "token changed"
+        })
     });
+
+    // A reload that removes the user ends their session at once.
+    let r = sign_in(&d, "caretaker-new-token-0123456789abcdef");
+    assert_eq!(r.status, 201, "{}", r.body);
+    let cookie2 = r.cookie("holdfast_session").unwrap();
+    assert_eq!(
+        with_cookie(&d, "GET", "/api/v1/cameras", &cookie2, &[], None).status,
+        200
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(&renewed));
+    std::fs::write(&path, text.replacen(&renewed, "", 1)).unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_until(Duration::from_secs(30), |d| reloads(d) >= 2.0);
     let r = with_cookie(&d, "GET", "/api/v1/cameras", &cookie2, &[], None);
     assert_eq!(r.status, 401, "{}", r.body);
     d.wait_until(Duration::from_secs(10), |d| {
@@ -330,7 +406,9 @@ fn sign_in_cookie_csrf_origin_sign_out_and_a_reload_that_removes_the_user() {
         log.contains("console session started"),
         "the log has the events"
     );
-    for secret in [CARETAKER, &cookie, &csrf, &cookie2, &csrf2] {
+    for secret in [
+        CARETAKER, &cookie, &csrf, &cookie1, &csrf1, &cookie2, &csrf2,
+    ] {
         assert!(!log.contains(secret), "a secret in the daemon's log");
         assert!(!book.contains(secret), "a secret in the logbook");
         assert_eq!(
@@ -428,6 +506,11 @@ fn the_console_files_carry_their_headers_and_etags() {
         let r = http_raw(d.addr, "GET", missing, &[], None);
         assert_eq!(r.status, 404, "{missing}: {}", r.body);
     }
+    // A console 404 carries the console's headers too.
+    let r = http_raw(d.addr, "GET", "/console/nope.js", &[], None);
+    assert_eq!(r.header("content-security-policy"), Some(CSP));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
 }
 
 #[test]

@@ -38,6 +38,7 @@ export default {
   'cameras.col.camera': 'Camera',
   'cameras.col.state': 'State',
   'cameras.col.last_frame': 'Last frame',
+  'cameras.col.reconnects': 'Reconnects',
   'cameras.col.last_error': 'Last error',
   'cameras.col.actions': 'Footage',
   'cameras.ago': '{age} ago',

@@ -39,6 +39,7 @@ export default {
   'cameras.col.camera': 'Camera',
   'cameras.col.state': 'Toestand',
   'cameras.col.last_frame': 'Laatste beeld',
+  'cameras.col.reconnects': 'Herverbindingen',
   'cameras.col.last_error': 'Laatste fout',
   'cameras.col.actions': 'Beelden',
   'cameras.ago': '{age} geleden',

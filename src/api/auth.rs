@@ -88,8 +88,17 @@ impl Authenticator {
         found
     }
 
-    /// The user called `name` (a console session names its user; the principal is looked up
-    /// in the current config on every request).
+    /// The user called `name` whose token hashes to `token` (a console session names its user
+    /// and the token it was opened with; the principal is looked up in the current config on
+    /// every request, so a new token for the user ends the old sessions).
+    pub fn by_name_and_token(&self, name: &str, token: &[u8; 32]) -> Option<Arc<Principal>> {
+        self.users
+            .iter()
+            .find(|(h, p)| p.name == name && h == token)
+            .map(|(_, p)| p.clone())
+    }
+
+    /// The user called `name`.
     pub fn by_name(&self, name: &str) -> Option<Arc<Principal>> {
         self.users
             .iter()

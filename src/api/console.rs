@@ -65,7 +65,25 @@ fn not_found(path: &str) -> Response {
     e.detail = serde_json::json!({
         "path": super::limits::truncate_utf8(path, super::limits::MAX_PATH_BYTES)
     });
-    e.into_response()
+    let mut resp = e.into_response();
+    security_headers(resp.headers_mut());
+    resp
+}
+
+/// The headers every console response carries, its 404s included.
+fn security_headers(h: &mut HeaderMap) {
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
 }
 
 /// Serves one embedded file with the console headers (304 when the ETag matches).
@@ -92,18 +110,7 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
         header::ETAG,
         HeaderValue::from_str(&etag).expect("hex is valid"),
     );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    security_headers(h);
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }

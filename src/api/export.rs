@@ -152,21 +152,38 @@ pub const POST_BODY_LIMIT: usize = 16 * 1024;
 /// `GET /api/v1/cameras/{id}/export.mp4`.
 pub async fn export(
     State(state): State<Arc<AppState>>,
+    method: axum::http::Method,
     headers: HeaderMap,
     Param(id): Param,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    footage(state, headers, id, raw, Footage::Export).await
+    let head = method == axum::http::Method::HEAD;
+    footage(state, headers, id, raw, Footage::Export, head).await
 }
 
 /// `GET /api/v1/cameras/{id}/view.mp4`.
 pub async fn view(
     State(state): State<Arc<AppState>>,
+    method: axum::http::Method,
     headers: HeaderMap,
     Param(id): Param,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    footage(state, headers, id, raw, Footage::View).await
+    let head = method == axum::http::Method::HEAD;
+    footage(state, headers, id, raw, Footage::View, head).await
+}
+
+/// The view or export id a footage GET names (`view=` on `view.mp4`, `export=` on
+/// `export.mp4`), if its query parses; such a GET writes no logbook entry. Anything else is
+/// footage by range: logged, and so not "safe" for a cookie without its CSRF token
+/// (`session::csrf_guard`).
+pub fn held_id_of(raw: Option<&str>, kind: Footage) -> Option<String> {
+    parse_query::<FootageQuery>(raw)
+        .ok()
+        .and_then(|q| match kind {
+            Footage::View => q.view,
+            Footage::Export => q.export,
+        })
 }
 
 /// `POST /api/v1/cameras/{id}/views`: a view id (logged once) for ranged playback.
@@ -279,16 +296,12 @@ async fn footage(
     id: String,
     raw: Option<String>,
     kind: Footage,
+    head: bool,
 ) -> Result<Response, ApiError> {
     let user = authenticate(&state, &headers)?;
-    let held_id = parse_query::<FootageQuery>(raw.as_deref())
-        .ok()
-        .and_then(|q| match kind {
-            Footage::View => q.view,
-            Footage::Export => q.export,
-        });
-    if let Some(held_id) = held_id {
-        return Ok(by_id(&state, &headers, &user, &id, raw.as_deref(), kind, &held_id).await);
+    if let Some(held_id) = held_id_of(raw.as_deref(), kind) {
+        let asked = (raw.as_deref(), held_id.as_str(), head);
+        return Ok(by_id(&state, &headers, &user, &id, asked, kind).await);
     }
     let asked = || Asked::query(raw.as_deref());
     let q: FootageQuery = match parse_query(raw.as_deref()) {
@@ -730,9 +743,8 @@ async fn by_id(
     headers: &HeaderMap,
     user: &Arc<Principal>,
     id: &str,
-    raw: Option<&str>,
+    (raw, held_id, head): (Option<&str>, &str, bool),
     kind: Footage,
-    held_id: &str,
 ) -> Response {
     let refused = |err| refuse(state, user, kind, id, Asked::query(raw), err);
     let Some(held) = ids().get(held_id, kind, &user.name, Some(id)) else {
@@ -791,7 +803,8 @@ async fn by_id(
         Ok(s) => s,
         Err(err) => return refused(err).await,
     };
-    let finish = (kind == Footage::Export && part.is_none()).then(|| {
+    // A HEAD sends no body: no download happened, so no outcome entry either.
+    let finish = (kind == Footage::Export && part.is_none() && !head).then(|| {
         outcome(
             state,
             user,
@@ -876,6 +889,15 @@ async fn create(
     }
 }
 
+/// Sets its flag when dropped (a request future that ends, finished or abandoned).
+struct MarkOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for MarkOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 async fn make(
     state: &Arc<AppState>,
     user: &Arc<Principal>,
@@ -887,15 +909,27 @@ async fn make(
     let layout = Arc::new(p.layout);
     let size = layout.len();
     let name = file_name(id, p.from);
+    if !ids().has_room(&user.name, layout.mem_size()) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many views and exports are open on this server; try again in a few minutes",
+        ));
+    }
+    let slot = p.slot;
     // An export's hash: the whole file, its payloads read and checked once; nothing leaves.
     let sha = if kind == Footage::Export {
         let st = state.clone();
         let l = layout.clone();
+        // The read holds the streaming slots until it ends, and stops early when the request
+        // is gone (the client closed the connection: this future is dropped).
+        let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _mark = MarkOnDrop(gone.clone());
         let hashed = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let mut sha = Sha256::new();
             l.send_range(&st.store, 0, l.len(), |b| {
                 sha.update(&b);
-                true
+                !gone.load(std::sync::atomic::Ordering::Relaxed)
             })
             .map(|()| hex::encode(sha.finalize()))
         })
@@ -915,9 +949,9 @@ async fn make(
             }
         }
     } else {
+        drop(slot);
         None
     };
-    drop(p.slot);
 
     let mut object = json!({
         "camera": id,

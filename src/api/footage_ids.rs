@@ -154,14 +154,41 @@ impl Ids {
             t.remove(&k);
         }
         let size = held.layout.mem_size();
+        // Past the totals, the user's own least recently used ids end first; another user's
+        // only when [`Ids::has_room`] and this insert raced with someone else's.
+        let own_lru = |t: &HashMap<String, Arc<Held>>| -> Option<String> {
+            t.iter()
+                .filter(|(_, h)| h.user == held.user)
+                .min_by_key(|(_, h)| h.last_used())
+                .map(|(k, _)| k.clone())
+        };
         while !t.is_empty()
             && (t.len() >= MAX_IDS
                 || t.values().map(|h| h.layout.mem_size()).sum::<usize>() + size > MAX_BYTES)
         {
-            let Some(k) = lru(&t, false) else { break };
+            let Some(k) = own_lru(&t).or_else(|| lru(&t, false)) else {
+                break;
+            };
             t.remove(&k);
         }
         t.insert(id.to_owned(), Arc::new(held));
+    }
+
+    /// Whether a new id of `user` holding a layout of `mem_size` bytes fits under the totals
+    /// ([`MAX_IDS`], [`MAX_BYTES`]) when only `user`'s own ids are ended for it: one user's
+    /// views and exports never push out another user's (an export being downloaded, a
+    /// receipt). The handler answers 503 before anything is logged when it does not fit.
+    pub fn has_room(&self, user: &str, mem_size: usize) -> bool {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        t.retain(|_, h| h.ends() > now);
+        let (others, others_bytes) = t
+            .values()
+            .filter(|h| h.user != user)
+            .fold((0usize, 0usize), |(n, b), h| {
+                (n + 1, b + h.layout.mem_size())
+            });
+        others < MAX_IDS && others_bytes + mem_size <= MAX_BYTES
     }
 
     /// The live id `id` of `kind` made by `user` (for `camera` when given), marked as used now;

@@ -856,13 +856,18 @@ fn update_camera_ages(state: &AppState) {
     }
 }
 
-fn camera_json(c: &CameraStatus) -> serde_json::Value {
+fn camera_json(c: &CameraStatus, metrics: &Metrics) -> serde_json::Value {
+    let label = crate::metrics::CameraLabel {
+        camera: c.id.clone(),
+    };
+    let reconnects = metrics.camera_reconnects.get_or_create(&label).get();
     json!({
         "id": c.id,
         "site": c.site,
         "state": c.state(),
         "last_frame_at": c.last_frame_at().map(|t| t.to_rfc3339()),
         "last_error": c.last_error(),
+        "reconnects": reconnects,
     })
 }
 
@@ -876,7 +881,7 @@ async fn cameras(
         .cameras
         .iter()
         .filter(|c| user.covers_site(&c.site))
-        .map(|c| camera_json(c))
+        .map(|c| camera_json(c, &state.metrics))
         .collect();
     Ok(Json(list).into_response())
 }

@@ -61,6 +61,9 @@ const CSRF_REFUSED: &str = "missing or wrong CSRF token";
 #[derive(Debug, Clone)]
 struct Session {
     user: String,
+    /// The SHA-256 of the bearer token the session was opened with: a config that gives the
+    /// user another token (a leaked one revoked) ends the session.
+    token: [u8; 32],
     csrf: String,
     last_use: Instant,
     remote: IpAddr,
@@ -91,6 +94,8 @@ pub enum Lookup {
         user: String,
         /// CSRF token.
         csrf: String,
+        /// SHA-256 of the token the session was opened with.
+        token: [u8; 32],
     },
     /// It was idle too long and has just ended.
     Expired(Ended),
@@ -138,6 +143,7 @@ impl Table {
         &mut self,
         hash: [u8; 32],
         user: &str,
+        token: [u8; 32],
         csrf: String,
         remote: IpAddr,
         now: Instant,
@@ -172,6 +178,7 @@ impl Table {
             hash,
             Session {
                 user: user.to_owned(),
+                token,
                 csrf,
                 last_use: now,
                 remote,
@@ -197,15 +204,22 @@ impl Table {
         Lookup::Live {
             user: s.user.clone(),
             csrf: s.csrf.clone(),
+            token: s.token,
         }
     }
 
-    /// The user and CSRF token of a session that is not idle-expired, without using it.
-    pub fn peek(&self, hash: &[u8; 32], now: Instant, idle: Duration) -> Option<(String, String)> {
+    /// The user, CSRF token and token hash of a session that is not idle-expired, without
+    /// using it.
+    pub fn peek(
+        &self,
+        hash: &[u8; 32],
+        now: Instant,
+        idle: Duration,
+    ) -> Option<(String, String, [u8; 32])> {
         self.sessions
             .get(hash)
             .filter(|s| now.saturating_duration_since(s.last_use) < idle)
-            .map(|s| (s.user.clone(), s.csrf.clone()))
+            .map(|s| (s.user.clone(), s.csrf.clone(), s.token))
     }
 
     /// Ends a session.
@@ -223,14 +237,14 @@ impl Table {
         &mut self,
         now: Instant,
         idle: Duration,
-        user_exists: impl Fn(&str) -> bool,
+        ends: impl Fn(&str, &[u8; 32]) -> Option<&'static str>,
     ) -> Vec<Ended> {
         let due: Vec<([u8; 32], &'static str)> = self
             .sessions
             .iter()
             .filter_map(|(h, s)| {
-                if !user_exists(&s.user) {
-                    Some((*h, "user removed"))
+                if let Some(why) = ends(&s.user, &s.token) {
+                    Some((*h, why))
                 } else if now.saturating_duration_since(s.last_use) >= idle {
                     Some((*h, "idle"))
                 } else {
@@ -303,10 +317,10 @@ impl Sessions {
         let idle = live.console.session_idle;
         let found = self.table().touch(&hash, Instant::now(), idle);
         match found {
-            Lookup::Live { user, .. } => match live.auth.by_name(&user) {
+            Lookup::Live { user, token, .. } => match live.auth.by_name_and_token(&user, &token) {
                 Some(p) => Ok(p),
                 None => {
-                    let ended = self.table().remove(&hash, "user removed");
+                    let ended = self.table().remove(&hash, why_gone(live, &user));
                     self.report(ended);
                     Err(no_session())
                 }
@@ -324,22 +338,25 @@ impl Sessions {
         let found = self
             .table()
             .peek(&hash_id(id), Instant::now(), live.console.session_idle);
-        found.and_then(|(user, _)| live.auth.by_name(&user))
+        found.and_then(|(user, _, token)| live.auth.by_name_and_token(&user, &token))
     }
 
     /// The CSRF token of a live session, without using it.
     fn csrf_of(&self, id: &str, idle: Duration) -> Option<String> {
         self.table()
             .peek(&hash_id(id), Instant::now(), idle)
-            .map(|(_, csrf)| csrf)
+            .map(|(_, csrf, _)| csrf)
     }
 
     /// Ends idle sessions and those of users that `live` no longer has.
     pub fn sweep(&self, live: &Live) {
         let ended = self
             .table()
-            .sweep(Instant::now(), live.console.session_idle, |u| {
-                live.auth.by_name(u).is_some()
+            .sweep(Instant::now(), live.console.session_idle, |u, token| {
+                live.auth
+                    .by_name_and_token(u, token)
+                    .is_none()
+                    .then(|| why_gone(live, u))
             });
         self.report(ended);
     }
@@ -357,6 +374,16 @@ impl Sessions {
     /// Whether the daemon serves HTTPS.
     pub fn tls(&self) -> bool {
         self.tls
+    }
+}
+
+/// Why a session whose user no longer matches the config ends: the user is gone, or has
+/// another token now (a leaked token revoked ends every session opened with it).
+fn why_gone(live: &Live, user: &str) -> &'static str {
+    if live.auth.by_name(user).is_some() {
+        "token changed"
+    } else {
+        "user removed"
     }
 }
 
@@ -497,6 +524,7 @@ async fn sign_in_inner(state: Arc<AppState>, req: Request) -> Result<Response, A
     let form: SignIn = super::holds::parse_json(&body)?;
     let live = state.live();
     let token = form.token.trim();
+    let token_hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     let user = (!token.is_empty())
         .then(|| live.auth.authenticate(Some(&format!("Bearer {token}"))))
         .flatten()
@@ -533,12 +561,20 @@ async fn sign_in_inner(state: Arc<AppState>, req: Request) -> Result<Response, A
         )
     };
     state.record(entry).await?;
-    let evicted =
-        state
-            .sessions
-            .table()
-            .insert(hash, &user.name, csrf.clone(), remote, Instant::now());
+    let evicted = state.sessions.table().insert(
+        hash,
+        &user.name,
+        token_hash,
+        csrf.clone(),
+        remote,
+        Instant::now(),
+    );
     state.sessions.report(evicted);
+    // A browser that signs in again (another user at a shared PC) leaves no session behind.
+    if let Some(old) = cookie(&parts.headers) {
+        let replaced = state.sessions.table().remove(&hash_id(old), "replaced");
+        state.sessions.report(replaced);
+    }
     tracing::info!(session = %tag, user = %user.name, %remote, "console session started");
     let mut resp = (
         StatusCode::CREATED,
@@ -573,7 +609,9 @@ pub async fn sign_out(
         let hash = hash_id(id);
         let ended = {
             let mut t = state.sessions.table();
-            let mine = t.peek(&hash, Instant::now(), Duration::MAX).map(|(u, _)| u);
+            let mine = t
+                .peek(&hash, Instant::now(), Duration::MAX)
+                .map(|(u, _, _)| u);
             if mine.as_deref() == Some(user.name.as_str()) {
                 t.remove(&hash, "signed out")
             } else {
@@ -618,6 +656,27 @@ fn origin_ok(headers: &HeaderMap, tls: bool) -> bool {
         .is_some_and(|(o, own)| o.eq_ignore_ascii_case(&own))
 }
 
+/// Whether a GET of `uri` is a logged read (a key-tag query, or footage asked for by range
+/// rather than by a view or export id): it writes a logbook entry in the user's name.
+fn logged_read(uri: &axum::http::Uri) -> bool {
+    let path = uri.path();
+    if path == "/api/v1/keytags/events" {
+        return true;
+    }
+    if !path.starts_with("/api/v1/cameras/") {
+        return false;
+    }
+    let kind = if path.ends_with("/view.mp4") {
+        crate::roles::Footage::View
+    } else if path.ends_with("/export.mp4") {
+        crate::roles::Footage::Export
+    } else {
+        return false;
+    };
+    // Exactly as the handler decides: an id it will use, or else a logged read.
+    super::export::held_id_of(uri.query(), kind).is_none()
+}
+
 /// Refuses (403 "missing or wrong CSRF token") a cookie-authenticated request that comes with a
 /// foreign `Origin`, or whose method is not GET/HEAD and lacks the session's `X-CSRF-Token`;
 /// and a sign-in from a foreign `Origin`. Bearer requests pass untouched; so do requests whose
@@ -645,7 +704,19 @@ pub async fn csrf_guard(State(state): State<Arc<AppState>>, req: Request, next: 
     if !origin_ok(headers, tls) {
         return refuse();
     }
-    let safe = matches!(*req.method(), Method::GET | Method::HEAD);
+    // A browser names where a request comes from: an API request that another site's page
+    // (even a same-site one: another port, a sibling host) made is refused, whatever it is.
+    if req.uri().path().starts_with("/api/") {
+        if let Some(site) = headers.get("sec-fetch-site") {
+            if !matches!(site.as_bytes(), b"same-origin" | b"none") {
+                return refuse();
+            }
+        }
+    }
+    // A GET that writes a logbook entry and hands out data is not "safe": it needs the token
+    // too, so that no `<img>`/`<video>`/link of another page can make an entry in the user's
+    // name (browsers without `Sec-Fetch-Site` included).
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD) && !logged_read(req.uri());
     if !safe {
         let given = headers
             .get(CSRF_HEADER)
@@ -671,17 +742,36 @@ mod tests {
     }
 
     #[test]
+    fn gets_that_write_an_entry_are_not_safe() {
+        let logged = |u: &str| logged_read(&u.parse::<axum::http::Uri>().unwrap());
+        assert!(logged("/api/v1/keytags/events?tag=1&purpose=tag-check"));
+        assert!(logged("/api/v1/cameras/a/view.mp4?from=x&to=y&reason=r"));
+        assert!(logged("/api/v1/cameras/a/export.mp4?reason=r"));
+        // The id of the other kind does not count: the handler would log it.
+        assert!(logged("/api/v1/cameras/a/view.mp4?export=abc"));
+        assert!(logged("/api/v1/cameras/a/export.mp4?view=abc"));
+        assert!(!logged("/api/v1/cameras/a/view.mp4?view=abc"));
+        assert!(!logged("/api/v1/cameras/a/export.mp4?export=abc"));
+        assert!(!logged("/api/v1/cameras"));
+        assert!(!logged("/api/v1/cameras/a/recordings?from=x&to=y"));
+        assert!(!logged("/api/v1/exports/abc"));
+    }
+
+    #[test]
     fn a_session_lives_while_used_and_ends_once_when_idle() {
         let mut t = Table::default();
         let t0 = Instant::now();
-        assert!(t.insert(h(1), "ann", "c1".into(), IP, t0).is_empty());
+        assert!(t
+            .insert(h(1), "ann", [0; 32], "c1".into(), IP, t0)
+            .is_empty());
         // Use just before the timeout resets the clock.
         let t1 = t0 + IDLE - Duration::from_millis(1);
         assert_eq!(
             t.touch(&h(1), t1, IDLE),
             Lookup::Live {
                 user: "ann".into(),
-                csrf: "c1".into()
+                csrf: "c1".into(),
+                token: [0; 32],
             }
         );
         assert!(t
@@ -698,7 +788,7 @@ mod tests {
         }
         // Noticed once only: the sweep and a second use find nothing.
         assert_eq!(t.touch(&h(1), t1 + IDLE, IDLE), Lookup::Unknown);
-        assert!(t.sweep(t1 + 2 * IDLE, IDLE, |_| true).is_empty());
+        assert!(t.sweep(t1 + 2 * IDLE, IDLE, |_, _| None).is_empty());
         assert!(t.is_empty());
     }
 
@@ -706,10 +796,12 @@ mod tests {
     fn the_sweep_ends_idle_sessions_and_those_of_removed_users() {
         let mut t = Table::default();
         let t0 = Instant::now();
-        t.insert(h(1), "ann", "a".into(), IP, t0);
-        t.insert(h(2), "bob", "b".into(), IP, t0 + IDLE / 2);
-        t.insert(h(3), "cas", "c".into(), IP, t0 + IDLE / 2);
-        let mut ended = t.sweep(t0 + IDLE, IDLE, |u| u != "cas");
+        t.insert(h(1), "ann", [0; 32], "a".into(), IP, t0);
+        t.insert(h(2), "bob", [0; 32], "b".into(), IP, t0 + IDLE / 2);
+        t.insert(h(3), "cas", [0; 32], "c".into(), IP, t0 + IDLE / 2);
+        let mut ended = t.sweep(t0 + IDLE, IDLE, |u, _| {
+            (u == "cas").then_some("user removed")
+        });
         ended.sort_by(|a, b| a.user.cmp(&b.user));
         let got: Vec<_> = ended.iter().map(|e| (e.user.as_str(), e.why)).collect();
         assert_eq!(got, [("ann", "idle"), ("cas", "user removed")]);
@@ -722,12 +814,21 @@ mod tests {
         let mut t = Table::default();
         let t0 = Instant::now();
         for i in 0..MAX_PER_USER as u32 {
-            assert!(t.insert(h(i), "ann", "c".into(), IP, t0).is_empty());
+            assert!(t
+                .insert(h(i), "ann", [0; 32], "c".into(), IP, t0)
+                .is_empty());
         }
-        t.insert(h(1000), "bob", "c".into(), IP, t0);
+        t.insert(h(1000), "bob", [0; 32], "c".into(), IP, t0);
         // Using the oldest does not save it: eviction goes by age.
         t.touch(&h(0), t0 + Duration::from_secs(1), IDLE);
-        let ended = t.insert(h(99), "ann", "c".into(), IP, t0 + Duration::from_secs(2));
+        let ended = t.insert(
+            h(99),
+            "ann",
+            [0; 32],
+            "c".into(),
+            IP,
+            t0 + Duration::from_secs(2),
+        );
         assert_eq!(ended.len(), 1);
         assert_eq!(
             (ended[0].tag.clone(), ended[0].why),
@@ -746,9 +847,16 @@ mod tests {
         let mut t = Table::default();
         let t0 = Instant::now();
         for i in 0..MAX_SESSIONS as u32 {
-            t.insert(h(i), &format!("user-{}", i % 1000), "c".into(), IP, t0);
+            t.insert(
+                h(i),
+                &format!("user-{}", i % 1000),
+                [0; 32],
+                "c".into(),
+                IP,
+                t0,
+            );
         }
-        let ended = t.insert(h(1_000_000), "new", "c".into(), IP, t0);
+        let ended = t.insert(h(1_000_000), "new", [0; 32], "c".into(), IP, t0);
         assert_eq!(ended.len(), 1);
         assert_eq!(ended[0].tag, tag_of(&h(0)));
         assert_eq!(t.len(), MAX_SESSIONS);
