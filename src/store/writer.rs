@@ -5,13 +5,16 @@
 //! 1. A camera task calls [`WriterHandle::submit`]: a non-blocking send on a bounded channel.
 //!    When the queue is over its byte budget (or the channel is full) the segment is dropped and
 //!    counted (`holdfast_segments_dropped_total{reason="queue_full"}`); no camera ever waits.
-//! 2. The thread takes what is queued (up to [`MAX_BATCH`] segments), encodes each header into a
-//!    small buffer and submits one `writev` per record to io_uring: the header buffer followed by
-//!    the frames' own `Bytes`, so payloads are never copied. Records get their offsets up front,
-//!    so the writes of one batch run in parallel.
-//! 3. At most `sync_interval` after the first unsynced write (or on flush/shutdown) it issues
-//!    `fdatasync` for every dirty file (again on io_uring), fsyncs directories that gained files,
-//!    and only then commits the index entries and bucket records in one synced RocksDB batch.
+//! 2. The thread takes what is queued (up to [`MAX_BATCH`] segments) and gives each record its
+//!    offset up front. Direct files (the default): each record is copied once into a slot of a
+//!    registered, aligned arena and padded to 4 KiB; a file's adjacent records in a slot are one
+//!    `WriteFixed`; a full slot's round is submitted without waiting, and the next slot is
+//!    filled while earlier rounds are written ([`DirectTuning`]). Buffered files: one `writev`
+//!    per record, the header buffer followed by the frames' own `Bytes`, waited for.
+//! 3. At most `sync_interval` after the first unsynced write (or on flush/shutdown) it waits for
+//!    every direct round in flight, then issues `fdatasync` for every dirty file (again on
+//!    io_uring), fsyncs directories that gained files, and only then commits the index entries
+//!    and bucket records in one synced RocksDB batch.
 //! 4. Only after that commit is the segment durable: readers can see it, the optional
 //!    `on_durable` channel hears of it, and flush waiters are answered.
 //!
@@ -242,7 +245,21 @@ impl WriterHandle {
         if self.tx.send(Msg::Flush(tx)).is_err() {
             return false;
         }
-        rx.recv().is_ok()
+        self.answer(&rx)
+    }
+
+    /// Waits for the writer's answer to a flush or retire. A request that reached the queue
+    /// just as the thread stopped is never answered (nor dropped, while handles live): a
+    /// stopped writer is "no" too.
+    fn answer(&self, rx: &Receiver<()>) -> bool {
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(()) => return true,
+                Err(RecvTimeoutError::Disconnected) => return false,
+                Err(RecvTimeoutError::Timeout) if !self.is_alive() => return rx.try_recv().is_ok(),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
     }
 
     /// Makes the bucket's written segments durable, closes its file and refuses further writes
@@ -254,7 +271,7 @@ impl WriterHandle {
         if self.tx.send(Msg::Retire(policy.into(), start, tx)).is_err() {
             return false;
         }
-        rx.recv().is_ok()
+        self.answer(&rx)
     }
 
     /// Sets the video retention (seconds) per policy that new buckets record (see
@@ -1699,6 +1716,8 @@ impl WriterThread {
             self.fall_back_to_buffered(&key);
         }
         if self.pending.is_empty() {
+            // Every write of the rounds drained above failed: nothing waits for a sync.
+            self.first_pending_at = None;
             for w in self.flush_waiters.drain(..) {
                 let _ = w.send(());
             }
