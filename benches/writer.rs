@@ -304,6 +304,15 @@ fn report() {
                 DirectTuning { slots: 8, ..d },
             ),
             (
+                "direct, tuned: 8 x 16 MiB rounds, fallocate steps up to 1 GiB",
+                WriteIo::Direct,
+                DirectTuning {
+                    slots: 8,
+                    prealloc_max: 1 << 30,
+                    ..d
+                },
+            ),
+            (
                 "direct, tuned: not merged",
                 WriteIo::Direct,
                 DirectTuning { merge: false, ..d },
