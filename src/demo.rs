@@ -83,7 +83,7 @@ sites = ["demo-complex"]
     println!("  config:      {}", config_path.display());
     println!("  data dir:    {}", dir.path().join("data").display());
     println!("  admin token: {token}");
-    println!("  console:     http://{listen}/ (sign in with the admin token)");
+    println!("  console:     http://{listen}/  (open it in a browser; sign in with the admin token)");
     println!();
     for line in commands(&listen, &token, &config_path) {
         println!("{line}");
