@@ -5,6 +5,11 @@
 //! - `recovery_of_a_padded_file_with_a_torn_record_and_a_preallocated_tail`: records appended
 //!   after the last commit (padded, as the writer leaves them), a torn record, then preallocated
 //!   space: recovery indexes exactly the whole records and cuts the rest.
+//! - `rounds_in_flight_over_two_files_are_all_written_and_indexed`: more than the whole staging
+//!   arena of records, interleaved over two policies' files, with the default tuning (several
+//!   rounds in flight, adjacent records merged) and with tiny slots (slots reused over and over,
+//!   records larger than a slot in buffers of their own): every record durable, aligned, not
+//!   overlapping another, read back with its CRCs, files cut to their last record at close.
 //!
 //! The directory is under `CARGO_TARGET_TMPDIR` (the target dir, a real disk filesystem): tmpfs
 //! would test the page cache, not direct I/O.
@@ -20,7 +25,7 @@ use std::time::Duration;
 use holdfast::metrics::Metrics;
 use holdfast::store::index::SegmentEntry;
 use holdfast::store::segment::{align_up, Segment, RECORD_ALIGN};
-use holdfast::store::writer::{Writer, WriterConfig};
+use holdfast::store::writer::{DirectTuning, Writer, WriterConfig, ARENA_LEN};
 use holdfast::store::Store;
 use holdfast::time::{Time90k, TICKS_PER_SEC};
 use support::synth;
@@ -216,4 +221,108 @@ fn recovery_of_a_padded_file_with_a_torn_record_and_a_preallocated_tail() {
         (0, 0),
         "{again}"
     );
+}
+
+/// Writes `per_camera` segments per camera, two cameras per policy, two policies interleaved,
+/// through a writer with `tuning`; checks what became durable and the files after shutdown.
+fn write_interleaved(tuning: DirectTuning, per_camera: usize, frames: usize, avg: usize) {
+    let dir = disk_tempdir();
+    let (store, _) = Store::open(dir.path(), BUCKET).unwrap();
+    let store = Arc::new(store);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let writer = Writer::spawn_tuned(
+        store.clone(),
+        config(),
+        Arc::new(Metrics::new()),
+        Some(tx),
+        tuning,
+    )
+    .unwrap();
+    let t0 = Time90k::from_unix_seconds(1_795_000_200);
+    let mut rng = synth::rng(9);
+    let pool = synth::pool(&mut rng, 4 << 20);
+    let cameras = [
+        ("four-weeks", "gate-a"),
+        ("one-week", "gate-b"),
+        ("four-weeks", "gate-c"),
+        ("one-week", "gate-d"),
+    ];
+    let mut submitted = 0;
+    let mut bytes = 0u64;
+    for i in 0..per_camera {
+        for (c, (policy, camera)) in cameras.iter().enumerate() {
+            // Sizes vary around `avg` per frame, so records straddle slot boundaries.
+            let seg = synth::segment(
+                &mut rng,
+                &pool,
+                camera,
+                policy,
+                t0.add_ticks(i as i64 * TICKS_PER_SEC / 2),
+                frames,
+                avg / 2 + (i * 7919 + c * 104_729) % avg,
+            );
+            bytes += seg.payload_len();
+            writer.handle().submit(seg).unwrap();
+            submitted += 1;
+        }
+    }
+    assert!(writer.handle().flush());
+    let got: Vec<SegmentEntry> = rx.try_iter().collect();
+    assert_eq!(got.len(), submitted, "every segment durable");
+    assert_eq!(got.iter().map(|e| e.payload_len).sum::<u64>(), bytes);
+    let mut ends = std::collections::HashMap::new();
+    for policy in ["four-weeks", "one-week"] {
+        let mut mine: Vec<&SegmentEntry> = got.iter().filter(|e| e.policy == policy).collect();
+        assert_eq!(
+            mine.len(),
+            submitted / 2,
+            "{policy}: every segment in its file"
+        );
+        mine.sort_by_key(|e| e.offset);
+        for w in mine.windows(2) {
+            assert!(
+                align_up(w[0].end_offset()) <= w[1].offset,
+                "{policy}: records at {} and {} overlap",
+                w[0].offset,
+                w[1].offset
+            );
+        }
+        ends.insert(policy, mine.last().unwrap().end_offset());
+    }
+    for e in &got {
+        assert_eq!(
+            e.offset % RECORD_ALIGN,
+            0,
+            "record at {} not aligned",
+            e.offset
+        );
+        let (_, payload) = store.read_segment(e).unwrap();
+        assert_eq!(payload.len() as u64, e.payload_len);
+    }
+    writer.shutdown();
+    for (policy, end) in ends {
+        let path = store.bucket_path(policy, t0.floor_to(BUCKET));
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            end,
+            "{policy}: cut at close"
+        );
+    }
+    assert!(store.verify().unwrap().bad.is_empty());
+}
+
+#[test]
+fn rounds_in_flight_over_two_files_are_all_written_and_indexed() {
+    // Default tuning: about 1.5 arenas of ~0.5 MB records, so slots are reused while other
+    // rounds are in flight, and each file's records of a batch merge into few writes.
+    let records = ARENA_LEN * 3 / 2 / 500_000;
+    write_interleaved(DirectTuning::default(), records / 4, 25, 20_000);
+    // Tiny slots (3 x 64 KiB): records of 20-60 KB share slots, larger ones (up to ~150 KB) get
+    // buffers of their own, and every slot is reused many times.
+    let tiny = DirectTuning {
+        slots: 3,
+        slot_len: 64 << 10,
+        ..DirectTuning::default()
+    };
+    write_interleaved(tiny, 60, 5, 20_000);
 }

@@ -5,13 +5,16 @@
 //! 1. A camera task calls [`WriterHandle::submit`]: a non-blocking send on a bounded channel.
 //!    When the queue is over its byte budget (or the channel is full) the segment is dropped and
 //!    counted (`holdfast_segments_dropped_total{reason="queue_full"}`); no camera ever waits.
-//! 2. The thread takes what is queued (up to [`MAX_BATCH`] segments), encodes each header into a
-//!    small buffer and submits one `writev` per record to io_uring: the header buffer followed by
-//!    the frames' own `Bytes`, so payloads are never copied. Records get their offsets up front,
-//!    so the writes of one batch run in parallel.
-//! 3. At most `sync_interval` after the first unsynced write (or on flush/shutdown) it issues
-//!    `fdatasync` for every dirty file (again on io_uring), fsyncs directories that gained files,
-//!    and only then commits the index entries and bucket records in one synced RocksDB batch.
+//! 2. The thread takes what is queued (up to [`MAX_BATCH`] segments) and gives each record its
+//!    offset up front. Direct files (the default): each record is copied once into a slot of a
+//!    registered, aligned arena and padded to 4 KiB; a file's adjacent records in a slot are one
+//!    `WriteFixed`; a full slot's round is submitted without waiting, and the next slot is
+//!    filled while earlier rounds are written ([`DirectTuning`]). Buffered files: one `writev`
+//!    per record, the header buffer followed by the frames' own `Bytes`, waited for.
+//! 3. At most `sync_interval` after the first unsynced write (or on flush/shutdown) it waits for
+//!    every direct round in flight, then issues `fdatasync` for every dirty file (again on
+//!    io_uring), fsyncs directories that gained files, and only then commits the index entries
+//!    and bucket records in one synced RocksDB batch.
 //! 4. Only after that commit is the segment durable: readers can see it, the optional
 //!    `on_durable` channel hears of it, and flush waiters are answered.
 //!
@@ -41,7 +44,7 @@
 //! ends; [`WriterHandle::is_alive`] turns false, `/healthz` answers 503, and the daemon exits
 //! with code 70 after a short grace period so that systemd restarts it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -107,8 +110,11 @@ pub enum WriteIo {
 /// `RWF_DONTCACHE` of `<linux/fs.h>` (not yet in the libc crate).
 const RWF_DONTCACHE: i32 = 0x80;
 
-/// Size of the registered staging arena of direct writes; a round of writes ends when it is full.
-pub const ARENA_LEN: usize = 32 << 20;
+/// Size of the registered staging arena of direct writes. It is cut into [`ARENA_SLOTS`] slots;
+/// a round of writes is what one slot holds.
+pub const ARENA_LEN: usize = 64 << 20;
+/// Slots of the arena: while one slot is being filled, the rounds of the others are written.
+pub const ARENA_SLOTS: usize = 4;
 
 impl Default for WriterConfig {
     fn default() -> Self {
@@ -239,7 +245,21 @@ impl WriterHandle {
         if self.tx.send(Msg::Flush(tx)).is_err() {
             return false;
         }
-        rx.recv().is_ok()
+        self.answer(&rx)
+    }
+
+    /// Waits for the writer's answer to a flush or retire. A request that reached the queue
+    /// just as the thread stopped is never answered (nor dropped, while handles live): a
+    /// stopped writer is "no" too.
+    fn answer(&self, rx: &Receiver<()>) -> bool {
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(()) => return true,
+                Err(RecvTimeoutError::Disconnected) => return false,
+                Err(RecvTimeoutError::Timeout) if !self.is_alive() => return rx.try_recv().is_ok(),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
     }
 
     /// Makes the bucket's written segments durable, closes its file and refuses further writes
@@ -251,7 +271,7 @@ impl WriterHandle {
         if self.tx.send(Msg::Retire(policy.into(), start, tx)).is_err() {
             return false;
         }
-        rx.recv().is_ok()
+        self.answer(&rx)
     }
 
     /// Sets the video retention (seconds) per policy that new buckets record (see
@@ -366,10 +386,23 @@ impl Writer {
         metrics: Arc<Metrics>,
         on_durable: Option<Sender<SegmentEntry>>,
     ) -> Result<Writer, StoreError> {
+        Self::spawn_tuned(store, cfg, metrics, on_durable, DirectTuning::default())
+    }
+
+    /// [`Writer::spawn`] with other direct-write settings: for benches that compare them.
+    #[doc(hidden)]
+    pub fn spawn_tuned(
+        store: Arc<Store>,
+        cfg: WriterConfig,
+        metrics: Arc<Metrics>,
+        on_durable: Option<Sender<SegmentEntry>>,
+        tuning: DirectTuning,
+    ) -> Result<Writer, StoreError> {
         let ring =
             IoUring::new(RING_ENTRIES).map_err(StoreError::io("set up io_uring", store.root()))?;
+        let geometry = tuning.checked();
         let (arena, registered) = if cfg.io == WriteIo::Direct {
-            let mut arena = AlignedBuf::new(ARENA_LEN);
+            let mut arena = AlignedBuf::new(geometry.slots * geometry.slot_len);
             let iov = [libc::iovec {
                 iov_base: arena.as_mut_slice().as_mut_ptr().cast(),
                 iov_len: arena.len(),
@@ -379,7 +412,7 @@ impl Writer {
             let registered = match unsafe { ring.submitter().register_buffers(&iov) } {
                 Ok(()) => true,
                 Err(e) => {
-                    tracing::warn!(error = %e, bytes = ARENA_LEN,
+                    tracing::warn!(error = %e, bytes = arena.len(),
                         "io_uring_register_buffers refused (RLIMIT_MEMLOCK too low? the unit sets \
                          LimitMEMLOCK): direct writes use the unregistered aligned buffer");
                     false
@@ -432,6 +465,13 @@ impl Writer {
             fatal: None,
             arena,
             registered,
+            geometry,
+            free_slots: (0..geometry.slots).rev().collect(),
+            rounds: VecDeque::new(),
+            fallbacks: Vec::new(),
+            call_first: 0,
+            call_results: Vec::new(),
+            call_left: 0,
         };
         let thread = std::thread::Builder::new()
             .name("holdfast-writer".into())
@@ -567,11 +607,109 @@ struct WriterThread {
     arena: Option<AlignedBuf>,
     /// Whether `arena` is registered with the ring (buffer index 0: `WriteFixed`).
     registered: bool,
+    /// How the arena is cut into rounds and how rounds are written.
+    geometry: DirectTuning,
+    /// Slots of the arena that no round holds.
+    free_slots: Vec<usize>,
+    /// Rounds of direct writes submitted and not yet finished, oldest first.
+    rounds: VecDeque<Round>,
+    /// Files that refused a direct write (`EINVAL`): reopened buffered once no write is in flight.
+    fallbacks: Vec<(Arc<str>, Time90k)>,
+    /// The synchronous call in progress ([`WriterThread::run_ops`]): its first `user_data`,
+    /// its entries' results as they complete, and how many are still to come.
+    call_first: u64,
+    call_results: Vec<Option<std::io::Result<u32>>>,
+    call_left: usize,
 }
+
+/// How direct writes use the staging arena and preallocate. The default is what the daemon
+/// runs; the bench compares others (`benches/writer.rs`).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectTuning {
+    /// Slots the arena is cut into (rounds that can be in flight, one of them being filled).
+    pub slots: usize,
+    /// Bytes of one slot (a multiple of [`RECORD_ALIGN`]).
+    pub slot_len: usize,
+    /// Whether a file's records that are adjacent in the file and in the slot are one write.
+    pub merge: bool,
+    /// Whether each round is waited for right after its submission (no overlap of copy and
+    /// I/O: the writer as first built in issue 11).
+    pub serial: bool,
+    /// Whether space is reserved ahead with `fallocate`.
+    pub prealloc: bool,
+    /// Largest preallocation step in bytes (the step grows with the file from 1 MiB).
+    pub prealloc_max: u64,
+}
+
+impl Default for DirectTuning {
+    fn default() -> Self {
+        Self {
+            slots: ARENA_SLOTS,
+            slot_len: ARENA_LEN / ARENA_SLOTS,
+            merge: true,
+            serial: false,
+            prealloc: true,
+            prealloc_max: PREALLOC_MAX,
+        }
+    }
+}
+
+impl DirectTuning {
+    /// The writer as first built in issue 11: one 32 MiB round at a time, waited for, one write
+    /// per record, 64 MiB preallocation steps.
+    pub fn serial() -> Self {
+        Self {
+            slots: 1,
+            slot_len: 32 << 20,
+            merge: false,
+            serial: true,
+            prealloc: true,
+            prealloc_max: 64 << 20,
+        }
+    }
+
+    /// Sane values: at least one slot of at least one block, aligned.
+    fn checked(mut self) -> Self {
+        self.slots = self.slots.max(1);
+        self.slot_len = (align_up(self.slot_len.max(1) as u64) as usize).min(1 << 30);
+        self.prealloc_max = self.prealloc_max.max(PREALLOC_MIN);
+        self
+    }
+}
+
+/// One round of direct writes: records staged in one slot of the arena (and any record too
+/// large for a slot, in a buffer of its own), submitted together, finished when every write
+/// completed.
+struct Round {
+    /// The arena slot the round's records are staged in.
+    slot: Option<usize>,
+    /// Bytes of the slot used.
+    used: usize,
+    jobs: Vec<Job>,
+    ops: Vec<Op>,
+    /// Buffers of records larger than a slot.
+    extra: Vec<AlignedBuf>,
+    /// `user_data` of the first op (the others follow).
+    first_ud: u64,
+    /// Each op's result, once completed.
+    results: Vec<Option<std::io::Result<u32>>>,
+    /// Ops not yet completed.
+    left: usize,
+}
+
+// SAFETY: a round's raw pointers point into the arena or its own buffers, which only the writer
+// thread uses; the state holding rounds moves into that thread before any round exists.
+unsafe impl Send for Round {}
 
 impl WriterThread {
     fn run(&mut self) {
         self.run_until_fatal();
+        if self.fatal.is_some() {
+            // Writes still in flight finish before their buffers may be freed (or are leaked if
+            // the ring broke); their segments are dropped with the rest below.
+            self.drain_rounds();
+        }
         if let Some(reason) = self.fatal.take() {
             tracing::error!(reason = %reason, "writer thread stopping: nothing can be recorded");
             *self.shared.death.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
@@ -845,7 +983,7 @@ impl WriterThread {
                     dirty: false,
                     last_write: Instant::now(),
                     direct,
-                    prealloc: direct,
+                    prealloc: direct && self.geometry.prealloc,
                     prealloc_end: file_len,
                     data_end: 0,
                 },
@@ -902,6 +1040,7 @@ impl WriterThread {
                 self.drop_segment(&seg.camera, bytes, "expired");
                 continue;
             }
+            let prealloc_max = self.geometry.prealloc_max;
             match self.bucket(&policy, bstart) {
                 Ok(None) => {
                     self.drop_segment(&seg.camera, bytes, "expired");
@@ -918,7 +1057,7 @@ impl WriterThread {
                     b.last_write = Instant::now();
                     let direct = b.direct;
                     if direct {
-                        preallocate(b, offset + len);
+                        preallocate(b, offset + len, prealloc_max);
                     }
                     let header = if direct {
                         Vec::new()
@@ -949,141 +1088,418 @@ impl WriterThread {
             }
         }
 
-        // Rounds of operations: a round ends when the staging arena is full. Buffered files get
-        // one writev per run of at most IOV_MAX iovecs pointing into the jobs' own buffers;
-        // direct files get one write per record from its copy in the arena.
-        let mut arena = self.arena.take();
-        let mut cursor = 0usize;
-        let mut extra: Vec<AlignedBuf> = Vec::new();
-        let mut ops: Vec<Op> = Vec::new();
-        for j in 0..jobs.len() {
-            let fd = self.open[&jobs[j].key].file.as_raw_fd();
-            let job = &mut jobs[j];
-            if !job.direct {
-                let mut slices: Vec<&[u8]> = Vec::with_capacity(job.seg.frames.len() + 1);
-                slices.push(&job.header);
-                slices.extend(job.seg.frames.iter().map(|f| &f.data[..]));
-                let mut offset = job.offset;
-                for chunk in slices.chunks(IOV_MAX) {
-                    let iov: Vec<libc::iovec> = chunk
-                        .iter()
-                        .map(|s| libc::iovec {
-                            iov_base: s.as_ptr() as *mut libc::c_void,
-                            iov_len: s.len(),
-                        })
-                        .collect();
-                    let len: u64 = chunk.iter().map(|s| s.len() as u64).sum();
-                    ops.push(Op {
-                        job: j,
-                        fd,
-                        offset,
-                        buf: OpBuf::Iov(iov),
-                        len,
-                    });
-                    offset += len;
-                }
-                continue;
-            }
-            let len = job.len as usize;
-            let arena_len = arena.as_ref().map_or(0, |a| a.len());
-            if cursor + len > arena_len && cursor > 0 {
-                // The arena is full: write what it holds first.
-                if !self.run_round(&mut ops, &mut jobs, &mut arena, &mut extra) {
-                    return;
-                }
-                cursor = 0;
-            }
-            let job = &mut jobs[j];
-            let (buf, fixed) = match arena.as_mut() {
-                Some(a) if len <= a.len() => {
-                    let buf = &mut a.as_mut_slice()[cursor..cursor + len];
-                    cursor += len;
-                    (buf, self.registered.then_some(0u16))
-                }
-                _ => {
-                    // Larger than the arena (or no arena): a buffer of its own, unregistered.
-                    extra.push(AlignedBuf::new(len));
-                    (extra.last_mut().expect("pushed").as_mut_slice(), None)
-                }
-            };
-            job.header = stage_record(&job.seg, buf);
-            ops.push(Op {
-                job: j,
-                fd,
-                offset: job.offset,
-                buf: OpBuf::Staged {
-                    ptr: buf.as_ptr(),
-                    len: buf.len(),
-                    fixed,
-                },
-                len: buf.len() as u64,
-            });
+        // Direct files: records copied into the arena's slots, one round per slot, submitted
+        // without waiting (the next slot is filled while earlier rounds are written). Buffered
+        // files: writev of the jobs' own buffers, waited for here.
+        let (direct, buffered): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.direct);
+        if !direct.is_empty() {
+            self.write_direct(direct);
         }
-        if !self.run_round(&mut ops, &mut jobs, &mut arena, &mut extra) {
-            return;
-        }
-        self.arena = arena;
-
-        for job in jobs {
-            if let Some(err) = job.failed {
-                if job.direct && job.einval {
-                    self.fall_back_to_buffered(&job.key);
-                }
-                let path = &self.open[&job.key].path;
-                tracing::error!(camera = %job.seg.camera, path = %path.display(), error = %err, "segment write failed");
-                self.note_failure(1, &format!("write {}: {err}", path.display()));
-                self.drop_segment(&job.seg.camera, job.bytes, "write_error");
-                continue;
+        if !buffered.is_empty() && self.fatal.is_none() {
+            self.write_buffered(buffered);
+        } else {
+            for job in buffered {
+                self.drop_segment(&job.seg.camera, job.bytes, "writer_stopped");
             }
-            let b = self
-                .open
-                .get_mut(&job.key)
-                .expect("open while its jobs run");
-            let header_len = job.header.len() as u32;
-            b.data_end = b
-                .data_end
-                .max(job.offset + u64::from(header_len) + job.bytes);
-            let entry = SegmentEntry {
-                policy: b.info.policy.clone(),
-                bucket: b.info.start,
-                camera: job.seg.camera.to_string(),
-                start: job.seg.start,
-                offset: job.offset,
-                header_len,
-                payload_len: job.bytes,
-                duration: job.seg.duration() as u32,
-                frame_count: job.seg.frames.len() as u32,
-                codec_id: job.seg.codec.id,
-                payload_crc: u32::from_le_bytes(
-                    job.header[job.header.len() - 8..job.header.len() - 4]
-                        .try_into()
-                        .expect("4 bytes"),
-                ),
-            };
-            self.pending_keys.insert(entry.key());
-            self.pending.push(Written {
-                entry,
-                codec_id: job.seg.codec.id,
-                avcc: job.seg.codec.avcc.clone(),
-                bytes: job.bytes,
-            });
-            self.first_pending_at.get_or_insert_with(Instant::now);
         }
         self.metrics
             .writer_write_seconds
             .observe(t0.elapsed().as_secs_f64());
     }
 
-    /// Submits one round of write operations and waits for them; records each failure on its
-    /// job. False when the ring broke: then the jobs' buffers and the arena are leaked (never
-    /// freed while the kernel may still read them), the segments dropped, and the thread stops.
-    fn run_round(
-        &mut self,
-        ops: &mut Vec<Op>,
-        jobs: &mut Vec<Job>,
-        arena: &mut Option<AlignedBuf>,
-        extra: &mut Vec<AlignedBuf>,
-    ) -> bool {
+    /// Buffered files: one writev per run of at most IOV_MAX iovecs pointing into the jobs' own
+    /// buffers, all submitted together and waited for.
+    fn write_buffered(&mut self, mut jobs: Vec<Job>) {
+        let mut ops: Vec<Op> = Vec::new();
+        for (j, job) in jobs.iter().enumerate() {
+            let fd = self.open[&job.key].file.as_raw_fd();
+            let mut slices: Vec<&[u8]> = Vec::with_capacity(job.seg.frames.len() + 1);
+            slices.push(&job.header);
+            slices.extend(job.seg.frames.iter().map(|f| &f.data[..]));
+            let mut offset = job.offset;
+            for chunk in slices.chunks(IOV_MAX) {
+                let iov: Vec<libc::iovec> = chunk
+                    .iter()
+                    .map(|s| libc::iovec {
+                        iov_base: s.as_ptr() as *mut libc::c_void,
+                        iov_len: s.len(),
+                    })
+                    .collect();
+                let len: u64 = chunk.iter().map(|s| s.len() as u64).sum();
+                ops.push(Op {
+                    jobs: j..j + 1,
+                    fd,
+                    offset,
+                    buf: OpBuf::Iov(iov),
+                    len,
+                });
+                offset += len;
+            }
+        }
+        if !self.run_round(&mut ops, &mut jobs) {
+            return;
+        }
+        for job in jobs {
+            self.job_done(job);
+        }
+    }
+
+    /// Direct files: each record is copied into the current slot of the arena (a record larger
+    /// than a slot gets an aligned buffer of its own); a full slot's round is submitted and the
+    /// next slot filled while it is written. Records of one file that follow each other in the
+    /// file and in the slot are one write. Rounds finish (their segments wait for the next sync)
+    /// when their writes complete: polled here, waited for when a slot is needed and before
+    /// every sync.
+    fn write_direct(&mut self, mut jobs: Vec<Job>) {
+        // A file's records of this batch have consecutive offsets: grouped by file they are
+        // adjacent in the slot too, so they merge into few large writes.
+        if self.geometry.merge {
+            jobs.sort_by(|a, b| a.key.cmp(&b.key));
+        }
+        let slot_len = self.geometry.slot_len;
+        let mut cur: Option<Round> = None;
+        let mut jobs = jobs.into_iter();
+        while let Some(mut job) = jobs.next() {
+            let len = job.len as usize;
+            let own_buffer = len > slot_len || self.arena.is_none();
+            if cur
+                .as_ref()
+                .is_some_and(|r| !own_buffer && r.slot.is_some() && r.used + len > slot_len)
+            {
+                let r = cur.take().expect("checked");
+                self.submit_round(r);
+            }
+            if cur
+                .as_ref()
+                .is_some_and(|r| !own_buffer && r.slot.is_none())
+            {
+                // A round of own buffers only: it gets a slot now.
+                let slot = self.take_slot();
+                if let Some(r) = cur.as_mut() {
+                    r.slot = slot;
+                }
+            }
+            if cur.is_none() && self.fatal.is_none() {
+                let slot = if own_buffer { None } else { self.take_slot() };
+                cur = Some(Round {
+                    slot,
+                    used: 0,
+                    jobs: Vec::new(),
+                    ops: Vec::new(),
+                    extra: Vec::new(),
+                    first_ud: 0,
+                    results: Vec::new(),
+                    left: 0,
+                });
+            }
+            if self.fatal.is_some() {
+                // The ring broke while a slot was awaited: nothing more is written.
+                for j in std::iter::once(job).chain(jobs.by_ref()) {
+                    self.drop_segment(&j.seg.camera, j.bytes, "writer_stopped");
+                }
+                if let Some(r) = cur.take() {
+                    for j in r.jobs {
+                        self.drop_segment(&j.seg.camera, j.bytes, "writer_stopped");
+                    }
+                }
+                return;
+            }
+            let r = cur.as_mut().expect("a round is open");
+            let fd = self.open[&job.key].file.as_raw_fd();
+            let (buf, fixed) = match (r.slot, self.arena.as_mut()) {
+                (Some(slot), Some(a)) if !own_buffer => {
+                    let at = slot * slot_len + r.used;
+                    r.used += len;
+                    (
+                        &mut a.as_mut_slice()[at..at + len],
+                        self.registered.then_some(0u16),
+                    )
+                }
+                _ => {
+                    r.extra.push(AlignedBuf::new(len));
+                    (r.extra.last_mut().expect("pushed").as_mut_slice(), None)
+                }
+            };
+            job.header = stage_record(&job.seg, buf);
+            let ptr = buf.as_ptr();
+            let j = r.jobs.len();
+            r.jobs.push(job);
+            let job = &r.jobs[j];
+            let merged = self.geometry.merge
+                && !own_buffer
+                && r.ops.last_mut().is_some_and(|last| match &mut last.buf {
+                    OpBuf::Staged {
+                        ptr: lp,
+                        len: ll,
+                        fixed: lf,
+                    } if last.fd == fd
+                        && *lf == fixed
+                        && last.offset + last.len == job.offset
+                        && lp.wrapping_add(*ll) == ptr =>
+                    {
+                        *ll += len;
+                        last.len += len as u64;
+                        last.jobs.end = j + 1;
+                        true
+                    }
+                    _ => false,
+                });
+            if !merged {
+                r.ops.push(Op {
+                    jobs: j..j + 1,
+                    fd,
+                    offset: job.offset,
+                    buf: OpBuf::Staged { ptr, len, fixed },
+                    len: len as u64,
+                });
+            }
+        }
+        if let Some(r) = cur {
+            self.submit_round(r);
+        }
+        // Finish what has completed meanwhile (no waiting).
+        if self.fatal.is_none() {
+            if let Err(RingBroken(e)) = self.reap(false) {
+                self.ring_broken(&e);
+            }
+        }
+        self.finish_completed_rounds();
+    }
+
+    /// A free slot of the arena, after waiting for the oldest round when every slot is taken.
+    /// `None` when the ring broke meanwhile (the thread stops).
+    fn take_slot(&mut self) -> Option<usize> {
+        loop {
+            if let Some(s) = self.free_slots.pop() {
+                return Some(s);
+            }
+            if self.rounds.is_empty() {
+                // Every slot is held by a round not submitted: cannot happen (one round is
+                // filled at a time), but never wait for nothing.
+                return None;
+            }
+            if let Err(RingBroken(e)) = self.wait_oldest_round() {
+                self.ring_broken(&e);
+                return None;
+            }
+        }
+    }
+
+    /// Submits a round's writes without waiting for them (with `serial` tuning, waits).
+    fn submit_round(&mut self, mut r: Round) {
+        if r.ops.is_empty() {
+            if let Some(s) = r.slot {
+                self.free_slots.push(s);
+            }
+            return;
+        }
+        r.first_ud = self.next_user_data;
+        self.next_user_data += r.ops.len() as u64;
+        r.left = r.ops.len();
+        r.results.resize_with(r.ops.len(), || None);
+        let sqes: Vec<_> = r
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| {
+                let OpBuf::Staged { ptr, len, fixed } = op.buf else {
+                    unreachable!("a round holds staged writes only")
+                };
+                match fixed {
+                    Some(index) => {
+                        opcode::WriteFixed::new(types::Fd(op.fd), ptr, len as u32, index)
+                            .offset(op.offset)
+                            .build()
+                    }
+                    None => opcode::Write::new(types::Fd(op.fd), ptr, len as u32)
+                        .offset(op.offset)
+                        .build(),
+                }
+                .user_data(r.first_ud + i as u64)
+            })
+            .collect();
+        // In the list before the kernel sees them: should the ring break, their buffers are
+        // among what is leaked.
+        self.rounds.push_back(r);
+        self.first_pending_at.get_or_insert_with(Instant::now);
+        let mut pushed = 0;
+        while pushed < sqes.len() {
+            {
+                let mut sq = self.ring.submission();
+                while pushed < sqes.len() {
+                    // SAFETY: the buffers (arena slot, own buffers) stay allocated until the
+                    // round is finished, after every one of its completions, or are leaked if
+                    // the ring breaks (`ring_broken`).
+                    if unsafe { sq.push(&sqes[pushed]) }.is_err() {
+                        break;
+                    }
+                    pushed += 1;
+                }
+            }
+            if let Err(RingBroken(e)) = self.enter(0) {
+                self.ring_broken(&e);
+                return;
+            }
+        }
+        if self.geometry.serial {
+            while self.rounds.back().is_some_and(|r| r.left > 0) {
+                if let Err(RingBroken(e)) = self.reap(true) {
+                    self.ring_broken(&e);
+                    return;
+                }
+            }
+            self.finish_completed_rounds();
+        }
+    }
+
+    /// Waits until the oldest round's writes have all completed and finishes it.
+    fn wait_oldest_round(&mut self) -> Result<(), RingBroken> {
+        while self.rounds.front().is_some_and(|r| r.left > 0) {
+            self.reap(true)?;
+        }
+        if let Some(r) = self.rounds.pop_front() {
+            self.finish_round(r);
+        }
+        Ok(())
+    }
+
+    /// Waits for every round in flight and finishes them (before a sync: data, then index).
+    fn drain_rounds(&mut self) {
+        while !self.rounds.is_empty() {
+            if let Err(RingBroken(e)) = self.wait_oldest_round() {
+                self.ring_broken(&e);
+                return;
+            }
+        }
+    }
+
+    /// Finishes every round whose writes have all completed.
+    fn finish_completed_rounds(&mut self) {
+        while let Some(i) = self.rounds.iter().position(|r| r.left == 0) {
+            let r = self.rounds.remove(i).expect("found");
+            self.finish_round(r);
+        }
+    }
+
+    /// A round whose writes all completed: short writes are finished, failures recorded on their
+    /// segments, the slot freed, and each segment goes on to wait for the sync (or is dropped).
+    fn finish_round(&mut self, mut r: Round) {
+        let results = std::mem::take(&mut r.results);
+        for (op, res) in r.ops.iter().zip(results) {
+            let res = res.unwrap_or_else(|| Err(std::io::Error::other("write never completed")));
+            if let Err(e) = self.op_outcome(op, res) {
+                for j in op.jobs.clone() {
+                    let job = &mut r.jobs[j];
+                    job.einval |= e.1;
+                    job.failed.get_or_insert(e.0.to_string());
+                }
+            }
+        }
+        if let Some(s) = r.slot {
+            self.free_slots.push(s);
+        }
+        drop(r.extra);
+        for job in r.jobs {
+            self.job_done(job);
+        }
+    }
+
+    /// The outcome of one completed write: a short write is finished here. On error, whether it
+    /// was the direct write itself refused with `EINVAL`.
+    fn op_outcome(&self, op: &Op, res: std::io::Result<u32>) -> Result<(), (std::io::Error, bool)> {
+        // Only the direct write itself refusing (`EINVAL` from the ring) switches the file
+        // to buffered, not an error while finishing a short write.
+        let refused = matches!(&res, Err(e) if e.raw_os_error() == Some(libc::EINVAL));
+        let outcome = match res {
+            Ok(n) if n as u64 == op.len => Ok(()),
+            // A short write: finish it synchronously (rare: signals, full disk on the edge).
+            Ok(n) => match &op.buf {
+                OpBuf::Iov(iov) => finish_short_write(op.fd, iov, op.offset, n as u64),
+                OpBuf::Staged { ptr, len, .. } => {
+                    let iov = [libc::iovec {
+                        iov_base: *ptr as *mut libc::c_void,
+                        iov_len: *len,
+                    }];
+                    // A direct write must go on from a block boundary: redo the partial
+                    // block (the buffer, offset and length are all RECORD_ALIGN-aligned).
+                    let done = n as u64 / RECORD_ALIGN * RECORD_ALIGN;
+                    finish_short_write(op.fd, &iov, op.offset, done)
+                }
+            },
+            Err(e) => Err(e),
+        };
+        outcome.map_err(|e| (e, refused))
+    }
+
+    /// A segment's write is over: failed (dropped, counted) or waiting for the next sync.
+    fn job_done(&mut self, job: Job) {
+        if let Some(err) = job.failed {
+            if job.direct && job.einval && !self.fallbacks.contains(&job.key) {
+                self.fallbacks.push(job.key.clone());
+            }
+            let path = &self.open[&job.key].path;
+            tracing::error!(camera = %job.seg.camera, path = %path.display(), error = %err, "segment write failed");
+            self.note_failure(1, &format!("write {}: {err}", path.display()));
+            self.drop_segment(&job.seg.camera, job.bytes, "write_error");
+            return;
+        }
+        let b = self
+            .open
+            .get_mut(&job.key)
+            .expect("open while its jobs run");
+        let header_len = job.header.len() as u32;
+        b.data_end = b
+            .data_end
+            .max(job.offset + u64::from(header_len) + job.bytes);
+        let entry = SegmentEntry {
+            policy: b.info.policy.clone(),
+            bucket: b.info.start,
+            camera: job.seg.camera.to_string(),
+            start: job.seg.start,
+            offset: job.offset,
+            header_len,
+            payload_len: job.bytes,
+            duration: job.seg.duration() as u32,
+            frame_count: job.seg.frames.len() as u32,
+            codec_id: job.seg.codec.id,
+            payload_crc: u32::from_le_bytes(
+                job.header[job.header.len() - 8..job.header.len() - 4]
+                    .try_into()
+                    .expect("4 bytes"),
+            ),
+        };
+        self.pending_keys.insert(entry.key());
+        self.pending.push(Written {
+            entry,
+            codec_id: job.seg.codec.id,
+            avcc: job.seg.codec.avcc.clone(),
+            bytes: job.bytes,
+        });
+        self.first_pending_at.get_or_insert_with(Instant::now);
+    }
+
+    /// The ring failed with operations possibly in flight: every round's buffers (and the arena)
+    /// are leaked, never freed while the kernel may read them, their segments dropped, and the
+    /// thread stops.
+    fn ring_broken(&mut self, e: &std::io::Error) {
+        let rounds = std::mem::take(&mut self.rounds);
+        for r in &rounds {
+            for job in &r.jobs {
+                self.metrics.segment_dropped(&job.seg.camera, "write_error");
+                self.release(job.bytes);
+            }
+        }
+        std::mem::forget(rounds);
+        std::mem::forget(self.arena.take());
+        self.free_slots.clear();
+        self.fatal
+            .get_or_insert_with(|| format!("io_uring failed with writes in flight: {e}"));
+    }
+
+    /// Submits one round of buffered writes and waits for them; records each failure on its
+    /// job. False when the ring broke: then the jobs' buffers are leaked (never freed while the
+    /// kernel may still read them), the segments dropped, and the thread stops.
+    fn run_round(&mut self, ops: &mut Vec<Op>, jobs: &mut Vec<Job>) -> bool {
         if ops.is_empty() {
             return true;
         }
@@ -1092,28 +1508,13 @@ impl WriterThread {
             _ => 0,
         };
         let results = match self.run_ops(ops.iter().map(|op| {
-            match &op.buf {
-                OpBuf::Iov(iov) => {
-                    opcode::Writev::new(types::Fd(op.fd), iov.as_ptr(), iov.len() as u32)
-                        .offset(op.offset)
-                        .rw_flags(rw_flags)
-                        .build()
-                }
-                OpBuf::Staged {
-                    ptr,
-                    len,
-                    fixed: Some(index),
-                } => opcode::WriteFixed::new(types::Fd(op.fd), *ptr, *len as u32, *index)
-                    .offset(op.offset)
-                    .build(),
-                OpBuf::Staged {
-                    ptr,
-                    len,
-                    fixed: None,
-                } => opcode::Write::new(types::Fd(op.fd), *ptr, *len as u32)
-                    .offset(op.offset)
-                    .build(),
-            }
+            let OpBuf::Iov(iov) = &op.buf else {
+                unreachable!("buffered rounds hold iovecs only")
+            };
+            opcode::Writev::new(types::Fd(op.fd), iov.as_ptr(), iov.len() as u32)
+                .offset(op.offset)
+                .rw_flags(rw_flags)
+                .build()
         })) {
             Ok(r) => r,
             Err(RingBroken(e)) => {
@@ -1125,50 +1526,23 @@ impl WriterThread {
                 }
                 std::mem::forget(std::mem::take(ops));
                 std::mem::forget(std::mem::take(jobs));
-                std::mem::forget(arena.take());
-                std::mem::forget(std::mem::take(extra));
-                self.fatal = Some(format!("io_uring failed with writes in flight: {e}"));
+                self.ring_broken(&e);
                 return false;
             }
         };
         for (op, res) in ops.iter().zip(results) {
-            // Only the direct write itself refusing (`EINVAL` from the ring) switches the file
-            // to buffered, not an error while finishing a short write.
-            let refused = matches!(&res, Err(e) if e.raw_os_error() == Some(libc::EINVAL));
-            let outcome = match res {
-                Ok(n) if n as u64 == op.len => Ok(()),
-                // A short write: finish it synchronously (rare: signals, full disk on the edge).
-                Ok(n) => match &op.buf {
-                    OpBuf::Iov(iov) => finish_short_write(op.fd, iov, op.offset, n as u64),
-                    OpBuf::Staged { ptr, len, .. } => {
-                        let iov = [libc::iovec {
-                            iov_base: *ptr as *mut libc::c_void,
-                            iov_len: *len,
-                        }];
-                        // A direct write must go on from a block boundary: redo the partial
-                        // block (the buffer, offset and length are all RECORD_ALIGN-aligned).
-                        let done =
-                            n as u64 / super::segment::RECORD_ALIGN * super::segment::RECORD_ALIGN;
-                        finish_short_write(op.fd, &iov, op.offset, done)
-                    }
-                },
-                Err(e) => Err(e),
-            };
-            if let Err(e) = outcome {
-                let job = &mut jobs[op.job];
-                job.einval |= refused;
-                job.failed.get_or_insert(e.to_string());
+            if let Err((e, _)) = self.op_outcome(op, res) {
+                for j in op.jobs.clone() {
+                    jobs[j].failed.get_or_insert(e.to_string());
+                }
             }
         }
         if self.cfg.io == WriteIo::BufferedWriteBehind {
             // Start writeback of what this round wrote. Only a hint: an error here changes
             // nothing (the fdatasync before the index commit is what makes records durable and
             // reports failures), and the ring is fine if it returns.
-            let ranges: Vec<(i32, u64, u64)> = ops
-                .iter()
-                .filter(|op| matches!(op.buf, OpBuf::Iov(_)))
-                .map(|op| (op.fd, op.offset, op.len))
-                .collect();
+            let ranges: Vec<(i32, u64, u64)> =
+                ops.iter().map(|op| (op.fd, op.offset, op.len)).collect();
             let res = self.run_ops(ranges.iter().map(|&(fd, offset, len)| {
                 opcode::SyncFileRange::new(types::Fd(fd), len.min(u32::MAX as u64) as u32)
                     .offset(offset)
@@ -1183,21 +1557,111 @@ impl WriterThread {
                     self.release(job.bytes);
                 }
                 jobs.clear();
-                self.fatal = Some(format!("io_uring failed during sync_file_range: {e}"));
                 ops.clear();
-                extra.clear();
+                self.ring_broken(&e);
                 return false;
             }
         }
         ops.clear();
-        extra.clear();
         true
+    }
+
+    /// Submits what is in the submission queue (test hook: fails as a broken ring would) and,
+    /// with `wait`, waits for at least `wait` completions. Transient errors (`EINTR`, `EAGAIN`,
+    /// `EBUSY`) are retried after reaping completions; any other error leaves entries possibly
+    /// in flight ([`RingBroken`]).
+    fn enter(&mut self, wait: usize) -> Result<(), RingBroken> {
+        if !self.ring.submission().is_empty() && self.shared.fail_ring.swap(false, Ordering::AcqRel)
+        {
+            // Test hook: as if io_uring_enter failed with these entries queued.
+            let e = std::io::Error::other("io_uring failure injected by a test");
+            tracing::error!(error = %e, "io_uring submit failed");
+            return Err(RingBroken(e));
+        }
+        let mut transient = 0u32;
+        loop {
+            match self.ring.submit_and_wait(wait) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY))
+                        && transient < 10_000 =>
+                {
+                    // The kernel wants completions reaped first, then a retry.
+                    transient += 1;
+                    if self.ring.completion().is_empty() {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    self.reap_into();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "io_uring submit failed");
+                    return Err(RingBroken(e));
+                }
+            }
+        }
+    }
+
+    /// Takes the completions available (waiting for at least one with `wait`) and records those
+    /// of direct rounds on them.
+    fn reap(&mut self, wait: bool) -> Result<(), RingBroken> {
+        if wait && self.ring.completion().is_empty() {
+            self.enter(1)?;
+        }
+        self.reap_into();
+        Ok(())
+    }
+
+    /// Takes every completion in the queue and records it: on the synchronous call in progress
+    /// ([`WriterThread::run_ops`]) or on its direct round.
+    fn reap_into(&mut self) {
+        let cqes: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (ud, r) in cqes {
+            let res = if r < 0 {
+                Err(std::io::Error::from_raw_os_error(-r))
+            } else {
+                Ok(r as u32)
+            };
+            let first = self.call_first;
+            if ud >= first && ud < first + self.call_results.len() as u64 {
+                let slot = &mut self.call_results[(ud - first) as usize];
+                if slot.is_none() {
+                    self.call_left -= 1;
+                }
+                *slot = Some(res);
+                continue;
+            }
+            match self
+                .rounds
+                .iter_mut()
+                .find(|rd| ud >= rd.first_ud && ud < rd.first_ud + rd.ops.len() as u64)
+            {
+                Some(rd) => {
+                    let slot = &mut rd.results[(ud - rd.first_ud) as usize];
+                    if slot.is_none() {
+                        rd.left -= 1;
+                    }
+                    *slot = Some(res);
+                }
+                None => {
+                    tracing::warn!(
+                        user_data = ud,
+                        "io_uring completion of an earlier call ignored"
+                    )
+                }
+            }
+        }
     }
 
     /// Submits the entries in chunks that fit the ring and returns each one's result, in order.
     /// Every submitted entry's completion is waited for before this returns, also after a
     /// transient submit error (`EINTR`, `EAGAIN`, `EBUSY`: completions are reaped and the submit
-    /// retried). Any other error leaves entries in flight: the caller must then never free the
+    /// retried); completions of direct rounds in flight meanwhile are recorded on their rounds.
+    /// Any other error leaves entries in flight: the caller must then never free the
     /// buffers they point to ([`RingBroken`]).
     fn run_ops(
         &mut self,
@@ -1205,9 +1669,7 @@ impl WriterThread {
     ) -> Result<Vec<std::io::Result<u32>>, RingBroken> {
         let sqes: Vec<_> = sqes.collect();
         let mut results: Vec<std::io::Result<u32>> = Vec::with_capacity(sqes.len());
-        results.resize_with(sqes.len(), || Ok(0));
-        for (c, chunk) in sqes.chunks(RING_ENTRIES as usize).enumerate() {
-            let base = c * RING_ENTRIES as usize;
+        for chunk in sqes.chunks(RING_ENTRIES as usize) {
             let first_ud = self.next_user_data;
             self.next_user_data += chunk.len() as u64;
             for (i, sqe) in chunk.iter().enumerate() {
@@ -1222,52 +1684,21 @@ impl WriterThread {
                         .expect("chunk fits the submission queue");
                 }
             }
-            if self.shared.fail_ring.swap(false, Ordering::AcqRel) {
-                // Test hook: as if io_uring_enter failed with these entries queued.
-                let e = std::io::Error::other("io_uring failure injected by a test");
-                tracing::error!(error = %e, in_flight = chunk.len(), "io_uring submit failed");
-                return Err(RingBroken(e));
+            self.call_first = first_ud;
+            self.call_results.clear();
+            self.call_results.resize_with(chunk.len(), || None);
+            self.call_left = chunk.len();
+            let mut wait = chunk.len();
+            while self.call_left > 0 {
+                self.enter(wait)?;
+                wait = 1;
+                self.reap_into();
             }
-            let mut done = 0;
-            let mut transient = 0u32;
-            while done < chunk.len() {
-                match self.ring.submit_and_wait(chunk.len() - done) {
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    Err(e)
-                        if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY))
-                            && transient < 10_000 =>
-                    {
-                        // The kernel wants completions reaped first (below), then a retry.
-                        transient += 1;
-                        if self.ring.completion().is_empty() {
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, in_flight = chunk.len() - done, "io_uring submit failed");
-                        return Err(RingBroken(e));
-                    }
-                }
-                for cqe in self.ring.completion() {
-                    let ud = cqe.user_data();
-                    if ud < first_ud || ud >= first_ud + chunk.len() as u64 {
-                        tracing::warn!(
-                            user_data = ud,
-                            "io_uring completion of an earlier call ignored"
-                        );
-                        continue;
-                    }
-                    let i = base + (ud - first_ud) as usize;
-                    let r = cqe.result();
-                    results[i] = if r < 0 {
-                        Err(std::io::Error::from_raw_os_error(-r))
-                    } else {
-                        Ok(r as u32)
-                    };
-                    done += 1;
-                }
-            }
+            results.extend(
+                self.call_results
+                    .drain(..)
+                    .map(|r| r.expect("every entry completed")),
+            );
         }
         Ok(results)
     }
@@ -1276,7 +1707,17 @@ impl WriterThread {
         if self.fatal.is_some() {
             return;
         }
+        // Data before index: every write in flight completes before the files are synced.
+        self.drain_rounds();
+        if self.fatal.is_some() {
+            return;
+        }
+        for key in std::mem::take(&mut self.fallbacks) {
+            self.fall_back_to_buffered(&key);
+        }
         if self.pending.is_empty() {
+            // Every write of the rounds drained above failed: nothing waits for a sync.
+            self.first_pending_at = None;
             for w in self.flush_waiters.drain(..) {
                 let _ = w.send(());
             }
@@ -1499,7 +1940,8 @@ fn finish_short_write(
 
 /// One write operation of a round.
 struct Op {
-    job: usize,
+    /// The jobs whose records it writes (several when adjacent records are merged).
+    jobs: std::ops::Range<usize>,
     fd: i32,
     offset: u64,
     buf: OpBuf,
@@ -1591,17 +2033,17 @@ fn stage_record(seg: &Segment, buf: &mut [u8]) -> Vec<u8> {
 /// Smallest and largest preallocation step of a direct file: the step grows with the file, so
 /// short-lived small buckets (tests, `bucket = "10s"`) do not reserve much.
 const PREALLOC_MIN: u64 = 1 << 20;
-const PREALLOC_MAX: u64 = 64 << 20;
+const PREALLOC_MAX: u64 = 256 << 20;
 
 /// Makes sure the file's space is allocated up to `end` (with `fallocate`, in growing chunks),
 /// so that direct writes land inside the file and need no block allocation or size change of
 /// their own. A filesystem without `fallocate` gets plain appends (logged once for the file).
-fn preallocate(b: &mut OpenBucket, end: u64) {
+fn preallocate(b: &mut OpenBucket, end: u64, max_step: u64) {
     if !b.prealloc || end <= b.prealloc_end {
         return;
     }
     let from = b.prealloc_end;
-    let step = end.clamp(PREALLOC_MIN, PREALLOC_MAX);
+    let step = end.clamp(PREALLOC_MIN, max_step);
     let to = (end + step).div_ceil(PREALLOC_MIN) * PREALLOC_MIN;
     // SAFETY: plain syscall on an open descriptor.
     let r = unsafe {
