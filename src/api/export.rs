@@ -930,8 +930,16 @@ async fn make(
             l.send_range(&st.store, 0, l.len(), |b| {
                 sha.update(&b);
                 !gone.load(std::sync::atomic::Ordering::Relaxed)
-            })
-            .map(|()| hex::encode(sha.finalize()))
+            })?;
+            // A stop asked for is never a hash: the file was not read to its end.
+            if gone.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(crate::store::StoreError::Io {
+                    op: "hash an export",
+                    path: st.store.root().to_owned(),
+                    source: std::io::Error::other("the request was abandoned"),
+                });
+            }
+            Ok::<_, crate::store::StoreError>(hex::encode(sha.finalize()))
         })
         .await
         .map_err(ApiError::internal)?;
@@ -974,6 +982,13 @@ async fn make(
     e.recipient = non_empty(q.recipient.clone());
     e.reference = non_empty(q.reference.clone());
     e.sites = vec![p.site.clone()];
+    // Asked again: the hash may have taken minutes, and other ids came meanwhile.
+    if !ids().has_room(&user.name, layout.mem_size()) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many views and exports are open on this server; try again in a few minutes",
+        ));
+    }
     let logged = state.record(e).await?;
 
     let token = new_id();

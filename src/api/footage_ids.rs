@@ -6,9 +6,11 @@
 //! answered like an unknown one), to its camera and to its kind. A view lives until
 //! [`VIEW_IDLE`] after its last request and at most [`VIEW_MAX`]; an export [`EXPORT_LIFE`].
 //! Caps: [`MAX_VIEWS_PER_USER`] views and [`MAX_EXPORTS_PER_USER`] exports per user, and
-//! [`MAX_IDS`] ids and [`MAX_BYTES`] bytes of layouts in all; a new id past a cap ends the least
-//! recently used one (of the user for the per-user caps, of anyone for the totals), so an
-//! incident is never blocked by looks nobody uses any more. The logbook keeps the facts of
+//! [`MAX_BYTES_PER_USER`] bytes of layouts per user, [`MAX_IDS`] ids and [`MAX_BYTES`] in all.
+//! A new id past a cap ends the user's own least recently used ids (views first); past the
+//! totals, another user's id only when it has not been used for [`VIEW_IDLE`]. When that does
+//! not make room, the POST is answered 503 before anything is logged ([`Ids::has_room`]), so
+//! one user's looks never take away another's export or receipt. The logbook keeps the facts of
 //! every id forever; only the means to fetch the bytes again ends.
 
 use std::collections::HashMap;
@@ -35,6 +37,10 @@ pub const MAX_EXPORTS_PER_USER: usize = 16;
 pub const MAX_IDS: usize = 1024;
 /// Memory of all kept layouts together, in bytes.
 pub const MAX_BYTES: usize = 512 << 20;
+
+/// Bytes of layouts one user's ids may hold (an eighth of [`MAX_BYTES`]: no single user fills
+/// the table for everyone else).
+pub const MAX_BYTES_PER_USER: usize = MAX_BYTES / 8;
 
 /// One live id.
 #[derive(Debug)]
@@ -129,7 +135,10 @@ pub fn new_id() -> String {
 }
 
 impl Ids {
-    /// Adds `held` under `id` (from [`new_id`]), ending least recently used ids past the caps.
+    /// Adds `held` under `id` (from [`new_id`]), ending least recently used ids past the caps:
+    /// the user's own first (views before exports), past the totals another user's only when
+    /// it has not been used for [`VIEW_IDLE`] (an export being downloaded or a receipt being
+    /// printed is never pushed out by someone else's looks).
     pub fn insert(&self, id: &str, held: Held) {
         let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -138,11 +147,23 @@ impl Ids {
             Footage::View => MAX_VIEWS_PER_USER,
             Footage::Export => MAX_EXPORTS_PER_USER,
         };
-        let lru = |t: &HashMap<String, Arc<Held>>, mine: bool| -> Option<String> {
+        let user = held.user.clone();
+        // The least recently used id of `user` (views first), or with `user` None of anyone
+        // that has not been used for VIEW_IDLE.
+        let lru = |t: &HashMap<String, Arc<Held>>, kind: Option<Footage>, mine: bool| {
             t.iter()
-                .filter(|(_, h)| !mine || (h.user == held.user && h.kind == held.kind))
+                .filter(|(_, h)| {
+                    if mine {
+                        h.user == user && kind.is_none_or(|k| h.kind == k)
+                    } else {
+                        now.saturating_duration_since(h.last_used()) >= VIEW_IDLE
+                    }
+                })
                 .min_by_key(|(_, h)| h.last_used())
                 .map(|(k, _)| k.clone())
+        };
+        let own_first = |t: &HashMap<String, Arc<Held>>| {
+            lru(t, Some(Footage::View), true).or_else(|| lru(t, Some(Footage::Export), true))
         };
         while t
             .values()
@@ -150,23 +171,24 @@ impl Ids {
             .count()
             >= per_user
         {
-            let Some(k) = lru(&t, true) else { break };
+            let Some(k) = lru(&t, Some(held.kind), true) else {
+                break;
+            };
             t.remove(&k);
         }
         let size = held.layout.mem_size();
-        // Past the totals, the user's own least recently used ids end first; another user's
-        // only when [`Ids::has_room`] and this insert raced with someone else's.
-        let own_lru = |t: &HashMap<String, Arc<Held>>| -> Option<String> {
-            t.iter()
-                .filter(|(_, h)| h.user == held.user)
-                .min_by_key(|(_, h)| h.last_used())
-                .map(|(k, _)| k.clone())
+        let bytes_of = |t: &HashMap<String, Arc<Held>>, mine: bool| -> usize {
+            t.values()
+                .filter(|h| !mine || h.user == held.user)
+                .map(|h| h.layout.mem_size())
+                .sum()
         };
-        while !t.is_empty()
-            && (t.len() >= MAX_IDS
-                || t.values().map(|h| h.layout.mem_size()).sum::<usize>() + size > MAX_BYTES)
-        {
-            let Some(k) = own_lru(&t).or_else(|| lru(&t, false)) else {
+        while bytes_of(&t, true) + size > MAX_BYTES_PER_USER {
+            let Some(k) = own_first(&t) else { break };
+            t.remove(&k);
+        }
+        while t.len() >= MAX_IDS || bytes_of(&t, false) + size > MAX_BYTES {
+            let Some(k) = own_first(&t).or_else(|| lru(&t, None, false)) else {
                 break;
             };
             t.remove(&k);
@@ -174,21 +196,22 @@ impl Ids {
         t.insert(id.to_owned(), Arc::new(held));
     }
 
-    /// Whether a new id of `user` holding a layout of `mem_size` bytes fits under the totals
-    /// ([`MAX_IDS`], [`MAX_BYTES`]) when only `user`'s own ids are ended for it: one user's
-    /// views and exports never push out another user's (an export being downloaded, a
-    /// receipt). The handler answers 503 before anything is logged when it does not fit.
+    /// Whether a new id of `user` holding a layout of `mem_size` bytes fits: within the user's
+    /// share ([`MAX_BYTES_PER_USER`], the user's own ids ended for it) and under the totals
+    /// ([`MAX_IDS`], [`MAX_BYTES`]) counting only other users' ids that are still in use. The
+    /// handler asks before the hash and again just before the logbook entry, and answers 503
+    /// when it does not fit, before anything is logged.
     pub fn has_room(&self, user: &str, mem_size: usize) -> bool {
         let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         t.retain(|_, h| h.ends() > now);
         let (others, others_bytes) = t
             .values()
-            .filter(|h| h.user != user)
+            .filter(|h| h.user != user && now.saturating_duration_since(h.last_used()) < VIEW_IDLE)
             .fold((0usize, 0usize), |(n, b), h| {
                 (n + 1, b + h.layout.mem_size())
             });
-        others < MAX_IDS && others_bytes + mem_size <= MAX_BYTES
+        mem_size <= MAX_BYTES_PER_USER && others < MAX_IDS && others_bytes + mem_size <= MAX_BYTES
     }
 
     /// The live id `id` of `kind` made by `user` (for `camera` when given), marked as used now;
@@ -284,5 +307,48 @@ mod tests {
         assert_eq!(t.len(), MAX_VIEWS_PER_USER + 2);
         assert!(t.get(&b, Footage::View, "bob", None).is_some());
         assert!(t.get(&e, Footage::Export, "ann", None).is_some());
+    }
+
+    #[test]
+    fn at_the_totals_a_user_ends_only_their_own_ids_and_a_newcomer_waits() {
+        let t = Ids::default();
+        let mut owned: Vec<(String, Footage, String)> = Vec::new();
+        'fill: for u in 0.. {
+            let user = format!("u{u}");
+            for (kind, n) in [
+                (Footage::View, MAX_VIEWS_PER_USER),
+                (Footage::Export, MAX_EXPORTS_PER_USER),
+            ] {
+                for _ in 0..n {
+                    if t.len() == MAX_IDS {
+                        break 'fill;
+                    }
+                    owned.push((add(&t, held(kind, &user)), kind, user.clone()));
+                }
+            }
+        }
+        assert_eq!(t.len(), MAX_IDS);
+        // Everyone's ids are in use: a user with none gets no room (503 before any entry)...
+        assert!(!t.has_room("newcomer", 0));
+        // ... and one with ids (the last one filled: below their own caps, so only the totals
+        // bind) makes room out of their own, views first.
+        let last = owned.last().unwrap().2.clone();
+        assert!(t.has_room(&last, 0));
+        let before: Vec<bool> = owned
+            .iter()
+            .map(|(id, kind, user)| t.get(id, *kind, user, None).is_some())
+            .collect();
+        assert!(before.iter().all(|b| *b));
+        add(&t, held(Footage::Export, &last));
+        let gone: Vec<&(String, Footage, String)> = owned
+            .iter()
+            .filter(|(id, kind, user)| t.get(id, *kind, user, None).is_none())
+            .collect();
+        assert_eq!(gone.len(), 1, "{gone:?}");
+        assert_eq!(
+            (gone[0].1, gone[0].2.as_str()),
+            (Footage::View, last.as_str())
+        );
+        assert_eq!(t.len(), MAX_IDS);
     }
 }

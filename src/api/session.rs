@@ -656,6 +656,14 @@ fn origin_ok(headers: &HeaderMap, tls: bool) -> bool {
         .is_some_and(|(o, own)| o.eq_ignore_ascii_case(&own))
 }
 
+/// Whether the browser's `Sec-Fetch-Site` (if it sent one) says the request comes from this
+/// daemon's own pages (`same-origin`) or from the user (`none`: a typed address, a bookmark).
+fn fetch_site_ok(headers: &HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-site")
+        .is_none_or(|site| matches!(site.as_bytes(), b"same-origin" | b"none"))
+}
+
 /// Whether a GET of `uri` is a logged read (a key-tag query, or footage asked for by range
 /// rather than by a view or export id): it writes a logbook entry in the user's name.
 fn logged_read(uri: &axum::http::Uri) -> bool {
@@ -687,7 +695,7 @@ pub async fn csrf_guard(State(state): State<Arc<AppState>>, req: Request, next: 
     let refuse = || ApiError::new(StatusCode::FORBIDDEN, CSRF_REFUSED).into_response();
     let sign_in = req.method() == Method::POST && req.uri().path() == "/api/v1/session";
     if sign_in {
-        if !origin_ok(headers, tls) {
+        if !origin_ok(headers, tls) || !fetch_site_ok(headers) {
             return refuse();
         }
         return next.run(req).await;
@@ -706,12 +714,8 @@ pub async fn csrf_guard(State(state): State<Arc<AppState>>, req: Request, next: 
     }
     // A browser names where a request comes from: an API request that another site's page
     // (even a same-site one: another port, a sibling host) made is refused, whatever it is.
-    if req.uri().path().starts_with("/api/") {
-        if let Some(site) = headers.get("sec-fetch-site") {
-            if !matches!(site.as_bytes(), b"same-origin" | b"none") {
-                return refuse();
-            }
-        }
+    if req.uri().path().starts_with("/api/") && !fetch_site_ok(headers) {
+        return refuse();
     }
     // A GET that writes a logbook entry and hands out data is not "safe": it needs the token
     // too, so that no `<img>`/`<video>`/link of another page can make an entry in the user's

@@ -477,14 +477,28 @@ fn dechunk(mut s: &str) -> String {
 
 /// A GET whose body is binary (an MP4): (status, headers, body bytes).
 pub fn http_get_bytes(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String, Vec<u8>) {
+    http_get_bytes_with(addr, path, token, &[])
+}
+
+/// [`http_get_bytes`] with extra request headers (`Range`, `If-Range`, ...).
+pub fn http_get_bytes_with(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{extra}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = Vec::new();
