@@ -7,9 +7,6 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use holdfast::metrics::Metrics;
-use holdfast::store::segment::{Frame, Segment};
-use holdfast::store::writer::{Writer, WriterConfig};
 use holdfast::store::Store;
 use holdfast::time::Time90k;
 use support::procs::{
@@ -44,42 +41,11 @@ fn the_data_subject_window_is_exactly_21_00_to_21_15_amsterdam_plus_the_lead_in(
         "",
     );
     d.stop();
-    {
-        let (samples, codec) = support::clip::clip_samples();
-        assert_eq!(samples.len(), 100);
-        assert!(samples[0].1 && samples[50].1);
-        let (store, _) = Store::open(&d.data_dir, 3600).unwrap();
-        let writer = Writer::spawn(
-            Arc::new(store),
-            WriterConfig::default(),
-            Arc::new(Metrics::new()),
-            None,
-        )
-        .unwrap();
-        let second = 90_000i64;
-        // From 20:57:57 to 21:17:07: 23 segments of one GOP each.
-        for k in -2..21i64 {
-            let gop = (k.rem_euclid(2) * 50) as usize;
-            writer
-                .handle()
-                .submit(Segment {
-                    camera: "lobby".into(),
-                    policy: "month".into(),
-                    start: first_key.add_ticks(k * 50 * second),
-                    codec: codec.clone(),
-                    frames: samples[gop..gop + 50]
-                        .iter()
-                        .map(|(data, key)| Frame {
-                            data: data.clone(),
-                            duration: second as u32,
-                            key: *key,
-                        })
-                        .collect(),
-                })
-                .unwrap();
-        }
-        writer.shutdown();
-    }
+    let (samples, _) = support::clip::clip_samples();
+    assert_eq!(samples.len(), 100);
+    assert!(samples[0].1 && samples[50].1);
+    // From 20:57:57 to 21:17:07: 23 segments of one GOP each, frames of 1 s.
+    support::clip::write_clip_segments(&d.data_dir, "lobby", "month", first_key, -2..21, 90_000);
     d.restart();
 
     let path = format!(
@@ -219,15 +185,7 @@ fn a_plan_opens_each_bucket_once_and_never_sends_what_an_erasure_removed() {
     use std::os::unix::io::AsRawFd;
 
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = Store::open(dir.path(), 3600).unwrap();
-    let store = Arc::new(store);
-    let writer = Writer::spawn(
-        store.clone(),
-        WriterConfig::default(),
-        Arc::new(Metrics::new()),
-        None,
-    )
-    .unwrap();
+    let (store, writer) = support::synth::store_and_writer(dir.path());
     // 120 segments of 2 s of two interleaved cameras, across an hour boundary (two files).
     let hour = Time90k::parse_rfc3339("2026-11-20T10:00:00Z").unwrap();
     let t0 = hour.add_ticks(-120 * 90_000);

@@ -11,15 +11,10 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use holdfast::export::{plan, send_payloads, Layout};
-use holdfast::metrics::Metrics;
 use holdfast::store::index::IndexBatch;
-use holdfast::store::segment::{Frame, Segment};
-use holdfast::store::writer::{Writer, WriterConfig};
-use holdfast::store::Store;
 use holdfast::time::Time90k;
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -32,15 +27,7 @@ fn every_byte_range_of_a_layout_is_the_slice_of_the_whole_file() {
     let seed = support::synth::seed();
     println!("HOLDFAST_TEST_SEED={seed}");
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = Store::open(dir.path(), 3600).unwrap();
-    let store = Arc::new(store);
-    let writer = Writer::spawn(
-        store.clone(),
-        WriterConfig::default(),
-        Arc::new(Metrics::new()),
-        None,
-    )
-    .unwrap();
+    let (store, writer) = support::synth::store_and_writer(dir.path());
     // 60 segments of 2 s across an hour boundary (two bucket files).
     let hour = Time90k::parse_rfc3339("2026-11-20T10:00:00Z").unwrap();
     let t0 = hour.add_ticks(-60 * 90_000);
@@ -195,38 +182,7 @@ fn view_and_export_ids_serve_exact_ranges_without_new_entries_and_receipts_match
     d.stop();
     // 40 s of the shipped clip (real H.264, 25 fps, a keyframe every 2 s) an hour ago.
     let t0 = Time90k::now().add_ticks(-3600 * 90_000);
-    {
-        let (samples, codec) = support::clip::clip_samples();
-        let (store, _) = Store::open(&d.data_dir, 3600).unwrap();
-        let writer = Writer::spawn(
-            Arc::new(store),
-            WriterConfig::default(),
-            Arc::new(Metrics::new()),
-            None,
-        )
-        .unwrap();
-        for k in 0..20i64 {
-            let gop = (k.rem_euclid(2) * 50) as usize;
-            writer
-                .handle()
-                .submit(Segment {
-                    camera: "lobby".into(),
-                    policy: "month".into(),
-                    start: t0.add_ticks(k * 50 * 3600),
-                    codec: codec.clone(),
-                    frames: samples[gop..gop + 50]
-                        .iter()
-                        .map(|(data, key)| Frame {
-                            data: data.clone(),
-                            duration: 3600,
-                            key: *key,
-                        })
-                        .collect(),
-                })
-                .unwrap();
-        }
-        writer.shutdown();
-    }
+    support::clip::write_clip_segments(&d.data_dir, "lobby", "month", t0, 0..20, 3600);
     d.restart();
     let (from, to) = (t0.to_rfc3339(), t0.add_ticks(40 * 90_000).to_rfc3339());
     let admin = d.token.clone();

@@ -43,3 +43,47 @@ pub fn clip_samples() -> (Vec<(Bytes, bool)>, Arc<CodecConfig>) {
     avcc.extend_from_slice(&pps);
     (samples, Arc::new(CodecConfig::new(Bytes::from(avcc))))
 }
+
+/// Writes segments of one GOP each (50 frames of the clip, its two GOPs in turn) of `camera`
+/// under `policy` into the store in `data_dir` (the daemon stopped meanwhile): for each `k` in
+/// `ks`, one starting at `start + k * 50 * frame_ticks`, every frame `frame_ticks` long.
+pub fn write_clip_segments(
+    data_dir: &std::path::Path,
+    camera: &str,
+    policy: &str,
+    start: holdfast::time::Time90k,
+    ks: std::ops::Range<i64>,
+    frame_ticks: i64,
+) {
+    use holdfast::store::segment::{Frame, Segment};
+    let (samples, codec) = clip_samples();
+    let (store, _) = holdfast::store::Store::open(data_dir, 3600).unwrap();
+    let writer = holdfast::store::writer::Writer::spawn(
+        Arc::new(store),
+        holdfast::store::writer::WriterConfig::default(),
+        Arc::new(holdfast::metrics::Metrics::new()),
+        None,
+    )
+    .unwrap();
+    for k in ks {
+        let gop = (k.rem_euclid(2) * 50) as usize;
+        writer
+            .handle()
+            .submit(Segment {
+                camera: camera.into(),
+                policy: policy.into(),
+                start: start.add_ticks(k * 50 * frame_ticks),
+                codec: codec.clone(),
+                frames: samples[gop..gop + 50]
+                    .iter()
+                    .map(|(data, key)| Frame {
+                        data: data.clone(),
+                        duration: frame_ticks as u32,
+                        key: *key,
+                    })
+                    .collect(),
+            })
+            .unwrap();
+    }
+    writer.shutdown();
+}

@@ -10,6 +10,23 @@ use holdfast::store::segment::{CodecConfig, Frame, Segment};
 use holdfast::time::Time90k;
 use rand::{Rng, SeedableRng};
 
+/// A store in `dir` with hour buckets and a writer of the default config: the setup of the
+/// tests that write synthetic segments and read them back.
+pub fn store_and_writer(
+    dir: &std::path::Path,
+) -> (Arc<holdfast::store::Store>, holdfast::store::writer::Writer) {
+    let (store, _) = holdfast::store::Store::open(dir, 3600).unwrap();
+    let store = Arc::new(store);
+    let writer = holdfast::store::writer::Writer::spawn(
+        store.clone(),
+        holdfast::store::writer::WriterConfig::default(),
+        Arc::new(holdfast::metrics::Metrics::new()),
+        None,
+    )
+    .unwrap();
+    (store, writer)
+}
+
 /// A small deterministic random generator.
 pub type TestRng = rand::rngs::StdRng;
 
