@@ -92,6 +92,15 @@ fn tag(cookie: &str) -> String {
 }
 
 /// Whether any file under `dir` contains `needle`.
+/// Waits (up to 10 s) for the `session.end` entry of the session of `cookie` with `why`.
+fn wait_for_end(d: &Daemon, cookie: &str, why: &str) {
+    d.wait_until(Duration::from_secs(10), |d| {
+        entries(d, "session.end")
+            .iter()
+            .any(|e| e["object"]["session"] == tag(cookie).as_str() && e["object"]["why"] == why)
+    });
+}
+
 fn any_file_contains(dir: &Path, needle: &[u8]) -> Option<String> {
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let p = entry.path();
@@ -327,11 +336,7 @@ fn sign_in_cookie_csrf_origin_sign_out_and_a_reload_that_removes_the_user() {
     let csrf2 = r.json()["csrf_token"].as_str().unwrap().to_owned();
     let r = with_cookie(&d, "GET", "/api/v1/cameras", &cookie1, &[], None);
     assert_eq!(r.status, 401, "{}", r.body);
-    d.wait_until(Duration::from_secs(10), |d| {
-        entries(d, "session.end").iter().any(|e| {
-            e["object"]["session"] == tag(&cookie1).as_str() && e["object"]["why"] == "replaced"
-        })
-    });
+    wait_for_end(&d, &cookie1, "replaced");
 
     // A reload that gives the user a new token (the old one leaked) ends the sessions opened
     // with the old one.
@@ -357,12 +362,7 @@ fn sign_in_cookie_csrf_origin_sign_out_and_a_reload_that_removes_the_user() {
     d.wait_until(Duration::from_secs(30), |d| reloads(d) >= 1.0);
     let r = with_cookie(&d, "GET", "/api/v1/cameras", &cookie2, &[], None);
     assert_eq!(r.status, 401, "{}", r.body);
-    d.wait_until(Duration::from_secs(10), |d| {
-        entries(d, "session.end").iter().any(|e| {
-            e["object"]["session"] == tag(&cookie2).as_str()
-                && e["object"]["why"] == "token changed"
-        })
-    });
+    wait_for_end(&d, &cookie2, "token changed");
 
     // A reload that removes the user ends their session at once.
     let r = sign_in(&d, "caretaker-new-token-0123456789abcdef");
