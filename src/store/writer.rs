@@ -1006,9 +1006,39 @@ impl WriterThread {
             }
             return;
         }
+        // A file that refused a direct write goes buffered before this batch's records are
+        // placed (not only at the next sync): its other rounds are drained first, so no direct
+        // write to it is in flight when it is reopened.
+        if !self.fallbacks.is_empty() {
+            self.drain_rounds();
+            for key in std::mem::take(&mut self.fallbacks) {
+                self.fall_back_to_buffered(&key);
+            }
+            if self.fatal.is_some() {
+                for (seg, bytes) in segs {
+                    self.drop_segment(&seg.camera, bytes, "writer_stopped");
+                }
+                return;
+            }
+        }
         let t0 = Instant::now();
         let mut jobs = Vec::with_capacity(segs.len());
-        let mut keys = HashSet::new();
+        // Keys taken: this batch's, and those of direct records still being written (rounds in
+        // flight reach `pending_keys` only when they complete), so a start time used twice is
+        // moved by a tick, never indexed over a record in flight.
+        let mut keys: HashSet<Vec<u8>> = self
+            .rounds
+            .iter()
+            .flat_map(|r| r.jobs.iter())
+            .map(|j| {
+                super::index::segment_key(
+                    &j.seg.policy,
+                    j.seg.start.floor_to(self.cfg.bucket_secs),
+                    &j.seg.camera,
+                    j.seg.start,
+                )
+            })
+            .collect();
         for (mut seg, bytes) in segs {
             // A start time already used by this camera (a restart, a clock set back) moves
             // the segment by a tick instead of replacing the indexed one.
