@@ -6,7 +6,7 @@
 # the loop-mounted ext4 image), dpkg-dev and fakeroot (`cargo deb`: dpkg-shlibdeps finds the
 # package's Depends; tests/package.rs installs it into a throwaway root, under fakeroot when not
 # root), chromium, chromium-driver and python3-selenium (tests/console.rs drives the web console in
-# a headless browser), cargo-deb (pinned), and schemathesis from PyPI (tests/api_spec.rs
+# a headless browser), fio (benches/writer.rs: the raw disk baseline at queue depth 8), cargo-deb (pinned), and schemathesis from PyPI (tests/api_spec.rs
 # runs it against docs/api.yaml) in a venv of its own; the nightly toolchain and cargo-fuzz for the
 # fuzz targets (fuzz/, tests/fuzz_smoke.rs). Needs root (or sudo) and a Rust toolchain (rustup).
 set -euo pipefail
@@ -19,6 +19,7 @@ PKGS=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad
   systemd python3-seccomp
   chromium chromium-driver python3-selenium
+  fio
 )
 missing=()
 for p in "${PKGS[@]}"; do

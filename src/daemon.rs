@@ -42,7 +42,7 @@ use crate::reload::{restart_keys, CameraSpec, Summary};
 use crate::retention::holds::Holds;
 use crate::retention::sweeper::{Sweeper, SweeperConfig, SweeperHandle};
 use crate::store::recovery::RecoverOptions;
-use crate::store::writer::{Writer, WriterConfig, WriterHandle};
+use crate::store::writer::{DirectTuning, Writer, WriterConfig, WriterHandle};
 use crate::store::Store;
 use crate::time::duration_to_ticks;
 use crate::wallclock::TrustedClock;
@@ -210,7 +210,7 @@ pub async fn run_with(
     )
     .context("starting the backup thread")?;
     crate::service::status("starting the writer, the sweeper and the cameras");
-    let writer = Writer::spawn(
+    let writer = Writer::spawn_tuned(
         store.clone(),
         WriterConfig {
             bucket_secs,
@@ -221,6 +221,8 @@ pub async fn run_with(
         },
         metrics.clone(),
         None,
+        // Sized once for the cameras configured at start (a reload that adds cameras keeps it).
+        DirectTuning::for_cameras(config.cameras.len()),
     )?;
     // Every bucket the writer creates records its policy's retention, so that it still expires
     // after the policy is renamed or removed.

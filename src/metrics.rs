@@ -279,13 +279,15 @@ impl Metrics {
         let writer_write_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
         registry.register(
             "holdfast_writer_write_seconds",
-            "Seconds to write one batch of segments",
+            "Seconds to write one batch of segments (direct I/O: to stage and submit it; the wait \
+             for its completion counts in holdfast_writer_sync_seconds)",
             writer_write_seconds.clone(),
         );
         let writer_sync_seconds = Histogram::new(exponential_buckets(0.000_5, 2.0, 14));
         registry.register(
             "holdfast_writer_sync_seconds",
-            "Seconds to make a group of segments durable (fdatasync and index commit)",
+            "Seconds to make a group of segments durable (direct writes still in flight \
+             completing, fdatasync and index commit)",
             writer_sync_seconds.clone(),
         );
         let sweeper_runs = Counter::default();

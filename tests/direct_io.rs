@@ -10,6 +10,11 @@
 //!   rounds in flight, adjacent records merged) and with tiny slots (slots reused over and over,
 //!   records larger than a slot in buffers of their own): every record durable, aligned, not
 //!   overlapping another, read back with its CRCs, files cut to their last record at close.
+//! - `rounds_overlap_and_adjacent_records_merge`: counted, more than one round in flight and
+//!   fewer writes than records by default; one write per record unmerged; one round at a time
+//!   with the serial tuning.
+//! - `a_start_used_by_a_write_in_flight_is_moved_by_a_tick`: a second segment with the start
+//!   of a record still being written is indexed a tick later, never over it.
 //!
 //! The directory is under `CARGO_TARGET_TMPDIR` (the target dir, a real disk filesystem): tmpfs
 //! would test the page cache, not direct I/O.
@@ -18,7 +23,6 @@ mod support;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,20 +81,6 @@ fn segments(seed: u64, n: usize, camera: &str, t0: Time90k) -> Vec<Segment> {
         .collect()
 }
 
-/// The `flags:` of the first descriptor of this process open on `path` (octal in fdinfo).
-fn open_flags(path: &Path) -> Option<u32> {
-    for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
-        if std::fs::read_link(fd.path()).ok().as_deref() == Some(path) {
-            let info =
-                std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.file_name().to_str()?))
-                    .ok()?;
-            let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?;
-            return u32::from_str_radix(flags.trim(), 8).ok();
-        }
-    }
-    None
-}
-
 #[test]
 fn bucket_files_are_written_with_o_direct_and_trimmed_at_close() {
     let dir = disk_tempdir();
@@ -114,7 +104,7 @@ fn bucket_files_are_written_with_o_direct_and_trimmed_at_close() {
         writer.handle().buffers_registered(),
         "the staging arena was not registered with io_uring"
     );
-    let flags = open_flags(&path).expect("the writer holds the bucket file open");
+    let flags = support::procs::open_flags(&path).expect("the writer holds the bucket file open");
     assert_ne!(
         flags & libc::O_DIRECT as u32,
         0,
@@ -325,4 +315,150 @@ fn rounds_in_flight_over_two_files_are_all_written_and_indexed() {
         ..DirectTuning::default()
     };
     write_interleaved(tiny, 60, 5, 20_000);
+}
+
+/// Writes 200 segments of ~40 KB of one camera (one file), submitted as fast as the writer
+/// takes them, with 4 slots of 256 KiB; returns the writer's direct-write counts.
+fn write_one_file(tuning: DirectTuning) -> holdfast::store::writer::DirectStats {
+    let dir = disk_tempdir();
+    let (store, _) = Store::open(dir.path(), BUCKET).unwrap();
+    let store = Arc::new(store);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let writer = Writer::spawn_tuned(
+        store.clone(),
+        config(),
+        Arc::new(Metrics::new()),
+        Some(tx),
+        tuning,
+    )
+    .unwrap();
+    let t0 = Time90k::from_unix_seconds(1_795_000_200);
+    let mut rng = synth::rng(21);
+    let pool = synth::pool(&mut rng, 1 << 20);
+    // 20 frames of ~2 KB (the first 6 KB): ~40 KB records, 5-6 to a slot.
+    let segs: Vec<Segment> = (0..200)
+        .map(|i| {
+            let start = t0.add_ticks(i * TICKS_PER_SEC);
+            synth::segment(&mut rng, &pool, "gate-a", "four-weeks", start, 20, 2_000)
+        })
+        .collect();
+    let n = segs.len();
+    for s in segs {
+        writer.handle().submit(s).unwrap();
+    }
+    assert!(writer.handle().flush());
+    assert_eq!(rx.try_iter().count(), n, "every segment durable");
+    let stats = writer.handle().direct_stats();
+    writer.shutdown();
+    assert!(store.verify().unwrap().bad.is_empty());
+    stats
+}
+
+/// What the overlapping writer claims, counted: rounds are submitted without waiting for the
+/// ones before (more than one in flight), and a file's adjacent records in a slot go out as one
+/// write; the serial tuning (the writer before) has one round in flight and one write per
+/// record. Each batch holds several segments (the writer takes what queued up during its last
+/// sync), and two ~40 KB records never share a 256 KiB slot with more than ~5 others, so every
+/// batch of two or more segments has two rounds or a merge.
+#[test]
+fn rounds_overlap_and_adjacent_records_merge() {
+    let small = DirectTuning {
+        slots: 4,
+        slot_len: 256 << 10,
+        ..DirectTuning::default()
+    };
+    let s = write_one_file(small);
+    assert_eq!(s.records, 200, "{s:?}");
+    assert!(
+        s.writes < s.records / 2,
+        "records merged into few writes: {s:?}"
+    );
+    assert!(s.most_rounds_in_flight >= 2, "rounds overlap: {s:?}");
+    assert!(
+        s.most_rounds_in_flight <= 4,
+        "no more rounds than slots: {s:?}"
+    );
+
+    let unmerged = write_one_file(DirectTuning {
+        merge: false,
+        ..small
+    });
+    assert_eq!(unmerged.writes, unmerged.records, "{unmerged:?}");
+    assert!(unmerged.most_rounds_in_flight >= 2, "{unmerged:?}");
+
+    let serial = write_one_file(DirectTuning {
+        slot_len: 256 << 10,
+        ..DirectTuning::serial()
+    });
+    assert_eq!(serial.writes, serial.records, "{serial:?}");
+    assert_eq!(serial.most_rounds_in_flight, 1, "{serial:?}");
+}
+
+/// A start time already used by a record whose direct write is still in flight (its round not
+/// finished, so not yet among the keys waiting for the sync) is moved by a tick like any taken
+/// key: both records are indexed, each with its own bytes. Without that, the second would be
+/// indexed over the first and orphan it. The test hook keeps the first round unfinished until
+/// the sync, so the second batch is placed while it is in flight.
+#[test]
+fn a_start_used_by_a_write_in_flight_is_moved_by_a_tick() {
+    let dir = disk_tempdir();
+    let (store, _) = Store::open(dir.path(), BUCKET).unwrap();
+    let store = Arc::new(store);
+    let writer = Writer::spawn_tuned(
+        store.clone(),
+        WriterConfig {
+            sync_interval: Duration::from_secs(600),
+            ..config()
+        },
+        Arc::new(Metrics::new()),
+        None,
+        DirectTuning::default(),
+    )
+    .unwrap();
+    let h = writer.handle();
+    h.hold_rounds_for_tests(true);
+    let t0 = Time90k::from_unix_seconds(1_795_000_200);
+    let first = segments(31, 1, "gate-a", t0).remove(0);
+    let second = segments(32, 1, "gate-a", t0).remove(0);
+    assert_eq!(first.start, second.start);
+    let bytes = |s: &Segment| -> Vec<u8> {
+        s.frames
+            .iter()
+            .flat_map(|f| f.data.iter().copied())
+            .collect()
+    };
+    let (want_first, want_second) = (bytes(&first), bytes(&second));
+    assert_ne!(want_first, want_second);
+    let wait_records = |n: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while h.direct_stats().records < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {n} never submitted"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    h.submit(first).unwrap();
+    wait_records(1);
+    h.submit(second).unwrap();
+    wait_records(2);
+    assert!(h.flush());
+    let found = store
+        .index()
+        .camera_segments("gate-a", t0, t0.add_ticks(60 * TICKS_PER_SEC))
+        .unwrap();
+    assert_eq!(
+        found.iter().map(|e| e.start).collect::<Vec<_>>(),
+        vec![t0, t0.add_ticks(1)],
+        "both records indexed, the second a tick later"
+    );
+    let payload = |e: &SegmentEntry| store.read_segment(e).unwrap().1;
+    let got: Vec<Vec<u8>> = found.iter().map(payload).collect();
+    assert!(
+        got.contains(&want_first) && got.contains(&want_second),
+        "each entry reads its own record"
+    );
+    writer.shutdown();
+    assert!(store.verify().unwrap().bad.is_empty());
 }

@@ -27,6 +27,9 @@
 //!   in their files and never indexed, also after the fault clears; `reindex` stops with an
 //!   error; one unreadable file does not stop the start; the writer's failed ranges are never
 //!   indexed, writing goes on after them, and `writes_failing` tells when nothing is stored.
+//! - `a_file_refusing_direct_writes_goes_buffered`: faultfs takes `O_DIRECT` at open, then
+//!   refuses writes with `EINVAL`: the segment is dropped and counted, `O_DIRECT` is cleared on
+//!   the same descriptor, and the file is written buffered from then on.
 //!
 //! Every mount is undone and every process stopped by Drop guards, also when a test fails.
 //! `HOLDFAST_TEST_SEED` repeats the random kill moments.
@@ -1282,4 +1285,78 @@ fn the_writer_never_indexes_a_range_whose_sync_failed() {
     let v = store.verify().unwrap();
     assert!(v.bad.is_empty() && v.segments == 4, "{v:?}");
     fs.clear();
+}
+
+/// A filesystem that takes `O_DIRECT` at open but refuses a direct write with `EINVAL` (some
+/// FUSE and network filesystems): the refused segment is dropped and counted, `O_DIRECT` is
+/// cleared on the same descriptor before the next batch, and the file is written buffered from
+/// then on, with what was stored before and after read back intact.
+#[test]
+fn a_file_refusing_direct_writes_goes_buffered() {
+    use holdfast::store::writer::Writer;
+    use holdfast::store::Store;
+    use std::sync::Arc;
+    let (fs, _dir) = mounted();
+    let data = fs.mountpoint.join("data");
+    let mut rng = synth::rng(83);
+    let pool = synth::pool(&mut rng, 1 << 20);
+    let t0 = Time90k::from_unix_seconds(1_795_000_000);
+    let mut seg = |s: i64| {
+        synth::segment(
+            &mut rng,
+            &pool,
+            "cam-a",
+            "p",
+            t0.add_ticks(s * TICKS_PER_SEC),
+            20,
+            2_000,
+        )
+    };
+    let (store, _) = Store::open(&data, 10).unwrap();
+    let store = Arc::new(store);
+    let metrics = Arc::new(holdfast::metrics::Metrics::new());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let w = Writer::spawn(store.clone(), writer_config(), metrics.clone(), Some(tx)).unwrap();
+    let h = w.handle();
+    h.submit(seg(0)).unwrap();
+    assert!(h.flush());
+    assert_eq!(rx.try_iter().count(), 1);
+    let path = store.bucket_path("p", t0.floor_to(10));
+    let flags = support::procs::open_flags(&path).expect("the writer holds the bucket file open");
+    assert_ne!(
+        flags & libc::O_DIRECT as u32,
+        0,
+        "faultfs took O_DIRECT at open: {flags:o}"
+    );
+
+    // Every write (and allocation) of the bucket files is refused with EINVAL.
+    fs.fail(Op::Write, "buckets/", libc::EINVAL);
+    h.submit(seg(2)).unwrap();
+    assert!(h.flush());
+    assert_eq!(
+        rx.try_iter().count(),
+        0,
+        "the refused segment is not durable"
+    );
+    let dropped = support::procs::metric_value(
+        &metrics.encode(),
+        r#"holdfast_segments_dropped_total{camera="cam-a",reason="write_error"}"#,
+    );
+    assert_eq!(dropped, Some(1.0));
+    fs.clear();
+
+    h.submit(seg(4)).unwrap();
+    assert!(h.flush());
+    let after: Vec<_> = rx.try_iter().collect();
+    assert_eq!(after.len(), 1, "written buffered after the refusal");
+    let flags = support::procs::open_flags(&path).expect("the same file is still open");
+    assert_eq!(
+        flags & libc::O_DIRECT as u32,
+        0,
+        "O_DIRECT cleared on the descriptor: {flags:o}"
+    );
+    store.read_segment(&after[0]).unwrap();
+    w.shutdown();
+    let v = store.verify().unwrap();
+    assert!(v.bad.is_empty() && v.segments == 2, "{v:?}");
 }

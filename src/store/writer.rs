@@ -110,11 +110,19 @@ pub enum WriteIo {
 /// `RWF_DONTCACHE` of `<linux/fs.h>` (not yet in the libc crate).
 const RWF_DONTCACHE: i32 = 0x80;
 
-/// Size of the registered staging arena of direct writes. It is cut into [`ARENA_SLOTS`] slots;
-/// a round of writes is what one slot holds.
-pub const ARENA_LEN: usize = 64 << 20;
-/// Slots of the arena: while one slot is being filled, the rounds of the others are written.
+/// Size of the registered staging arena of direct writes by default (a site of up to 500
+/// cameras, [`DirectTuning::for_cameras`]). It is cut into [`ARENA_SLOTS`] slots; a round of
+/// writes is what one slot holds.
+pub const ARENA_LEN: usize = ARENA_SLOTS * SLOT_LEN;
+/// Slots of the arena by default: while one slot is being filled, the rounds of the others are
+/// written.
 pub const ARENA_SLOTS: usize = 4;
+/// Bytes of one slot: the largest single write of merged records.
+pub const SLOT_LEN: usize = 16 << 20;
+/// Most slots, for the largest sites (see [`DirectTuning::for_cameras`]).
+const MAX_SLOTS: usize = 8;
+/// Cameras per slot beyond the default four.
+const CAMERAS_PER_SLOT: usize = 125;
 
 impl Default for WriterConfig {
     fn default() -> Self {
@@ -164,6 +172,11 @@ struct Shared {
     health: std::sync::Mutex<WriteHealth>,
     /// Test hook: the next io_uring submission fails as if the ring broke.
     fail_ring: AtomicBool,
+    /// Test hook: completed direct rounds are finished only when a slot or a sync needs them,
+    /// not polled after each batch (so a batch can be placed while another's round is pending).
+    hold_rounds: AtomicBool,
+    /// Direct writes submitted, records they carried, most rounds in flight at once.
+    direct_stats: [AtomicU64; 3],
     /// Bumped at every turn of the thread's loop (the systemd watchdog's sign of progress).
     heartbeat: crate::service::Heartbeat,
     /// Whether the direct-I/O staging arena is registered with the ring (`WriteFixed`).
@@ -369,6 +382,34 @@ impl WriterHandle {
     pub fn break_ring_for_tests(&self) {
         self.shared.fail_ring.store(true, Ordering::Release);
     }
+
+    /// Test hook: with `true`, completed direct rounds are finished only when a slot or a sync
+    /// needs them, so the next batch is placed while they still count as in flight.
+    #[doc(hidden)]
+    pub fn hold_rounds_for_tests(&self, hold: bool) {
+        self.shared.hold_rounds.store(hold, Ordering::Release);
+    }
+
+    /// How direct writes went out since the start (for tests and benches).
+    pub fn direct_stats(&self) -> DirectStats {
+        let [w, r, m] = &self.shared.direct_stats;
+        DirectStats {
+            writes: w.load(Ordering::Acquire),
+            records: r.load(Ordering::Acquire),
+            most_rounds_in_flight: m.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// Counts of the direct writes a writer submitted ([`WriterHandle::direct_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectStats {
+    /// Write operations submitted (a merged write counts once).
+    pub writes: u64,
+    /// Records those writes carried.
+    pub records: u64,
+    /// Most rounds submitted and not yet finished at one time (1: no overlap).
+    pub most_rounds_in_flight: u64,
 }
 
 /// The running writer: its handle and its thread.
@@ -389,8 +430,8 @@ impl Writer {
         Self::spawn_tuned(store, cfg, metrics, on_durable, DirectTuning::default())
     }
 
-    /// [`Writer::spawn`] with other direct-write settings: for benches that compare them.
-    #[doc(hidden)]
+    /// [`Writer::spawn`] with the given direct-write settings (the daemon sizes them by its
+    /// cameras; benches compare others).
     pub fn spawn_tuned(
         store: Arc<Store>,
         cfg: WriterConfig,
@@ -398,8 +439,22 @@ impl Writer {
         on_durable: Option<Sender<SegmentEntry>>,
         tuning: DirectTuning,
     ) -> Result<Writer, StoreError> {
-        let ring =
-            IoUring::new(RING_ENTRIES).map_err(StoreError::io("set up io_uring", store.root()))?;
+        // Direct rounds keep many writes in flight (up to a slot's worth of small records each),
+        // so the completion queue is made large, and the kernel must keep completions that do
+        // not fit rather than drop them (IORING_FEAT_NODROP, Linux 5.5): a dropped completion
+        // would leave its round waiting forever.
+        let ring = IoUring::builder()
+            .setup_cqsize(RING_ENTRIES * 16)
+            .build(RING_ENTRIES)
+            .map_err(StoreError::io("set up io_uring", store.root()))?;
+        if !ring.params().is_feature_nodrop() {
+            return Err(StoreError::io("set up io_uring", store.root())(
+                std::io::Error::other(
+                    "the kernel's io_uring may drop completions (no IORING_FEAT_NODROP): \
+                     Linux 5.5 or later is needed",
+                ),
+            ));
+        }
         let geometry = tuning.checked();
         let (arena, registered) = if cfg.io == WriteIo::Direct {
             let mut arena = AlignedBuf::new(geometry.slots * geometry.slot_len);
@@ -432,6 +487,8 @@ impl Writer {
             death: std::sync::Mutex::new(None),
             health: Default::default(),
             fail_ring: AtomicBool::new(false),
+            hold_rounds: AtomicBool::new(false),
+            direct_stats: Default::default(),
             heartbeat: crate::service::Heartbeat::new(),
             buffers_registered: registered,
         });
@@ -622,9 +679,8 @@ struct WriterThread {
     call_left: usize,
 }
 
-/// How direct writes use the staging arena and preallocate. The default is what the daemon
-/// runs; the bench compares others (`benches/writer.rs`).
-#[doc(hidden)]
+/// How direct writes use the staging arena and preallocate. The daemon runs
+/// [`DirectTuning::for_cameras`]; the bench compares others (`benches/writer.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DirectTuning {
     /// Slots the arena is cut into (rounds that can be in flight, one of them being filled).
@@ -646,7 +702,7 @@ impl Default for DirectTuning {
     fn default() -> Self {
         Self {
             slots: ARENA_SLOTS,
-            slot_len: ARENA_LEN / ARENA_SLOTS,
+            slot_len: SLOT_LEN,
             merge: true,
             serial: false,
             prealloc: true,
@@ -656,6 +712,20 @@ impl Default for DirectTuning {
 }
 
 impl DirectTuning {
+    /// What the daemon runs for a site of `cameras` cameras: the default 4 slots of 16 MiB up
+    /// to 500 cameras, one more slot per 125 cameras beyond, at most 8 (a 128 MiB pinned arena
+    /// from 876 cameras on). With 1,000 streams 8 rounds in flight keep the disk busier than 4
+    /// (design/performance.md: 98% of the raw new-file figure against 90% in the same run); a
+    /// small site does not pin memory it cannot use.
+    pub fn for_cameras(cameras: usize) -> Self {
+        Self {
+            slots: cameras
+                .div_ceil(CAMERAS_PER_SLOT)
+                .clamp(ARENA_SLOTS, MAX_SLOTS),
+            ..Self::default()
+        }
+    }
+
     /// The writer as first built in issue 11: one 32 MiB round at a time, waited for, one write
     /// per record, 64 MiB preallocation steps.
     pub fn serial() -> Self {
@@ -1288,6 +1358,9 @@ impl WriterThread {
             self.submit_round(r);
         }
         // Finish what has completed meanwhile (no waiting).
+        if self.shared.hold_rounds.load(Ordering::Acquire) {
+            return;
+        }
         if self.fatal.is_none() {
             if let Err(RingBroken(e)) = self.reap(false) {
                 self.ring_broken(&e);
@@ -1348,9 +1421,13 @@ impl WriterThread {
                 .user_data(r.first_ud + i as u64)
             })
             .collect();
+        let [writes, records, most] = &self.shared.direct_stats;
+        writes.fetch_add(r.ops.len() as u64, Ordering::AcqRel);
+        records.fetch_add(r.jobs.len() as u64, Ordering::AcqRel);
         // In the list before the kernel sees them: should the ring break, their buffers are
         // among what is leaked.
         self.rounds.push_back(r);
+        most.fetch_max(self.rounds.len() as u64, Ordering::AcqRel);
         self.first_pending_at.get_or_insert_with(Instant::now);
         let mut pushed = 0;
         while pushed < sqes.len() {
@@ -1418,11 +1495,7 @@ impl WriterThread {
         for (op, res) in r.ops.iter().zip(results) {
             let res = res.unwrap_or_else(|| Err(std::io::Error::other("write never completed")));
             if let Err(e) = self.op_outcome(op, res) {
-                for j in op.jobs.clone() {
-                    let job = &mut r.jobs[j];
-                    job.einval |= e.1;
-                    job.failed.get_or_insert(e.0.to_string());
-                }
+                fail_unwritten(op, &mut r.jobs, &e);
             }
         }
         if let Some(s) = r.slot {
@@ -1434,17 +1507,20 @@ impl WriterThread {
         }
     }
 
-    /// The outcome of one completed write: a short write is finished here. On error, whether it
-    /// was the direct write itself refused with `EINVAL`.
-    fn op_outcome(&self, op: &Op, res: std::io::Result<u32>) -> Result<(), (std::io::Error, bool)> {
+    /// The outcome of one completed write: a short write is finished here. On error, how far
+    /// the write certainly got (see [`OpFailure`]).
+    fn op_outcome(&self, op: &Op, res: std::io::Result<u32>) -> Result<(), OpFailure> {
         // Only the direct write itself refusing (`EINVAL` from the ring) switches the file
         // to buffered, not an error while finishing a short write.
         let refused = matches!(&res, Err(e) if e.raw_os_error() == Some(libc::EINVAL));
-        let outcome = match res {
-            Ok(n) if n as u64 == op.len => Ok(()),
+        let (outcome, written) = match res {
+            Ok(n) if n as u64 == op.len => (Ok(()), op.len),
             // A short write: finish it synchronously (rare: signals, full disk on the edge).
             Ok(n) => match &op.buf {
-                OpBuf::Iov(iov) => finish_short_write(op.fd, iov, op.offset, n as u64),
+                OpBuf::Iov(iov) => (
+                    finish_short_write(op.fd, iov, op.offset, n as u64),
+                    n as u64,
+                ),
                 OpBuf::Staged { ptr, len, .. } => {
                     let iov = [libc::iovec {
                         iov_base: *ptr as *mut libc::c_void,
@@ -1453,12 +1529,16 @@ impl WriterThread {
                     // A direct write must go on from a block boundary: redo the partial
                     // block (the buffer, offset and length are all RECORD_ALIGN-aligned).
                     let done = n as u64 / RECORD_ALIGN * RECORD_ALIGN;
-                    finish_short_write(op.fd, &iov, op.offset, done)
+                    (finish_short_write(op.fd, &iov, op.offset, done), done)
                 }
             },
-            Err(e) => Err(e),
+            Err(e) => (Err(e), 0),
         };
-        outcome.map_err(|e| (e, refused))
+        outcome.map_err(|error| OpFailure {
+            error,
+            refused,
+            written,
+        })
     }
 
     /// A segment's write is over: failed (dropped, counted) or waiting for the next sync.
@@ -1561,10 +1641,8 @@ impl WriterThread {
             }
         };
         for (op, res) in ops.iter().zip(results) {
-            if let Err((e, _)) = self.op_outcome(op, res) {
-                for j in op.jobs.clone() {
-                    jobs[j].failed.get_or_insert(e.to_string());
-                }
+            if let Err(e) = self.op_outcome(op, res) {
+                fail_unwritten(op, jobs, &e);
             }
         }
         if self.cfg.io == WriteIo::BufferedWriteBehind {
@@ -1609,9 +1687,25 @@ impl WriterThread {
             return Err(RingBroken(e));
         }
         let mut transient = 0u32;
+        let mut wait = wait;
         loop {
             match self.ring.submit_and_wait(wait) {
-                Ok(_) => return Ok(()),
+                Ok(_) if self.ring.submission().is_empty() => return Ok(()),
+                // The kernel took only part of the queue (it then does not wait): reap, and
+                // submit the rest without waiting; callers wait in loops of their own.
+                Ok(_) if transient < 10_000 => {
+                    transient += 1;
+                    wait = 0;
+                    if self.ring.completion().is_empty() {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    self.reap_into();
+                }
+                Ok(_) => {
+                    let e = std::io::Error::other("io_uring kept entries unsubmitted");
+                    tracing::error!(error = %e, "io_uring submit failed");
+                    return Err(RingBroken(e));
+                }
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e)
                     if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY))
@@ -1707,11 +1801,9 @@ impl WriterThread {
                 // SAFETY: every buffer an entry points to (iovecs, headers, frame Bytes) is owned by
                 // the caller's jobs and ops, which outlive this call; we wait for every
                 // completion before returning, or report `RingBroken` so the caller leaks them.
-                unsafe {
-                    self.ring
-                        .submission()
-                        .push(&sqe)
-                        .expect("chunk fits the submission queue");
+                while unsafe { self.ring.submission().push(&sqe) }.is_err() {
+                    // Entries an earlier submit left in the queue fill it: submit them first.
+                    self.enter(0)?;
                 }
             }
             self.call_first = first_ud;
@@ -1737,7 +1829,10 @@ impl WriterThread {
         if self.fatal.is_some() {
             return;
         }
-        // Data before index: every write in flight completes before the files are synced.
+        // Data before index: every write in flight completes before the files are synced. The
+        // wait for direct writes still in flight counts as sync time (the batch's own time,
+        // `holdfast_writer_write_seconds`, covers staging and submitting them).
+        let t0 = Instant::now();
         self.drain_rounds();
         if self.fatal.is_some() {
             return;
@@ -1753,7 +1848,6 @@ impl WriterThread {
             }
             return;
         }
-        let t0 = Instant::now();
         // Files (by bucket) whose sync failed, with the error.
         let mut failed: HashMap<(Arc<str>, Time90k), String> = HashMap::new();
         let mut error: Option<String> = None;
@@ -1968,6 +2062,27 @@ fn finish_short_write(
     Ok(())
 }
 
+/// A write that failed: the error, whether it was a direct write refused with `EINVAL`, and
+/// how many bytes from the write's offset the kernel reported written before it failed.
+struct OpFailure {
+    error: std::io::Error,
+    refused: bool,
+    written: u64,
+}
+
+/// Marks the jobs of a failed write whose records it did not write completely (a merged write
+/// that came back short and could not be finished fails only the records past what it wrote;
+/// those before are whole and go on to be synced and indexed).
+fn fail_unwritten(op: &Op, jobs: &mut [Job], f: &OpFailure) {
+    for job in &mut jobs[op.jobs.clone()] {
+        if job.offset + job.len <= op.offset + f.written {
+            continue;
+        }
+        job.einval |= f.refused;
+        job.failed.get_or_insert(f.error.to_string());
+    }
+}
+
 /// One write operation of a round.
 struct Op {
     /// The jobs whose records it writes (several when adjacent records are merged).
@@ -2068,34 +2183,75 @@ const PREALLOC_MAX: u64 = 256 << 20;
 /// Makes sure the file's space is allocated up to `end` (with `fallocate`, in growing chunks),
 /// so that direct writes land inside the file and need no block allocation or size change of
 /// their own. A filesystem without `fallocate` gets plain appends (logged once for the file).
+///
+/// A full disk (`ENOSPC`, `EDQUOT`) is not a reason to stop preallocating: the step is halved
+/// down to exactly what the records need, and if even that does not fit, preallocation stays on
+/// for later batches (the sweeper may free space meanwhile) and the write itself reports the
+/// full disk.
 fn preallocate(b: &mut OpenBucket, end: u64, max_step: u64) {
     if !b.prealloc || end <= b.prealloc_end {
         return;
     }
-    let from = b.prealloc_end;
-    let step = end.clamp(PREALLOC_MIN, max_step);
-    let to = (end + step).div_ceil(PREALLOC_MIN) * PREALLOC_MIN;
+    match reserve(&b.file, b.prealloc_end, end, max_step) {
+        Ok(Some(to)) => b.prealloc_end = to,
+        // The write itself reports (and counts) the full disk, once per segment.
+        Ok(None) => {
+            tracing::debug!(path = %b.path.display(),
+                "no space to reserve for the next records: they are written without")
+        }
+        Err(e) => {
+            b.prealloc = false;
+            if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) {
+                tracing::info!(path = %b.path.display(), error = %e,
+                    "fallocate not supported: plain appends to this file");
+            } else {
+                tracing::warn!(path = %b.path.display(), error = %e,
+                    "fallocate failed: plain appends to this file from now on");
+            }
+        }
+    }
+}
+
+/// Allocates the file's space from `from` to at least `end`, a step beyond it that grows with
+/// the file (at most `max_step`); on a full disk the step is halved down to none. `Ok(None)`:
+/// not even `from..end` fits now; the end reserved otherwise.
+fn reserve(file: &File, from: u64, end: u64, max_step: u64) -> std::io::Result<Option<u64>> {
+    let mut step = end.clamp(PREALLOC_MIN, max_step.max(PREALLOC_MIN));
+    loop {
+        // The last try (`step` 0) reserves exactly up to `end`.
+        let to = if step == 0 {
+            end
+        } else {
+            (end + step).div_ceil(PREALLOC_MIN) * PREALLOC_MIN
+        };
+        match fallocate_range(file, from, to) {
+            Ok(()) => return Ok(Some(to)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
+                if step == 0 {
+                    return Ok(None);
+                }
+                step = if step > PREALLOC_MIN { step / 2 } else { 0 };
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `fallocate(fd, 0, from, to - from)`: allocates the range, extending the file's size.
+fn fallocate_range(file: &File, from: u64, to: u64) -> std::io::Result<()> {
     // SAFETY: plain syscall on an open descriptor.
     let r = unsafe {
         libc::fallocate(
-            b.file.as_raw_fd(),
+            file.as_raw_fd(),
             0,
             from as libc::off_t,
             (to - from) as libc::off_t,
         )
     };
     if r == 0 {
-        b.prealloc_end = to;
-        return;
-    }
-    let e = std::io::Error::last_os_error();
-    b.prealloc = false;
-    if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) {
-        tracing::info!(path = %b.path.display(), error = %e,
-            "fallocate not supported: plain appends to this file");
+        Ok(())
     } else {
-        tracing::warn!(path = %b.path.display(), error = %e,
-            "fallocate failed: plain appends to this file from now on");
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -2125,9 +2281,10 @@ fn trim_tail(b: &OpenBucket) {
 }
 
 impl WriterThread {
-    /// A filesystem took `O_DIRECT` at open but refused a direct write (`EINVAL`): the file is
-    /// reopened without it and written buffered from now on (the failed round's segments are
-    /// dropped and counted by the caller). Logged once per file.
+    /// A filesystem took `O_DIRECT` at open but refused a direct write (`EINVAL`): `O_DIRECT` is
+    /// cleared on the open descriptor (`fcntl(F_SETFL)`; the same file, never a reopen by path
+    /// that could find another) and the file is written buffered from now on (the failed
+    /// round's segments are dropped and counted by the caller). Logged once per file.
     fn fall_back_to_buffered(&mut self, key: &(Arc<str>, Time90k)) {
         let Some(b) = self.open.get_mut(key) else {
             return;
@@ -2135,21 +2292,31 @@ impl WriterThread {
         if !b.direct {
             return;
         }
-        match OpenOptions::new().read(true).write(true).open(&b.path) {
-            Ok(f) => {
+        // Every operation on the file has completed (the caller drained the rounds).
+        match clear_direct(&b.file) {
+            Ok(()) => {
                 tracing::warn!(path = %b.path.display(),
                     "the filesystem refused a direct write (EINVAL): buffered writes to this file from now on");
-                // Every operation of the round has completed: the old descriptor is free.
-                b.file = f;
                 b.direct = false;
                 b.prealloc = false;
             }
             Err(e) => {
                 tracing::error!(path = %b.path.display(), error = %e,
-                    "cannot reopen the bucket file for buffered writes after a refused direct write");
+                    "cannot switch the bucket file to buffered writes after a refused direct write");
             }
         }
     }
+}
+
+/// Clears `O_DIRECT` on an open file.
+fn clear_direct(f: &File) -> std::io::Result<()> {
+    let fd = f.as_raw_fd();
+    // SAFETY: plain fcntl calls on an open descriptor.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Whether the file lives on tmpfs (or ramfs).
@@ -2163,4 +2330,193 @@ fn is_tmpfs(f: &File) -> bool {
         return false;
     }
     matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::segment::{CodecConfig, Frame};
+    use bytes::Bytes;
+
+    fn job(offset: u64, len: u64) -> Job {
+        Job {
+            seg: Segment {
+                camera: "cam".into(),
+                policy: "p".into(),
+                start: Time90k(0),
+                codec: Arc::new(CodecConfig::new(Bytes::from_static(b"avcc"))),
+                frames: vec![Frame {
+                    data: Bytes::from_static(b"x"),
+                    duration: 3600,
+                    key: true,
+                }],
+            },
+            bytes: 1,
+            header: Vec::new(),
+            key: ("p".into(), Time90k(0)),
+            offset,
+            len,
+            direct: true,
+            failed: None,
+            einval: false,
+        }
+    }
+
+    fn merged_op(jobs: std::ops::Range<usize>, offset: u64, len: u64) -> Op {
+        Op {
+            jobs,
+            fd: -1,
+            offset,
+            buf: OpBuf::Staged {
+                ptr: std::ptr::null(),
+                len: len as usize,
+                fixed: None,
+            },
+            len,
+        }
+    }
+
+    #[test]
+    fn a_short_merged_write_fails_only_the_records_it_did_not_finish() {
+        // Three 8 KiB records at 64 KiB.., merged into one write of 24 KiB that got 12 KiB
+        // (one record and half of the next) before failing.
+        let mut jobs: Vec<Job> = (0..3).map(|i| job(65536 + i * 8192, 8192)).collect();
+        let op = merged_op(0..3, 65536, 3 * 8192);
+        let f = OpFailure {
+            error: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            refused: false,
+            written: 8192 + 4096,
+        };
+        fail_unwritten(&op, &mut jobs, &f);
+        assert!(jobs[0].failed.is_none(), "the whole first record stays");
+        assert!(jobs[1].failed.is_some() && jobs[2].failed.is_some());
+        assert!(jobs.iter().all(|j| !j.einval));
+
+        // Refused outright (nothing written, EINVAL): every record fails and is marked for the
+        // buffered fallback.
+        let mut jobs: Vec<Job> = (0..2).map(|i| job(i * 4096, 4096)).collect();
+        let op = merged_op(0..2, 0, 8192);
+        let f = OpFailure {
+            error: std::io::Error::from_raw_os_error(libc::EINVAL),
+            refused: true,
+            written: 0,
+        };
+        fail_unwritten(&op, &mut jobs, &f);
+        assert!(jobs.iter().all(|j| j.failed.is_some() && j.einval));
+
+        // Only the op's own jobs are touched.
+        let mut jobs: Vec<Job> = (0..3).map(|i| job(i * 4096, 4096)).collect();
+        let op = merged_op(1..2, 4096, 4096);
+        fail_unwritten(&op, &mut jobs, &f);
+        assert!(jobs[0].failed.is_none() && jobs[1].failed.is_some() && jobs[2].failed.is_none());
+    }
+
+    #[test]
+    fn clear_direct_turns_o_direct_off_on_the_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = OpenOptions::new();
+        o.create(true).write(true);
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_DIRECT);
+        let Ok(f) = o.open(dir.path().join("b")) else {
+            eprintln!("skipped: the temp dir's filesystem refuses O_DIRECT at open");
+            return;
+        };
+        // SAFETY: plain fcntl on an open descriptor.
+        let flags = || unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+        assert_ne!(flags() & libc::O_DIRECT, 0);
+        clear_direct(&f).unwrap();
+        assert_eq!(flags() & libc::O_DIRECT, 0);
+        assert_ne!(flags() & libc::O_WRONLY, 0, "the other flags stay");
+    }
+
+    #[test]
+    fn larger_sites_get_more_rounds_in_flight() {
+        let slots = |n| DirectTuning::for_cameras(n).slots;
+        assert_eq!((slots(0), slots(50), slots(500)), (4, 4, 4));
+        assert_eq!(
+            (slots(501), slots(875), slots(876), slots(5000)),
+            (5, 7, 8, 8)
+        );
+        assert_eq!(DirectTuning::for_cameras(1000).slot_len, SLOT_LEN);
+    }
+
+    #[test]
+    fn reserve_steps_grow_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::create(dir.path().join("b")).unwrap();
+        // 3 MiB needed: a step as large as the file, rounded to whole MiB.
+        assert_eq!(reserve(&f, 0, 3 << 20, 256 << 20).unwrap(), Some(6 << 20));
+        assert_eq!(f.metadata().unwrap().len(), 6 << 20);
+        // The step is the file's size: 6 MiB + 10 bytes needed, 13 MiB reserved.
+        assert_eq!(
+            reserve(&f, 6 << 20, (6 << 20) + 10, 256 << 20).unwrap(),
+            Some(13 << 20)
+        );
+        // Capped at the largest step.
+        assert_eq!(
+            reserve(&f, 13 << 20, 14 << 20, 2 << 20).unwrap(),
+            Some(16 << 20)
+        );
+        // A small file: at least a 1 MiB step.
+        let g = File::create(dir.path().join("c")).unwrap();
+        assert_eq!(reserve(&g, 0, 10, 256 << 20).unwrap(), Some(2 << 20));
+    }
+
+    /// A full disk halves the step down to exactly what is needed, and reports `None` (not an
+    /// error that would turn preallocation off) when even that does not fit.
+    #[test]
+    fn reserve_shrinks_its_step_on_a_full_disk() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            // CI runs as root and sets HOLDFAST_REQUIRE_ROOT_TESTS=1: there a skip is a failure.
+            assert!(
+                std::env::var_os("HOLDFAST_REQUIRE_ROOT_TESTS").is_none(),
+                "HOLDFAST_REQUIRE_ROOT_TESTS is set but the tests do not run as root"
+            );
+            eprintln!("skipped: needs root to mount a small tmpfs");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("m");
+        std::fs::create_dir(&mnt).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a 16 MiB tmpfs");
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+            }
+        }
+        let _u = Unmount(mnt.clone());
+        let f = File::create(mnt.join("b")).unwrap();
+        // 8 MiB needed: the first try (8 + 8 MiB) does not fit in 16 MiB beside the other file
+        // below; a halved step does.
+        let other = File::create(mnt.join("other")).unwrap();
+        fallocate_range(&other, 0, 5 << 20).unwrap();
+        let to = reserve(&f, 0, 8 << 20, 256 << 20)
+            .unwrap()
+            .expect("a smaller step fits");
+        assert!((8 << 20..16 << 20).contains(&to), "{to}");
+        assert!(to <= (11 << 20), "{to}: at most what is left");
+        // Nothing left for more than the records themselves: exactly `end`, then `None`.
+        drop(other);
+        std::fs::remove_file(mnt.join("other")).unwrap();
+        let big = File::create(mnt.join("big")).unwrap();
+        let free = 16u64 << 20;
+        let mut filled = 0;
+        while fallocate_range(&big, filled, filled + (1 << 20)).is_ok() && filled < free {
+            filled += 1 << 20;
+        }
+        // Under 1 MiB is left: a step of 1 MiB cannot fit, the exact range may.
+        let end = to + 4096;
+        if let Some(got) = reserve(&f, to, end, 256 << 20).unwrap() {
+            assert_eq!(got, end, "only the exact range fits");
+        }
+        assert_eq!(reserve(&f, to, to + (8 << 20), 256 << 20).unwrap(), None);
+    }
 }

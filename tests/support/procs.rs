@@ -824,3 +824,17 @@ pub fn http_raw(
         body,
     }
 }
+
+/// The `flags:` of the first descriptor of this process open on `path` (octal in fdinfo).
+pub fn open_flags(path: &Path) -> Option<u32> {
+    for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if std::fs::read_link(fd.path()).ok().as_deref() == Some(path) {
+            let info =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.file_name().to_str()?))
+                    .ok()?;
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?;
+            return u32::from_str_radix(flags.trim(), 8).ok();
+        }
+    }
+    None
+}
