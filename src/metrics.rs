@@ -279,8 +279,8 @@ impl Metrics {
         let writer_write_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
         registry.register(
             "holdfast_writer_write_seconds",
-            "Seconds to write one batch of segments (direct I/O: to stage and submit it; the wait \
-             for its completion counts in holdfast_writer_sync_seconds)",
+            "Seconds to write one batch of segments (direct I/O: to stage and submit it, and to \
+             wait for earlier writes when every staging slot is busy)",
             writer_write_seconds.clone(),
         );
         let writer_sync_seconds = Histogram::new(exponential_buckets(0.000_5, 2.0, 14));

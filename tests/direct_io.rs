@@ -343,9 +343,13 @@ fn write_one_file(tuning: DirectTuning) -> holdfast::store::writer::DirectStats 
         })
         .collect();
     let n = segs.len();
+    // Everything queued before the writer takes any: full batches (128, then 72), whatever
+    // the machine's load.
+    writer.handle().hold_queue_for_tests(true);
     for s in segs {
         writer.handle().submit(s).unwrap();
     }
+    writer.handle().hold_queue_for_tests(false);
     assert!(writer.handle().flush());
     assert_eq!(rx.try_iter().count(), n, "every segment durable");
     let stats = writer.handle().direct_stats();
@@ -355,11 +359,13 @@ fn write_one_file(tuning: DirectTuning) -> holdfast::store::writer::DirectStats 
 }
 
 /// What the overlapping writer claims, counted: rounds are submitted without waiting for the
-/// ones before (more than one in flight), and a file's adjacent records in a slot go out as one
-/// write; the serial tuning (the writer before) has one round in flight and one write per
-/// record. Each batch holds several segments (the writer takes what queued up during its last
-/// sync), and two ~40 KB records never share a 256 KiB slot with more than ~5 others, so every
-/// batch of two or more segments has two rounds or a merge.
+/// ones before (a round's writes still incomplete when the next is submitted), and a file's
+/// adjacent records in a slot go out as one write; the serial tuning (the writer before) has one
+/// round in flight and one write per record. The segments are all queued before the writer
+/// takes any (test hook), so batches are full: ~40 KB records, 5-6 to a 256 KiB slot, about 24
+/// rounds in the first batch of 128. A slot's write (~1 ms on a disk) takes far longer than
+/// copying the next slot (~50 us), so the previous round is still being written when the next
+/// is submitted.
 #[test]
 fn rounds_overlap_and_adjacent_records_merge() {
     let small = DirectTuning {

@@ -69,6 +69,8 @@ pub const MAX_BATCH: usize = 128;
 const IOV_MAX: usize = 1024;
 /// Submission queue size.
 const RING_ENTRIES: u32 = 256;
+/// Completion queue size: more than can ever be outstanding (see `Writer::spawn_tuned`).
+const CQ_ENTRIES: u32 = 4096;
 /// A bucket file is closed this long after its window ended and nothing was written to it.
 const CLOSE_AFTER_IDLE: Duration = Duration::from_secs(30);
 
@@ -175,6 +177,9 @@ struct Shared {
     /// Test hook: completed direct rounds are finished only when a slot or a sync needs them,
     /// not polled after each batch (so a batch can be placed while another's round is pending).
     hold_rounds: AtomicBool,
+    /// Test hook: the thread takes nothing from its queue while set (segments queue up, so
+    /// the next batches are full).
+    hold_queue: AtomicBool,
     /// Direct writes submitted, records they carried, most rounds in flight at once.
     direct_stats: [AtomicU64; 3],
     /// Bumped at every turn of the thread's loop (the systemd watchdog's sign of progress).
@@ -390,6 +395,13 @@ impl WriterHandle {
         self.shared.hold_rounds.store(hold, Ordering::Release);
     }
 
+    /// Test hook: with `true`, the writer takes nothing from its queue (submitted segments
+    /// wait), so that after `false` it takes them in full batches.
+    #[doc(hidden)]
+    pub fn hold_queue_for_tests(&self, hold: bool) {
+        self.shared.hold_queue.store(hold, Ordering::Release);
+    }
+
     /// How direct writes went out since the start (for tests and benches).
     pub fn direct_stats(&self) -> DirectStats {
         let [w, r, m] = &self.shared.direct_stats;
@@ -408,7 +420,8 @@ pub struct DirectStats {
     pub writes: u64,
     /// Records those writes carried.
     pub records: u64,
-    /// Most rounds submitted and not yet finished at one time (1: no overlap).
+    /// Most rounds whose writes had not all completed (as far as the completion queue told)
+    /// when another round was submitted, counting that one: 1 means no overlap.
     pub most_rounds_in_flight: u64,
 }
 
@@ -439,22 +452,14 @@ impl Writer {
         on_durable: Option<Sender<SegmentEntry>>,
         tuning: DirectTuning,
     ) -> Result<Writer, StoreError> {
-        // Direct rounds keep many writes in flight (up to a slot's worth of small records each),
-        // so the completion queue is made large, and the kernel must keep completions that do
-        // not fit rather than drop them (IORING_FEAT_NODROP, Linux 5.5): a dropped completion
-        // would leave its round waiting forever.
+        // The completion queue holds every completion that can be outstanding, so none can
+        // overflow (and be dropped by a kernel without IORING_FEAT_NODROP, or one that cannot
+        // allocate the overflow entry): direct writes in flight are kept to
+        // CQ_ENTRIES - RING_ENTRIES (`submit_round`), plus one call's RING_ENTRIES at most.
         let ring = IoUring::builder()
-            .setup_cqsize(RING_ENTRIES * 16)
+            .setup_cqsize(CQ_ENTRIES)
             .build(RING_ENTRIES)
             .map_err(StoreError::io("set up io_uring", store.root()))?;
-        if !ring.params().is_feature_nodrop() {
-            return Err(StoreError::io("set up io_uring", store.root())(
-                std::io::Error::other(
-                    "the kernel's io_uring may drop completions (no IORING_FEAT_NODROP): \
-                     Linux 5.5 or later is needed",
-                ),
-            ));
-        }
         let geometry = tuning.checked();
         let (arena, registered) = if cfg.io == WriteIo::Direct {
             let mut arena = AlignedBuf::new(geometry.slots * geometry.slot_len);
@@ -488,6 +493,7 @@ impl Writer {
             health: Default::default(),
             fail_ring: AtomicBool::new(false),
             hold_rounds: AtomicBool::new(false),
+            hold_queue: AtomicBool::new(false),
             direct_stats: Default::default(),
             heartbeat: crate::service::Heartbeat::new(),
             buffers_registered: registered,
@@ -605,6 +611,9 @@ struct OpenBucket {
     prealloc: bool,
     /// End of the space allocated ahead (the file's size after the last `fallocate`).
     prealloc_end: u64,
+    /// After a full disk refused even the records' own space: no `fallocate` for this file
+    /// before then (each try on a full ext4 waits for a journal commit).
+    prealloc_retry_at: Option<Instant>,
     /// End of the last record written in this run (without its padding).
     data_end: u64,
 }
@@ -834,6 +843,10 @@ impl WriterThread {
             };
             let mut batch = Vec::new();
             let mut shutdown = false;
+            if self.shared.hold_queue.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
             let first = match self.rx.recv_timeout(timeout) {
                 Ok(m) => Some(m),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -1055,6 +1068,7 @@ impl WriterThread {
                     direct,
                     prealloc: direct && self.geometry.prealloc,
                     prealloc_end: file_len,
+                    prealloc_retry_at: None,
                     data_end: 0,
                 },
             );
@@ -1157,7 +1171,7 @@ impl WriterThread {
                     b.last_write = Instant::now();
                     let direct = b.direct;
                     if direct {
-                        preallocate(b, offset + len, prealloc_max);
+                        preallocate(b, offset, offset + len, prealloc_max);
                     }
                     let header = if direct {
                         Vec::new()
@@ -1396,6 +1410,20 @@ impl WriterThread {
             }
             return;
         }
+        // Room in the completion queue for this round's completions (see `spawn_tuned`).
+        let room = (CQ_ENTRIES - RING_ENTRIES) as usize;
+        while !self.rounds.is_empty()
+            && self.rounds.iter().map(|r| r.left).sum::<usize>() + r.ops.len() > room
+        {
+            if let Err(RingBroken(e)) = self.wait_oldest_round() {
+                self.ring_broken(&e);
+                // Never submitted: its buffers are free, its segments dropped.
+                for j in r.jobs {
+                    self.drop_segment(&j.seg.camera, j.bytes, "writer_stopped");
+                }
+                return;
+            }
+        }
         r.first_ud = self.next_user_data;
         self.next_user_data += r.ops.len() as u64;
         r.left = r.ops.len();
@@ -1421,13 +1449,17 @@ impl WriterThread {
                 .user_data(r.first_ud + i as u64)
             })
             .collect();
-        let [writes, records, most] = &self.shared.direct_stats;
+        // Rounds still being written (completions taken first, without waiting), with this one.
+        self.reap_into();
+        let in_flight = self.rounds.iter().filter(|r| r.left > 0).count() as u64 + 1;
+        let shared = self.shared.clone();
+        let [writes, records, most] = &shared.direct_stats;
         writes.fetch_add(r.ops.len() as u64, Ordering::AcqRel);
         records.fetch_add(r.jobs.len() as u64, Ordering::AcqRel);
+        most.fetch_max(in_flight, Ordering::AcqRel);
         // In the list before the kernel sees them: should the ring break, their buffers are
         // among what is leaked.
         self.rounds.push_back(r);
-        most.fetch_max(self.rounds.len() as u64, Ordering::AcqRel);
         self.first_pending_at.get_or_insert_with(Instant::now);
         let mut pushed = 0;
         while pushed < sqes.len() {
@@ -1513,28 +1545,24 @@ impl WriterThread {
         // Only the direct write itself refusing (`EINVAL` from the ring) switches the file
         // to buffered, not an error while finishing a short write.
         let refused = matches!(&res, Err(e) if e.raw_os_error() == Some(libc::EINVAL));
-        let (outcome, written) = match res {
-            Ok(n) if n as u64 == op.len => (Ok(()), op.len),
+        let outcome = match res {
+            Ok(n) if n as u64 == op.len => Ok(()),
             // A short write: finish it synchronously (rare: signals, full disk on the edge).
             Ok(n) => match &op.buf {
-                OpBuf::Iov(iov) => (
-                    finish_short_write(op.fd, iov, op.offset, n as u64),
-                    n as u64,
-                ),
+                OpBuf::Iov(iov) => finish_short_write(op.fd, iov, op.offset, n as u64, 1),
                 OpBuf::Staged { ptr, len, .. } => {
                     let iov = [libc::iovec {
                         iov_base: *ptr as *mut libc::c_void,
                         iov_len: *len,
                     }];
-                    // A direct write must go on from a block boundary: redo the partial
-                    // block (the buffer, offset and length are all RECORD_ALIGN-aligned).
-                    let done = n as u64 / RECORD_ALIGN * RECORD_ALIGN;
-                    (finish_short_write(op.fd, &iov, op.offset, done), done)
+                    // A direct write must go on from a block boundary: the partial block is
+                    // redone (the buffer, offset and length are all RECORD_ALIGN-aligned).
+                    finish_short_write(op.fd, &iov, op.offset, n as u64, RECORD_ALIGN)
                 }
             },
-            Err(e) => (Err(e), 0),
+            Err(e) => Err((e, 0)),
         };
-        outcome.map_err(|error| OpFailure {
+        outcome.map_err(|(error, written)| OpFailure {
             error,
             refused,
             written,
@@ -1796,6 +1824,12 @@ impl WriterThread {
         for chunk in sqes.chunks(RING_ENTRIES as usize) {
             let first_ud = self.next_user_data;
             self.next_user_data += chunk.len() as u64;
+            // The call's bookkeeping is set before any entry is pushed: a submit inside the loop
+            // below may reap some of this chunk's completions already.
+            self.call_first = first_ud;
+            self.call_results.clear();
+            self.call_results.resize_with(chunk.len(), || None);
+            self.call_left = chunk.len();
             for (i, sqe) in chunk.iter().enumerate() {
                 let sqe = sqe.clone().user_data(first_ud + i as u64);
                 // SAFETY: every buffer an entry points to (iovecs, headers, frame Bytes) is owned by
@@ -1806,11 +1840,8 @@ impl WriterThread {
                     self.enter(0)?;
                 }
             }
-            self.call_first = first_ud;
-            self.call_results.clear();
-            self.call_results.resize_with(chunk.len(), || None);
-            self.call_left = chunk.len();
-            let mut wait = chunk.len();
+            // What is still to come (a submit while pushing may have reaped some already).
+            let mut wait = self.call_left;
             while self.call_left > 0 {
                 self.enter(wait)?;
                 wait = 1;
@@ -1830,8 +1861,9 @@ impl WriterThread {
             return;
         }
         // Data before index: every write in flight completes before the files are synced. The
-        // wait for direct writes still in flight counts as sync time (the batch's own time,
-        // `holdfast_writer_write_seconds`, covers staging and submitting them).
+        // wait for direct writes still in flight counts as sync time (a batch's own time,
+        // `holdfast_writer_write_seconds`, covers staging and submitting its writes, and waiting
+        // for earlier ones when every slot is busy).
         let t0 = Instant::now();
         self.drain_rounds();
         if self.fatal.is_some() {
@@ -2035,35 +2067,62 @@ impl WriterThread {
     }
 }
 
-/// Completes a writev that wrote only `done` of its bytes, with plain positional writes.
+/// Completes a write that wrote only `done` of its bytes, with plain positional writes. After
+/// a short write the next one starts at a multiple of `align` (a direct file's block: the
+/// partial block is written again). On error, how many bytes from `offset` are certainly
+/// written (a multiple of `align`).
 fn finish_short_write(
     fd: i32,
     iov: &[libc::iovec],
     offset: u64,
-    mut done: u64,
-) -> std::io::Result<()> {
+    done: u64,
+    align: u64,
+) -> Result<(), (std::io::Error, u64)> {
     // SAFETY: `fd` is an open file owned by the writer for the duration of this call.
     let file =
         std::mem::ManuallyDrop::new(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) });
-    let mut pos = offset;
-    for v in iov {
-        let len = v.iov_len as u64;
-        if done >= len {
-            done -= len;
-            pos += len;
-            continue;
-        }
+    let total: u64 = iov.iter().map(|v| v.iov_len as u64).sum();
+    let mut done = done / align * align;
+    while done < total {
+        // The iovec holding byte `done`, and where in it.
+        let mut skip = done;
+        let v = iov
+            .iter()
+            .find(|v| {
+                let inside = skip < v.iov_len as u64;
+                if !inside {
+                    skip -= v.iov_len as u64;
+                }
+                inside
+            })
+            .expect("done < total");
         // SAFETY: the iovec points into a live buffer of `iov_len` bytes (see `write_batch`).
         let slice = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
-        file.write_all_at(&slice[done as usize..], pos + done)?;
-        pos += len;
-        done = 0;
+        let want = slice.len() - skip as usize;
+        match file.write_at(&slice[skip as usize..], offset + done) {
+            // Whole: on to the next iovec. Short: on from the last whole block.
+            Ok(n) if n == want => done += n as u64,
+            Ok(n) => {
+                let next = (done + n as u64) / align * align;
+                if next == done {
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        "a short write made no progress",
+                    );
+                    return Err((e, done));
+                }
+                done = next;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((e, done)),
+        }
     }
     Ok(())
 }
 
 /// A write that failed: the error, whether it was a direct write refused with `EINVAL`, and
-/// how many bytes from the write's offset the kernel reported written before it failed.
+/// how many bytes from the write's offset are certainly written (by the first, short write and
+/// by the attempt to finish it).
 struct OpFailure {
     error: std::io::Error,
     refused: bool,
@@ -2188,14 +2247,20 @@ const PREALLOC_MAX: u64 = 256 << 20;
 /// down to exactly what the records need, and if even that does not fit, preallocation stays on
 /// for later batches (the sweeper may free space meanwhile) and the write itself reports the
 /// full disk.
-fn preallocate(b: &mut OpenBucket, end: u64, max_step: u64) {
+fn preallocate(b: &mut OpenBucket, unwritten: u64, end: u64, max_step: u64) {
     if !b.prealloc || end <= b.prealloc_end {
         return;
     }
-    match reserve(&b.file, b.prealloc_end, end, max_step) {
+    if b.prealloc_retry_at.is_some_and(|t| Instant::now() < t) {
+        return;
+    }
+    b.prealloc_retry_at = None;
+    let free = free_bytes(&b.file);
+    match reserve(&b.file, b.prealloc_end, unwritten, end, max_step, free) {
         Ok(Some(to)) => b.prealloc_end = to,
         // The write itself reports (and counts) the full disk, once per segment.
         Ok(None) => {
+            b.prealloc_retry_at = Some(Instant::now() + PREALLOC_RETRY);
             tracing::debug!(path = %b.path.display(),
                 "no space to reserve for the next records: they are written without")
         }
@@ -2212,11 +2277,34 @@ fn preallocate(b: &mut OpenBucket, end: u64, max_step: u64) {
     }
 }
 
+/// How long a file that found no space at all for its records waits before trying again.
+const PREALLOC_RETRY: Duration = Duration::from_secs(1);
+
 /// Allocates the file's space from `from` to at least `end`, a step beyond it that grows with
-/// the file (at most `max_step`); on a full disk the step is halved down to none. `Ok(None)`:
-/// not even `from..end` fits now; the end reserved otherwise.
-fn reserve(file: &File, from: u64, end: u64, max_step: u64) -> std::io::Result<Option<u64>> {
+/// the file (at most `max_step`, and at most an eighth of `free`, the filesystem's free space,
+/// so one file never takes what the others need). Nothing is written at or beyond `unwritten`
+/// (the record being placed starts there; every earlier one ends before it). On a full disk
+/// (`ENOSPC`, `EDQUOT`) what a failed try allocated from `unwritten` on is given back (ext4 and
+/// xfs keep what a failed `fallocate` got) and the step is halved, down to none. `Ok(None)`:
+/// not even `from..end` fits now; otherwise the end reserved.
+fn reserve(
+    file: &File,
+    from: u64,
+    unwritten: u64,
+    end: u64,
+    max_step: u64,
+    free: Option<u64>,
+) -> std::io::Result<Option<u64>> {
+    if end <= from {
+        return Ok(Some(from));
+    }
     let mut step = end.clamp(PREALLOC_MIN, max_step.max(PREALLOC_MIN));
+    if let Some(free) = free {
+        step = step.min(free / 8);
+        if step < PREALLOC_MIN {
+            step = 0;
+        }
+    }
     loop {
         // The last try (`step` 0) reserves exactly up to `end`.
         let to = if step == 0 {
@@ -2227,6 +2315,11 @@ fn reserve(file: &File, from: u64, end: u64, max_step: u64) -> std::io::Result<O
         match fallocate_range(file, from, to) {
             Ok(()) => return Ok(Some(to)),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
+                // Only space no record uses yet is given back.
+                let give_back = from.max(unwritten);
+                if to > give_back {
+                    punch(file, give_back, to);
+                }
                 if step == 0 {
                     return Ok(None);
                 }
@@ -2234,6 +2327,32 @@ fn reserve(file: &File, from: u64, end: u64, max_step: u64) -> std::io::Result<O
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Bytes an unprivileged writer may still allocate on the file's filesystem.
+fn free_bytes(file: &File) -> Option<u64> {
+    // SAFETY: `fstatvfs` fills plain data for an open descriptor.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } == 0)
+        .then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Gives back the blocks of `from..to` (best effort: a failure leaves reserved space, which the
+/// file's trim at close removes).
+fn punch(file: &File, from: u64, to: u64) {
+    // SAFETY: plain syscall on an open descriptor.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            from as libc::off_t,
+            (to - from) as libc::off_t,
+        )
+    };
+    if r != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(),
+            "cannot give back the space of a failed reservation");
     }
 }
 
@@ -2412,6 +2531,42 @@ mod tests {
     }
 
     #[test]
+    fn a_short_write_is_finished_and_a_failure_tells_how_far_it_got() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .open(dir.path().join("b"))
+            .unwrap();
+        let (a, b) = (vec![1u8; 5000], vec![2u8; 3000]);
+        let iov = [
+            libc::iovec {
+                iov_base: a.as_ptr() as *mut libc::c_void,
+                iov_len: a.len(),
+            },
+            libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            },
+        ];
+        // The first 4096 bytes "went out" (written here), the rest is finished from there.
+        f.write_all_at(&a[..4096], 100).unwrap();
+        finish_short_write(f.as_raw_fd(), &iov, 100, 4096, 1).unwrap();
+        let mut got = vec![0u8; 8000];
+        f.read_exact_at(&mut got, 100).unwrap();
+        assert_eq!(&got[..5000], &a[..]);
+        assert_eq!(&got[5000..], &b[..]);
+        // Aligned: a short write of 5000 bytes is redone from 4096.
+        finish_short_write(f.as_raw_fd(), &iov, 100, 5000, 4096).unwrap();
+        // Failing (a read-only descriptor): the error, and the aligned bytes known written.
+        let ro = File::open(dir.path().join("b")).unwrap();
+        let (e, written) = finish_short_write(ro.as_raw_fd(), &iov, 0, 6000, 4096).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+        assert_eq!(written, 4096);
+    }
+
+    #[test]
     fn clear_direct_turns_o_direct_off_on_the_descriptor() {
         let dir = tempfile::tempdir().unwrap();
         let mut o = OpenOptions::new();
@@ -2444,28 +2599,39 @@ mod tests {
     fn reserve_steps_grow_with_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let f = File::create(dir.path().join("b")).unwrap();
+        let r = |from, end, max| reserve(&f, from, from, end, max, None).unwrap();
         // 3 MiB needed: a step as large as the file, rounded to whole MiB.
-        assert_eq!(reserve(&f, 0, 3 << 20, 256 << 20).unwrap(), Some(6 << 20));
+        assert_eq!(r(0, 3 << 20, 256 << 20), Some(6 << 20));
         assert_eq!(f.metadata().unwrap().len(), 6 << 20);
         // The step is the file's size: 6 MiB + 10 bytes needed, 13 MiB reserved.
-        assert_eq!(
-            reserve(&f, 6 << 20, (6 << 20) + 10, 256 << 20).unwrap(),
-            Some(13 << 20)
-        );
+        assert_eq!(r(6 << 20, (6 << 20) + 10, 256 << 20), Some(13 << 20));
         // Capped at the largest step.
-        assert_eq!(
-            reserve(&f, 13 << 20, 14 << 20, 2 << 20).unwrap(),
-            Some(16 << 20)
-        );
+        assert_eq!(r(13 << 20, 14 << 20, 2 << 20), Some(16 << 20));
+        // Nothing to do.
+        assert_eq!(r(16 << 20, 15 << 20, 2 << 20), Some(16 << 20));
         // A small file: at least a 1 MiB step.
         let g = File::create(dir.path().join("c")).unwrap();
-        assert_eq!(reserve(&g, 0, 10, 256 << 20).unwrap(), Some(2 << 20));
+        assert_eq!(
+            reserve(&g, 0, 0, 10, 256 << 20, None).unwrap(),
+            Some(2 << 20)
+        );
+        // At most an eighth of the free space; under 1 MiB of step, exactly what is needed.
+        let h = File::create(dir.path().join("d")).unwrap();
+        assert_eq!(
+            reserve(&h, 0, 0, 4 << 20, 256 << 20, Some(16 << 20)).unwrap(),
+            Some(6 << 20)
+        );
+        assert_eq!(
+            reserve(&h, 6 << 20, 6 << 20, 7 << 20, 256 << 20, Some(4 << 20)).unwrap(),
+            Some(7 << 20)
+        );
     }
 
-    /// A full disk halves the step down to exactly what is needed, and reports `None` (not an
-    /// error that would turn preallocation off) when even that does not fit.
+    /// On a real ext4, which keeps the blocks a failed `fallocate` got: a full disk halves the
+    /// step down to exactly what is needed and gives back what failed tries took, and reports
+    /// `None` (not an error that would turn preallocation off) when even that does not fit.
     #[test]
-    fn reserve_shrinks_its_step_on_a_full_disk() {
+    fn reserve_on_a_full_ext4_gives_back_what_failed_tries_took() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             // CI runs as root and sets HOLDFAST_REQUIRE_ROOT_TESTS=1: there a skip is a failure.
@@ -2473,19 +2639,21 @@ mod tests {
                 std::env::var_os("HOLDFAST_REQUIRE_ROOT_TESTS").is_none(),
                 "HOLDFAST_REQUIRE_ROOT_TESTS is set but the tests do not run as root"
             );
-            eprintln!("skipped: needs root to mount a small tmpfs");
+            eprintln!("skipped: needs root to mount an ext4 image");
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let mnt = dir.path().join("m");
+        let (img, mnt) = (dir.path().join("img"), dir.path().join("m"));
         std::fs::create_dir(&mnt).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-            .arg(&mnt)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mount a 16 MiB tmpfs");
+        File::create(&img).unwrap().set_len(32 << 20).unwrap();
+        let run = |c: &mut std::process::Command| assert!(c.status().unwrap().success(), "{c:?}");
+        run(std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0"])
+            .arg(&img));
+        run(std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&mnt));
         struct Unmount(std::path::PathBuf);
         impl Drop for Unmount {
             fn drop(&mut self) {
@@ -2493,30 +2661,56 @@ mod tests {
             }
         }
         let _u = Unmount(mnt.clone());
-        let f = File::create(mnt.join("b")).unwrap();
-        // 8 MiB needed: the first try (8 + 8 MiB) does not fit in 16 MiB beside the other file
-        // below; a halved step does.
-        let other = File::create(mnt.join("other")).unwrap();
-        fallocate_range(&other, 0, 5 << 20).unwrap();
-        let to = reserve(&f, 0, 8 << 20, 256 << 20)
+        // Fill the disk but for about 3 MiB.
+        let fill = File::create(mnt.join("fill")).unwrap();
+        let free0 = free_bytes(&fill).unwrap();
+        fallocate_range(&fill, 0, free0 - (3 << 20)).unwrap();
+        let f = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .open(mnt.join("b"))
+            .unwrap();
+        let free = free_bytes(&f).unwrap();
+        assert!((2 << 20..4 << 20).contains(&free), "{free}");
+
+        // A record of 4 KiB at 0, then 8 MiB more needed: not even that fits. ext4 keeps what
+        // each failed try allocated; all of it is given back, and the record below stays.
+        std::os::unix::fs::FileExt::write_all_at(&f, &[7u8; 4096], 0).unwrap();
+        let before = free_bytes(&f).unwrap();
+        assert_eq!(
+            reserve(&f, 4096, 4096, 4096 + (8 << 20), 256 << 20, None).unwrap(),
+            None
+        );
+        let after = free_bytes(&f).unwrap();
+        assert!(
+            after + (256 << 10) >= before,
+            "the failed tries' blocks are given back: {before} before, {after} after"
+        );
+        let mut b = [0u8; 4096];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 0).unwrap();
+        assert_eq!(b, [7u8; 4096]);
+
+        // 2 MiB needed, a 2 MiB step tried first (no free-space cap given): the 4 MiB try
+        // fails, a smaller one fits.
+        let to = reserve(&f, 4096, 4096, 2 << 20, 256 << 20, None)
             .unwrap()
-            .expect("a smaller step fits");
-        assert!((8 << 20..16 << 20).contains(&to), "{to}");
-        assert!(to <= (11 << 20), "{to}: at most what is left");
-        // Nothing left for more than the records themselves: exactly `end`, then `None`.
-        drop(other);
-        std::fs::remove_file(mnt.join("other")).unwrap();
-        let big = File::create(mnt.join("big")).unwrap();
-        let free = 16u64 << 20;
-        let mut filled = 0;
-        while fallocate_range(&big, filled, filled + (1 << 20)).is_ok() && filled < free {
-            filled += 1 << 20;
-        }
-        // Under 1 MiB is left: a step of 1 MiB cannot fit, the exact range may.
-        let end = to + 4096;
-        if let Some(got) = reserve(&f, to, end, 256 << 20).unwrap() {
-            assert_eq!(got, end, "only the exact range fits");
-        }
-        assert_eq!(reserve(&f, to, to + (8 << 20), 256 << 20).unwrap(), None);
+            .expect("the records' own space fits");
+        assert!((2 << 20..4 << 20).contains(&to), "{to}");
+
+        // With the free-space cap the daemon passes: a step of at most an eighth of it, none
+        // when that is under 1 MiB (about 6 MiB free here).
+        drop(fill);
+        std::fs::remove_file(mnt.join("fill")).unwrap();
+        let g = File::create(mnt.join("c")).unwrap();
+        let fill = File::create(mnt.join("fill2")).unwrap();
+        fallocate_range(&fill, 0, free_bytes(&g).unwrap() - (6 << 20)).unwrap();
+        let free = free_bytes(&g).unwrap();
+        let got = reserve(&g, 0, 0, 64 << 10, 256 << 20, Some(free)).unwrap();
+        assert_eq!(
+            got,
+            Some(64 << 10),
+            "under 1 MiB of step: exactly what is needed"
+        );
     }
 }
