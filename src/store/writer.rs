@@ -2535,6 +2535,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = OpenOptions::new()
             .create(true)
+            .truncate(true)
             .read(true)
             .write(true)
             .open(dir.path().join("b"))
@@ -2667,6 +2668,7 @@ mod tests {
         fallocate_range(&fill, 0, free0 - (3 << 20)).unwrap();
         let f = OpenOptions::new()
             .create(true)
+            .truncate(true)
             .read(true)
             .write(true)
             .open(mnt.join("b"))
