@@ -280,7 +280,7 @@ impl Metrics {
         registry.register(
             "holdfast_writer_write_seconds",
             "Seconds to write one batch of segments (direct I/O: to stage and submit it, and to \
-             wait for earlier writes when every staging slot is busy)",
+             wait for earlier writes: busy staging slots, a full completion queue, a fallback)",
             writer_write_seconds.clone(),
         );
         let writer_sync_seconds = Histogram::new(exponential_buckets(0.000_5, 2.0, 14));

@@ -843,10 +843,6 @@ impl WriterThread {
             };
             let mut batch = Vec::new();
             let mut shutdown = false;
-            if self.shared.hold_queue.load(Ordering::Acquire) {
-                std::thread::sleep(Duration::from_millis(1));
-                continue;
-            }
             let first = match self.rx.recv_timeout(timeout) {
                 Ok(m) => Some(m),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -855,6 +851,15 @@ impl WriterThread {
                     None
                 }
             };
+            // Test hook: what arrives while held waits, so the batch taken after is full (at most
+            // 10 s, so a test that fails while holding still ends).
+            let held = Instant::now();
+            while first.is_some()
+                && self.shared.hold_queue.load(Ordering::Acquire)
+                && held.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let mut next = first;
             while let Some(m) = next.take() {
                 match m {
@@ -2083,6 +2088,7 @@ fn finish_short_write(
         std::mem::ManuallyDrop::new(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) });
     let total: u64 = iov.iter().map(|v| v.iov_len as u64).sum();
     let mut done = done / align * align;
+    let mut stalled = false;
     while done < total {
         // The iovec holding byte `done`, and where in it.
         let mut skip = done;
@@ -2105,12 +2111,18 @@ fn finish_short_write(
             Ok(n) => {
                 let next = (done + n as u64) / align * align;
                 if next == done {
-                    let e = std::io::Error::new(
-                        std::io::ErrorKind::WriteZero,
-                        "a short write made no progress",
-                    );
-                    return Err((e, done));
+                    // Once more: a failing disk then tells its error (ENOSPC, EIO).
+                    if stalled {
+                        let e = std::io::Error::new(
+                            std::io::ErrorKind::WriteZero,
+                            "a short write made no progress",
+                        );
+                        return Err((e, done));
+                    }
+                    stalled = true;
+                    continue;
                 }
+                stalled = false;
                 done = next;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -2238,6 +2250,9 @@ fn stage_record(seg: &Segment, buf: &mut [u8]) -> Vec<u8> {
 /// short-lived small buckets (tests, `bucket = "10s"`) do not reserve much.
 const PREALLOC_MIN: u64 = 1 << 20;
 const PREALLOC_MAX: u64 = 256 << 20;
+/// The free-space cap of a step never makes it smaller than this (a full disk is handled by
+/// halving on `ENOSPC` and giving back what failed).
+const PREALLOC_CAPPED_MIN: u64 = 16 << 20;
 
 /// Makes sure the file's space is allocated up to `end` (with `fallocate`, in growing chunks),
 /// so that direct writes land inside the file and need no block allocation or size change of
@@ -2282,7 +2297,8 @@ const PREALLOC_RETRY: Duration = Duration::from_secs(1);
 
 /// Allocates the file's space from `from` to at least `end`, a step beyond it that grows with
 /// the file (at most `max_step`, and at most an eighth of `free`, the filesystem's free space,
-/// so one file never takes what the others need). Nothing is written at or beyond `unwritten`
+/// but not under 16 MiB for that reason: each step waits for the file's direct writes in
+/// flight, so tiny steps would cost more than the space they leave to other files). Nothing is written at or beyond `unwritten`
 /// (the record being placed starts there; every earlier one ends before it). On a full disk
 /// (`ENOSPC`, `EDQUOT`) what a failed try allocated from `unwritten` on is given back (ext4 and
 /// xfs keep what a failed `fallocate` got) and the step is halved, down to none. `Ok(None)`:
@@ -2300,11 +2316,9 @@ fn reserve(
     }
     let mut step = end.clamp(PREALLOC_MIN, max_step.max(PREALLOC_MIN));
     if let Some(free) = free {
-        step = step.min(free / 8);
-        if step < PREALLOC_MIN {
-            step = 0;
-        }
+        step = step.min((free / 8).max(PREALLOC_CAPPED_MIN));
     }
+    let size_before = file.metadata()?.len();
     loop {
         // The last try (`step` 0) reserves exactly up to `end`.
         let to = if step == 0 {
@@ -2315,10 +2329,16 @@ fn reserve(
         match fallocate_range(file, from, to) {
             Ok(()) => return Ok(Some(to)),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
-                // Only space no record uses yet is given back.
+                // Only space no record uses yet is given back: the blocks, and the size a failed
+                // try raised (ext4 raises it chunk by chunk), so that a restart after a crash
+                // does not place the next records after a hole.
                 let give_back = from.max(unwritten);
                 if to > give_back {
                     punch(file, give_back, to);
+                    let keep = size_before.max(give_back);
+                    if file.metadata().is_ok_and(|m| m.len() > keep) {
+                        let _ = file.set_len(keep);
+                    }
                 }
                 if step == 0 {
                     return Ok(None);
@@ -2616,15 +2636,15 @@ mod tests {
             reserve(&g, 0, 0, 10, 256 << 20, None).unwrap(),
             Some(2 << 20)
         );
-        // At most an eighth of the free space; under 1 MiB of step, exactly what is needed.
+        // At most an eighth of the free space, but that cap not under 16 MiB.
         let h = File::create(dir.path().join("d")).unwrap();
         assert_eq!(
-            reserve(&h, 0, 0, 4 << 20, 256 << 20, Some(16 << 20)).unwrap(),
-            Some(6 << 20)
+            reserve(&h, 0, 0, 64 << 20, 256 << 20, Some(256 << 20)).unwrap(),
+            Some(96 << 20)
         );
         assert_eq!(
-            reserve(&h, 6 << 20, 6 << 20, 7 << 20, 256 << 20, Some(4 << 20)).unwrap(),
-            Some(7 << 20)
+            reserve(&h, 96 << 20, 96 << 20, 97 << 20, 256 << 20, Some(4 << 20)).unwrap(),
+            Some(113 << 20)
         );
     }
 
@@ -2689,6 +2709,11 @@ mod tests {
             after + (256 << 10) >= before,
             "the failed tries' blocks are given back: {before} before, {after} after"
         );
+        assert_eq!(
+            f.metadata().unwrap().len(),
+            4096,
+            "and the size they raised"
+        );
         let mut b = [0u8; 4096];
         std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 0).unwrap();
         assert_eq!(b, [7u8; 4096]);
@@ -2700,19 +2725,18 @@ mod tests {
             .expect("the records' own space fits");
         assert!((2 << 20..4 << 20).contains(&to), "{to}");
 
-        // With the free-space cap the daemon passes: a step of at most an eighth of it, none
-        // when that is under 1 MiB (about 6 MiB free here).
+        // With the free-space cap the daemon passes (about 6 MiB free; the cap's floor is
+        // 16 MiB): the 4 MiB step fails, is given back, and a halved one fits.
         drop(fill);
         std::fs::remove_file(mnt.join("fill")).unwrap();
         let g = File::create(mnt.join("c")).unwrap();
         let fill = File::create(mnt.join("fill2")).unwrap();
         fallocate_range(&fill, 0, free_bytes(&g).unwrap() - (6 << 20)).unwrap();
         let free = free_bytes(&g).unwrap();
-        let got = reserve(&g, 0, 0, 64 << 10, 256 << 20, Some(free)).unwrap();
-        assert_eq!(
-            got,
-            Some(64 << 10),
-            "under 1 MiB of step: exactly what is needed"
-        );
+        let got = reserve(&g, 0, 0, 4 << 20, 256 << 20, Some(free))
+            .unwrap()
+            .expect("4 MiB fit in 6");
+        assert!((4 << 20..=6 << 20).contains(&got), "{got}");
+        assert_eq!(g.metadata().unwrap().len(), got);
     }
 }
