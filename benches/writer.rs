@@ -335,6 +335,11 @@ fn report() {
     row("device: dd bs=16M over written blocks (no allocation)", &f);
     println!("raw sequential bandwidth, new file (best of the new-file forms): {raw_new:.0} MiB/s");
     println!("device, overwriting written blocks: {raw_dev:.0} MiB/s");
+    // A virtual disk goes on absorbing the baselines' 5 GiB after their fdatasync returned: the
+    // first variant measured right after them ran a third slower than the same tuning later in
+    // the same run. A pause lets it settle.
+    let _ = std::process::Command::new("sync").status();
+    std::thread::sleep(Duration::from_secs(10));
     println!();
     println!(
         "| cameras | variant | MiB/s | % of raw (new file) | % of device | CPU-s/GiB (process) | \

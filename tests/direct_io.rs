@@ -213,21 +213,36 @@ fn recovery_of_a_padded_file_with_a_torn_record_and_a_preallocated_tail() {
     );
 }
 
-/// Writes `per_camera` segments per camera, two cameras per policy, two policies interleaved,
-/// through a writer with `tuning`; checks what became durable and the files after shutdown.
-fn write_interleaved(tuning: DirectTuning, per_camera: usize, frames: usize, avg: usize) {
+/// A store in a fresh directory on the target dir's disk and a writer with `cfg` and `tuning`
+/// over it, with its durable-segment channel.
+fn spawn_on_disk(
+    cfg: WriterConfig,
+    tuning: DirectTuning,
+) -> (
+    tempfile::TempDir,
+    Arc<Store>,
+    Writer,
+    crossbeam_channel::Receiver<SegmentEntry>,
+) {
     let dir = disk_tempdir();
     let (store, _) = Store::open(dir.path(), BUCKET).unwrap();
     let store = Arc::new(store);
     let (tx, rx) = crossbeam_channel::unbounded();
     let writer = Writer::spawn_tuned(
         store.clone(),
-        config(),
+        cfg,
         Arc::new(Metrics::new()),
         Some(tx),
         tuning,
     )
     .unwrap();
+    (dir, store, writer, rx)
+}
+
+/// Writes `per_camera` segments per camera, two cameras per policy, two policies interleaved,
+/// through a writer with `tuning`; checks what became durable and the files after shutdown.
+fn write_interleaved(tuning: DirectTuning, per_camera: usize, frames: usize, avg: usize) {
+    let (_dir, store, writer, rx) = spawn_on_disk(config(), tuning);
     let t0 = Time90k::from_unix_seconds(1_795_000_200);
     let mut rng = synth::rng(9);
     let pool = synth::pool(&mut rng, 4 << 20);
@@ -320,18 +335,7 @@ fn rounds_in_flight_over_two_files_are_all_written_and_indexed() {
 /// Writes 200 segments of ~40 KB of one camera (one file), submitted as fast as the writer
 /// takes them, with 4 slots of 256 KiB; returns the writer's direct-write counts.
 fn write_one_file(tuning: DirectTuning) -> holdfast::store::writer::DirectStats {
-    let dir = disk_tempdir();
-    let (store, _) = Store::open(dir.path(), BUCKET).unwrap();
-    let store = Arc::new(store);
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let writer = Writer::spawn_tuned(
-        store.clone(),
-        config(),
-        Arc::new(Metrics::new()),
-        Some(tx),
-        tuning,
-    )
-    .unwrap();
+    let (_dir, store, writer, rx) = spawn_on_disk(config(), tuning);
     let t0 = Time90k::from_unix_seconds(1_795_000_200);
     let mut rng = synth::rng(21);
     let pool = synth::pool(&mut rng, 1 << 20);
@@ -407,20 +411,11 @@ fn rounds_overlap_and_adjacent_records_merge() {
 /// the sync, so the second batch is placed while it is in flight.
 #[test]
 fn a_start_used_by_a_write_in_flight_is_moved_by_a_tick() {
-    let dir = disk_tempdir();
-    let (store, _) = Store::open(dir.path(), BUCKET).unwrap();
-    let store = Arc::new(store);
-    let writer = Writer::spawn_tuned(
-        store.clone(),
-        WriterConfig {
-            sync_interval: Duration::from_secs(600),
-            ..config()
-        },
-        Arc::new(Metrics::new()),
-        None,
-        DirectTuning::default(),
-    )
-    .unwrap();
+    let cfg = WriterConfig {
+        sync_interval: Duration::from_secs(600),
+        ..config()
+    };
+    let (_dir, store, writer, _durable) = spawn_on_disk(cfg, DirectTuning::default());
     let h = writer.handle();
     h.hold_rounds_for_tests(true);
     let t0 = Time90k::from_unix_seconds(1_795_000_200);

@@ -1182,32 +1182,57 @@ fn recovery_never_destroys_or_indexes_what_it_could_not_sync() {
     fs.clear();
 }
 
-#[test]
-fn the_writer_never_indexes_a_range_whose_sync_failed() {
-    use holdfast::store::writer::Writer;
-    use holdfast::store::Store;
+/// Segments of [`writer_on`] start this many seconds after this time.
+const WRITER_T0: Time90k = Time90k(1_795_000_000 * TICKS_PER_SEC);
+
+/// The store library in `data` (10 s buckets) with a writer over it, its metrics and durable
+/// channel, and a maker of 20-frame segments of camera `cam-a`, policy `p`, `s` seconds after
+/// [`WRITER_T0`].
+#[allow(clippy::type_complexity)]
+fn writer_on(
+    data: &Path,
+    seed: u64,
+) -> (
+    std::sync::Arc<holdfast::store::Store>,
+    std::sync::Arc<holdfast::metrics::Metrics>,
+    holdfast::store::writer::Writer,
+    crossbeam_channel::Receiver<holdfast::store::index::SegmentEntry>,
+    impl FnMut(i64) -> holdfast::store::segment::Segment,
+) {
     use std::sync::Arc;
-    let (fs, _dir) = mounted();
-    let data = fs.mountpoint.join("data");
-    let mut rng = synth::rng(81);
+    let mut rng = synth::rng(seed);
     let pool = synth::pool(&mut rng, 1 << 20);
-    let t0 = Time90k::from_unix_seconds(1_795_000_000);
-    let mut seg = |s: i64| {
+    let seg = move |s: i64| {
         synth::segment(
             &mut rng,
             &pool,
             "cam-a",
             "p",
-            t0.add_ticks(s * TICKS_PER_SEC),
+            WRITER_T0.add_ticks(s * TICKS_PER_SEC),
             20,
             2_000,
         )
     };
-    let (store, _) = Store::open(&data, 10).unwrap();
+    let (store, _) = holdfast::store::Store::open(data, 10).unwrap();
     let store = Arc::new(store);
     let metrics = Arc::new(holdfast::metrics::Metrics::new());
     let (tx, rx) = crossbeam_channel::unbounded();
-    let w = Writer::spawn(store.clone(), writer_config(), metrics.clone(), Some(tx)).unwrap();
+    let w = holdfast::store::writer::Writer::spawn(
+        store.clone(),
+        writer_config(),
+        metrics.clone(),
+        Some(tx),
+    )
+    .unwrap();
+    (store, metrics, w, rx, seg)
+}
+
+#[test]
+fn the_writer_never_indexes_a_range_whose_sync_failed() {
+    use holdfast::store::Store;
+    let (fs, _dir) = mounted();
+    let data = fs.mountpoint.join("data");
+    let (store, metrics, w, rx, mut seg) = writer_on(&data, 81);
     let h = w.handle();
     h.submit(seg(0)).unwrap();
     h.submit(seg(2)).unwrap();
@@ -1293,35 +1318,14 @@ fn the_writer_never_indexes_a_range_whose_sync_failed() {
 /// then on, with what was stored before and after read back intact.
 #[test]
 fn a_file_refusing_direct_writes_goes_buffered() {
-    use holdfast::store::writer::Writer;
-    use holdfast::store::Store;
-    use std::sync::Arc;
     let (fs, _dir) = mounted();
     let data = fs.mountpoint.join("data");
-    let mut rng = synth::rng(83);
-    let pool = synth::pool(&mut rng, 1 << 20);
-    let t0 = Time90k::from_unix_seconds(1_795_000_000);
-    let mut seg = |s: i64| {
-        synth::segment(
-            &mut rng,
-            &pool,
-            "cam-a",
-            "p",
-            t0.add_ticks(s * TICKS_PER_SEC),
-            20,
-            2_000,
-        )
-    };
-    let (store, _) = Store::open(&data, 10).unwrap();
-    let store = Arc::new(store);
-    let metrics = Arc::new(holdfast::metrics::Metrics::new());
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let w = Writer::spawn(store.clone(), writer_config(), metrics.clone(), Some(tx)).unwrap();
+    let (store, metrics, w, rx, mut seg) = writer_on(&data, 83);
     let h = w.handle();
     h.submit(seg(0)).unwrap();
     assert!(h.flush());
     assert_eq!(rx.try_iter().count(), 1);
-    let path = store.bucket_path("p", t0.floor_to(10));
+    let path = store.bucket_path("p", WRITER_T0.floor_to(10));
     let flags = support::procs::open_flags(&path).expect("the writer holds the bucket file open");
     assert_ne!(
         flags & libc::O_DIRECT as u32,
