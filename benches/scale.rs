@@ -10,6 +10,7 @@
 //! HOLDFAST_SCALE_NO_FFMPEG=1 ...                 # skip the baseline
 //! HOLDFAST_SCALE_FFMPEG_MAX=200 ...              # largest N ffmpeg runs at (default 200)
 //! HOLDFAST_SCALE_CAMSIM_BIN=/path/holdfast ...   # camsim from another build
+//! HOLDFAST_SCALE_RECORDER_BIN=/path/holdfast ... # the recorder from another build (a baseline)
 //! HOLDFAST_SCALE_SINK=1 HOLDFAST_SCALE_CAMSIM_BASELINE=/path/holdfast cargo bench --bench scale
 //!                                                # camsim alone (no recorder), vs another build's
 //! ```
@@ -265,7 +266,8 @@ fn run_holdfast(n: usize, secs: u64, base: &std::path::Path) -> Result {
     ));
     let cfg_path = dir.path().join("holdfast.toml");
     std::fs::write(&cfg_path, cfg).unwrap();
-    let mut daemon = Command::new(BIN)
+    let recorder = std::env::var("HOLDFAST_SCALE_RECORDER_BIN").unwrap_or_else(|_| BIN.to_owned());
+    let mut daemon = Command::new(recorder)
         .args(["run", "--config"])
         .arg(&cfg_path)
         .env("RUST_LOG", "error")
