@@ -138,73 +138,41 @@ fn raw_disk(mib: usize, bs_mib: usize, jobs: usize, overwrite: bool) -> Figures 
         }
         f.sync_all().unwrap();
     }
-    let c0 = cpu(libc::RUSAGE_CHILDREN);
-    let m0 = machine_cpu();
-    let t0 = Instant::now();
-    let children: Vec<_> = (0..jobs)
-        .map(|i| {
-            let f = dir.path().join(format!("raw{i}"));
-            std::process::Command::new("dd")
-                .arg("if=/dev/zero")
-                .arg(format!("of={}", f.display()))
-                .arg(format!("bs={bs_mib}M"))
-                .arg(format!("count={}", mib / jobs / bs_mib))
-                .arg("oflag=direct")
-                .arg(if overwrite {
-                    "conv=fdatasync,notrunc"
-                } else {
-                    "conv=fdatasync"
-                })
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("run dd")
-        })
-        .collect();
-    for mut c in children {
-        assert!(c.wait().expect("wait for dd").success(), "dd failed");
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    Figures {
-        mib_s: mib as f64 / secs,
-        cpu_per_gib: (cpu(libc::RUSAGE_CHILDREN) - c0) / (mib as f64 / 1024.0),
-        machine_cpu_per_gib: (machine_cpu() - m0) / (mib as f64 / 1024.0),
-        iou_wrk: 0,
-        lost: 0,
-        stored_bytes: (mib as u64) << 20,
-    }
+    timed_children(mib, || {
+        let children: Vec<_> = (0..jobs)
+            .map(|i| {
+                let f = dir.path().join(format!("raw{i}"));
+                std::process::Command::new("dd")
+                    .arg("if=/dev/zero")
+                    .arg(format!("of={}", f.display()))
+                    .arg(format!("bs={bs_mib}M"))
+                    .arg(format!("count={}", mib / jobs / bs_mib))
+                    .arg("oflag=direct")
+                    .arg(if overwrite {
+                        "conv=fdatasync,notrunc"
+                    } else {
+                        "conv=fdatasync"
+                    })
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("run dd")
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().expect("wait for dd").success(), "dd failed");
+        }
+        true
+    })
+    .expect("dd ran")
 }
 
-/// The `fio` form of the new-file baseline: one 1 GiB file written with 16 MiB O_DIRECT writes
-/// through io_uring, 8 in flight, then fdatasync; timed from outside like `dd` (so the final
-/// sync counts). `None` when fio is not installed.
-fn raw_fio(mib: usize) -> Option<Figures> {
-    let dir = tmp("holdfast-bench-raw");
+/// Figures of `mib` MiB written by the child processes `run` starts and waits for: wall time,
+/// the children's CPU and the machine's; `None` when `run` says they did not succeed.
+fn timed_children(mib: usize, run: impl FnOnce() -> bool) -> Option<Figures> {
     let c0 = cpu(libc::RUSAGE_CHILDREN);
     let m0 = machine_cpu();
     let t0 = Instant::now();
-    let status = std::process::Command::new("fio")
-        .args([
-            "--name=raw",
-            "--rw=write",
-            "--bs=16M",
-            "--direct=1",
-            "--ioengine=io_uring",
-            "--iodepth=8",
-            "--end_fsync=1",
-            // Like dd: the file's blocks are allocated by the writes (fio would otherwise
-            // fallocate the whole file before writing).
-            "--fallocate=none",
-        ])
-        .arg(format!("--size={mib}M"))
-        .arg(format!(
-            "--filename={}",
-            dir.path().join("raw-fio").display()
-        ))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .ok()?;
-    if !status.success() {
+    if !run() {
         return None;
     }
     let secs = t0.elapsed().as_secs_f64();
@@ -215,6 +183,37 @@ fn raw_fio(mib: usize) -> Option<Figures> {
         iou_wrk: 0,
         lost: 0,
         stored_bytes: (mib as u64) << 20,
+    })
+}
+
+/// The `fio` form of the new-file baseline: one 1 GiB file written with 16 MiB O_DIRECT writes
+/// through io_uring, 8 in flight, then fdatasync; timed from outside like `dd` (so the final
+/// sync counts). `None` when fio is not installed.
+fn raw_fio(mib: usize) -> Option<Figures> {
+    let dir = tmp("holdfast-bench-raw");
+    timed_children(mib, || {
+        std::process::Command::new("fio")
+            .args([
+                "--name=raw",
+                "--rw=write",
+                "--bs=16M",
+                "--direct=1",
+                "--ioengine=io_uring",
+                "--iodepth=8",
+                "--end_fsync=1",
+                // Like dd: the file's blocks are allocated by the writes (fio would otherwise
+                // fallocate the whole file before writing).
+                "--fallocate=none",
+            ])
+            .arg(format!("--size={mib}M"))
+            .arg(format!(
+                "--filename={}",
+                dir.path().join("raw-fio").display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     })
 }
 
