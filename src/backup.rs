@@ -825,14 +825,7 @@ mod tests {
     #[test]
     fn a_request_written_by_root_is_given_to_the_data_dirs_owner() {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            // CI runs as root and sets HOLDFAST_REQUIRE_ROOT_TESTS=1: there a skip is a failure.
-            assert!(
-                std::env::var_os("HOLDFAST_REQUIRE_ROOT_TESTS").is_none(),
-                "HOLDFAST_REQUIRE_ROOT_TESTS is set but the tests do not run as root"
-            );
-            eprintln!("skipped: needs root to give a file to another user");
+        if !crate::testing::is_root_or_skip("to give a file to another user") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

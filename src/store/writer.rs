@@ -2653,14 +2653,7 @@ mod tests {
     /// `None` (not an error that would turn preallocation off) when even that does not fit.
     #[test]
     fn reserve_on_a_full_ext4_gives_back_what_failed_tries_took() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            // CI runs as root and sets HOLDFAST_REQUIRE_ROOT_TESTS=1: there a skip is a failure.
-            assert!(
-                std::env::var_os("HOLDFAST_REQUIRE_ROOT_TESTS").is_none(),
-                "HOLDFAST_REQUIRE_ROOT_TESTS is set but the tests do not run as root"
-            );
-            eprintln!("skipped: needs root to mount an ext4 image");
+        if !crate::testing::is_root_or_skip("to mount an ext4 image") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
