@@ -910,10 +910,7 @@ async fn make(
     let size = layout.len();
     let name = file_name(id, p.from);
     if !ids().has_room(&user.name, layout.mem_size()) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many views and exports are open on this server; try again in a few minutes",
-        ));
+        return Err(no_room());
     }
     let slot = p.slot;
     // An export's hash: the whole file, its payloads read and checked once; nothing leaves.
@@ -984,10 +981,7 @@ async fn make(
     e.sites = vec![p.site.clone()];
     // Asked again: the hash may have taken minutes, and other ids came meanwhile.
     if !ids().has_room(&user.name, layout.mem_size()) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many views and exports are open on this server; try again in a few minutes",
-        ));
+        return Err(no_room());
     }
     let logged = state.record(e).await?;
 
@@ -1116,4 +1110,12 @@ impl Drop for Delivery {
             Err(_) => finish(outcome, sent, sha),
         }
     }
+}
+
+/// The answer when a new view or export id does not fit (`Ids::has_room`).
+fn no_room() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many views and exports are open on this server; try again in a few minutes",
+    )
 }

@@ -9,7 +9,8 @@
 //! [`MAX_BYTES_PER_USER`] bytes of layouts per user, [`MAX_IDS`] ids and [`MAX_BYTES`] in all.
 //! A new id past a cap ends the user's own least recently used ids (views first); past the
 //! totals, another user's id only when it has not been used for [`VIEW_IDLE`]. When that does
-//! not make room, the POST is answered 503 before anything is logged ([`Ids::has_room`]), so
+//! not make room, the POST is answered 503 before any view or export entry is logged (the
+//! refusal itself is logged, as every refusal is; [`Ids::has_room`]), so
 //! one user's looks never take away another's export or receipt. The logbook keeps the facts of
 //! every id forever; only the means to fetch the bytes again ends.
 
@@ -200,7 +201,7 @@ impl Ids {
     /// share ([`MAX_BYTES_PER_USER`], the user's own ids ended for it) and under the totals
     /// ([`MAX_IDS`], [`MAX_BYTES`]) counting only other users' ids that are still in use. The
     /// handler asks before the hash and again just before the logbook entry, and answers 503
-    /// when it does not fit, before anything is logged.
+    /// when it does not fit, before any view or export entry is logged (only the refusal is).
     pub fn has_room(&self, user: &str, mem_size: usize) -> bool {
         let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();

@@ -718,8 +718,10 @@ pub async fn csrf_guard(State(state): State<Arc<AppState>>, req: Request, next: 
         return refuse();
     }
     // A GET that writes a logbook entry and hands out data is not "safe": it needs the token
-    // too, so that no `<img>`/`<video>`/link of another page can make an entry in the user's
-    // name (browsers without `Sec-Fetch-Site` included).
+    // too, so that no `<img>`/`<video>`/link of another page can fetch footage or key tags in
+    // the user's name (browsers without `Sec-Fetch-Site` included). A GET by a view or export
+    // id needs none (the id is the secret); an unknown id there is answered and logged as a
+    // refusal, within the refusal budget.
     let safe = matches!(*req.method(), Method::GET | Method::HEAD) && !logged_read(req.uri());
     if !safe {
         let given = headers

@@ -679,7 +679,8 @@ struct WriterThread {
     free_slots: Vec<usize>,
     /// Rounds of direct writes submitted and not yet finished, oldest first.
     rounds: VecDeque<Round>,
-    /// Files that refused a direct write (`EINVAL`): reopened buffered once no write is in flight.
+    /// Files that refused a direct write (`EINVAL`): switched to buffered (`O_DIRECT` cleared on
+    /// the descriptor) once no write is in flight.
     fallbacks: Vec<(Arc<str>, Time90k)>,
     /// The synchronous call in progress ([`WriterThread::run_ops`]): its first `user_data`,
     /// its entries' results as they complete, and how many are still to come.
@@ -1097,7 +1098,7 @@ impl WriterThread {
         }
         // A file that refused a direct write goes buffered before this batch's records are
         // placed (not only at the next sync): its other rounds are drained first, so no direct
-        // write to it is in flight when it is reopened.
+        // write to it is in flight when `O_DIRECT` is cleared.
         if !self.fallbacks.is_empty() {
             self.drain_rounds();
             for key in std::mem::take(&mut self.fallbacks) {
