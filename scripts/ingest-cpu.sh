@@ -7,7 +7,7 @@
 # Prints one line per binary: task-clock ms, instructions, frames recorded, CPU per frame.
 # With -r DIR, a `perf record -g` profile of each daemon goes to DIR/<binary name>.data as well.
 set -euo pipefail
-N=200; SECS=20; WARM=6; REC=
+N=200; SECS=20; WARM=${WARM:-6}; REC=
 while getopts n:s:r: o; do case $o in n) N=$OPTARG;; s) SECS=$OPTARG;; r) REC=$OPTARG;; *) exit 2;; esac; done
 shift $((OPTIND-1))
 SIM=${CAMSIM_BIN:-$1}

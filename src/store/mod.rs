@@ -17,6 +17,7 @@ pub mod index;
 pub mod reclaim;
 pub mod recovery;
 pub mod segment;
+pub mod staging;
 pub mod writer;
 
 use std::fs::File;

@@ -2222,22 +2222,14 @@ impl Drop for AlignedBuf {
     }
 }
 
-/// Copies a segment's record into `buf` (exactly its padded length): the payload first, its
-/// CRC32C computed on the copy while it is in cache, then the header with that CRC, then zeros
-/// up to the end. Returns the encoded header.
+/// Copies a segment's record into `buf` (exactly its padded length): the payload with its
+/// CRC32C in one pass (`staging`: checksum of each frame, then a non-temporal copy), then the
+/// header with that CRC, then zeros up to the end. Returns the encoded header.
 fn stage_record(seg: &Segment, buf: &mut [u8]) -> Vec<u8> {
     let hlen = seg.header_len();
-    let mut at = hlen;
-    // The CRC32C of each frame is folded in right after its copy, while the copy is still in
-    // the core's cache (PCLMULQDQ folding: design/performance.md).
-    let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
-    for f in &seg.frames {
-        let dst = &mut buf[at..at + f.data.len()];
-        dst.copy_from_slice(&f.data);
-        crc.update(dst);
-        at += f.data.len();
-    }
-    let crc = crc.finalize() as u32;
+    let payload = seg.frames.iter().map(|f| &f.data[..]);
+    let crc = super::staging::stage_frames(payload, &mut buf[hlen..]);
+    let at = hlen + seg.frames.iter().map(|f| f.data.len()).sum::<usize>();
     buf[at..].fill(0);
     let mut header = Vec::with_capacity(hlen);
     seg.header_with_crc(crc)

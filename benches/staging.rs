@@ -1,0 +1,121 @@
+//! Staging speed: the writer's copy of segment payloads into its direct-write buffer together
+//! with their CRC32C, the way the daemon meets them at scale: 200 cameras x one 50-frame
+//! segment each (15-25 kB frames, about 4 Mbit/s at 25 fps), allocated interleaved as the camera
+//! threads allocate them, so that the frames and the 64 MiB destination are out of the cache.
+//!
+//! Measured in the same run (bytes per second of payload):
+//! - `memcpy`: `copy_from_slice` alone, no checksum (the floor of a plain copy);
+//! - `copy_then_crc`: what the writer did before, the copy and then the CRC of the copy while it
+//!   is in cache;
+//! - `stage_frames`: `holdfast::store::staging::stage_frames`, the CRC of the source and then a
+//!   non-temporal copy.
+//!
+//! `cargo bench --bench staging` (under `flock /work/bench.lock` on a shared machine).
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use holdfast::store::staging::stage_frames;
+
+const CAMERAS: usize = 200;
+const FRAMES: usize = 50;
+const DEST: usize = 64 << 20;
+
+/// Frames per camera, allocated frame by frame across the cameras.
+fn frames() -> Vec<Vec<Vec<u8>>> {
+    let mut cams: Vec<Vec<Vec<u8>>> = (0..CAMERAS).map(|_| Vec::new()).collect();
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..FRAMES {
+        for cam in cams.iter_mut() {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let len = 15_000 + (seed >> 40) as usize % 10_000;
+            cam.push(
+                (0..len)
+                    .map(|i| (i as u8).wrapping_mul(31) ^ seed as u8)
+                    .collect(),
+            );
+        }
+    }
+    cams
+}
+
+/// Stages every camera's segment one after the other into `dest` (wrapping round), as the
+/// writer fills its slots; returns the CRCs folded together so nothing is optimised away.
+fn run(
+    cams: &[Vec<Vec<u8>>],
+    dest: &mut [u8],
+    stage: impl Fn(&[Vec<u8>], &mut [u8]) -> u32,
+) -> u32 {
+    let mut at = 0;
+    let mut acc = 0u32;
+    for cam in cams {
+        let len: usize = cam.iter().map(Vec::len).sum();
+        if at + len > dest.len() {
+            at = 0;
+        }
+        acc = acc.rotate_left(1) ^ stage(cam, &mut dest[at..at + len]);
+        at += len;
+    }
+    acc
+}
+
+fn bench(c: &mut Criterion) {
+    let cams = frames();
+    let total: usize = cams.iter().flatten().map(Vec::len).sum();
+    let mut dest = vec![0u8; DEST];
+    let mut g = c.benchmark_group("staging_200_cameras");
+    g.throughput(Throughput::Bytes(total as u64));
+    g.bench_function("memcpy", |b| {
+        b.iter(|| {
+            run(&cams, &mut dest, |cam, d| {
+                let mut at = 0;
+                for f in cam {
+                    d[at..at + f.len()].copy_from_slice(f);
+                    at += f.len();
+                }
+                0
+            })
+        })
+    });
+    g.bench_function("copy_then_crc", |b| {
+        b.iter(|| {
+            run(&cams, &mut dest, |cam, d| {
+                let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+                let mut at = 0;
+                for f in cam {
+                    let to = &mut d[at..at + f.len()];
+                    to.copy_from_slice(f);
+                    crc.update(to);
+                    at += f.len();
+                }
+                crc.finalize() as u32
+            })
+        })
+    });
+    g.bench_function("stage_frames", |b| {
+        b.iter(|| {
+            run(&cams, &mut dest, |cam, d| {
+                stage_frames(cam.iter().map(|f| &f[..]), d)
+            })
+        })
+    });
+    // The answers agree (the benchmark would be meaningless otherwise).
+    let mut d2 = vec![0u8; DEST];
+    let plain = run(&cams, &mut d2, |cam, d| {
+        let all = cam.concat();
+        d[..all.len()].copy_from_slice(&all);
+        crc32c::crc32c(&all)
+    });
+    assert_eq!(
+        run(&cams, &mut dest, |cam, d| stage_frames(
+            cam.iter().map(|f| &f[..]),
+            d
+        )),
+        plain
+    );
+    assert!(dest == d2, "stage_frames copied something else");
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
