@@ -979,10 +979,12 @@ async fn make(
     e.recipient = non_empty(q.recipient.clone());
     e.reference = non_empty(q.reference.clone());
     e.sites = vec![p.site.clone()];
-    // Asked again: the hash may have taken minutes, and other ids came meanwhile.
-    if !ids().has_room(&user.name, layout.mem_size()) {
+    // Asked again: the hash may have taken minutes, and other ids came meanwhile. This time
+    // the room is kept for this id (concurrent requests cannot all take the same room) until
+    // it is inserted below, or given back if the logbook refuses the entry.
+    let Some(room) = ids().reserve(&user.name, layout.mem_size()) else {
         return Err(no_room());
-    }
+    };
     let logged = state.record(e).await?;
 
     let token = new_id();
@@ -1042,7 +1044,7 @@ async fn make(
             serde_json::Value::Null
         },
     );
-    ids().insert(&token, held);
+    room.insert(&token, held);
     let mut resp = (StatusCode::CREATED, axum::Json(answer)).into_response();
     resp.headers_mut().insert(
         "x-holdfast-logbook-seq",

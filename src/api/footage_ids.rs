@@ -11,7 +11,9 @@
 //! totals, another user's id only when it has not been used for [`VIEW_IDLE`]. When that does
 //! not make room, the POST is answered 503 before any view or export entry is logged (the
 //! refusal itself is logged, as every refusal is; [`Ids::has_room`]), so
-//! one user's looks never take away another's export or receipt. The logbook keeps the facts of
+//! one user's looks never take away another's export or receipt. The last check before the
+//! entry reserves the room ([`Ids::reserve`]) until the id is made, so concurrent POSTs that
+//! pass it together fit together. The logbook keeps the facts of
 //! every id forever; only the means to fetch the bytes again ends.
 
 use std::collections::HashMap;
@@ -119,7 +121,45 @@ impl Held {
 /// The live ids (one table per process).
 #[derive(Default)]
 pub struct Ids {
-    table: Mutex<HashMap<String, Arc<Held>>>,
+    table: Mutex<Table>,
+}
+
+/// What [`Ids`] guards with its lock.
+#[derive(Default)]
+struct Table {
+    /// The live ids.
+    held: HashMap<String, Arc<Held>>,
+    /// Room promised to new ids not inserted yet ([`Reservation`]): number -> (user, bytes).
+    reserved: HashMap<u64, (String, usize)>,
+    /// The next reservation's number.
+    next_reservation: u64,
+}
+
+/// Room for one new id, taken by [`Ids::reserve`] and counted against the totals of every later
+/// check until it is turned into the id ([`Reservation::insert`]) or dropped (the request
+/// failed or was abandoned before its id was made).
+#[must_use = "the room is given back when the reservation is dropped"]
+pub struct Reservation<'a> {
+    ids: &'a Ids,
+    number: u64,
+}
+
+impl Reservation<'_> {
+    /// Adds `held` under `id` in the room this reservation holds ([`Ids::insert`]).
+    pub fn insert(self, id: &str, held: Held) {
+        let (ids, number) = (self.ids, self.number);
+        // Given back below, under the same lock as the insert, not by `drop`.
+        std::mem::forget(self);
+        let mut t = ids.lock();
+        t.reserved.remove(&number);
+        t.insert(id, held);
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.ids.lock().reserved.remove(&self.number);
+    }
 }
 
 /// The process's table.
@@ -135,13 +175,13 @@ pub fn new_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
-impl Ids {
+impl Table {
     /// Adds `held` under `id` (from [`new_id`]), ending least recently used ids past the caps:
     /// the user's own first (views before exports), past the totals another user's only when
     /// it has not been used for [`VIEW_IDLE`] (an export being downloaded or a receipt being
     /// printed is never pushed out by someone else's looks).
-    pub fn insert(&self, id: &str, held: Held) {
-        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+    fn insert(&mut self, id: &str, held: Held) {
+        let t = &mut self.held;
         let now = Instant::now();
         t.retain(|_, h| h.ends() > now);
         let per_user = match held.kind {
@@ -172,7 +212,7 @@ impl Ids {
             .count()
             >= per_user
         {
-            let Some(k) = lru(&t, Some(held.kind), true) else {
+            let Some(k) = lru(t, Some(held.kind), true) else {
                 break;
             };
             t.remove(&k);
@@ -184,12 +224,12 @@ impl Ids {
                 .map(|h| h.layout.mem_size())
                 .sum()
         };
-        while bytes_of(&t, true) + size > MAX_BYTES_PER_USER {
-            let Some(k) = own_first(&t) else { break };
+        while bytes_of(t, true) + size > MAX_BYTES_PER_USER {
+            let Some(k) = own_first(t) else { break };
             t.remove(&k);
         }
-        while t.len() >= MAX_IDS || bytes_of(&t, false) + size > MAX_BYTES {
-            let Some(k) = own_first(&t).or_else(|| lru(&t, None, false)) else {
+        while t.len() >= MAX_IDS || bytes_of(t, false) + size > MAX_BYTES {
+            let Some(k) = own_first(t).or_else(|| lru(t, None, false)) else {
                 break;
             };
             t.remove(&k);
@@ -197,22 +237,66 @@ impl Ids {
         t.insert(id.to_owned(), Arc::new(held));
     }
 
+    /// See [`Ids::has_room`]: other users' ids in use and every reservation (the user's own
+    /// too: a reserved id cannot be ended to make room) count against the totals.
+    fn has_room(&mut self, user: &str, mem_size: usize) -> bool {
+        let now = Instant::now();
+        self.held.retain(|_, h| h.ends() > now);
+        let (others, others_bytes) = self
+            .held
+            .values()
+            .filter(|h| h.user != user && now.saturating_duration_since(h.last_used()) < VIEW_IDLE)
+            .map(|h| h.layout.mem_size())
+            .chain(self.reserved.values().map(|(_, bytes)| *bytes))
+            .fold((0usize, 0usize), |(n, b), bytes| (n + 1, b + bytes));
+        let own_reserved: usize = self
+            .reserved
+            .values()
+            .filter(|(u, _)| u == user)
+            .map(|(_, bytes)| bytes)
+            .sum();
+        own_reserved + mem_size <= MAX_BYTES_PER_USER
+            && others < MAX_IDS
+            && others_bytes + mem_size <= MAX_BYTES
+    }
+}
+
+impl Ids {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds `held` under `id` (from [`new_id`]), ending least recently used ids past the caps:
+    /// the user's own first (views before exports), past the totals another user's only when
+    /// it has not been used for [`VIEW_IDLE`] (an export being downloaded or a receipt being
+    /// printed is never pushed out by someone else's looks). The handlers insert through a
+    /// [`Reservation`], so that concurrent requests cannot all fit in the same room.
+    pub fn insert(&self, id: &str, held: Held) {
+        self.lock().insert(id, held);
+    }
+
     /// Whether a new id of `user` holding a layout of `mem_size` bytes fits: within the user's
     /// share ([`MAX_BYTES_PER_USER`], the user's own ids ended for it) and under the totals
     /// ([`MAX_IDS`], [`MAX_BYTES`]) counting only other users' ids that are still in use. The
-    /// handler asks before the hash and again just before the logbook entry, and answers 503
-    /// when it does not fit, before any view or export entry is logged (only the refusal is).
+    /// handler asks before the hash and again, with [`Ids::reserve`], just before the logbook
+    /// entry, and answers 503 when it does not fit, before any view or export entry is logged
+    /// (only the refusal is).
     pub fn has_room(&self, user: &str, mem_size: usize) -> bool {
-        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        t.retain(|_, h| h.ends() > now);
-        let (others, others_bytes) = t
-            .values()
-            .filter(|h| h.user != user && now.saturating_duration_since(h.last_used()) < VIEW_IDLE)
-            .fold((0usize, 0usize), |(n, b), h| {
-                (n + 1, b + h.layout.mem_size())
-            });
-        mem_size <= MAX_BYTES_PER_USER && others < MAX_IDS && others_bytes + mem_size <= MAX_BYTES
+        self.lock().has_room(user, mem_size)
+    }
+
+    /// [`Ids::has_room`], and if there is room, keeps it for this new id until the returned
+    /// [`Reservation`] is inserted or dropped: the check and the promise are one step under the
+    /// table's lock, so concurrent requests that pass together fit together.
+    pub fn reserve(&self, user: &str, mem_size: usize) -> Option<Reservation<'_>> {
+        let mut t = self.lock();
+        if !t.has_room(user, mem_size) {
+            return None;
+        }
+        let number = t.next_reservation;
+        t.next_reservation += 1;
+        t.reserved.insert(number, (user.to_owned(), mem_size));
+        Some(Reservation { ids: self, number })
     }
 
     /// The live id `id` of `kind` made by `user` (for `camera` when given), marked as used now;
@@ -224,11 +308,11 @@ impl Ids {
         user: &str,
         camera: Option<&str>,
     ) -> Option<Arc<Held>> {
-        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.lock();
         let now = Instant::now();
-        let h = t.get(id)?;
+        let h = t.held.get(id)?;
         if h.ends() <= now {
-            t.remove(id);
+            t.held.remove(id);
             return None;
         }
         if h.kind != kind || h.user != user || camera.is_some_and(|c| c != h.camera) {
@@ -240,9 +324,9 @@ impl Ids {
 
     /// Live ids (for tests and diagnostics).
     pub fn len(&self) -> usize {
-        let t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let t = self.lock();
         let now = Instant::now();
-        t.values().filter(|h| h.ends() > now).count()
+        t.held.values().filter(|h| h.ends() > now).count()
     }
 
     /// Whether no id is live.
@@ -350,6 +434,92 @@ mod tests {
             (gone[0].1, gone[0].2.as_str()),
             (Footage::View, last.as_str())
         );
+        assert_eq!(t.len(), MAX_IDS);
+    }
+
+    /// Fills the table with other users' ids in use until `free` places are left.
+    fn fill_leaving(t: &Ids, free: usize) {
+        let mut u = 0;
+        while t.len() < MAX_IDS - free {
+            for _ in 0..MAX_EXPORTS_PER_USER {
+                if t.len() == MAX_IDS - free {
+                    break;
+                }
+                add(t, held(Footage::Export, &format!("filler{u}")));
+            }
+            u += 1;
+        }
+    }
+
+    #[test]
+    fn a_reservation_keeps_its_room_until_inserted_or_dropped() {
+        let t = Ids::default();
+        fill_leaving(&t, 1);
+        let first = t.reserve("ann", 0).expect("one place is free");
+        // The one place is promised: neither another user nor ann again gets it.
+        assert!(t.reserve("bob", 0).is_none());
+        assert!(!t.has_room("bob", 0));
+        assert!(t.reserve("ann", 0).is_none());
+        // Given back when dropped (the logbook refused the entry, the request went away).
+        drop(first);
+        let again = t.reserve("bob", 0).expect("room given back");
+        again.insert(&new_id(), held(Footage::View, "bob"));
+        assert_eq!(t.len(), MAX_IDS);
+        assert!(
+            t.lock().reserved.is_empty(),
+            "an inserted reservation is not kept"
+        );
+        assert!(t.reserve("carol", 0).is_none());
+    }
+
+    #[test]
+    fn reserved_bytes_count_for_the_user_and_for_everyone() {
+        let t = Ids::default();
+        let a = t
+            .reserve("ann", MAX_BYTES_PER_USER)
+            .expect("a user's whole share");
+        // ann's share is promised to the first id; a second one of any size does not fit.
+        assert!(t.reserve("ann", 1).is_none());
+        let rest: Vec<Reservation> = (1..MAX_BYTES / MAX_BYTES_PER_USER)
+            .map(|i| {
+                t.reserve(&format!("u{i}"), MAX_BYTES_PER_USER)
+                    .expect("under the total")
+            })
+            .collect();
+        assert!(
+            t.reserve("zed", 1).is_none(),
+            "MAX_BYTES is promised in full"
+        );
+        drop(a);
+        assert!(t.reserve("zed", 1).is_some());
+        drop(rest);
+    }
+
+    #[test]
+    fn concurrent_reservations_never_overshoot_the_total() {
+        let t = Arc::new(Ids::default());
+        fill_leaving(&t, 10);
+        let start = Arc::new(std::sync::Barrier::new(32));
+        let made: usize = (0..32)
+            .map(|i| {
+                let (t, start) = (t.clone(), start.clone());
+                std::thread::spawn(move || {
+                    let user = format!("new{i}");
+                    start.wait();
+                    let Some(r) = t.reserve(&user, 0) else {
+                        return 0;
+                    };
+                    // The logbook write between the check and the insert.
+                    std::thread::sleep(Duration::from_millis(5));
+                    r.insert(&new_id(), held(Footage::View, &user));
+                    1
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(made, 10);
         assert_eq!(t.len(), MAX_IDS);
     }
 }
