@@ -394,6 +394,19 @@ fn view_and_export_ids_serve_exact_ranges_without_new_entries_and_receipts_match
     }
     assert_eq!(joined, file);
     assert_eq!(logbook(&d).len(), n, "ranged downloads log nothing");
+    // A HEAD of the export id: its size, no body, and no outcome entry (nothing was
+    // downloaded). The outcome of a GET is written when its body is dropped; a GET after the
+    // HEAD whose outcome is awaited shows that the HEAD's would have been written by then.
+    let (status, head, body_bytes) = support::procs::http_head(d.addr, &xurl, Some(PRIVACY_TOKEN));
+    assert_eq!((status, body_bytes), (200, 0), "{head}");
+    assert_eq!(header(&head, "content-length"), Some(xsize.to_string()));
+    let (status, _, again) = fetch(d.addr, &xurl, PRIVACY_TOKEN, &[]);
+    assert_eq!((status, again == file), (200, true));
+    d.wait_until(Duration::from_secs(10), |d| logbook(d).len() > n);
+    let new: Vec<serde_json::Value> = logbook(&d).into_values().skip(n).collect();
+    assert_eq!(new.len(), 1, "only the GET's outcome: {new:?}");
+    assert_eq!(new[0]["action"], "export.outcome");
+    assert_eq!(new[0]["object"]["outcome"], "complete");
 
     // A plain GET with a Range still logs its own entry (and says which range).
     let plain = format!(

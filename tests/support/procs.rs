@@ -475,6 +475,34 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
+/// A HEAD request: (status, response head, bytes that came after the head: none from a correct
+/// server).
+pub fn http_head(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String, usize) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "HEAD {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head, raw.len() - split - 4)
+}
+
 /// A GET whose body is binary (an MP4): (status, headers, body bytes).
 pub fn http_get_bytes(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String, Vec<u8>) {
     http_get_bytes_with(addr, path, token, &[])
