@@ -52,12 +52,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
 /// (`clear_page` 4.4% of its samples in a window from 6 s, none from 15 s); ffmpeg probes each
 /// stream in its first seconds.
 fn warmup() -> Duration {
-    Duration::from_secs(
-        std::env::var("HOLDFAST_SCALE_WARMUP_SECS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(15),
-    )
+    Duration::from_secs(match std::env::var("HOLDFAST_SCALE_WARMUP_SECS") {
+        Ok(v) => v.parse().unwrap_or_else(|_| {
+            panic!("HOLDFAST_SCALE_WARMUP_SECS: not a number of seconds: {v:?}")
+        }),
+        Err(_) => 15,
+    })
 }
 
 fn free_port() -> u16 {

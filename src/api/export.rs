@@ -981,7 +981,9 @@ async fn make(
     e.sites = vec![p.site.clone()];
     // Asked again: the hash may have taken minutes, and other ids came meanwhile. This time
     // the room is kept for this id (concurrent requests cannot all take the same room) until
-    // it is inserted below, or given back if the logbook refuses the entry.
+    // it is inserted below, or given back if the logbook refuses the entry or the request is
+    // dropped while the entry is written (the entry, once begun, is still written: a logged
+    // look whose id was never handed out).
     let Some(room) = ids().reserve(&user.name, layout.mem_size()) else {
         return Err(no_room());
     };

@@ -145,7 +145,8 @@ pub struct Reservation<'a> {
 }
 
 impl Reservation<'_> {
-    /// Adds `held` under `id` in the room this reservation holds ([`Ids::insert`]).
+    /// Adds `held` under `id` in the room this reservation holds ([`Ids::insert`]; the room
+    /// other reservations hold counts as taken, so ids of the user are ended for it first).
     pub fn insert(self, id: &str, held: Held) {
         let (ids, number) = (self.ids, self.number);
         // Given back below, under the same lock as the insert, not by `drop`.
@@ -181,6 +182,11 @@ impl Table {
     /// it has not been used for [`VIEW_IDLE`] (an export being downloaded or a receipt being
     /// printed is never pushed out by someone else's looks).
     fn insert(&mut self, id: &str, held: Held) {
+        // Room promised to other new ids counts as taken: they were checked against it.
+        let (promised, promised_bytes) = self
+            .reserved
+            .values()
+            .fold((0usize, 0usize), |(n, b), (_, bytes)| (n + 1, b + bytes));
         let t = &mut self.held;
         let now = Instant::now();
         t.retain(|_, h| h.ends() > now);
@@ -228,7 +234,9 @@ impl Table {
             let Some(k) = own_first(t) else { break };
             t.remove(&k);
         }
-        while t.len() >= MAX_IDS || bytes_of(t, false) + size > MAX_BYTES {
+        while t.len() + promised >= MAX_IDS
+            || bytes_of(t, false) + promised_bytes + size > MAX_BYTES
+        {
             let Some(k) = own_first(t).or_else(|| lru(t, None, false)) else {
                 break;
             };
@@ -521,5 +529,28 @@ mod tests {
             .sum();
         assert_eq!(made, 10);
         assert_eq!(t.len(), MAX_IDS);
+    }
+
+    #[test]
+    fn a_user_with_an_id_and_a_newcomer_reserving_together_stay_within_the_total() {
+        // ann's one id is in use; one place is free. bob reserves it; ann reserves too (her own
+        // id can be ended for hers). Whoever inserts first, the table never holds more than
+        // MAX_IDS, and bob's place is not taken by ann's insert.
+        for ann_first in [true, false] {
+            let t = Ids::default();
+            let ann_old = add(&t, held(Footage::Export, "ann"));
+            fill_leaving(&t, 1);
+            let bob = t.reserve("bob", 0).expect("the free place");
+            let ann = t.reserve("ann", 0).expect("room out of her own id");
+            assert!(t.reserve("carol", 0).is_none());
+            let (ann, bob) = ((ann, "ann"), (bob, "bob"));
+            let (first, second) = if ann_first { (ann, bob) } else { (bob, ann) };
+            first.0.insert(&new_id(), held(Footage::View, first.1));
+            assert!(t.len() <= MAX_IDS);
+            second.0.insert(&new_id(), held(Footage::View, second.1));
+            assert_eq!(t.len(), MAX_IDS);
+            // ann's old id was the one ended.
+            assert!(t.get(&ann_old, Footage::Export, "ann", None).is_none());
+        }
     }
 }

@@ -35,8 +35,8 @@ pub fn stage_frames<'a>(frames: impl IntoIterator<Item = &'a [u8]>, dst: &mut [u
     crc.finalize() as u32
 }
 
-/// Copies `src` into `dst` (equal lengths) with non-temporal stores for every whole 16-byte
-/// aligned block of `dst`, plain stores for the unaligned head and the tail. The stores are
+/// Copies `src` into `dst` (equal lengths) with non-temporal stores for every whole 64-byte
+/// aligned line of `dst`, plain stores for the unaligned head and the tail. The stores are
 /// not ordered with later ones until [`store_fence`].
 fn copy_streaming(dst: &mut [u8], src: &[u8]) {
     assert_eq!(dst.len(), src.len(), "copy_streaming: lengths differ");
@@ -45,8 +45,10 @@ fn copy_streaming(dst: &mut [u8], src: &[u8]) {
         use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
         const BLOCK: usize = 64;
         let n = dst.len();
-        // Bytes up to the first 16-byte boundary of the destination.
-        let head = (dst.as_ptr() as usize).wrapping_neg() & 15;
+        // Bytes up to the first cache-line (64-byte) boundary of the destination, so that the
+        // streaming stores fill whole lines (a line partly written by plain stores would be
+        // read in first, and flushed twice).
+        let head = (dst.as_ptr() as usize).wrapping_neg() & 63;
         if n < head + BLOCK {
             dst.copy_from_slice(src);
             return;
@@ -57,8 +59,9 @@ fn copy_streaming(dst: &mut [u8], src: &[u8]) {
         let mut o = head;
         while o < body_end {
             // SAFETY: `o + BLOCK <= body_end <= n` for both slices (equal lengths, asserted),
-            // so every load and store is in bounds; `d + o` is 16-byte aligned (`o - head` is a
-            // multiple of 64 and `d + head` is aligned), as `_mm_stream_si128` requires;
+            // so every load and store is in bounds; `d + o` is 64-byte aligned (`o - head` is a
+            // multiple of 64 and `d + head` is aligned), so each of the four 16-byte stores is
+            // 16-byte aligned as `_mm_stream_si128` requires;
             // unaligned loads need no alignment. SSE2 is part of the x86_64 baseline.
             unsafe {
                 let a = _mm_loadu_si128(s.add(o).cast::<__m128i>());
@@ -101,12 +104,13 @@ mod tests {
 
     #[test]
     fn every_alignment_and_length_copies_exactly() {
-        // Destination offsets 0..32 (every misalignment twice over) and lengths around the
-        // 16-byte and 64-byte edges, with sentinel bytes before and after that must survive.
+        // Destination offsets 0..130 (every misalignment within a line, twice over) and lengths
+        // around the 16-byte and 64-byte edges, with sentinel bytes before and after that must
+        // survive.
         let lens = [
             0usize, 1, 15, 16, 17, 63, 64, 65, 79, 80, 127, 128, 129, 191, 4095, 4096, 20_011,
         ];
-        for off in 0..32 {
+        for off in 0..130 {
             for &len in &lens {
                 let src: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
                 let mut buf = vec![0xAAu8; off + len + 40];
