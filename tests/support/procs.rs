@@ -478,29 +478,8 @@ fn dechunk(mut s: &str) -> String {
 /// A HEAD request: (status, response head, bytes that came after the head: none from a correct
 /// server).
 pub fn http_head(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String, usize) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "HEAD {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP head");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head, raw.len() - split - 4)
+    let (status, head, body) = raw_request(addr, "HEAD", path, token, &[]);
+    (status, head, body.len())
 }
 
 /// A GET whose body is binary (an MP4): (status, headers, body bytes).
@@ -511,6 +490,18 @@ pub fn http_get_bytes(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16
 /// [`http_get_bytes`] with extra request headers (`Range`, `If-Range`, ...).
 pub fn http_get_bytes_with(
     addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String, Vec<u8>) {
+    raw_request(addr, "GET", path, token, headers)
+}
+
+/// One bodiless request on a fresh connection, read to its close: (status, head, the bytes
+/// after the head as they came).
+fn raw_request(
+    addr: SocketAddr,
+    method: &str,
     path: &str,
     token: Option<&str>,
     headers: &[(&str, &str)],
@@ -526,7 +517,7 @@ pub fn http_get_bytes_with(
         .collect();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{extra}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{extra}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = Vec::new();
