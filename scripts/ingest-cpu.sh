@@ -6,8 +6,10 @@
 #   flock /work/bench.lock scripts/ingest-cpu.sh [-n 200] [-s 20] BIN_BASE BIN_VARIANT ...
 # Prints one line per binary: task-clock ms, instructions, frames recorded, CPU per frame.
 # With -r DIR, a `perf record -g` profile of each daemon goes to DIR/<binary name>.data as well.
+# WARM (seconds, default 15) is the time before the window: the daemon's memory grows to its
+# working set in its first ~10 s at N = 200 (design/performance.md, "The measured window").
 set -euo pipefail
-N=200; SECS=20; WARM=${WARM:-6}; REC=
+N=200; SECS=20; WARM=${WARM:-15}; REC=
 while getopts n:s:r: o; do case $o in n) N=$OPTARG;; s) SECS=$OPTARG;; r) REC=$OPTARG;; *) exit 2;; esac; done
 shift $((OPTIND-1))
 SIM=${CAMSIM_BIN:-$1}

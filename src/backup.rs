@@ -19,7 +19,7 @@
 //! The footage (bucket files) and the logbook key are never copied.
 //!
 //! Run as root against the packaged daemon (user `holdfast`), the CLI gives the request file to
-//! the data directory's owner ([`write_request`]) so the daemon can read it. It does not trust
+//! the data directory's owner (`write_request`) so the daemon can read it. It does not trust
 //! the daemon's user: it derives the staging path itself from its nonce, checks it is a real
 //! directory owned by the data directory's owner, and copies only regular files and directories
 //! (a symlink is refused by name). One backup runs at a time: the CLI holds an exclusive

@@ -407,6 +407,24 @@ fn view_and_export_ids_serve_exact_ranges_without_new_entries_and_receipts_match
     assert_eq!(new.len(), 1, "only the GET's outcome: {new:?}");
     assert_eq!(new[0]["action"], "export.outcome");
     assert_eq!(new[0]["object"]["outcome"], "complete");
+    // Outcomes are written off the async threads, so their order is not the requests': after
+    // a settle, still no other outcome of this export than the complete ones.
+    std::thread::sleep(Duration::from_millis(500));
+    let outcomes: Vec<serde_json::Value> = logbook(&d)
+        .into_values()
+        .filter(|e| e["action"] == "export.outcome" && e["refers_to"] == xseq)
+        .collect();
+    assert!(
+        outcomes
+            .iter()
+            .all(|e| e["object"]["outcome"] == "complete"),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.len(),
+        2,
+        "the first download's and this GET's: {outcomes:?}"
+    );
 
     // A plain GET with a Range still logs its own entry (and says which range).
     let plain = format!(

@@ -157,7 +157,7 @@ impl Pacers {
     }
 
     /// Stops every pacer and waits for the threads: their sessions end after what was already
-    /// written has been received (at most [`STOP_DRAIN`]), then are shut down.
+    /// written has been received (at most `STOP_DRAIN`), then are shut down.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));

@@ -119,7 +119,7 @@ const MAX_HEADER_THREADS: usize = 8;
 /// Works out what an export of `[from, to)` contains. Empty when nothing is recorded there.
 ///
 /// One index range read per overlapping bucket, one `open` per bucket file, one read per
-/// segment header (by up to [`MAX_HEADER_THREADS`] threads), nothing else.
+/// segment header (by up to `MAX_HEADER_THREADS` threads), nothing else.
 pub fn plan(store: &Store, camera: &str, from: Time90k, to: Time90k) -> Result<Plan, StoreError> {
     let entries = store.index().camera_segments(camera, from, to)?;
     // One open per bucket file of the window.

@@ -1,5 +1,5 @@
 //! The MP4 header of an export: `ftyp`, `moov` and the `mdat` box header, built with the
-//! `mp4-atom` crate from a [`Plan`](super::Plan)'s sample table.
+//! `mp4-atom` crate from a [`Plan`]'s sample table.
 //!
 //! One video track, timescale 90 kHz (the stored time base, so durations are exact). Samples are
 //! the stored AVC length-prefixed frames unchanged. Each stored segment's selected frames are one

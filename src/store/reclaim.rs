@@ -2,7 +2,7 @@
 //!
 //! Deleting footage is two steps with a crash-safe hand-over between them. First the sweeper (or
 //! an erasure) removes index entries and, in the same RocksDB batch, writes
-//! [`Reclaim`](super::index::Reclaim) records
+//! [`Reclaim`] records
 //! naming the bytes that became unreferenced. Then this module frees those bytes and deletes the
 //! records:
 //!

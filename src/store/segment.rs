@@ -145,7 +145,8 @@ impl Segment {
     }
 
     /// Builds the on-disk header with a payload CRC the caller computed (the writer computes it
-    /// while it copies the frames into its staging buffer, so the bytes are read only once).
+    /// as it stages the frames, `staging::stage_frames`: each frame's CRC on the source, then
+    /// its copy from the cache).
     pub fn header_with_crc(&self, crc: u32) -> Result<SegmentHeader, FormatError> {
         let mut frames = Vec::with_capacity(self.frames.len());
         for f in &self.frames {
