@@ -984,7 +984,7 @@ async fn make(
     // it is inserted below, or given back if the logbook refuses the entry or the request is
     // dropped while the entry is written (the entry, once begun, is still written: a logged
     // look whose id was never handed out).
-    let Some(room) = ids().reserve(&user.name, layout.mem_size()) else {
+    let Some(room) = ids().reserve(&user.name, kind, layout.mem_size()) else {
         return Err(no_room());
     };
     let logged = state.record(e).await?;

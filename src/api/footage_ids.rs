@@ -13,7 +13,7 @@
 //! refusal itself is logged, as every refusal is; [`Ids::has_room`]), so
 //! one user's looks never take away another's export or receipt. The last check before the
 //! entry reserves the room ([`Ids::reserve`]) until the id is made, so concurrent POSTs that
-//! pass it together fit together (but for an idle id fetched again meanwhile: [`Ids::reserve`]). The logbook keeps the facts of
+//! pass it together fit together; the ids it ends for that room end at that check. The logbook keeps the facts of
 //! every id forever; only the means to fetch the bytes again ends.
 
 use std::collections::HashMap;
@@ -129,8 +129,8 @@ pub struct Ids {
 struct Table {
     /// The live ids.
     held: HashMap<String, Arc<Held>>,
-    /// Room promised to new ids not inserted yet ([`Reservation`]): number -> (user, bytes).
-    reserved: HashMap<u64, (String, usize)>,
+    /// Room promised to new ids not inserted yet ([`Reservation`]), by number.
+    reserved: HashMap<u64, Promise>,
     /// The next reservation's number.
     next_reservation: u64,
 }
@@ -145,10 +145,9 @@ pub struct Reservation<'a> {
 }
 
 impl Reservation<'_> {
-    /// Adds `held` under `id` in the room this reservation holds, ending least recently used
-    /// ids past the caps: the user's own first (views before exports), past the totals another
-    /// user's only when it has not been used for [`VIEW_IDLE`]; the room other reservations
-    /// hold counts as taken.
+    /// Adds `held` under `id` in the room this reservation made and holds (should the caps
+    /// still bind, ids are ended as [`Ids::reserve`] does, the room of the other reservations
+    /// counted as taken).
     pub fn insert(self, id: &str, held: Held) {
         let (ids, number) = (self.ids, self.number);
         // Given back below, under the same lock as the insert, not by `drop`.
@@ -178,27 +177,38 @@ pub fn new_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
+/// A reservation's promise: whose, of which kind, how many bytes of layout.
+struct Promise {
+    user: String,
+    kind: Footage,
+    bytes: usize,
+}
+
 impl Table {
-    /// Adds `held` under `id` (from [`new_id`]), ending least recently used ids past the caps:
-    /// the user's own first (views before exports), past the totals another user's only when
-    /// it has not been used for [`VIEW_IDLE`] (an export being downloaded or a receipt being
-    /// printed is never pushed out by someone else's looks).
-    fn insert(&mut self, id: &str, held: Held) {
-        // Room promised to other new ids counts as taken: they were checked against it.
-        let (promised, promised_bytes) = self
-            .reserved
-            .values()
-            .fold((0usize, 0usize), |(n, b), (_, bytes)| (n + 1, b + bytes));
-        let t = &mut self.held;
+    /// Ends least recently used ids until one more id of `user` and `kind` holding `size` bytes
+    /// fits within every cap, the room the reservations hold counted as taken: the user's own
+    /// ids first (views before exports), past the totals another user's only when it has not
+    /// been used for [`VIEW_IDLE`] (an export being downloaded or a receipt being printed is
+    /// never pushed out by someone else's looks). Stops when nothing more may be ended.
+    fn make_room(&mut self, user: &str, kind: Footage, size: usize) {
         let now = Instant::now();
-        t.retain(|_, h| h.ends() > now);
-        let per_user = match held.kind {
+        self.held.retain(|_, h| h.ends() > now);
+        let promised = |f: &dyn Fn(&Promise) -> bool| -> (usize, usize) {
+            self.reserved
+                .values()
+                .filter(|p| f(p))
+                .fold((0, 0), |(n, b), p| (n + 1, b + p.bytes))
+        };
+        let (all_n, all_bytes) = promised(&|_| true);
+        let (_, own_bytes) = promised(&|p| p.user == user);
+        let (own_kind_n, _) = promised(&|p| p.user == user && p.kind == kind);
+        let t = &mut self.held;
+        let per_user = match kind {
             Footage::View => MAX_VIEWS_PER_USER,
             Footage::Export => MAX_EXPORTS_PER_USER,
         };
-        let user = held.user.clone();
-        // The least recently used id of `user` (views first), or with `user` None of anyone
-        // that has not been used for VIEW_IDLE.
+        // The least recently used id of `user` (of `kind` if given), or with `mine` false of
+        // anyone that has not been used for VIEW_IDLE.
         let lru = |t: &HashMap<String, Arc<Held>>, kind: Option<Footage>, mine: bool| {
             t.iter()
                 .filter(|(_, h)| {
@@ -216,35 +226,39 @@ impl Table {
         };
         while t
             .values()
-            .filter(|h| h.user == held.user && h.kind == held.kind)
+            .filter(|h| h.user == user && h.kind == kind)
             .count()
+            + own_kind_n
             >= per_user
         {
-            let Some(k) = lru(t, Some(held.kind), true) else {
+            let Some(k) = lru(t, Some(kind), true) else {
                 break;
             };
             t.remove(&k);
         }
-        let size = held.layout.mem_size();
         let bytes_of = |t: &HashMap<String, Arc<Held>>, mine: bool| -> usize {
             t.values()
-                .filter(|h| !mine || h.user == held.user)
+                .filter(|h| !mine || h.user == user)
                 .map(|h| h.layout.mem_size())
                 .sum()
         };
-        while bytes_of(t, true) + size > MAX_BYTES_PER_USER {
+        while bytes_of(t, true) + own_bytes + size > MAX_BYTES_PER_USER {
             let Some(k) = own_first(t) else { break };
             t.remove(&k);
         }
-        while t.len() + promised >= MAX_IDS
-            || bytes_of(t, false) + promised_bytes + size > MAX_BYTES
-        {
+        while t.len() + all_n >= MAX_IDS || bytes_of(t, false) + all_bytes + size > MAX_BYTES {
             let Some(k) = own_first(t).or_else(|| lru(t, None, false)) else {
                 break;
             };
             t.remove(&k);
         }
-        t.insert(id.to_owned(), Arc::new(held));
+    }
+
+    /// Adds `held` under `id` (from [`new_id`]), ending ids past the caps first
+    /// ([`Table::make_room`]; with a reservation, its room was made when it was taken).
+    fn insert(&mut self, id: &str, held: Held) {
+        self.make_room(&held.user, held.kind, held.layout.mem_size());
+        self.held.insert(id.to_owned(), Arc::new(held));
     }
 
     /// See [`Ids::has_room`]: other users' ids in use and every reservation (the user's own
@@ -257,13 +271,13 @@ impl Table {
             .values()
             .filter(|h| h.user != user && now.saturating_duration_since(h.last_used()) < VIEW_IDLE)
             .map(|h| h.layout.mem_size())
-            .chain(self.reserved.values().map(|(_, bytes)| *bytes))
+            .chain(self.reserved.values().map(|p| p.bytes))
             .fold((0usize, 0usize), |(n, b), bytes| (n + 1, b + bytes));
         let own_reserved: usize = self
             .reserved
             .values()
-            .filter(|(u, _)| u == user)
-            .map(|(_, bytes)| bytes)
+            .filter(|p| p.user == user)
+            .map(|p| p.bytes)
             .sum();
         own_reserved + mem_size <= MAX_BYTES_PER_USER
             && others < MAX_IDS
@@ -298,20 +312,26 @@ impl Ids {
         self.lock().has_room(user, mem_size)
     }
 
-    /// [`Ids::has_room`], and if there is room, keeps it for this new id until the returned
-    /// [`Reservation`] is inserted or dropped: the check and the promise are one step under the
-    /// table's lock, so concurrent requests that pass together fit together. One gap is left:
-    /// another user's id counted as room because it was idle, and fetched again before the
-    /// insert, is no longer ended for it, so the insert goes one id (one layout) past the
-    /// totals; at most one per such id revived during a logbook write.
-    pub fn reserve(&self, user: &str, mem_size: usize) -> Option<Reservation<'_>> {
+    /// [`Ids::has_room`], and if there is room, makes it and keeps it for this new id (of
+    /// `kind`) until the returned [`Reservation`] is inserted or dropped: the ids past the caps
+    /// are ended now (the user's own least recently used first, then
+    /// other users' idle ones), and the room is promised, all in one step under the table's
+    /// lock, so concurrent requests that pass together fit together, and an idle id that is
+    /// fetched again meanwhile cannot take the room back (it has already ended).
+    pub fn reserve(&self, user: &str, kind: Footage, mem_size: usize) -> Option<Reservation<'_>> {
         let mut t = self.lock();
         if !t.has_room(user, mem_size) {
             return None;
         }
+        t.make_room(user, kind, mem_size);
         let number = t.next_reservation;
         t.next_reservation += 1;
-        t.reserved.insert(number, (user.to_owned(), mem_size));
+        let promise = Promise {
+            user: user.to_owned(),
+            kind,
+            bytes: mem_size,
+        };
+        t.reserved.insert(number, promise);
         Some(Reservation { ids: self, number })
     }
 
@@ -471,43 +491,45 @@ mod tests {
     fn a_reservation_keeps_its_room_until_inserted_or_dropped() {
         let t = Ids::default();
         fill_leaving(&t, 1);
-        let first = t.reserve("ann", 0).expect("one place is free");
+        let first = t
+            .reserve("ann", Footage::View, 0)
+            .expect("one place is free");
         // The one place is promised: neither another user nor ann again gets it.
-        assert!(t.reserve("bob", 0).is_none());
+        assert!(t.reserve("bob", Footage::View, 0).is_none());
         assert!(!t.has_room("bob", 0));
-        assert!(t.reserve("ann", 0).is_none());
+        assert!(t.reserve("ann", Footage::View, 0).is_none());
         // Given back when dropped (the logbook refused the entry, the request went away).
         drop(first);
-        let again = t.reserve("bob", 0).expect("room given back");
+        let again = t.reserve("bob", Footage::View, 0).expect("room given back");
         again.insert(&new_id(), held(Footage::View, "bob"));
         assert_eq!(t.len(), MAX_IDS);
         assert!(
             t.lock().reserved.is_empty(),
             "an inserted reservation is not kept"
         );
-        assert!(t.reserve("carol", 0).is_none());
+        assert!(t.reserve("carol", Footage::View, 0).is_none());
     }
 
     #[test]
     fn reserved_bytes_count_for_the_user_and_for_everyone() {
         let t = Ids::default();
         let a = t
-            .reserve("ann", MAX_BYTES_PER_USER)
+            .reserve("ann", Footage::View, MAX_BYTES_PER_USER)
             .expect("a user's whole share");
         // ann's share is promised to the first id; a second one of any size does not fit.
-        assert!(t.reserve("ann", 1).is_none());
+        assert!(t.reserve("ann", Footage::View, 1).is_none());
         let rest: Vec<Reservation> = (1..MAX_BYTES / MAX_BYTES_PER_USER)
             .map(|i| {
-                t.reserve(&format!("u{i}"), MAX_BYTES_PER_USER)
+                t.reserve(&format!("u{i}"), Footage::View, MAX_BYTES_PER_USER)
                     .expect("under the total")
             })
             .collect();
         assert!(
-            t.reserve("zed", 1).is_none(),
+            t.reserve("zed", Footage::View, 1).is_none(),
             "MAX_BYTES is promised in full"
         );
         drop(a);
-        assert!(t.reserve("zed", 1).is_some());
+        assert!(t.reserve("zed", Footage::View, 1).is_some());
         drop(rest);
     }
 
@@ -522,7 +544,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let user = format!("new{i}");
                     start.wait();
-                    let Some(r) = t.reserve(&user, 0) else {
+                    let Some(r) = t.reserve(&user, Footage::View, 0) else {
                         return 0;
                     };
                     // The logbook write between the check and the insert.
@@ -548,9 +570,11 @@ mod tests {
             let t = Ids::default();
             let ann_old = add(&t, held(Footage::Export, "ann"));
             fill_leaving(&t, 1);
-            let bob = t.reserve("bob", 0).expect("the free place");
-            let ann = t.reserve("ann", 0).expect("room out of her own id");
-            assert!(t.reserve("carol", 0).is_none());
+            let bob = t.reserve("bob", Footage::View, 0).expect("the free place");
+            let ann = t
+                .reserve("ann", Footage::View, 0)
+                .expect("room out of her own id");
+            assert!(t.reserve("carol", Footage::View, 0).is_none());
             let (ann, bob) = ((ann, "ann"), (bob, "bob"));
             let (first, second) = if ann_first { (ann, bob) } else { (bob, ann) };
             first.0.insert(&new_id(), held(Footage::View, first.1));
@@ -560,5 +584,54 @@ mod tests {
             // ann's old id was the one ended.
             assert!(t.get(&ann_old, Footage::Export, "ann", None).is_none());
         }
+    }
+
+    #[test]
+    fn an_idle_id_counted_as_room_is_ended_by_the_reservation_not_revived_into_an_overshoot() {
+        let t = Ids::default();
+        let idle = add(&t, held(Footage::Export, "old"));
+        // Unused for longer than VIEW_IDLE (an Instant that far back exists on any machine up
+        // for more than VIEW_IDLE; skip otherwise).
+        let Some(back) = Instant::now().checked_sub(VIEW_IDLE + Duration::from_secs(1)) else {
+            return;
+        };
+        *t.lock().held[&idle].last_used.lock().unwrap() = back;
+        fill_leaving(&t, 0);
+        assert_eq!(t.len(), MAX_IDS);
+        // The table is full, but `old`'s id is idle: bob gets room, and it is made now.
+        let bob = t
+            .reserve("bob", Footage::View, 0)
+            .expect("room out of the idle id");
+        assert!(
+            t.get(&idle, Footage::Export, "old", None).is_none(),
+            "the idle id ended at the reservation"
+        );
+        // Nothing idle is left: nobody else fits, and bob's insert stays within the total.
+        assert!(t.reserve("carol", Footage::View, 0).is_none());
+        bob.insert(&new_id(), held(Footage::View, "bob"));
+        assert_eq!(t.len(), MAX_IDS);
+    }
+
+    #[test]
+    fn a_users_concurrent_reservations_respect_the_per_user_cap() {
+        let t = Ids::default();
+        let mine: Vec<String> = (0..MAX_VIEWS_PER_USER)
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(2));
+                add(&t, held(Footage::View, "ann"))
+            })
+            .collect();
+        // Two views reserved together: each ends one of ann's oldest views.
+        let a = t.reserve("ann", Footage::View, 0).unwrap();
+        let b = t.reserve("ann", Footage::View, 0).unwrap();
+        a.insert(&new_id(), held(Footage::View, "ann"));
+        b.insert(&new_id(), held(Footage::View, "ann"));
+        assert_eq!(t.len(), MAX_VIEWS_PER_USER);
+        let kept: Vec<bool> = mine
+            .iter()
+            .map(|id| t.get(id, Footage::View, "ann", None).is_some())
+            .collect();
+        assert_eq!(kept.iter().filter(|k| !**k).count(), 2, "{kept:?}");
+        assert!(!kept[0] && !kept[1], "the two oldest ended: {kept:?}");
     }
 }
