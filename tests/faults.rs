@@ -30,6 +30,9 @@
 //! - `a_file_refusing_direct_writes_goes_buffered`: faultfs takes `O_DIRECT` at open, then
 //!   refuses writes with `EINVAL`: the segment is dropped and counted, `O_DIRECT` is cleared on
 //!   the same descriptor, and the file is written buffered from then on.
+//! - `an_abandoned_export_stops_hashing_and_logs_no_export`: bucket reads made slow, a client
+//!   POSTs an export and goes away while its SHA-256 is being computed: the hash stops reading
+//!   within a few reads, no `export` entry is written, and the same user's next export works.
 //!
 //! Every mount is undone and every process stopped by Drop guards, also when a test fails.
 //! `HOLDFAST_TEST_SEED` repeats the random kill moments.
@@ -1363,4 +1366,94 @@ fn a_file_refusing_direct_writes_goes_buffered() {
     w.shutdown();
     let v = store.verify().unwrap();
     assert!(v.bad.is_empty() && v.segments == 2, "{v:?}");
+}
+
+/// The logbook's actions after `seq`, as the manager sees them.
+fn actions_after(d: &Daemon, seq: u64) -> Vec<String> {
+    d.get_json("/api/v1/logbook")["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["seq"].as_u64().unwrap() > seq)
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn last_seq(d: &Daemon) -> u64 {
+    d.get_json("/api/v1/logbook")["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_abandoned_export_stops_hashing_and_logs_no_export() {
+    use std::io::Write as _;
+    let (fs, _dir) = mounted();
+    let cfg = "[policies.month]\nvideo = \"28d\"\nkeytags = \"28d\"\n\n[[sites]]\nid = \"s\"\n\
+               policy = \"month\"\n\n[[cameras]]\nid = \"lobby\"\nsite = \"s\"\n\
+               url = \"rtsp://127.0.0.1:9/none\"\n";
+    let mut d = Daemon::start_in(cfg, "", &[], Some(&fs.mountpoint));
+    d.stop();
+    // 40 s of the shipped clip (about 20 MB) an hour ago.
+    let t0 = Time90k::now().add_ticks(-3600 * TICKS_PER_SEC);
+    support::clip::write_clip_segments(&d.data_dir, "lobby", "month", t0, 0..20, 3600);
+    d.restart();
+    let body = serde_json::json!({
+        "from": t0.to_rfc3339(), "to": t0.add_ticks(40 * TICKS_PER_SEC).to_rfc3339(),
+        "purpose": "subject-access", "reason": "request of data subject",
+        "recipient": "the data subject", "reference": "AVG-1",
+    })
+    .to_string();
+    let post = format!(
+        "POST /api/v1/cameras/lobby/exports HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        d.addr,
+        support::procs::PRIVACY_TOKEN,
+        body.len()
+    );
+    let seq = last_seq(&d);
+    // From a cold cache, every read of a bucket file comes to faultfs, 40 ms late: the export's
+    // hash (about 150 reads of the 20 MB) takes seconds.
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    fs.slow_reads(Some((".seg", Duration::from_millis(40))));
+    let r0 = fs.stats().slowed_reads;
+    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+    s.write_all(post.as_bytes()).unwrap();
+    // The plan reads the 20 headers; well past them, the hash is reading the payloads.
+    assert!(
+        eventually(Duration::from_secs(60), || fs.stats().slowed_reads - r0
+            >= 60),
+        "the export read its files {} times",
+        fs.stats().slowed_reads - r0
+    );
+    // The client goes away mid-hash.
+    drop(s);
+    let at_close = fs.stats().slowed_reads;
+    std::thread::sleep(Duration::from_secs(3));
+    let more = fs.stats().slowed_reads - at_close;
+    // Going on would have read ~75 more in 3 s (one 40 ms read after another).
+    assert!(
+        more < 15,
+        "the hash went on after the client left: {more} more reads"
+    );
+    fs.slow_reads(None);
+    // Nothing was logged for it: no export (no SHA-256 of a file nobody received).
+    let acts = actions_after(&d, seq);
+    assert!(!acts.iter().any(|a| a == "export"), "{acts:?}");
+    // The same user exports the same range at once afterwards: nothing of the abandoned one
+    // is held (its streaming slot was given back).
+    let (status, text) = support::procs::http_post(
+        d.addr,
+        "/api/v1/cameras/lobby/exports",
+        Some(support::procs::PRIVACY_TOKEN),
+        &body,
+    );
+    assert_eq!(status, 201, "{text}");
+    let x: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(x["sha256"].as_str().unwrap().len(), 64);
+    d.stop();
 }

@@ -20,6 +20,7 @@
 //! - **Stalls.** [`FaultFs::stall_fsync`]: an `fsync` of a path containing a pattern gets no
 //!   answer (the caller hangs, as on a dying disk or a hung NFS server) until
 //!   [`FaultFs::unstall`] completes it as synced; other requests are still served.
+//!   [`FaultFs::slow_reads`]: reads of a path containing a pattern are answered late.
 //!
 //! The daemon writes with io_uring `writev` and fdatasyncs with io_uring too: on a FUSE file the
 //! kernel runs those requests in io-wq worker threads, and they reach this layer as ordinary
@@ -95,6 +96,10 @@ pub struct CutReport {
 pub struct Stats {
     /// Write requests served.
     pub writes: u64,
+    /// Read requests served (the kernel's, after its page cache: a cached read never comes).
+    pub reads: u64,
+    /// Of those, the ones answered late ([`FaultFs::slow_reads`]).
+    pub slowed_reads: u64,
     /// File fsyncs served.
     pub fsyncs: u64,
     /// Directory fsyncs served.
@@ -131,6 +136,8 @@ struct Inner {
     stall_fsync: Vec<String>,
     /// Stalled fsyncs: (inode, the reply not sent yet).
     stalled: Vec<(u64, ReplyEmpty)>,
+    /// Reads of paths containing the pattern are answered only after this long.
+    slow_read: Option<(String, Duration)>,
 }
 
 /// Punches larger than this are treated as durable at once (their old bytes are not kept).
@@ -470,13 +477,24 @@ impl fuser::Filesystem for Fs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let (f, rel) = {
+        let (f, delay) = {
             let mut s = self.lock();
             let rel = tri!(reply, s.rel(ino.0));
             tri!(reply, s.check(Op::Read, &rel));
-            (tri!(reply, s.file(fh)).0, rel)
+            s.stats.reads += 1;
+            let p = rel.to_string_lossy();
+            let delay = s
+                .slow_read
+                .as_ref()
+                .filter(|(pat, _)| p.contains(pat.as_str()))
+                .map(|(_, d)| *d);
+            s.stats.slowed_reads += u64::from(delay.is_some());
+            (tri!(reply, s.file(fh)).0, delay)
         };
-        let _ = rel;
+        // Outside the lock: other requests are served meanwhile, as by a slow disk.
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
         let mut buf = vec![0; size as usize];
         let mut n = 0;
         while n < buf.len() {
@@ -703,6 +721,7 @@ impl FaultFs {
             stats: Stats::default(),
             stall_fsync: Vec::new(),
             stalled: Vec::new(),
+            slow_read: None,
         };
         let mut fs = FaultFs {
             inner: Arc::new(Mutex::new(inner)),
@@ -827,6 +846,12 @@ impl FaultFs {
     /// [`FaultFs::unstall`].
     pub fn stall_fsync(&self, pattern: &str) {
         self.lock().stall_fsync.push(pattern.to_owned());
+    }
+
+    /// From now on, each read of a path containing `pattern` is answered `delay` late (a slow
+    /// disk); `None` ends it.
+    pub fn slow_reads(&self, slow: Option<(&str, Duration)>) {
+        self.lock().slow_read = slow.map(|(p, d)| (p.to_owned(), d));
     }
 
     /// How many fsyncs are stalled now.
