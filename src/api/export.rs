@@ -909,7 +909,7 @@ async fn make(
     let layout = Arc::new(p.layout);
     let size = layout.len();
     let name = file_name(id, p.from);
-    if !ids().has_room(&user.name, layout.mem_size()) {
+    if !ids().has_room(&user.name, kind, layout.mem_size()) {
         return Err(no_room());
     }
     let slot = p.slot;
@@ -983,7 +983,7 @@ async fn make(
     // the room is kept for this id (concurrent requests cannot all take the same room) until
     // it is inserted below, or given back if the logbook refuses the entry or the request is
     // dropped while the entry is written (the entry, once begun, is still written: a logged
-    // look whose id was never handed out).
+    // look whose id was never handed out). Ids ended to make the room stay ended.
     let Some(room) = ids().reserve(&user.name, kind, layout.mem_size()) else {
         return Err(no_room());
     };

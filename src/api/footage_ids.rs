@@ -263,7 +263,7 @@ impl Table {
 
     /// See [`Ids::has_room`]: other users' ids in use and every reservation (the user's own
     /// too: a reserved id cannot be ended to make room) count against the totals.
-    fn has_room(&mut self, user: &str, mem_size: usize) -> bool {
+    fn has_room(&mut self, user: &str, kind: Footage, mem_size: usize) -> bool {
         let now = Instant::now();
         self.held.retain(|_, h| h.ends() > now);
         let (others, others_bytes) = self
@@ -279,7 +279,18 @@ impl Table {
             .filter(|p| p.user == user)
             .map(|p| p.bytes)
             .sum();
-        own_reserved + mem_size <= MAX_BYTES_PER_USER
+        // The user's own ids of the kind can all be ended for a new one; ids promised cannot.
+        let own_kind_promised = self
+            .reserved
+            .values()
+            .filter(|p| p.user == user && p.kind == kind)
+            .count();
+        let per_user = match kind {
+            Footage::View => MAX_VIEWS_PER_USER,
+            Footage::Export => MAX_EXPORTS_PER_USER,
+        };
+        own_kind_promised < per_user
+            && own_reserved + mem_size <= MAX_BYTES_PER_USER
             && others < MAX_IDS
             && others_bytes + mem_size <= MAX_BYTES
     }
@@ -308,19 +319,21 @@ impl Ids {
     /// handler asks before the hash and again, with [`Ids::reserve`], just before the logbook
     /// entry, and answers 503 when it does not fit, before any view or export entry is logged
     /// (only the refusal is).
-    pub fn has_room(&self, user: &str, mem_size: usize) -> bool {
-        self.lock().has_room(user, mem_size)
+    pub fn has_room(&self, user: &str, kind: Footage, mem_size: usize) -> bool {
+        self.lock().has_room(user, kind, mem_size)
     }
 
     /// [`Ids::has_room`], and if there is room, makes it and keeps it for this new id (of
     /// `kind`) until the returned [`Reservation`] is inserted or dropped: the ids past the caps
-    /// are ended now (the user's own least recently used first, then
-    /// other users' idle ones), and the room is promised, all in one step under the table's
-    /// lock, so concurrent requests that pass together fit together, and an idle id that is
-    /// fetched again meanwhile cannot take the room back (it has already ended).
+    /// are ended now (the user's own least recently used first, then other users' idle ones),
+    /// and the room is promised, all in one step under the table's lock, so concurrent requests
+    /// that pass together fit together, and an idle id that is fetched again meanwhile cannot
+    /// take the room back (it has already ended). The ids ended stay ended if no id is made
+    /// after all (the logbook refused the entry, the client went away): only the promise is
+    /// given back.
     pub fn reserve(&self, user: &str, kind: Footage, mem_size: usize) -> Option<Reservation<'_>> {
         let mut t = self.lock();
-        if !t.has_room(user, mem_size) {
+        if !t.has_room(user, kind, mem_size) {
             return None;
         }
         t.make_room(user, kind, mem_size);
@@ -450,11 +463,11 @@ mod tests {
         }
         assert_eq!(t.len(), MAX_IDS);
         // Everyone's ids are in use: a user with none gets no room (503 before any entry)...
-        assert!(!t.has_room("newcomer", 0));
+        assert!(!t.has_room("newcomer", Footage::View, 0));
         // ... and one with ids (the last one filled: below their own caps, so only the totals
         // bind) makes room out of their own, views first.
         let last = owned.last().unwrap().2.clone();
-        assert!(t.has_room(&last, 0));
+        assert!(t.has_room(&last, Footage::Export, 0));
         let before: Vec<bool> = owned
             .iter()
             .map(|(id, kind, user)| t.get(id, *kind, user, None).is_some())
@@ -496,7 +509,7 @@ mod tests {
             .expect("one place is free");
         // The one place is promised: neither another user nor ann again gets it.
         assert!(t.reserve("bob", Footage::View, 0).is_none());
-        assert!(!t.has_room("bob", 0));
+        assert!(!t.has_room("bob", Footage::View, 0));
         assert!(t.reserve("ann", Footage::View, 0).is_none());
         // Given back when dropped (the logbook refused the entry, the request went away).
         drop(first);
@@ -593,6 +606,7 @@ mod tests {
         // Unused for longer than VIEW_IDLE (an Instant that far back exists on any machine up
         // for more than VIEW_IDLE; skip otherwise).
         let Some(back) = Instant::now().checked_sub(VIEW_IDLE + Duration::from_secs(1)) else {
+            eprintln!("SKIPPED: the machine has been up for less than VIEW_IDLE");
             return;
         };
         *t.lock().held[&idle].last_used.lock().unwrap() = back;
@@ -633,5 +647,30 @@ mod tests {
             .collect();
         assert_eq!(kept.iter().filter(|k| !**k).count(), 2, "{kept:?}");
         assert!(!kept[0] && !kept[1], "the two oldest ended: {kept:?}");
+    }
+
+    #[test]
+    fn more_concurrent_reservations_of_a_kind_than_a_user_may_hold_are_refused() {
+        let t = Ids::default();
+        let eight: Vec<Reservation> = (0..MAX_VIEWS_PER_USER)
+            .map(|_| t.reserve("ann", Footage::View, 0).expect("within the cap"))
+            .collect();
+        // A ninth view of ann at the same time would end one of the eight being made.
+        assert!(t.reserve("ann", Footage::View, 0).is_none());
+        assert!(!t.has_room("ann", Footage::View, 0));
+        // Her exports and other users' views are not affected.
+        assert!(t.reserve("ann", Footage::Export, 0).is_some());
+        assert!(t.reserve("bob", Footage::View, 0).is_some());
+        let ids: Vec<String> = eight
+            .into_iter()
+            .map(|r| {
+                let id = new_id();
+                r.insert(&id, held(Footage::View, "ann"));
+                id
+            })
+            .collect();
+        assert!(ids
+            .iter()
+            .all(|id| t.get(id, Footage::View, "ann", None).is_some()));
     }
 }

@@ -100,6 +100,8 @@ pub struct Stats {
     pub reads: u64,
     /// Of those, the ones answered late ([`FaultFs::slow_reads`]).
     pub slowed_reads: u64,
+    /// Bytes asked for by the reads answered late.
+    pub slowed_bytes: u64,
     /// File fsyncs served.
     pub fsyncs: u64,
     /// Directory fsyncs served.
@@ -488,7 +490,10 @@ impl fuser::Filesystem for Fs {
                 .as_ref()
                 .filter(|(pat, _)| p.contains(pat.as_str()))
                 .map(|(_, d)| *d);
-            s.stats.slowed_reads += u64::from(delay.is_some());
+            if delay.is_some() {
+                s.stats.slowed_reads += 1;
+                s.stats.slowed_bytes += u64::from(size);
+            }
             (tri!(reply, s.file(fh)).0, delay)
         };
         // Outside the lock: other requests are served meanwhile, as by a slow disk.
