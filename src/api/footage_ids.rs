@@ -10,10 +10,10 @@
 //! A new id past a cap ends the user's own least recently used ids (views first); past the
 //! totals, another user's id only when it has not been used for [`VIEW_IDLE`]. When that does
 //! not make room, the POST is answered 503 before any view or export entry is logged (the
-//! refusal itself is logged, as every refusal is; [`Ids::has_room`]), so
-//! one user's looks never take away another's export or receipt. The last check before the
-//! entry reserves the room ([`Ids::reserve`]) until the id is made, so concurrent POSTs that
-//! pass it together fit together; the ids it ends for that room end at that check. The logbook keeps the facts of
+//! refusal itself is logged, as every refusal is; [`Ids::has_room`]), so one user's looks never
+//! take away another's export or receipt. The last check before the entry reserves the room
+//! ([`Ids::reserve`]) until the id is made, so concurrent POSTs that pass it together fit
+//! together; the ids it ends for that room end at that check. The logbook keeps the facts of
 //! every id forever; only the means to fetch the bytes again ends.
 
 use std::collections::HashMap;
@@ -177,6 +177,14 @@ pub fn new_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
+/// Live ids of `kind` one user may hold.
+fn per_user_cap(kind: Footage) -> usize {
+    match kind {
+        Footage::View => MAX_VIEWS_PER_USER,
+        Footage::Export => MAX_EXPORTS_PER_USER,
+    }
+}
+
 /// A reservation's promise: whose, of which kind, how many bytes of layout.
 struct Promise {
     user: String,
@@ -185,6 +193,14 @@ struct Promise {
 }
 
 impl Table {
+    /// The promises that `f` picks: how many, and their bytes together.
+    fn promised(&self, f: impl Fn(&Promise) -> bool) -> (usize, usize) {
+        self.reserved
+            .values()
+            .filter(|p| f(p))
+            .fold((0, 0), |(n, b), p| (n + 1, b + p.bytes))
+    }
+
     /// Ends least recently used ids until one more id of `user` and `kind` holding `size` bytes
     /// fits within every cap, the room the reservations hold counted as taken: the user's own
     /// ids first (views before exports), past the totals another user's only when it has not
@@ -193,20 +209,11 @@ impl Table {
     fn make_room(&mut self, user: &str, kind: Footage, size: usize) {
         let now = Instant::now();
         self.held.retain(|_, h| h.ends() > now);
-        let promised = |f: &dyn Fn(&Promise) -> bool| -> (usize, usize) {
-            self.reserved
-                .values()
-                .filter(|p| f(p))
-                .fold((0, 0), |(n, b), p| (n + 1, b + p.bytes))
-        };
-        let (all_n, all_bytes) = promised(&|_| true);
-        let (_, own_bytes) = promised(&|p| p.user == user);
-        let (own_kind_n, _) = promised(&|p| p.user == user && p.kind == kind);
+        let (all_n, all_bytes) = self.promised(|_| true);
+        let (_, own_bytes) = self.promised(|p| p.user == user);
+        let (own_kind_n, _) = self.promised(|p| p.user == user && p.kind == kind);
         let t = &mut self.held;
-        let per_user = match kind {
-            Footage::View => MAX_VIEWS_PER_USER,
-            Footage::Export => MAX_EXPORTS_PER_USER,
-        };
+        let per_user = per_user_cap(kind);
         // The least recently used id of `user` (of `kind` if given), or with `mine` false of
         // anyone that has not been used for VIEW_IDLE.
         let lru = |t: &HashMap<String, Arc<Held>>, kind: Option<Footage>, mine: bool| {
@@ -273,23 +280,10 @@ impl Table {
             .map(|h| h.layout.mem_size())
             .chain(self.reserved.values().map(|p| p.bytes))
             .fold((0usize, 0usize), |(n, b), bytes| (n + 1, b + bytes));
-        let own_reserved: usize = self
-            .reserved
-            .values()
-            .filter(|p| p.user == user)
-            .map(|p| p.bytes)
-            .sum();
+        let (_, own_reserved) = self.promised(|p| p.user == user);
         // The user's own ids of the kind can all be ended for a new one; ids promised cannot.
-        let own_kind_promised = self
-            .reserved
-            .values()
-            .filter(|p| p.user == user && p.kind == kind)
-            .count();
-        let per_user = match kind {
-            Footage::View => MAX_VIEWS_PER_USER,
-            Footage::Export => MAX_EXPORTS_PER_USER,
-        };
-        own_kind_promised < per_user
+        let (own_kind_promised, _) = self.promised(|p| p.user == user && p.kind == kind);
+        own_kind_promised < per_user_cap(kind)
             && own_reserved + mem_size <= MAX_BYTES_PER_USER
             && others < MAX_IDS
             && others_bytes + mem_size <= MAX_BYTES

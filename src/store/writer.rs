@@ -2229,7 +2229,7 @@ fn stage_record(seg: &Segment, buf: &mut [u8]) -> Vec<u8> {
     let hlen = seg.header_len();
     let payload = seg.frames.iter().map(|f| &f.data[..]);
     let crc = super::staging::stage_frames(payload, &mut buf[hlen..]);
-    let at = hlen + seg.frames.iter().map(|f| f.data.len()).sum::<usize>();
+    let at = hlen + seg.payload_len() as usize;
     buf[at..].fill(0);
     let mut header = Vec::with_capacity(hlen);
     seg.header_with_crc(crc)
@@ -2291,8 +2291,9 @@ const PREALLOC_RETRY: Duration = Duration::from_secs(1);
 /// Allocates the file's space from `from` to at least `end`, a step beyond it that grows with
 /// the file (at most `max_step`, and at most an eighth of `free`, the filesystem's free space,
 /// but not under 16 MiB for that reason: each step waits for the file's direct writes in
-/// flight, so tiny steps would cost more than the space they leave to other files). Nothing is written at or beyond `unwritten`
-/// (the record being placed starts there; every earlier one ends before it). On a full disk
+/// flight, so tiny steps would cost more than the space they leave to other files). Nothing is
+/// written at or beyond `unwritten` (the record being placed starts there; every earlier one
+/// ends before it). On a full disk
 /// (`ENOSPC`, `EDQUOT`) what a failed try allocated from `unwritten` on is given back (ext4 and
 /// xfs keep what a failed `fallocate` got) and the step is halved, down to none. `Ok(None)`:
 /// not even `from..end` fits now; otherwise the end reserved.
