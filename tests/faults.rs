@@ -32,8 +32,9 @@
 //!   the same descriptor, and the file is written buffered from then on.
 //! - `an_abandoned_export_stops_hashing_and_logs_no_export`: bucket reads made slow, a client
 //!   POSTs an export and goes away while its SHA-256 is being computed: the hash stops reading
-//!   within about a segment (the measured part), no `export` entry is written, and the same
-//!   user's next export works.
+//!   within about a segment (the measured part), its streaming slot is given back (with the
+//!   user's other slots held by clients that read nothing, a view gets a slot: 404, not the 503
+//!   of all slots taken), no `export` entry is written, and the same user's next export works.
 //!
 //! Every mount is undone and every process stopped by Drop guards, also when a test fails.
 //! `HOLDFAST_TEST_SEED` repeats the random kill moments.
@@ -1405,6 +1406,68 @@ fn an_abandoned_export_stops_hashing_and_logs_no_export() {
         support::procs::PRIVACY_TOKEN,
         body.len()
     );
+    // The user's other streaming slots are taken: the export fetched by clients that read
+    // nothing (each GET holds a slot until its client goes). With one more held, the user is
+    // refused (503) a view of a range with nothing in it, which otherwise gets its slot and then
+    // the 404; that is how the test sees whether the abandoned export gave its slot back.
+    let (status, text) = support::procs::http_post(
+        d.addr,
+        "/api/v1/cameras/lobby/exports",
+        Some(support::procs::PRIVACY_TOKEN),
+        &body,
+    );
+    assert_eq!(status, 201, "{text}");
+    let url = serde_json::from_str::<serde_json::Value>(&text).unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hold = || {
+        let mut c = std::net::TcpStream::connect(d.addr).unwrap();
+        write!(
+            c,
+            "GET {url} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
+            d.addr,
+            support::procs::PRIVACY_TOKEN
+        )
+        .unwrap();
+        // Its answer's head has come, so it holds its slot (taken before the answer).
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(std::io::Read::read(&mut c, &mut b).unwrap(), 1, "{head:?}");
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        c
+    };
+    let empty_view = serde_json::json!({
+        "from": t0.add_ticks(-600 * TICKS_PER_SEC).to_rfc3339(),
+        "to": t0.add_ticks(-540 * TICKS_PER_SEC).to_rfc3339(),
+        "purpose": "subject-access", "reason": "request of data subject",
+    })
+    .to_string();
+    let view_status = || {
+        support::procs::http_post(
+            d.addr,
+            "/api/v1/cameras/lobby/views",
+            Some(support::procs::PRIVACY_TOKEN),
+            &empty_view,
+        )
+    };
+    let mut holders: Vec<_> = (1..holdfast::api::export::MAX_PER_USER)
+        .map(|_| hold())
+        .collect();
+    // The check itself: a fourth holder makes the view 503, its going makes it 404 again.
+    let fourth = hold();
+    let (status, text) = view_status();
+    assert_eq!(status, 503, "{text}");
+    drop(fourth);
+    assert!(
+        eventually(Duration::from_secs(20), || view_status().0 == 404),
+        "the view got no slot after a holder left: {:?}",
+        view_status()
+    );
     let logged_before = actions(&d).len();
     // The bucket files' cached pages dropped (theirs only), so that every read of them comes to
     // faultfs, and 40 ms late: the export's hash of the 20 MB takes seconds.
@@ -1450,6 +1513,10 @@ fn an_abandoned_export_stops_hashing_and_logs_no_export() {
     let at_close = fs.stats().slowed_bytes;
     std::thread::sleep(Duration::from_secs(3));
     let more = fs.stats().slowed_bytes - at_close;
+    // The abandoned export's streaming slot was given back when its hash stopped: with the
+    // other slots still held and the bucket reads still slow, the user's view gets a slot (404:
+    // nothing in that range) instead of the 503 of all slots taken.
+    let after_abandon = view_status();
     fs.slow_reads(None);
     // The hash checks for the client once per segment (~1 MB) and the kernel reads ahead: a
     // few MB more at most. Going on would have read the rest, about 12 MB (at 40 ms per read of
@@ -1462,8 +1529,15 @@ fn an_abandoned_export_stops_hashing_and_logs_no_export() {
     // handler's future was dropped with the connection).
     let acts = actions(&d).split_off(logged_before);
     assert!(!acts.iter().any(|a| a == "export"), "{acts:?}");
-    // The same user exports the same range at once afterwards: nothing of the abandoned one
-    // is held (its streaming slot was given back).
+    assert_eq!(after_abandon.0, 404, "{}", after_abandon.1);
+    holders.clear();
+    // The same user exports the same range at once afterwards (the holders' slots, too, are
+    // given back when their clients go).
+    assert!(
+        eventually(Duration::from_secs(20), || view_status().0 == 404),
+        "{:?}",
+        view_status()
+    );
     let (status, text) = support::procs::http_post(
         d.addr,
         "/api/v1/cameras/lobby/exports",
