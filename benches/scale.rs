@@ -10,6 +10,8 @@
 //! HOLDFAST_SCALE_WARMUP_SECS=5 ...             # warm-up before the window (default 15 s)
 //! HOLDFAST_SCALE_NO_FFMPEG=1 ...                 # skip the baseline
 //! HOLDFAST_SCALE_FFMPEG_MAX=200 ...              # largest N ffmpeg runs at (default 200)
+//! HOLDFAST_SCALE_PAIRS=3 ...                     # 3 holdfast/ffmpeg pairs per N, order
+//!                                                # alternating; the ratio is their median
 //! HOLDFAST_SCALE_CAMSIM_BIN=/path/holdfast ...   # camsim from another build
 //! HOLDFAST_SCALE_RECORDER_BIN=/path/holdfast ... # the recorder from another build (a baseline)
 //! HOLDFAST_SCALE_SINK=1 HOLDFAST_SCALE_CAMSIM_BASELINE=/path/holdfast cargo bench --bench scale
@@ -513,11 +515,25 @@ fn sink_mode(ns: &[usize], secs: u64) {
     }
 }
 
+/// The median of a few figures (the mean of the middle two for an even count).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: not a whole number: {v:?}")),
+        Err(_) => default,
+    }
 }
 
 fn main() {
@@ -532,6 +548,7 @@ fn main() {
     };
     let secs = env_u64("HOLDFAST_SCALE_SECS", 60);
     let ffmpeg_max = env_u64("HOLDFAST_SCALE_FFMPEG_MAX", 200) as usize;
+    let pairs = env_u64("HOLDFAST_SCALE_PAIRS", 1).max(1);
     let base = std::env::var_os("HOLDFAST_BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
@@ -585,40 +602,72 @@ fn main() {
     let mut ffmpeg_ref: Option<(usize, f64)> = None;
     let mut ratios: Vec<String> = Vec::new();
     for &n in &ns {
+        if with_ffmpeg && n <= ffmpeg_max {
+            // `pairs` same-run pairs, the order alternating (holdfast first, then ffmpeg first),
+            // so that neither always meets the machine as the other left it.
+            let (mut hs, mut fs, mut rs) = (Vec::new(), Vec::new(), Vec::new());
+            for p in 0..pairs {
+                let (h, f) = if p % 2 == 0 {
+                    let h = run_holdfast(n, secs, &base);
+                    line(n, "holdfast", &h);
+                    let f = run_ffmpeg(n, secs, &base);
+                    line(n, "ffmpeg", &f);
+                    (h, f)
+                } else {
+                    let f = run_ffmpeg(n, secs, &base);
+                    line(n, "ffmpeg", &f);
+                    let h = run_holdfast(n, secs, &base);
+                    line(n, "holdfast", &h);
+                    (h, f)
+                };
+                hs.push(h.cpu_per_stream_min);
+                fs.push(f.cpu_per_stream_min);
+                rs.push(h.cpu_per_stream_min / f.cpu_per_stream_min.max(1e-9));
+            }
+            holdfast.push((n, median(&hs)));
+            if ffmpeg_ref.is_none_or(|(m, _)| m <= n) {
+                ffmpeg_ref = Some((n, median(&fs)));
+            }
+            ratios.push(if pairs == 1 {
+                format!(
+                    "N = {n}: holdfast / ffmpeg CPU per stream-minute = {:.3}",
+                    rs[0]
+                )
+            } else {
+                format!(
+                    "N = {n}: holdfast / ffmpeg CPU per stream-minute = {:.3} (median of {pairs} \
+                     pairs: {})",
+                    median(&rs),
+                    rs.iter()
+                        .map(|r| format!("{r:.3}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            });
+            continue;
+        }
         let h = run_holdfast(n, secs, &base);
         line(n, "holdfast", &h);
         holdfast.push((n, h.cpu_per_stream_min));
         if !with_ffmpeg {
             continue;
         }
-        if n <= ffmpeg_max {
-            let f = run_ffmpeg(n, secs, &base);
-            line(n, "ffmpeg", &f);
-            if ffmpeg_ref.is_none_or(|(m, _)| m <= n) {
-                ffmpeg_ref = Some((n, f.cpu_per_stream_min));
-            }
-            ratios.push(format!(
-                "N = {n}: holdfast / ffmpeg CPU per stream-minute = {:.3}",
-                h.cpu_per_stream_min / f.cpu_per_stream_min.max(1e-9)
-            ));
-        } else {
-            if ffmpeg_ref.is_none() {
-                let f = run_ffmpeg(ffmpeg_max, secs, &base);
-                line(ffmpeg_max, "ffmpeg", &f);
-                ffmpeg_ref = Some((ffmpeg_max, f.cpu_per_stream_min));
-            }
-            let (m, f) = ffmpeg_ref.unwrap();
-            println!(
-                "{:>5} {:>9} not run above N = {ffmpeg_max} (HOLDFAST_SCALE_FFMPEG_MAX); \
-                 compared with its N = {m} run",
-                n, "ffmpeg"
-            );
-            ratios.push(format!(
-                "N = {n}: holdfast / ffmpeg CPU per stream-minute = {:.3} \
-                 (ffmpeg measured at N = {m}, not at {n})",
-                h.cpu_per_stream_min / f.max(1e-9)
-            ));
+        if ffmpeg_ref.is_none() {
+            let f = run_ffmpeg(ffmpeg_max, secs, &base);
+            line(ffmpeg_max, "ffmpeg", &f);
+            ffmpeg_ref = Some((ffmpeg_max, f.cpu_per_stream_min));
         }
+        let (m, f) = ffmpeg_ref.unwrap();
+        println!(
+            "{:>5} {:>9} not run above N = {ffmpeg_max} (HOLDFAST_SCALE_FFMPEG_MAX); \
+             compared with its N = {m} run",
+            n, "ffmpeg"
+        );
+        ratios.push(format!(
+            "N = {n}: holdfast / ffmpeg CPU per stream-minute = {:.3} \
+             (ffmpeg measured at N = {m}, not at {n})",
+            h.cpu_per_stream_min / f.max(1e-9)
+        ));
     }
     println!();
     for r in &ratios {

@@ -10,6 +10,11 @@
 //! - `stage_frames`: `holdfast::store::staging::stage_frames`, the CRC of the source and then a
 //!   non-temporal copy.
 //!
+//! And the CRC32C alone of one 20 kB frame that stays in the cache (`hot_frame_20k`), by
+//! `crc-fast` (what the writer runs) and by the `crc32c` crate: the checksum's own speed on this
+//! CPU, which no choice of where to compute it (cold in the writer or hot in the camera task)
+//! can beat.
+//!
 //! `cargo bench --bench staging` (under `flock /work/bench.lock` on a shared machine).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -116,6 +121,22 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+    let hot: Vec<u8> = (0..20_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let mut h = c.benchmark_group("hot_frame_20k");
+    h.throughput(Throughput::Bytes(hot.len() as u64));
+    h.bench_function("crc_fast", |b| {
+        b.iter(|| {
+            let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+            crc.update(std::hint::black_box(&hot));
+            crc.finalize() as u32
+        })
+    });
+    h.bench_function("crc32c_crate", |b| {
+        b.iter(|| crc32c::crc32c(std::hint::black_box(&hot)))
+    });
+    h.finish();
 }
 
 criterion_group!(benches, bench);
