@@ -10,8 +10,10 @@
 //! HOLDFAST_SCALE_WARMUP_SECS=5 ...             # warm-up before the window (default 15 s)
 //! HOLDFAST_SCALE_NO_FFMPEG=1 ...                 # skip the baseline
 //! HOLDFAST_SCALE_FFMPEG_MAX=200 ...              # largest N ffmpeg runs at (default 200)
-//! HOLDFAST_SCALE_PAIRS=3 ...                     # 3 holdfast/ffmpeg pairs per N, order
-//!                                                # alternating; the ratio is their median
+//! HOLDFAST_SCALE_PAIRS=3 ...                     # 3 runs of each recorder per N (pairs of
+//!                                                # alternating order where ffmpeg runs too):
+//!                                                # the median of the pairs' ratios; the
+//!                                                # other ratios use each recorder's median
 //! HOLDFAST_SCALE_CAMSIM_BIN=/path/holdfast ...   # camsim from another build
 //! HOLDFAST_SCALE_RECORDER_BIN=/path/holdfast ... # the recorder from another build (a baseline)
 //! HOLDFAST_SCALE_SINK=1 HOLDFAST_SCALE_CAMSIM_BASELINE=/path/holdfast cargo bench --bench scale
@@ -646,9 +648,16 @@ fn main() {
             });
             continue;
         }
-        let h = run_holdfast(n, secs, &base);
-        line(n, "holdfast", &h);
-        holdfast.push((n, h.cpu_per_stream_min));
+        // Without ffmpeg at this N, holdfast alone `pairs` times; its median counts.
+        let hs: Vec<f64> = (0..pairs)
+            .map(|_| {
+                let h = run_holdfast(n, secs, &base);
+                line(n, "holdfast", &h);
+                h.cpu_per_stream_min
+            })
+            .collect();
+        let h_cpu = median(&hs);
+        holdfast.push((n, h_cpu));
         if !with_ffmpeg {
             continue;
         }
@@ -666,7 +675,7 @@ fn main() {
         ratios.push(format!(
             "N = {n}: holdfast / ffmpeg CPU per stream-minute = {:.3} \
              (ffmpeg measured at N = {m}, not at {n})",
-            h.cpu_per_stream_min / f.max(1e-9)
+            h_cpu / f.max(1e-9)
         ));
     }
     println!();

@@ -1423,6 +1423,7 @@ fn an_abandoned_export_stops_hashing_and_logs_no_export() {
         .to_owned();
     let hold = || {
         let mut c = std::net::TcpStream::connect(d.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         write!(
             c,
             "GET {url} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
@@ -1458,10 +1459,14 @@ fn an_abandoned_export_stops_hashing_and_logs_no_export() {
     let mut holders: Vec<_> = (1..holdfast::api::export::MAX_PER_USER)
         .map(|_| hold())
         .collect();
+    // The holders keep their slots until the daemon drops them as stalled; the check below
+    // means something only before then.
+    let holding_since = std::time::Instant::now();
     // The check itself: a fourth holder makes the view 503, its going makes it 404 again.
     let fourth = hold();
     let (status, text) = view_status();
     assert_eq!(status, 503, "{text}");
+    assert!(text.contains("exports and views running"), "{text}");
     drop(fourth);
     assert!(
         eventually(Duration::from_secs(20), || view_status().0 == 404),
@@ -1517,6 +1522,7 @@ fn an_abandoned_export_stops_hashing_and_logs_no_export() {
     // other slots still held and the bucket reads still slow, the user's view gets a slot (404:
     // nothing in that range) instead of the 503 of all slots taken.
     let after_abandon = view_status();
+    let checked_at = std::time::Instant::now();
     fs.slow_reads(None);
     // The hash checks for the client once per segment (~1 MB) and the kernel reads ahead: a
     // few MB more at most. Going on would have read the rest, about 12 MB (at 40 ms per read of
@@ -1530,6 +1536,11 @@ fn an_abandoned_export_stops_hashing_and_logs_no_export() {
     let acts = actions(&d).split_off(logged_before);
     assert!(!acts.iter().any(|a| a == "export"), "{acts:?}");
     assert_eq!(after_abandon.0, 404, "{}", after_abandon.1);
+    assert!(
+        checked_at.duration_since(holding_since)
+            < holdfast::api::export::STALL_TIMEOUT - Duration::from_secs(10),
+        "the holders may have been dropped as stalled before the check"
+    );
     holders.clear();
     // The same user exports the same range at once afterwards (the holders' slots, too, are
     // given back when their clients go).

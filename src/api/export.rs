@@ -471,7 +471,9 @@ struct Prepared {
     slot: Slot,
 }
 
-/// Everything that can refuse the request, in the order 403, 400, 404, 503.
+/// Everything that can refuse the request: the checks (403, 400, 404 for an unknown camera), then
+/// the streaming slots (503), then the plan (404 when nothing is recorded in the range), so that
+/// the slot is held before the bucket files are read.
 async fn prepare(
     state: &Arc<AppState>,
     user: &Arc<Principal>,
