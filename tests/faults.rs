@@ -1410,17 +1410,17 @@ fn an_abandoned_export_stops_hashing_and_logs_no_export() {
     // nothing (each GET holds a slot until its client goes). With one more held, the user is
     // refused (503) a view of a range with nothing in it, which otherwise gets its slot and then
     // the 404; that is how the test sees whether the abandoned export gave its slot back.
-    let (status, text) = support::procs::http_post(
-        d.addr,
-        "/api/v1/cameras/lobby/exports",
-        Some(support::procs::PRIVACY_TOKEN),
-        &body,
-    );
-    assert_eq!(status, 201, "{text}");
-    let url = serde_json::from_str::<serde_json::Value>(&text).unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let export_now = || {
+        let (status, text) = support::procs::http_post(
+            d.addr,
+            "/api/v1/cameras/lobby/exports",
+            Some(support::procs::PRIVACY_TOKEN),
+            &body,
+        );
+        assert_eq!(status, 201, "{text}");
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    let url = export_now()["url"].as_str().unwrap().to_owned();
     let hold = || {
         let mut c = std::net::TcpStream::connect(d.addr).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -1549,14 +1549,6 @@ fn an_abandoned_export_stops_hashing_and_logs_no_export() {
         "{:?}",
         view_status()
     );
-    let (status, text) = support::procs::http_post(
-        d.addr,
-        "/api/v1/cameras/lobby/exports",
-        Some(support::procs::PRIVACY_TOKEN),
-        &body,
-    );
-    assert_eq!(status, 201, "{text}");
-    let x: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(x["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(export_now()["sha256"].as_str().unwrap().len(), 64);
     d.stop();
 }
