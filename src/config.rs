@@ -197,7 +197,7 @@ pub struct Storage {
     /// Free-space floor.
     pub min_free: MinFree,
     /// Payload bytes the writer queue may hold before cameras drop segments (`"auto"`: see
-    /// [`auto_writer_queue`]).
+    /// [`auto_writer_queue`]). A reload applies a new value at once.
     pub writer_queue: u64,
 }
 

@@ -210,6 +210,7 @@ pub async fn run_with(
     )
     .context("starting the backup thread")?;
     crate::service::status("starting the writer, the sweeper and the cameras");
+    let arena = DirectTuning::for_cameras(config.cameras.len());
     let writer = Writer::spawn_tuned(
         store.clone(),
         WriterConfig {
@@ -221,8 +222,9 @@ pub async fn run_with(
         },
         metrics.clone(),
         None,
-        // Sized once for the cameras configured at start (a reload that adds cameras keeps it).
-        DirectTuning::for_cameras(config.cameras.len()),
+        // Sized once for the cameras configured at start (a reload that adds cameras keeps it;
+        // the reload says so when a restart would give more: `Reloader::apply`).
+        arena,
     )?;
     // Every bucket the writer creates records its policy's retention, so that it still expires
     // after the policy is renamed or removed.
@@ -306,6 +308,7 @@ pub async fn run_with(
             sweeper: sweeper.clone(),
             writer: writer.handle(),
             metrics: metrics.clone(),
+            arena,
         };
         tokio::spawn(r.run(hup, reload_stopped))
     });
@@ -623,6 +626,8 @@ struct Reloader {
     sweeper: Arc<SweeperHandle>,
     writer: WriterHandle,
     metrics: Arc<Metrics>,
+    /// The writer's staging arena, sized at start.
+    arena: DirectTuning,
 }
 
 impl Reloader {
@@ -770,6 +775,25 @@ impl Reloader {
         // Console sessions of users the new config no longer has end now (`session.end`).
         self.state.sessions.sweep(&self.state.live());
         self.sweeper.set_config(retention);
+        if new.storage.writer_queue != self.writer.queue_limit() {
+            tracing::info!(
+                was = self.writer.queue_limit(),
+                now = new.storage.writer_queue,
+                "writer queue budget (storage.writer_queue) changed"
+            );
+            self.writer.set_queue_limit(new.storage.writer_queue);
+        }
+        if let Some(wanted) = self.arena.outgrown_by(new.cameras.len()) {
+            tracing::warn!(
+                cameras = new.cameras.len(),
+                slots = self.arena.slots,
+                wanted,
+                "the writer's staging arena was sized at start for fewer cameras: every camera is \
+                 recorded, with {} write rounds in flight instead of the {wanted} a site this \
+                 size gets; restart holdfast to grow it",
+                self.arena.slots
+            );
+        }
         self.config = new;
         Ok(summary)
     }

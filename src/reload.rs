@@ -32,7 +32,6 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<(String, String)> {
         o.segment_target != n.segment_target,
     );
     check("storage.sync_interval", o.sync_interval != n.sync_interval);
-    check("storage.writer_queue", o.writer_queue != n.writer_queue);
     let (o, n) = (&old.http, &new.http);
     check("http.listen", o.listen != n.listen);
     check("http.tls_cert", o.tls_cert != n.tls_cert);
@@ -152,8 +151,8 @@ pub struct Summary {
     pub policies: Delta,
     /// Sites.
     pub sites: Delta,
-    /// Other settings that take effect at once (sweeper interval, free-space floor, hold and
-    /// key-tag limits, `http.metrics_require_auth`), by key.
+    /// Other settings that take effect at once (sweeper interval, free-space floor, the writer
+    /// queue's budget, hold and key-tag limits, `http.metrics_require_auth`), by key.
     pub settings: Vec<String>,
 }
 
@@ -180,6 +179,10 @@ impl Summary {
         let mut settings = Vec::new();
         if old.sweeper.interval != new.sweeper.interval {
             settings.push("sweeper.interval".to_owned());
+        }
+        if old.storage.writer_queue != new.storage.writer_queue {
+            // Also when "auto" follows a changed number of cameras.
+            settings.push("storage.writer_queue".to_owned());
         }
         if old.storage.min_free != new.storage.min_free {
             settings.push("storage.min_free".to_owned());
@@ -306,6 +309,37 @@ sites = ["*"]
         let keys: Vec<_> = restart_keys(&old, &new).into_iter().map(|k| k.0).collect();
         assert_eq!(keys, ["storage.data_dir", "http.listen"]);
         assert!(restart_keys(&old, &new)[0].1.contains("needs a restart"));
+    }
+
+    #[test]
+    fn the_writer_queue_budget_is_applied_at_once_also_when_auto_follows_the_cameras() {
+        let old = Config::parse(BASE).unwrap();
+        let set = Config::parse(&BASE.replace(
+            "data_dir = \"/tmp/hf\"",
+            "data_dir = \"/tmp/hf\"\nwriter_queue = \"1GiB\"",
+        ))
+        .unwrap();
+        assert!(restart_keys(&old, &set).is_empty());
+        let s = Summary::of(&old, &set, &specs(&old), &specs(&set));
+        assert_eq!(s.settings, ["storage.writer_queue"]);
+        // "auto" grows with the site: 4 MiB a camera past 64 cameras. A site of 80 that adds
+        // one changes the budget, which must not make adding a camera need a restart.
+        let cams = |n: usize| -> String {
+            (0..n)
+                .map(|i| {
+                    format!(
+                        "[[cameras]]\nid = \"c{i}\"\nsite = \"noord\"\nurl = \"rtsp://10.0.1.1/{i}\"\n"
+                    )
+                })
+                .collect()
+        };
+        let with = |n| Config::parse(&BASE.replace("[[users]]", &(cams(n) + "[[users]]"))).unwrap();
+        let (c80, c81) = (with(80), with(81));
+        assert_ne!(c80.storage.writer_queue, c81.storage.writer_queue);
+        assert!(restart_keys(&c80, &c81).is_empty());
+        let s = Summary::of(&c80, &c81, &specs(&c80), &specs(&c81));
+        assert_eq!(s.cameras.added, ["c80"]);
+        assert_eq!(s.settings, ["storage.writer_queue"]);
     }
 
     #[test]

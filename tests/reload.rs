@@ -5,6 +5,8 @@
 //! - SIGHUP: three accepted reloads (a camera and a user added; a camera removed, another
 //!   restarted, a user revoked; a role changed) and two refused ones (a typo, a key that needs a
 //!   restart), while camera `a` records on in one session without a gap.
+//! - A reload that grows the site from 1 to 501 cameras: applied, the writer queue's "auto"
+//!   budget follows, and the log says a restart would grow the staging arena sized at start.
 
 #![allow(dead_code)]
 
@@ -426,4 +428,52 @@ fn sighup_reloads_cameras_users_and_roles_while_untouched_cameras_record_on() {
     assert_eq!(obj(3)["result"], "refused");
     assert_eq!(obj(4)["result"], "refused");
     assert_eq!(obj(4)["errors"], serde_json::json!(["http.listen"]));
+}
+
+/// A reload that grows the site from 1 camera to 501 is applied: every camera is there, the
+/// writer queue's "auto" budget follows the site (4 MiB a camera; before, that change of a key
+/// nobody had written refused the reload as "needs a restart"), and the log says that a restart
+/// would give the staging arena sized at start more write rounds.
+#[test]
+fn a_reload_past_the_arena_sized_at_start_says_a_restart_would_grow_it() {
+    let camera = |i: usize| {
+        format!(
+            "\n[[cameras]]\nid = \"cam-{i}\"\nsite = \"s\"\nurl = \"rtsp://127.0.0.1:9/c{i}\"\n"
+        )
+    };
+    let one = format!(
+        "[policies.p]\nvideo = \"1d\"\nkeytags = \"1d\"\n\n[[sites]]\nid = \"s\"\npolicy = \
+         \"p\"\n{}",
+        camera(0)
+    );
+    let mut d = Daemon::start(&one, "");
+    let grown: String = (1..501).map(camera).collect();
+    reload(&d, &camera(0), &(camera(0) + &grown), "ok", 1.0);
+    assert_eq!(reloads(&d, "ok"), 1.0);
+    assert_eq!(camera_ids(&d).len(), 501);
+    let settings = |d: &Daemon| reload_entries(d).last().unwrap()["object"]["settings"].clone();
+    assert_eq!(settings(&d), serde_json::json!(["storage.writer_queue"]));
+    let log = support::procs::strip_ansi(&d.log_text());
+    assert!(
+        log.contains("writer queue budget (storage.writer_queue) changed")
+            && log.contains(&format!("now={}", 501u64 * (4 << 20))),
+        "the writer queue budget did not follow the site"
+    );
+    assert!(
+        log.contains("staging arena was sized at start for fewer cameras")
+            && log.contains("with 4 write rounds in flight instead of the 5"),
+        "no word of the arena in the log"
+    );
+    // A reload that does not grow the site past it says nothing more.
+    let warned = log.matches("staging arena was sized at start").count();
+    reload(&d, &camera(500), "", "ok", 2.0);
+    assert_eq!(camera_ids(&d).len(), 500);
+    assert_eq!(settings(&d), serde_json::json!(["storage.writer_queue"]));
+    assert_eq!(
+        d.log_text()
+            .matches("staging arena was sized at start")
+            .count(),
+        warned
+    );
+    d.stop();
 }

@@ -398,6 +398,60 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
     assert_eq!(store.verify().unwrap().segments, 400 - dropped);
 }
 
+/// `storage.writer_queue` changed by a reload reaches the running writer: a raised budget takes
+/// the segment the old one refused, a lowered one refuses until the queue is below it.
+#[test]
+fn the_queue_budget_changes_while_the_writer_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), BUCKET).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let cfg = WriterConfig {
+        queue_limit_bytes: 1 << 20,
+        ..config()
+    };
+    let writer = Writer::spawn(Arc::new(store), cfg, metrics, None).unwrap();
+    let h = writer.handle();
+    assert_eq!(h.queue_limit(), 1 << 20);
+    // Nothing leaves the queue meanwhile.
+    h.hold_queue_for_tests(true);
+    let mut rng = synth::rng(11);
+    let pool = synth::pool(&mut rng, 4 << 20);
+    let t0 = Time90k::now();
+    let mut i = 0;
+    let mut seg = || {
+        i += 1;
+        // ~400 KB each.
+        synth::segment(
+            &mut rng,
+            &pool,
+            "cam",
+            "p",
+            t0.add_ticks(i * 180_000),
+            40,
+            10_000,
+        )
+    };
+    let mut stored = 0;
+    while h.submit(seg()).is_ok() {
+        stored += 1;
+    }
+    assert!(matches!(h.submit(seg()), Err(SubmitError::QueueFull)));
+    // Raised (as by a reload): the same kind of segment is taken now.
+    h.set_queue_limit(64 << 20);
+    assert_eq!(h.queue_limit(), 64 << 20);
+    h.submit(seg()).unwrap();
+    stored += 1;
+    // Lowered below what is queued: refused, nothing queued is lost.
+    h.set_queue_limit(1 << 20);
+    assert!(matches!(h.submit(seg()), Err(SubmitError::QueueFull)));
+    h.hold_queue_for_tests(false);
+    assert!(h.flush());
+    assert_eq!(h.queued_bytes(), 0);
+    writer.shutdown();
+    let (store, _) = Store::open(dir.path(), BUCKET).unwrap();
+    assert_eq!(store.verify().unwrap().segments, stored);
+}
+
 /// Appends a segment's record to its bucket file by hand (as a writer killed before its sync
 /// and commit would leave it): header then payload.
 fn append_raw(store: &Store, seg: &Segment) -> u64 {

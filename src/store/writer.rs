@@ -163,6 +163,8 @@ enum Msg {
 /// Shared state between the handles and the thread.
 struct Shared {
     queued_bytes: AtomicU64,
+    /// The byte budget of the queue (`storage.writer_queue`; a reload may change it).
+    queue_limit: AtomicU64,
     alive: AtomicBool,
     healthy: AtomicBool,
     paused: AtomicBool,
@@ -211,7 +213,6 @@ pub const WRITES_FAILING_AFTER: Duration = Duration::from_secs(10);
 pub struct WriterHandle {
     tx: Sender<Msg>,
     shared: Arc<Shared>,
-    limit: u64,
     metrics: Arc<Metrics>,
 }
 
@@ -228,7 +229,7 @@ impl WriterHandle {
             return Err(SubmitError::Paused);
         }
         let before = self.shared.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
-        if before > 0 && before + bytes > self.limit {
+        if before > 0 && before + bytes > self.shared.queue_limit.load(Ordering::Relaxed) {
             self.release(bytes);
             self.metrics.segment_dropped(&seg.camera, "queue_full");
             return Err(SubmitError::QueueFull);
@@ -248,6 +249,17 @@ impl WriterHandle {
                 Err(err)
             }
         }
+    }
+
+    /// Sets the queue's byte budget (`storage.writer_queue`, applied by a reload). Segments
+    /// already queued stay; a lower budget refuses new ones until the queue is below it.
+    pub fn set_queue_limit(&self, bytes: u64) {
+        self.shared.queue_limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The queue's byte budget.
+    pub fn queue_limit(&self) -> u64 {
+        self.shared.queue_limit.load(Ordering::Relaxed)
     }
 
     fn release(&self, bytes: u64) {
@@ -485,6 +497,7 @@ impl Writer {
         let (tx, rx) = crossbeam_channel::bounded(cfg.queue_limit_segments.max(1));
         let shared = Arc::new(Shared {
             queued_bytes: AtomicU64::new(0),
+            queue_limit: AtomicU64::new(cfg.queue_limit_bytes),
             alive: AtomicBool::new(true),
             healthy: AtomicBool::new(true),
             paused: AtomicBool::new(false),
@@ -504,7 +517,6 @@ impl Writer {
         let handle = WriterHandle {
             tx,
             shared: shared.clone(),
-            limit: cfg.queue_limit_bytes,
             metrics: metrics.clone(),
         };
         let mut state = WriterThread {
@@ -734,6 +746,14 @@ impl DirectTuning {
                 .clamp(ARENA_SLOTS, MAX_SLOTS),
             ..Self::default()
         }
+    }
+
+    /// The slots [`DirectTuning::for_cameras`] would give a site of `cameras` cameras, if more
+    /// than this tuning has: the arena is sized at start, and a reload that grows the site keeps
+    /// it (every camera is still recorded, with fewer rounds in flight) until a restart.
+    pub fn outgrown_by(&self, cameras: usize) -> Option<usize> {
+        let wanted = Self::for_cameras(cameras).slots;
+        (wanted > self.slots).then_some(wanted)
     }
 
     /// The writer as first built in issue 11: one 32 MiB round at a time, waited for, one write
@@ -2608,6 +2628,21 @@ mod tests {
             (5, 7, 8, 8)
         );
         assert_eq!(DirectTuning::for_cameras(1000).slot_len, SLOT_LEN);
+    }
+
+    #[test]
+    fn a_site_grown_past_its_arena_is_told_what_a_restart_would_give() {
+        let started = DirectTuning::for_cameras(400);
+        assert_eq!(started.outgrown_by(400), None);
+        assert_eq!(started.outgrown_by(500), None, "4 slots up to 500 cameras");
+        assert_eq!(started.outgrown_by(501), Some(5));
+        assert_eq!(started.outgrown_by(1000), Some(8));
+        assert_eq!(
+            started.outgrown_by(10),
+            None,
+            "a shrunk site keeps its arena"
+        );
+        assert_eq!(DirectTuning::for_cameras(1000).outgrown_by(5000), None);
     }
 
     #[test]
