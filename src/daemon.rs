@@ -757,6 +757,32 @@ impl Reloader {
         }
         // New buckets of a new policy record its retention before its first segment arrives.
         self.writer.set_retention(writer_retention(&new));
+        // The queue's budget before the added cameras start (after the removed ones stopped).
+        if new.storage.writer_queue != self.writer.queue_limit() {
+            let was = self.writer.queue_limit();
+            self.writer.set_queue_limit(new.storage.writer_queue);
+            tracing::info!(
+                was,
+                now = self.writer.queue_limit(),
+                "writer queue budget (storage.writer_queue) changed"
+            );
+        }
+        // Said once per size past the arena, not at every later reload.
+        let outgrown = self.arena.outgrown_by(new.cameras.len());
+        if let Some(wanted) =
+            outgrown.filter(|_| outgrown != self.arena.outgrown_by(self.config.cameras.len()))
+        {
+            tracing::warn!(
+                cameras = new.cameras.len(),
+                slots = self.arena.slots,
+                wanted,
+                "the writer's staging arena was sized at start for fewer cameras: every camera \
+                 runs, with {} write rounds in flight instead of the {wanted} a site this size \
+                 gets, so under load segments may be dropped (queue_full) that a restart would \
+                 keep; restart holdfast to grow it",
+                self.arena.slots
+            );
+        }
         for id in d.added.iter().chain(&d.changed) {
             if let Some(p) = prepared.remove(id) {
                 cams.start(p);
@@ -775,25 +801,6 @@ impl Reloader {
         // Console sessions of users the new config no longer has end now (`session.end`).
         self.state.sessions.sweep(&self.state.live());
         self.sweeper.set_config(retention);
-        if new.storage.writer_queue != self.writer.queue_limit() {
-            tracing::info!(
-                was = self.writer.queue_limit(),
-                now = new.storage.writer_queue,
-                "writer queue budget (storage.writer_queue) changed"
-            );
-            self.writer.set_queue_limit(new.storage.writer_queue);
-        }
-        if let Some(wanted) = self.arena.outgrown_by(new.cameras.len()) {
-            tracing::warn!(
-                cameras = new.cameras.len(),
-                slots = self.arena.slots,
-                wanted,
-                "the writer's staging arena was sized at start for fewer cameras: every camera is \
-                 recorded, with {} write rounds in flight instead of the {wanted} a site this \
-                 size gets; restart holdfast to grow it",
-                self.arena.slots
-            );
-        }
         self.config = new;
         Ok(summary)
     }

@@ -322,8 +322,9 @@ sites = ["*"]
         assert!(restart_keys(&old, &set).is_empty());
         let s = Summary::of(&old, &set, &specs(&old), &specs(&set));
         assert_eq!(s.settings, ["storage.writer_queue"]);
-        // "auto" grows with the site: 4 MiB a camera past 64 cameras. A site of 80 that adds
-        // one changes the budget, which must not make adding a camera need a restart.
+        // "auto" grows with the site: 4 MiB a camera past 64 cameras. A site of 82 (BASE's two
+        // and 80 more) that adds one changes the budget, which must not make adding a camera
+        // need a restart.
         let cams = |n: usize| -> String {
             (0..n)
                 .map(|i| {

@@ -435,14 +435,17 @@ fn the_queue_budget_changes_while_the_writer_runs() {
     while h.submit(seg()).is_ok() {
         stored += 1;
     }
+    // The first always goes in; the next ~400 kB still fits 1 MiB, the third does not.
+    assert_eq!(stored, 2);
     assert!(matches!(h.submit(seg()), Err(SubmitError::QueueFull)));
-    // Raised (as by a reload): the same kind of segment is taken now.
-    h.set_queue_limit(64 << 20);
+    // Raised (as by a reload, through the reloader's own handle): this handle takes the same
+    // kind of segment now.
+    writer.handle().set_queue_limit(64 << 20);
     assert_eq!(h.queue_limit(), 64 << 20);
     h.submit(seg()).unwrap();
     stored += 1;
     // Lowered below what is queued: refused, nothing queued is lost.
-    h.set_queue_limit(1 << 20);
+    writer.handle().set_queue_limit(1 << 20);
     assert!(matches!(h.submit(seg()), Err(SubmitError::QueueFull)));
     h.hold_queue_for_tests(false);
     assert!(h.flush());
