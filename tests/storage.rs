@@ -353,8 +353,8 @@ fn reindex_resynchronises_after_holes_and_damage() {
     assert!(store.verify().unwrap().bad.is_empty());
 }
 
-#[test]
-fn a_full_queue_drops_and_counts_instead_of_blocking() {
+/// A writer on a fresh store in a temp dir whose queue holds 1 MiB: `(dir, writer, metrics)`.
+fn writer_with_1mib_queue() -> (tempfile::TempDir, Writer, Arc<Metrics>) {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path(), BUCKET).unwrap();
     let metrics = Arc::new(Metrics::new());
@@ -363,6 +363,12 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
         ..config()
     };
     let writer = Writer::spawn(Arc::new(store), cfg, metrics.clone(), None).unwrap();
+    (dir, writer, metrics)
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_instead_of_blocking() {
+    let (dir, writer, metrics) = writer_with_1mib_queue();
     let h = writer.handle();
     let mut rng = synth::rng(7);
     let pool = synth::pool(&mut rng, 4 << 20);
@@ -402,14 +408,7 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
 /// the segment the old one refused, a lowered one refuses until the queue is below it.
 #[test]
 fn the_queue_budget_changes_while_the_writer_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = Store::open(dir.path(), BUCKET).unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let cfg = WriterConfig {
-        queue_limit_bytes: 1 << 20,
-        ..config()
-    };
-    let writer = Writer::spawn(Arc::new(store), cfg, metrics, None).unwrap();
+    let (dir, writer, _metrics) = writer_with_1mib_queue();
     let h = writer.handle();
     assert_eq!(h.queue_limit(), 1 << 20);
     // Nothing leaves the queue meanwhile.
