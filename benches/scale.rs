@@ -603,6 +603,17 @@ fn main() {
     // (N, ffmpeg CPU per stream-minute) of the largest ffmpeg run so far.
     let mut ffmpeg_ref: Option<(usize, f64)> = None;
     let mut ratios: Vec<String> = Vec::new();
+    // One run of each recorder, its line printed.
+    let holdfast_at = |n: usize| {
+        let h = run_holdfast(n, secs, &base);
+        line(n, "holdfast", &h);
+        h
+    };
+    let ffmpeg_at = |n: usize| {
+        let f = run_ffmpeg(n, secs, &base);
+        line(n, "ffmpeg", &f);
+        f
+    };
     for &n in &ns {
         if with_ffmpeg && n <= ffmpeg_max {
             // `pairs` same-run pairs, the order alternating (holdfast first, then ffmpeg first),
@@ -610,17 +621,11 @@ fn main() {
             let (mut hs, mut fs, mut rs) = (Vec::new(), Vec::new(), Vec::new());
             for p in 0..pairs {
                 let (h, f) = if p % 2 == 0 {
-                    let h = run_holdfast(n, secs, &base);
-                    line(n, "holdfast", &h);
-                    let f = run_ffmpeg(n, secs, &base);
-                    line(n, "ffmpeg", &f);
-                    (h, f)
+                    let h = holdfast_at(n);
+                    (h, ffmpeg_at(n))
                 } else {
-                    let f = run_ffmpeg(n, secs, &base);
-                    line(n, "ffmpeg", &f);
-                    let h = run_holdfast(n, secs, &base);
-                    line(n, "holdfast", &h);
-                    (h, f)
+                    let f = ffmpeg_at(n);
+                    (holdfast_at(n), f)
                 };
                 hs.push(h.cpu_per_stream_min);
                 fs.push(f.cpu_per_stream_min);
@@ -650,11 +655,7 @@ fn main() {
         }
         // Without ffmpeg at this N, holdfast alone `pairs` times; its median counts.
         let hs: Vec<f64> = (0..pairs)
-            .map(|_| {
-                let h = run_holdfast(n, secs, &base);
-                line(n, "holdfast", &h);
-                h.cpu_per_stream_min
-            })
+            .map(|_| holdfast_at(n).cpu_per_stream_min)
             .collect();
         let h_cpu = median(&hs);
         holdfast.push((n, h_cpu));
@@ -662,9 +663,7 @@ fn main() {
             continue;
         }
         if ffmpeg_ref.is_none() {
-            let f = run_ffmpeg(ffmpeg_max, secs, &base);
-            line(ffmpeg_max, "ffmpeg", &f);
-            ffmpeg_ref = Some((ffmpeg_max, f.cpu_per_stream_min));
+            ffmpeg_ref = Some((ffmpeg_max, ffmpeg_at(ffmpeg_max).cpu_per_stream_min));
         }
         let (m, f) = ffmpeg_ref.unwrap();
         println!(

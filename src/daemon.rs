@@ -769,9 +769,8 @@ impl Reloader {
         }
         // Said once per size past the arena, not at every later reload.
         let outgrown = self.arena.outgrown_by(new.cameras.len());
-        if let Some(wanted) =
-            outgrown.filter(|_| outgrown != self.arena.outgrown_by(self.config.cameras.len()))
-        {
+        let before = self.arena.outgrown_by(self.config.cameras.len());
+        if let (Some(wanted), true) = (outgrown, outgrown != before) {
             tracing::warn!(
                 cameras = new.cameras.len(),
                 slots = self.arena.slots,

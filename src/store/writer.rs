@@ -750,7 +750,8 @@ impl DirectTuning {
 
     /// The slots [`DirectTuning::for_cameras`] would give a site of `cameras` cameras, if more
     /// than this tuning has: the arena is sized at start, and a reload that grows the site keeps
-    /// it (every camera is still recorded, with fewer rounds in flight) until a restart.
+    /// it (every camera runs, with fewer rounds in flight, so under load segments may drop as
+    /// `queue_full`) until a restart.
     pub fn outgrown_by(&self, cameras: usize) -> Option<usize> {
         let wanted = Self::for_cameras(cameras).slots;
         (wanted > self.slots).then_some(wanted)
