@@ -9,18 +9,21 @@
 //!   that are out of the cache);
 //! - `copy_then_crc`: what the writer did before, the copy and then the CRC of the copy while it
 //!   is in cache;
-//! - `stage_frames`: `holdfast::store::staging::stage_frames`, the CRC of the source and then a
-//!   non-temporal copy.
+//! - `stage_frames`: `holdfast::store::staging::stage_frames`, what the writer runs: one pass
+//!   that loads each 64 bytes once, stores them non-temporally and folds them into the CRC
+//!   (PCLMULQDQ);
+//! - `stage_frames_portable`: its fallback elsewhere (and the writer's path before session 13),
+//!   the CRC of the source (`crc-fast`) and then a non-temporal copy from the cache.
 //!
 //! And the CRC32C alone of one 20 kB frame that stays in the cache (`hot_frame_20k`), by
 //! `crc-fast` (what the writer runs) and by the `crc32c` crate: the checksum's own speed on this
 //! CPU, which no choice of where to compute it (cold in the writer or hot in the camera task)
-//! can beat.
+//! can beat; and `stage_frames` of that frame (copy and CRC in one pass from the cache).
 //!
 //! `cargo bench --bench staging` (under `flock /work/bench.lock` on a shared machine).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use holdfast::store::staging::stage_frames;
+use holdfast::store::staging::{stage_frames, stage_frames_portable};
 
 const CAMERAS: usize = 200;
 const FRAMES: usize = 50;
@@ -133,6 +136,13 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
+    g.bench_function("stage_frames_portable", |b| {
+        b.iter(|| {
+            run(&cams, &mut dest, |cam, d| {
+                stage_frames_portable(cam.iter().map(|f| &f[..]), d)
+            })
+        })
+    });
     g.finish();
     let hot: Vec<u8> = (0..20_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
@@ -148,6 +158,10 @@ fn bench(c: &mut Criterion) {
     });
     h.bench_function("crc32c_crate", |b| {
         b.iter(|| crc32c::crc32c(std::hint::black_box(&hot)))
+    });
+    let mut hot_dst = vec![0u8; hot.len()];
+    h.bench_function("stage_frames", |b| {
+        b.iter(|| stage_frames([std::hint::black_box(&hot[..])], &mut hot_dst))
     });
     h.finish();
 }

@@ -145,8 +145,8 @@ impl Segment {
     }
 
     /// Builds the on-disk header with a payload CRC the caller computed (the writer computes it
-    /// as it stages the frames, `staging::stage_frames`: each frame's CRC on the source, then
-    /// its copy from the cache).
+    /// as it stages the frames, `staging::stage_frames`: one pass that copies each frame and
+    /// folds it into the CRC).
     pub fn header_with_crc(&self, crc: u32) -> Result<SegmentHeader, FormatError> {
         let mut frames = Vec::with_capacity(self.frames.len());
         for f in &self.frames {

@@ -3,18 +3,26 @@
 //!
 //! The frames were received seconds ago (a segment is buffered whole per camera), so at 200
 //! cameras they are far out of every cache, and so is the staging slot (16 MiB slots, reused
-//! only after their write completed). A plain `copy_from_slice` then reads each destination line
-//! before writing it (read-for-ownership) and leaves the copy in the cache, where nothing reads
-//! it again: the disk's DMA reads memory. So [`stage_frames`] does it the other way round:
-//! - the CRC32C of each frame is computed on the *source* first (PCLMULQDQ folding in
-//!   `crc-fast`, compute-bound, so the hardware prefetcher has time to bring the frame in);
-//! - the frame, now in cache, is copied with non-temporal stores (`movntdq`), which write whole
-//!   lines to memory without reading them first and without evicting anything;
-//! - one `sfence` at the end makes the stores visible before the buffer is handed to the kernel.
+//! only after their write completed). Whatever reads the frames first pays for bringing them in
+//! from memory; after that, a plain `copy_from_slice` would read each destination line before
+//! writing it (read-for-ownership) and leave the copy in the cache, where nothing reads it again:
+//! the disk's DMA reads memory. So [`stage_frames`] reads each frame once and does both jobs
+//! on the bytes it loaded:
+//! - on x86_64 with PCLMULQDQ and SSE4.2 (every x86_64 server CPU since 2010), one loop per
+//!   frame loads 64 bytes, writes them to the slot with non-temporal stores (`movntdq`: whole
+//!   lines to memory, without reading them first and without evicting anything) and folds them
+//!   into four CRC accumulators with carry-less multiplication; the bytes before the slot's
+//!   first 64-byte boundary and after its last one go through SSE4.2's `crc32` and plain
+//!   stores. The folding is the method of Intel's "Fast CRC Computation for Generic Polynomials
+//!   Using PCLMULQDQ" (Gopal et al., 2009) in its bit-reflected form, with the constants of the
+//!   Castagnoli polynomial (derived in `tests::folding_constants_are_the_castagnoli_ones`);
+//! - elsewhere ([`stage_frames_portable`]), the CRC32C of each frame is computed on the source
+//!   first (`crc-fast`), and the frame, now in cache, is copied with non-temporal stores.
+//!
+//! One `sfence` at the end makes the stores visible before the buffer is handed to the kernel.
 //!
 //! Measured on the development VM (benches/staging.rs, 200 cameras x 50 frames of 15-25 kB, a
-//! 64 MiB destination): see design/performance.md, "Staging with non-temporal stores".
-//! Elsewhere than x86_64 it is a plain copy after the checksum.
+//! 64 MiB destination): see design/performance.md, "Staging in one pass (session 13)".
 
 /// Copies `frames` one after the other into the start of `dst` and returns the CRC32C
 /// (Castagnoli, as in the segment format) of their concatenation. `dst` must hold at least
@@ -23,6 +31,34 @@
 /// # Panics
 /// If `dst` is shorter than the frames together.
 pub fn stage_frames<'a>(frames: impl IntoIterator<Item = &'a [u8]>, dst: &mut [u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        let mut state = !0u32;
+        let mut at = 0;
+        for f in frames {
+            let to = &mut dst[at..at + f.len()];
+            // SAFETY: `available()` checked that the CPU has the features `copy_crc` is
+            // compiled for.
+            state = unsafe { x86::copy_crc(state, f, to) };
+            at += f.len();
+        }
+        store_fence();
+        return !state;
+    }
+    stage_frames_portable(frames, dst)
+}
+
+/// What [`stage_frames`] does where its one-pass loop cannot run (another architecture, or an
+/// x86_64 CPU without PCLMULQDQ or SSE4.2): the CRC32C of each frame on the source (`crc-fast`),
+/// then a non-temporal copy of the frame from the cache. Same contract and result; public so
+/// that the staging bench can compare the two.
+///
+/// # Panics
+/// If `dst` is shorter than the frames together.
+pub fn stage_frames_portable<'a>(
+    frames: impl IntoIterator<Item = &'a [u8]>,
+    dst: &mut [u8],
+) -> u32 {
     let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
     let mut at = 0;
     for f in frames {
@@ -33,6 +69,150 @@ pub fn stage_frames<'a>(frames: impl IntoIterator<Item = &'a [u8]>, dst: &mut [u
     }
     store_fence();
     crc.finalize() as u32
+}
+
+/// The one-pass copy and CRC32C of [`stage_frames`] on x86_64.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::{
+        __m128i, _mm_and_si128, _mm_clmulepi64_si128, _mm_crc32_u64, _mm_crc32_u8,
+        _mm_cvtsi128_si32, _mm_cvtsi32_si128, _mm_loadu_si128, _mm_set_epi64x, _mm_setr_epi32,
+        _mm_srli_si128, _mm_stream_si128, _mm_xor_si128,
+    };
+
+    /// The folding constants for CRC32C (Castagnoli, 0x1EDC6F41), bit-reflected and shifted as
+    /// the reflected algorithm uses them: `x^n mod P` for the distances of a fold.
+    /// Fold by 512 bits (four accumulators): `x^(512+32) mod P`, `x^(512-32) mod P`.
+    pub(super) const K1: i64 = 0x740e_ef02;
+    /// See [`K1`].
+    pub(super) const K2: i64 = 0x9e4a_ddf8;
+    /// Fold by 128 bits: `x^(128+32) mod P`, `x^(128-32) mod P`.
+    pub(super) const K3: i64 = 0xf20c_0dfe;
+    /// See [`K3`].
+    pub(super) const K4: i64 = 0x1_4cd0_0bd6;
+    /// 64 to 32 bits: `x^64 mod P`.
+    pub(super) const K5: i64 = 0xdd45_aab8;
+    /// Barrett reduction: the polynomial itself (33 bits, reflected) and `floor(x^64 / P)`.
+    pub(super) const POLY: i64 = 0x1_05ec_76f1;
+    /// See [`POLY`].
+    pub(super) const MU: i64 = 0xdea7_13f1;
+
+    /// Whether this CPU can run [`copy_crc`] (the result is cached by `std`).
+    pub(super) fn available() -> bool {
+        std::is_x86_feature_detected!("pclmulqdq") && std::is_x86_feature_detected!("sse4.2")
+    }
+
+    /// Copies `src` into `dst` (equal lengths) and returns the CRC32C register after `src`,
+    /// starting from `state` (the register, not the finished CRC: start from `!0` and invert
+    /// at the end). Non-temporal stores for every whole 64-byte line of `dst`; they are not
+    /// ordered with later stores until an `sfence`.
+    ///
+    /// # Safety
+    /// The CPU must have PCLMULQDQ and SSE4.2 ([`available`]).
+    #[target_feature(enable = "pclmulqdq,sse4.2")]
+    pub(super) unsafe fn copy_crc(state: u32, src: &[u8], dst: &mut [u8]) -> u32 {
+        assert_eq!(dst.len(), src.len(), "copy_crc: lengths differ");
+        let n = src.len();
+        // Up to the destination's first 64-byte boundary, so that the streaming stores fill
+        // whole lines (a line partly written by plain stores would be read in first).
+        let head = ((dst.as_ptr() as usize).wrapping_neg() & 63).min(n);
+        let blocks = (n - head) / 64;
+        let body_end = head + blocks * 64;
+        let mut state = crc_bytes(state, &src[..head]);
+        dst[..head].copy_from_slice(&src[..head]);
+        if blocks > 0 {
+            // SAFETY: `head + 64 * blocks = body_end <= n` bytes of both slices, and
+            // `dst + head` is 64-byte aligned (or `head == n` and `blocks == 0`).
+            state = unsafe {
+                fold_copy(
+                    state,
+                    src.as_ptr().add(head),
+                    dst.as_mut_ptr().add(head),
+                    blocks,
+                )
+            };
+        }
+        state = crc_bytes(state, &src[body_end..]);
+        dst[body_end..].copy_from_slice(&src[body_end..]);
+        state
+    }
+
+    /// The CRC32C register after `bytes` with SSE4.2's `crc32` (8 bytes at a time).
+    #[target_feature(enable = "sse4.2")]
+    fn crc_bytes(mut state: u32, bytes: &[u8]) -> u32 {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let v = u64::from_le_bytes(w.try_into().expect("chunks of 8"));
+            state = _mm_crc32_u64(u64::from(state), v) as u32;
+        }
+        for &b in words.remainder() {
+            state = _mm_crc32_u8(state, b);
+        }
+        state
+    }
+
+    /// Copies `blocks` 64-byte blocks from `src` to `dst` with non-temporal stores, folding
+    /// them into the CRC32C register `state`.
+    ///
+    /// # Safety
+    /// `src` must be readable and `dst` writable for `64 * blocks` bytes, `dst` 16-byte
+    /// aligned (64 for whole lines), `blocks >= 1`, and the CPU must have PCLMULQDQ.
+    #[target_feature(enable = "pclmulqdq,sse4.2")]
+    unsafe fn fold_copy(state: u32, src: *const u8, dst: *mut u8, blocks: usize) -> u32 {
+        // SAFETY (whole body): every load is of a 16-byte piece of `src[..64 * blocks]`, every
+        // store of a 16-byte aligned piece of `dst[..64 * blocks]`, as the caller promised.
+        unsafe {
+            let load = |o: usize| _mm_loadu_si128(src.add(o).cast::<__m128i>());
+            let store = |o: usize, v: __m128i| _mm_stream_si128(dst.add(o).cast::<__m128i>(), v);
+            let (mut x1, mut x2, mut x3, mut x4) = (load(0), load(16), load(32), load(48));
+            store(0, x1);
+            store(16, x2);
+            store(32, x3);
+            store(48, x4);
+            // The register goes into the first 32 bits of the message (reflected CRC).
+            x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128(state as i32));
+            let k1k2 = _mm_set_epi64x(K2, K1);
+            for b in 1..blocks {
+                let o = 64 * b;
+                let (y1, y2, y3, y4) = (load(o), load(o + 16), load(o + 32), load(o + 48));
+                store(o, y1);
+                store(o + 16, y2);
+                store(o + 32, y3);
+                store(o + 48, y4);
+                x1 = fold(x1, k1k2, y1);
+                x2 = fold(x2, k1k2, y2);
+                x3 = fold(x3, k1k2, y3);
+                x4 = fold(x4, k1k2, y4);
+            }
+            // Four accumulators into one.
+            let k3k4 = _mm_set_epi64x(K4, K3);
+            x1 = fold(x1, k3k4, x2);
+            x1 = fold(x1, k3k4, x3);
+            x1 = fold(x1, k3k4, x4);
+            // 128 bits to 64.
+            let low32 = _mm_setr_epi32(!0, 0, !0, 0);
+            let t = _mm_clmulepi64_si128(x1, k3k4, 0x10);
+            x1 = _mm_xor_si128(_mm_srli_si128(x1, 8), t);
+            let k5 = _mm_set_epi64x(0, K5);
+            let t = _mm_srli_si128(x1, 4);
+            x1 = _mm_clmulepi64_si128(_mm_and_si128(x1, low32), k5, 0x00);
+            x1 = _mm_xor_si128(x1, t);
+            // Barrett reduction to 32 bits.
+            let poly = _mm_set_epi64x(MU, POLY);
+            let t = _mm_clmulepi64_si128(_mm_and_si128(x1, low32), poly, 0x10);
+            let t = _mm_clmulepi64_si128(_mm_and_si128(t, low32), poly, 0x00);
+            x1 = _mm_xor_si128(x1, t);
+            _mm_cvtsi128_si32(_mm_srli_si128(x1, 4)) as u32
+        }
+    }
+
+    /// One fold: `acc` moved forward by the distance `k` encodes, plus `data`.
+    #[target_feature(enable = "pclmulqdq")]
+    fn fold(acc: __m128i, k: __m128i, data: __m128i) -> __m128i {
+        let lo = _mm_clmulepi64_si128(acc, k, 0x00);
+        let hi = _mm_clmulepi64_si128(acc, k, 0x11);
+        _mm_xor_si128(_mm_xor_si128(lo, hi), data)
+    }
 }
 
 /// Copies `src` into `dst` (equal lengths) with non-temporal stores for every whole 64-byte
@@ -94,6 +274,16 @@ fn store_fence() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Both paths: what runs on this machine, and the portable one.
+    type Stage = fn(&[&[u8]], &mut [u8]) -> u32;
+    const PATHS: [(&str, Stage); 2] = [
+        ("stage_frames", |f, d| stage_frames(f.iter().copied(), d)),
+        ("portable", |f, d| {
+            stage_frames_portable(f.iter().copied(), d)
+        }),
+    ];
 
     fn reference(frames: &[Vec<u8>]) -> (Vec<u8>, u32) {
         // An independent implementation (the `crc32c` crate's) as the reference.
@@ -105,26 +295,33 @@ mod tests {
     #[test]
     fn every_alignment_and_length_copies_exactly() {
         // Destination offsets 0..130 (every misalignment within a line, twice over) and lengths
-        // around the 16-byte and 64-byte edges, with sentinel bytes before and after that must
-        // survive.
+        // around the 16-byte and 64-byte edges and the first whole blocks, with sentinel bytes
+        // before and after that must survive.
         let lens = [
-            0usize, 1, 15, 16, 17, 63, 64, 65, 79, 80, 127, 128, 129, 191, 4095, 4096, 20_011,
+            0usize, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 79, 80, 127, 128, 129, 191, 192, 255, 256,
+            257, 4095, 4096, 20_011,
         ];
-        for off in 0..130 {
-            for &len in &lens {
-                let src: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
-                let mut buf = vec![0xAAu8; off + len + 40];
-                let crc = stage_frames([&src[..]], &mut buf[off..]);
-                assert_eq!(&buf[off..off + len], &src[..], "off {off} len {len}");
-                assert!(
-                    buf[..off].iter().all(|&b| b == 0xAA),
-                    "before: off {off} len {len}"
-                );
-                assert!(
-                    buf[off + len..].iter().all(|&b| b == 0xAA),
-                    "after: off {off} len {len}"
-                );
-                assert_eq!(crc, reference(&[src]).1, "crc: off {off} len {len}");
+        for (name, stage) in PATHS {
+            for off in 0..130 {
+                for &len in &lens {
+                    let src: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+                    let mut buf = vec![0xAAu8; off + len + 40];
+                    let crc = stage(&[&src[..]], &mut buf[off..]);
+                    assert_eq!(
+                        &buf[off..off + len],
+                        &src[..],
+                        "{name}: off {off} len {len}"
+                    );
+                    assert!(
+                        buf[..off].iter().all(|&b| b == 0xAA),
+                        "{name}: before: off {off} len {len}"
+                    );
+                    assert!(
+                        buf[off + len..].iter().all(|&b| b == 0xAA),
+                        "{name}: after: off {off} len {len}"
+                    );
+                    assert_eq!(crc, reference(&[src]).1, "{name}: crc: off {off} len {len}");
+                }
             }
         }
     }
@@ -137,20 +334,96 @@ mod tests {
             .map(|(k, &n)| (0..n).map(|i| (i ^ (k * 31)) as u8).collect())
             .collect();
         let (all, crc) = reference(&frames);
-        let mut dst = vec![0u8; all.len() + 5];
-        let got = stage_frames(frames.iter().map(|f| &f[..]), &mut dst[5..]);
-        assert_eq!(&dst[5..], &all[..]);
-        assert_eq!(got, crc);
-        // The segment format's CRC32C (Castagnoli): the standard check value.
-        assert_eq!(
-            stage_frames([&b"123456789"[..]], &mut [0u8; 9]),
-            0xE306_9283
+        let refs: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+        for (name, stage) in PATHS {
+            let mut dst = vec![0u8; all.len() + 5];
+            let got = stage(&refs, &mut dst[5..]);
+            assert_eq!(&dst[5..], &all[..], "{name}");
+            assert_eq!(got, crc, "{name}");
+            // The segment format's CRC32C (Castagnoli): the standard check value.
+            assert_eq!(
+                stage(&[&b"123456789"[..]], &mut [0u8; 9]),
+                0xE306_9283,
+                "{name}"
+            );
+        }
+    }
+
+    proptest! {
+        /// Any frames (lengths 0 to 5,000, any bytes), any destination offset: the copy is
+        /// exact and the CRC is the `crc32c` crate's, on both paths.
+        #[test]
+        fn any_frames_at_any_offset(
+            frames in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..5_000), 0..8),
+            off in 0usize..64,
+        ) {
+            let (all, crc) = reference(&frames);
+            let refs: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+            for (name, stage) in PATHS {
+                let mut dst = vec![0x55u8; off + all.len() + 7];
+                let got = stage(&refs, &mut dst[off..off + all.len()]);
+                prop_assert_eq!(got, crc, "{}", name);
+                prop_assert_eq!(&dst[off..off + all.len()], &all[..], "{}", name);
+                prop_assert!(dst[..off].iter().chain(&dst[off + all.len()..]).all(|&b| b == 0x55));
+            }
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn this_machine_runs_the_one_pass_loop() {
+        // The benches and the profile in design/performance.md assume it; every x86_64 CPU
+        // this daemon is meant for has both features.
+        assert!(
+            x86::available(),
+            "no PCLMULQDQ or SSE4.2: stage_frames is the portable path"
         );
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn folding_constants_are_the_castagnoli_ones() {
+        // Derived here from the polynomial, so that a typo in a constant cannot hide behind a
+        // test input that happens not to reach the fold that uses it.
+        const P: u64 = 0x1_1EDC_6F41; // x^32 + the Castagnoli polynomial
+        fn x_pow_mod(n: u32) -> u64 {
+            let mut r = 1u64;
+            for _ in 0..n {
+                r <<= 1;
+                if r & (1 << 32) != 0 {
+                    r ^= P;
+                }
+            }
+            r
+        }
+        // Reflected into 32 bits, then shifted left by one (the 33-bit form pclmul uses).
+        let k = |n: u32| i64::from((x_pow_mod(n) as u32).reverse_bits()) << 1;
+        assert_eq!(x86::K1, k(4 * 128 + 32));
+        assert_eq!(x86::K2, k(4 * 128 - 32));
+        assert_eq!(x86::K3, k(128 + 32));
+        assert_eq!(x86::K4, k(128 - 32));
+        assert_eq!(x86::K5, k(64));
+        // floor(x^64 / P) by long division, reflected into 33 bits.
+        let (mut num, mut q) = (1u128 << 64, 0u64);
+        for i in (32..=64).rev() {
+            if num & (1 << i) != 0 {
+                q |= 1 << (i - 32);
+                num ^= u128::from(P) << (i - 32);
+            }
+        }
+        assert_eq!(x86::MU, (q.reverse_bits() >> 31) as i64);
+        assert_eq!(x86::POLY, (P.reverse_bits() >> 31) as i64);
     }
 
     #[test]
     #[should_panic]
     fn a_short_destination_panics_rather_than_truncating() {
         stage_frames([&[1u8; 100][..]], &mut [0u8; 99]);
+    }
+
+    #[test]
+    #[should_panic]
+    fn a_short_destination_panics_on_the_portable_path_too() {
+        stage_frames_portable([&[1u8; 100][..]], &mut [0u8; 99]);
     }
 }

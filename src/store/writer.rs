@@ -2244,7 +2244,8 @@ impl Drop for AlignedBuf {
 }
 
 /// Copies a segment's record into `buf` (exactly its padded length): the payload with its
-/// CRC32C in one pass (`staging`: checksum of each frame, then a non-temporal copy), then the
+/// CRC32C in one pass (`staging`: each 64 bytes loaded once, stored non-temporally and folded
+/// into the CRC), then the
 /// header with that CRC, then zeros up to the end. Returns the encoded header.
 fn stage_record(seg: &Segment, buf: &mut [u8]) -> Vec<u8> {
     let hlen = seg.header_len();
