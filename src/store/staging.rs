@@ -48,6 +48,15 @@ pub fn stage_frames<'a>(frames: impl IntoIterator<Item = &'a [u8]>, dst: &mut [u
     stage_frames_portable(frames, dst)
 }
 
+/// Whether [`stage_frames`] runs its one-pass loop on this machine (x86_64 with PCLMULQDQ and
+/// SSE4.2) rather than [`stage_frames_portable`]; the staging bench says which it measured.
+pub fn one_pass() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return x86::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// What [`stage_frames`] does where its one-pass loop cannot run (another architecture, or an
 /// x86_64 CPU without PCLMULQDQ or SSE4.2): the CRC32C of each frame on the source (`crc-fast`),
 /// then a non-temporal copy of the frame from the cache. Same contract and result; public so
@@ -261,8 +270,8 @@ fn copy_streaming(dst: &mut [u8], src: &[u8]) {
     dst.copy_from_slice(src);
 }
 
-/// Orders the non-temporal stores of [`copy_streaming`] before every later store and before
-/// the buffer is handed to the kernel.
+/// Orders the non-temporal stores of [`copy_streaming`] and of the one-pass loop before every
+/// later store and before the buffer is handed to the kernel.
 fn store_fence() {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `sfence` has no preconditions; SSE is part of the x86_64 baseline.
@@ -367,17 +376,6 @@ mod tests {
                 prop_assert!(dst[..off].iter().chain(&dst[off + all.len()..]).all(|&b| b == 0x55));
             }
         }
-    }
-
-    #[test]
-    #[cfg(target_arch = "x86_64")]
-    fn this_machine_runs_the_one_pass_loop() {
-        // The benches and the profile in design/performance.md assume it; every x86_64 CPU
-        // this daemon is meant for has both features.
-        assert!(
-            x86::available(),
-            "no PCLMULQDQ or SSE4.2: stage_frames is the portable path"
-        );
     }
 
     #[test]
