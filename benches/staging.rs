@@ -7,8 +7,8 @@
 //! - `memcpy`: `copy_from_slice` alone, no checksum (the floor of a plain copy);
 //! - `crc_only`: the CRC32C of the frames alone, no copy (what the checksum costs on frames
 //!   that are out of the cache);
-//! - `copy_then_crc`: what the writer did before, the copy and then the CRC of the copy while it
-//!   is in cache;
+//! - `copy_then_crc`: what the writer did before session 11, the copy and then the CRC of the
+//!   copy while it is in cache;
 //! - `stage_frames`: `holdfast::store::staging::stage_frames`, what the writer runs: one pass
 //!   that loads each 64 bytes once, stores them non-temporally and folds them into the CRC
 //!   (PCLMULQDQ);
@@ -16,8 +16,8 @@
 //!   the CRC of the source (`crc-fast`) and then a non-temporal copy from the cache.
 //!
 //! And one 20 kB frame that stays in the cache (`hot_frame_20k`): its CRC32C alone by `crc-fast`
-//! (the portable path's checksum) and by the `crc32c` crate, and `stage_frames` of it (copy and
-//! CRC in one pass): the speed of the computation itself on this CPU, with no memory to wait for.
+//! (the portable path's checksum) and by the `crc32c` crate, with no memory to wait for, and
+//! `stage_frames` of it (copy and CRC in one pass; its non-temporal stores still go to memory).
 //!
 //! `cargo bench --bench staging` (under `flock /work/bench.lock` on a shared machine).
 
@@ -53,7 +53,7 @@ fn frames() -> Vec<Vec<Vec<u8>>> {
 fn run(
     cams: &[Vec<Vec<u8>>],
     dest: &mut [u8],
-    stage: impl Fn(&[Vec<u8>], &mut [u8]) -> u32,
+    mut stage: impl FnMut(&[Vec<u8>], &mut [u8]) -> u32,
 ) -> u32 {
     let mut at = 0;
     let mut acc = 0u32;
@@ -68,35 +68,77 @@ fn run(
     acc
 }
 
+/// One camera's segment staged into `d`: the CRC it returns, or `None` for a variant that
+/// computes none.
+type Variant = fn(&[Vec<u8>], &mut [u8]) -> Option<u32>;
+
+/// The variants timed over the 200 cameras, each checked first.
+const VARIANTS: [(&str, Variant); 5] = [
+    ("memcpy", |cam, d| {
+        let mut at = 0;
+        for f in cam {
+            d[at..at + f.len()].copy_from_slice(f);
+            at += f.len();
+        }
+        None
+    }),
+    ("crc_only", |cam, _| {
+        let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+        for f in cam {
+            crc.update(f);
+        }
+        Some(crc.finalize() as u32)
+    }),
+    ("copy_then_crc", |cam, d| {
+        let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+        let mut at = 0;
+        for f in cam {
+            let to = &mut d[at..at + f.len()];
+            to.copy_from_slice(f);
+            crc.update(to);
+            at += f.len();
+        }
+        Some(crc.finalize() as u32)
+    }),
+    ("stage_frames", |cam, d| {
+        Some(stage_frames(cam.iter().map(|f| &f[..]), d))
+    }),
+    ("stage_frames_portable", |cam, d| {
+        Some(stage_frames_portable(cam.iter().map(|f| &f[..]), d))
+    }),
+];
+
 fn bench(c: &mut Criterion) {
     let cams = frames();
     let total: usize = cams.iter().flatten().map(Vec::len).sum();
     let mut dest = vec![0u8; DEST];
-    // The answers agree, checked before anything is timed (the figures would be meaningless
-    // otherwise).
-    let mut d2 = vec![0u8; DEST];
-    let plain = run(&cams, &mut d2, |cam, d| {
+    // Every variant's answer is checked before anything is timed (the figures would be
+    // meaningless otherwise): the bytes it copied (where it copies) and the CRC it computed
+    // (where it computes one) against `copy_from_slice` and the `crc32c` crate.
+    let mut want = vec![0u8; DEST];
+    let mut want_crcs = Vec::new();
+    run(&cams, &mut want, |cam, d| {
         let all = cam.concat();
         d[..all.len()].copy_from_slice(&all);
-        crc32c::crc32c(&all)
+        want_crcs.push(crc32c::crc32c(&all));
+        0
     });
-    assert_eq!(
-        run(&cams, &mut dest, |cam, d| stage_frames(
-            cam.iter().map(|f| &f[..]),
-            d
-        )),
-        plain
-    );
-    assert!(dest == d2, "stage_frames copied something else");
-    dest.fill(0);
-    assert_eq!(
-        run(&cams, &mut dest, |cam, d| stage_frames_portable(
-            cam.iter().map(|f| &f[..]),
-            d
-        )),
-        plain
-    );
-    assert!(dest == d2, "stage_frames_portable copied something else");
+    for (name, variant) in VARIANTS {
+        dest.fill(0);
+        let mut crcs = Vec::new();
+        run(&cams, &mut dest, |cam, d| {
+            if let Some(crc) = variant(cam, d) {
+                crcs.push(crc);
+            }
+            0
+        });
+        if name != "crc_only" {
+            assert!(dest == want, "{name} copied something else");
+        }
+        if name != "memcpy" {
+            assert_eq!(crcs, want_crcs, "{name}: wrong CRC");
+        }
+    }
     println!(
         "stage_frames runs {} here",
         if holdfast::store::staging::one_pass() {
@@ -107,75 +149,39 @@ fn bench(c: &mut Criterion) {
     );
     let mut g = c.benchmark_group("staging_200_cameras");
     g.throughput(Throughput::Bytes(total as u64));
-    g.bench_function("memcpy", |b| {
-        b.iter(|| {
-            run(&cams, &mut dest, |cam, d| {
-                let mut at = 0;
-                for f in cam {
-                    d[at..at + f.len()].copy_from_slice(f);
-                    at += f.len();
-                }
-                0
+    for (name, variant) in VARIANTS {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                run(&cams, &mut dest, |cam, d| {
+                    variant(cam, d).unwrap_or_default()
+                })
             })
-        })
-    });
-    g.bench_function("crc_only", |b| {
-        b.iter(|| {
-            run(&cams, &mut dest, |cam, _| {
-                let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
-                for f in cam {
-                    crc.update(f);
-                }
-                crc.finalize() as u32
-            })
-        })
-    });
-    g.bench_function("copy_then_crc", |b| {
-        b.iter(|| {
-            run(&cams, &mut dest, |cam, d| {
-                let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
-                let mut at = 0;
-                for f in cam {
-                    let to = &mut d[at..at + f.len()];
-                    to.copy_from_slice(f);
-                    crc.update(to);
-                    at += f.len();
-                }
-                crc.finalize() as u32
-            })
-        })
-    });
-    g.bench_function("stage_frames", |b| {
-        b.iter(|| {
-            run(&cams, &mut dest, |cam, d| {
-                stage_frames(cam.iter().map(|f| &f[..]), d)
-            })
-        })
-    });
-    g.bench_function("stage_frames_portable", |b| {
-        b.iter(|| {
-            run(&cams, &mut dest, |cam, d| {
-                stage_frames_portable(cam.iter().map(|f| &f[..]), d)
-            })
-        })
-    });
+        });
+    }
     g.finish();
     let hot: Vec<u8> = (0..20_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
+    let want = crc32c::crc32c(&hot);
+    let fast = |h: &[u8]| {
+        let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+        crc.update(h);
+        crc.finalize() as u32
+    };
+    let mut hot_dst = vec![0u8; hot.len()];
+    assert_eq!(fast(&hot), want, "crc_fast: wrong CRC");
+    assert_eq!(
+        stage_frames([&hot[..]], &mut hot_dst),
+        want,
+        "stage_frames: wrong CRC"
+    );
+    assert!(hot_dst == hot, "stage_frames copied something else");
     let mut h = c.benchmark_group("hot_frame_20k");
     h.throughput(Throughput::Bytes(hot.len() as u64));
-    h.bench_function("crc_fast", |b| {
-        b.iter(|| {
-            let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
-            crc.update(std::hint::black_box(&hot));
-            crc.finalize() as u32
-        })
-    });
+    h.bench_function("crc_fast", |b| b.iter(|| fast(std::hint::black_box(&hot))));
     h.bench_function("crc32c_crate", |b| {
         b.iter(|| crc32c::crc32c(std::hint::black_box(&hot)))
     });
-    let mut hot_dst = vec![0u8; hot.len()];
     h.bench_function("stage_frames", |b| {
         b.iter(|| stage_frames([std::hint::black_box(&hot[..])], &mut hot_dst))
     });

@@ -8,8 +8,9 @@
 //! writing it (read-for-ownership) and leave the copy in the cache, where nothing reads it again:
 //! the disk's DMA reads memory. So [`stage_frames`] reads each frame once and does both jobs
 //! on the bytes it loaded:
-//! - on x86_64 with PCLMULQDQ and SSE4.2 (every x86_64 server CPU since 2010), one loop per
-//!   frame loads 64 bytes, writes them to the slot with non-temporal stores (`movntdq`: whole
+//! - on x86_64 with PCLMULQDQ and SSE4.2 (Intel since Westmere, AMD since Bulldozer; checked at
+//!   run time), one loop per frame loads, for every whole 64-byte line of the slot, the 64
+//!   bytes of the frame that go there, writes them with non-temporal stores (`movntdq`: whole
 //!   lines to memory, without reading them first and without evicting anything) and folds them
 //!   into four CRC accumulators with carry-less multiplication; the bytes before the slot's
 //!   first 64-byte boundary and after its last one go through SSE4.2's `crc32` and plain
@@ -285,14 +286,49 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Both paths: what runs on this machine, and the portable one.
+    /// Every path: what `stage_frames` runs here, the one-pass loop called directly (when
+    /// this CPU can run it: said on stderr when it cannot, so a run that tested only the
+    /// portable path is visible), and the portable one.
     type Stage = fn(&[&[u8]], &mut [u8]) -> u32;
-    const PATHS: [(&str, Stage); 2] = [
-        ("stage_frames", |f, d| stage_frames(f.iter().copied(), d)),
-        ("portable", |f, d| {
-            stage_frames_portable(f.iter().copied(), d)
-        }),
-    ];
+    fn paths() -> Vec<(&'static str, Stage)> {
+        let mut p: Vec<(&'static str, Stage)> = vec![
+            ("stage_frames", |f, d| stage_frames(f.iter().copied(), d)),
+            ("portable", |f, d| {
+                stage_frames_portable(f.iter().copied(), d)
+            }),
+        ];
+        #[cfg(target_arch = "x86_64")]
+        if x86::available() {
+            p.push(("one pass", |frames, d| {
+                let (mut state, mut at) = (!0u32, 0);
+                for f in frames {
+                    // SAFETY: `available()` was checked above.
+                    state = unsafe { x86::copy_crc(state, f, &mut d[at..at + f.len()]) };
+                    at += f.len();
+                }
+                store_fence();
+                !state
+            }));
+        }
+        if !one_pass() {
+            eprintln!("this CPU cannot run the one-pass loop: only the portable path is tested");
+        }
+        p
+    }
+
+    /// `len` bytes that do not repeat with any short period (xorshift), so that a block
+    /// copied to or checksummed at the wrong place cannot come out right by accident.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
 
     fn reference(frames: &[Vec<u8>]) -> (Vec<u8>, u32) {
         // An independent implementation (the `crc32c` crate's) as the reference.
@@ -310,12 +346,15 @@ mod tests {
             0usize, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 79, 80, 127, 128, 129, 191, 192, 255, 256,
             257, 4095, 4096, 20_011,
         ];
-        for (name, stage) in PATHS {
+        for (name, stage) in paths() {
             for off in 0..130 {
                 for &len in &lens {
-                    let src: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+                    // The source misaligned too, by 0..16 bytes.
+                    let soff = off % 17;
+                    let backing = noise(soff + len, (off * 1000 + len) as u64);
+                    let src = backing[soff..].to_vec();
                     let mut buf = vec![0xAAu8; off + len + 40];
-                    let crc = stage(&[&src[..]], &mut buf[off..]);
+                    let crc = stage(&[&backing[soff..]], &mut buf[off..]);
                     assert_eq!(
                         &buf[off..off + len],
                         &src[..],
@@ -340,11 +379,11 @@ mod tests {
         let frames: Vec<Vec<u8>> = [3usize, 100, 0, 4097, 65, 20_000]
             .iter()
             .enumerate()
-            .map(|(k, &n)| (0..n).map(|i| (i ^ (k * 31)) as u8).collect())
+            .map(|(k, &n)| noise(n, k as u64 + 7))
             .collect();
         let (all, crc) = reference(&frames);
         let refs: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
-        for (name, stage) in PATHS {
+        for (name, stage) in paths() {
             let mut dst = vec![0u8; all.len() + 5];
             let got = stage(&refs, &mut dst[5..]);
             assert_eq!(&dst[5..], &all[..], "{name}");
@@ -368,7 +407,7 @@ mod tests {
         ) {
             let (all, crc) = reference(&frames);
             let refs: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
-            for (name, stage) in PATHS {
+            for (name, stage) in paths() {
                 let mut dst = vec![0x55u8; off + all.len() + 7];
                 let got = stage(&refs, &mut dst[off..off + all.len()]);
                 prop_assert_eq!(got, crc, "{}", name);
