@@ -758,8 +758,8 @@ impl Reloader {
         // New buckets of a new policy record its retention before its first segment arrives.
         self.writer.set_retention(writer_retention(&new));
         // The queue's budget before the added cameras start (after the removed ones stopped).
-        if new.storage.writer_queue != self.writer.queue_limit() {
-            let was = self.writer.queue_limit();
+        let was = self.writer.queue_limit();
+        if new.storage.writer_queue != was {
             self.writer.set_queue_limit(new.storage.writer_queue);
             tracing::info!(
                 was,

@@ -34,17 +34,8 @@
 pub fn stage_frames<'a>(frames: impl IntoIterator<Item = &'a [u8]>, dst: &mut [u8]) -> u32 {
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
-        let mut state = !0u32;
-        let mut at = 0;
-        for f in frames {
-            let to = &mut dst[at..at + f.len()];
-            // SAFETY: `available()` checked that the CPU has the features `copy_crc` is
-            // compiled for.
-            state = unsafe { x86::copy_crc(state, f, to) };
-            at += f.len();
-        }
-        store_fence();
-        return !state;
+        // SAFETY: `available()` checked that the CPU has the features `stage` needs.
+        return unsafe { x86::stage(frames, dst) };
     }
     stage_frames_portable(frames, dst)
 }
@@ -112,6 +103,27 @@ mod x86 {
         std::is_x86_feature_detected!("pclmulqdq") && std::is_x86_feature_detected!("sse4.2")
     }
 
+    /// [`super::stage_frames`] by the one-pass loop: every frame through [`copy_crc`], one
+    /// `sfence`, the finished CRC.
+    ///
+    /// # Safety
+    /// The CPU must have PCLMULQDQ and SSE4.2 ([`available`]).
+    pub(super) unsafe fn stage<'a>(
+        frames: impl IntoIterator<Item = &'a [u8]>,
+        dst: &mut [u8],
+    ) -> u32 {
+        let mut state = !0u32;
+        let mut at = 0;
+        for f in frames {
+            let to = &mut dst[at..at + f.len()];
+            // SAFETY: the caller promised the CPU features `copy_crc` is compiled for.
+            state = unsafe { copy_crc(state, f, to) };
+            at += f.len();
+        }
+        super::store_fence();
+        !state
+    }
+
     /// Copies `src` into `dst` (equal lengths) and returns the CRC32C register after `src`,
     /// starting from `state` (the register, not the finished CRC: start from `!0` and invert
     /// at the end). Non-temporal stores for every whole 64-byte line of `dst`; they are not
@@ -120,12 +132,10 @@ mod x86 {
     /// # Safety
     /// The CPU must have PCLMULQDQ and SSE4.2 ([`available`]).
     #[target_feature(enable = "pclmulqdq,sse4.2")]
-    pub(super) unsafe fn copy_crc(state: u32, src: &[u8], dst: &mut [u8]) -> u32 {
+    unsafe fn copy_crc(state: u32, src: &[u8], dst: &mut [u8]) -> u32 {
         assert_eq!(dst.len(), src.len(), "copy_crc: lengths differ");
         let n = src.len();
-        // Up to the destination's first 64-byte boundary, so that the streaming stores fill
-        // whole lines (a line partly written by plain stores would be read in first).
-        let head = ((dst.as_ptr() as usize).wrapping_neg() & 63).min(n);
+        let head = super::to_line(dst).min(n);
         let blocks = (n - head) / 64;
         let body_end = head + blocks * 64;
         let mut state = crc_bytes(state, &src[..head]);
@@ -174,21 +184,21 @@ mod x86 {
         unsafe {
             let load = |o: usize| _mm_loadu_si128(src.add(o).cast::<__m128i>());
             let store = |o: usize, v: __m128i| _mm_stream_si128(dst.add(o).cast::<__m128i>(), v);
-            let (mut x1, mut x2, mut x3, mut x4) = (load(0), load(16), load(32), load(48));
-            store(0, x1);
-            store(16, x2);
-            store(32, x3);
-            store(48, x4);
+            // The 64 bytes at `o` copied, and returned for folding.
+            let block = |o: usize| {
+                let v = (load(o), load(o + 16), load(o + 32), load(o + 48));
+                store(o, v.0);
+                store(o + 16, v.1);
+                store(o + 32, v.2);
+                store(o + 48, v.3);
+                v
+            };
+            let (mut x1, mut x2, mut x3, mut x4) = block(0);
             // The register goes into the first 32 bits of the message (reflected CRC).
             x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128(state as i32));
             let k1k2 = _mm_set_epi64x(K2, K1);
             for b in 1..blocks {
-                let o = 64 * b;
-                let (y1, y2, y3, y4) = (load(o), load(o + 16), load(o + 32), load(o + 48));
-                store(o, y1);
-                store(o + 16, y2);
-                store(o + 32, y3);
-                store(o + 48, y4);
+                let (y1, y2, y3, y4) = block(64 * b);
                 x1 = fold(x1, k1k2, y1);
                 x2 = fold(x2, k1k2, y2);
                 x3 = fold(x3, k1k2, y3);
@@ -225,6 +235,13 @@ mod x86 {
     }
 }
 
+/// The bytes from the start of `dst` up to its first 64-byte (cache-line) boundary: the
+/// streaming stores start there, so that they fill whole lines (a line partly written by plain
+/// stores would be read in first, and flushed twice).
+fn to_line(dst: &[u8]) -> usize {
+    (dst.as_ptr() as usize).wrapping_neg() & 63
+}
+
 /// Copies `src` into `dst` (equal lengths) with non-temporal stores for every whole 64-byte
 /// aligned line of `dst`, plain stores for the unaligned head and the tail. The stores are
 /// not ordered with later ones until [`store_fence`].
@@ -235,10 +252,7 @@ fn copy_streaming(dst: &mut [u8], src: &[u8]) {
         use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
         const BLOCK: usize = 64;
         let n = dst.len();
-        // Bytes up to the first cache-line (64-byte) boundary of the destination, so that the
-        // streaming stores fill whole lines (a line partly written by plain stores would be
-        // read in first, and flushed twice).
-        let head = (dst.as_ptr() as usize).wrapping_neg() & 63;
+        let head = to_line(dst);
         if n < head + BLOCK {
             dst.copy_from_slice(src);
             return;
@@ -299,15 +313,9 @@ mod tests {
         ];
         #[cfg(target_arch = "x86_64")]
         if x86::available() {
-            p.push(("one pass", |frames, d| {
-                let (mut state, mut at) = (!0u32, 0);
-                for f in frames {
-                    // SAFETY: `available()` was checked above.
-                    state = unsafe { x86::copy_crc(state, f, &mut d[at..at + f.len()]) };
-                    at += f.len();
-                }
-                store_fence();
-                !state
+            // SAFETY: `available()` was checked above.
+            p.push(("one pass", |f, d| unsafe {
+                x86::stage(f.iter().copied(), d)
             }));
         }
         if !one_pass() {

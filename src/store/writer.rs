@@ -2245,8 +2245,8 @@ impl Drop for AlignedBuf {
 
 /// Copies a segment's record into `buf` (exactly its padded length): the payload with its
 /// CRC32C in one pass (`staging`: each 64 bytes loaded once, stored non-temporally and folded
-/// into the CRC), then the
-/// header with that CRC, then zeros up to the end. Returns the encoded header.
+/// into the CRC), then the header with that CRC, then zeros up to the end. Returns the encoded
+/// header.
 fn stage_record(seg: &Segment, buf: &mut [u8]) -> Vec<u8> {
     let hlen = seg.header_len();
     let payload = seg.frames.iter().map(|f| &f.data[..]);
