@@ -98,7 +98,7 @@ mod x86 {
     /// See [`POLY`].
     pub(super) const MU: i64 = 0xdea7_13f1;
 
-    /// Whether this CPU can run [`copy_crc`] (the result is cached by `std`).
+    /// Whether this CPU can run [`stage`] (the result is cached by `std`).
     pub(super) fn available() -> bool {
         std::is_x86_feature_detected!("pclmulqdq") && std::is_x86_feature_detected!("sse4.2")
     }
@@ -238,6 +238,7 @@ mod x86 {
 /// The bytes from the start of `dst` up to its first 64-byte (cache-line) boundary: the
 /// streaming stores start there, so that they fill whole lines (a line partly written by plain
 /// stores would be read in first, and flushed twice).
+#[cfg(target_arch = "x86_64")]
 fn to_line(dst: &[u8]) -> usize {
     (dst.as_ptr() as usize).wrapping_neg() & 63
 }
