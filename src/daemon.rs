@@ -210,7 +210,6 @@ pub async fn run_with(
     )
     .context("starting the backup thread")?;
     crate::service::status("starting the writer, the sweeper and the cameras");
-    let arena = DirectTuning::for_cameras(config.cameras.len());
     let writer = Writer::spawn_tuned(
         store.clone(),
         WriterConfig {
@@ -222,9 +221,9 @@ pub async fn run_with(
         },
         metrics.clone(),
         None,
-        // Sized once for the cameras configured at start (a reload that adds cameras keeps it;
-        // the reload says so when a restart would give more: `Reloader::apply`).
-        arena,
+        // Sized for the cameras configured at start; a reload that changes their number
+        // resizes it (`Reloader::apply`).
+        DirectTuning::for_cameras(config.cameras.len()),
     )?;
     // Every bucket the writer creates records its policy's retention, so that it still expires
     // after the policy is renamed or removed.
@@ -308,7 +307,6 @@ pub async fn run_with(
             sweeper: sweeper.clone(),
             writer: writer.handle(),
             metrics: metrics.clone(),
-            arena,
         };
         tokio::spawn(r.run(hup, reload_stopped))
     });
@@ -626,8 +624,6 @@ struct Reloader {
     sweeper: Arc<SweeperHandle>,
     writer: WriterHandle,
     metrics: Arc<Metrics>,
-    /// The writer's staging arena, sized at start.
-    arena: DirectTuning,
 }
 
 impl Reloader {
@@ -660,12 +656,6 @@ impl Reloader {
         let (result, object, text) = match self.apply().await {
             Ok(summary) => {
                 tracing::info!(changes = %summary, "config reload applied: {summary}");
-                self.metrics
-                    .config_reloads
-                    .get_or_create(&ResultLabel {
-                        result: "ok".into(),
-                    })
-                    .inc();
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0.0, |d| d.as_secs_f64());
@@ -682,12 +672,6 @@ impl Reloader {
                     errors = errors.len(),
                     "config reload refused; the running config is kept"
                 );
-                self.metrics
-                    .config_reloads
-                    .get_or_create(&ResultLabel {
-                        result: "refused".into(),
-                    })
-                    .inc();
                 let keys = crate::reload::error_keys(errors.iter().map(|(k, _)| k.as_str()));
                 let text = format!("refused: {}", keys.join(", "));
                 (
@@ -709,6 +693,14 @@ impl Reloader {
         if let Err(e) = self.state.record(entry).await {
             tracing::error!(error = ?e, result, "could not write the logbook entry of a config reload");
         }
+        // Counted once its logbook entry is written: a reload the counter shows is in the
+        // logbook.
+        self.metrics
+            .config_reloads
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
         crate::service::reloaded(&format!("config reload {result}"));
     }
 
@@ -767,21 +759,11 @@ impl Reloader {
                 "writer queue budget (storage.writer_queue) changed"
             );
         }
-        // Said once per size past the arena, not at every later reload.
-        let outgrown = self.arena.outgrown_by(new.cameras.len());
-        let before = self.arena.outgrown_by(self.config.cameras.len());
-        if let (Some(wanted), true) = (outgrown, outgrown != before) {
-            tracing::warn!(
-                cameras = new.cameras.len(),
-                slots = self.arena.slots,
-                wanted,
-                "the writer's staging arena was sized at start for fewer cameras: every camera \
-                 runs, with {} write rounds in flight instead of the {wanted} a site this size \
-                 gets, so under load segments may be dropped (queue_full) that a restart would \
-                 keep; restart holdfast to grow it",
-                self.arena.slots
-            );
-        }
+        // The staging arena follows the site, as at a start with this config. The writer acts
+        // on it between two batches and logs the outcome; at the same size it only registers
+        // an arena the memory lock limit refused before (a limit raised since then).
+        self.writer
+            .resize_arena(DirectTuning::for_cameras(new.cameras.len()).slots);
         for id in d.added.iter().chain(&d.changed) {
             if let Some(p) = prepared.remove(id) {
                 cams.start(p);

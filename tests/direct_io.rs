@@ -15,6 +15,13 @@
 //!   with the serial tuning.
 //! - `a_start_used_by_a_write_in_flight_is_moved_by_a_tick`: a second segment with the start
 //!   of a record still being written is indexed a tick later, never over it.
+//! - `the_arena_is_resized_between_batches_after_the_rounds_in_flight`: a reload's request to
+//!   re-cut the staging arena (8 slots to 2, then 2 to 6, each with rounds holding slots) is
+//!   acted on between batches, after every round in flight; everything before and after reads
+//!   back, and the new arena is registered.
+//! - `a_larger_arena_the_memory_lock_limit_refuses_keeps_the_registered_one` (root, in a child
+//!   process): under a memory lock limit, an arena refused at start is registered once the
+//!   limit allows, and a larger arena that cannot be registered leaves the registered one.
 //!
 //! The directory is under `CARGO_TARGET_TMPDIR` (the target dir, a real disk filesystem): tmpfs
 //! would test the page cache, not direct I/O.
@@ -462,4 +469,275 @@ fn a_start_used_by_a_write_in_flight_is_moved_by_a_tick() {
     );
     writer.shutdown();
     assert!(store.verify().unwrap().bad.is_empty());
+}
+
+/// Writes `n` ~40 KB segments of `camera` from `t0`, one a second, all queued before the writer
+/// takes any when `hold` (full batches); returns their payloads by start.
+fn queue_segments(
+    writer: &Writer,
+    seed: u64,
+    camera: &str,
+    t0: Time90k,
+    n: i64,
+) -> Vec<(Time90k, Vec<u8>)> {
+    let mut rng = synth::rng(seed);
+    let pool = synth::pool(&mut rng, 1 << 20);
+    (0..n)
+        .map(|i| {
+            let start = t0.add_ticks(i * TICKS_PER_SEC);
+            let s = synth::segment(&mut rng, &pool, camera, "four-weeks", start, 20, 2_000);
+            let bytes = s.frames.iter().flat_map(|f| f.data.to_vec()).collect();
+            writer.handle().submit(s).unwrap();
+            (start, bytes)
+        })
+        .collect()
+}
+
+/// Every segment in `want` is indexed and reads back (CRCs checked) with its own bytes.
+fn assert_stored(store: &Store, camera: &str, want: &[(Time90k, Vec<u8>)]) {
+    let (from, to) = (want[0].0, want[want.len() - 1].0.add_ticks(1));
+    let found = store.index().camera_segments(camera, from, to).unwrap();
+    assert_eq!(found.len(), want.len(), "{camera}: segments indexed");
+    for (e, (start, bytes)) in found.iter().zip(want) {
+        assert_eq!(e.start, *start);
+        assert_eq!(
+            &store.read_segment(e).unwrap().1,
+            bytes,
+            "{camera} at {start:?}"
+        );
+    }
+}
+
+/// Waits until the writer has submitted `n` records since its start.
+fn wait_submitted(writer: &Writer, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while writer.handle().direct_stats().records < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} records never submitted: {:?}",
+            writer.handle().direct_stats()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A reload resizes the staging arena (`WriterHandle::resize_arena`) while rounds are in flight:
+/// the writer acts between two batches, waits for every round, and only then swaps the arena,
+/// registered again. The test hook keeps completed rounds unfinished, so when the ask arrives
+/// the last rounds of the batch before still hold slots 0..7 of 8: shrinking to 2 without the
+/// wait would hand slot 7 back to a 2-slot arena (a write out of it) and free the buffer the
+/// kernel writes from; growing to 6 likewise with rounds holding the 2 slots.
+#[test]
+fn the_arena_is_resized_between_batches_after_the_rounds_in_flight() {
+    // Synced only on flush, so nothing but the resize waits for the held rounds.
+    let cfg = WriterConfig {
+        sync_interval: Duration::from_secs(600),
+        ..config()
+    };
+    let (_dir, store, writer, rx) = spawn_on_disk(
+        cfg,
+        DirectTuning {
+            slots: 8,
+            slot_len: 256 << 10,
+            ..DirectTuning::default()
+        },
+    );
+    let h = writer.handle();
+    assert_eq!((h.arena_slots(), h.buffers_registered()), (8, true));
+    let t0 = Time90k::from_unix_seconds(1_795_000_200);
+    h.hold_rounds_for_tests(true);
+    let batch = |seed, camera: &str, asked: usize| {
+        // ~40 KB records, 5-6 to a 256 KiB slot: 100 records use every slot more than twice.
+        h.hold_queue_for_tests(true);
+        let segs = queue_segments(&writer, seed, camera, t0, 100);
+        let before = h.direct_stats().records;
+        h.hold_queue_for_tests(false);
+        wait_submitted(&writer, before + 100);
+        h.resize_arena(asked);
+        segs
+    };
+    let a = batch(41, "gate-a", 2);
+    let b = queue_segments(&writer, 42, "gate-b", t0, 60);
+    assert!(h.flush(), "writer stopped: {:?}", h.death());
+    assert_eq!((h.arena_slots(), h.buffers_registered()), (2, true));
+    let c = batch(43, "gate-c", 6);
+    let d = queue_segments(&writer, 44, "gate-d", t0, 60);
+    assert!(h.flush(), "writer stopped: {:?}", h.death());
+    assert_eq!((h.arena_slots(), h.buffers_registered()), (6, true));
+    assert_eq!(rx.try_iter().count(), 320, "every segment durable");
+    assert_eq!(h.arena_refusals(), 0);
+    for (camera, segs) in [
+        ("gate-a", &a),
+        ("gate-b", &b),
+        ("gate-c", &c),
+        ("gate-d", &d),
+    ] {
+        assert_stored(&store, camera, segs);
+    }
+    // The same size again: nothing to do. Out of range: clamped to 1..=8.
+    h.resize_arena(6);
+    h.resize_arena(0);
+    assert!(h.flush());
+    assert_eq!(h.arena_slots(), 1);
+    h.resize_arena(1_000);
+    assert!(h.flush());
+    assert_eq!(h.arena_slots(), 8);
+    writer.shutdown();
+    assert!(store.verify().unwrap().bad.is_empty());
+
+    // A buffered writer has no arena to resize.
+    let (_dir, _store, buffered, _rx) = spawn_on_disk(
+        WriterConfig {
+            io: holdfast::store::writer::WriteIo::Buffered,
+            ..config()
+        },
+        DirectTuning::default(),
+    );
+    assert_eq!(buffered.handle().arena_slots(), 0);
+    buffered.handle().resize_arena(8);
+    assert!(buffered.handle().flush());
+    assert_eq!(buffered.handle().arena_slots(), 0);
+    buffered.shutdown();
+}
+
+/// The header of `capget(2)`/`capset(2)`, version 3 (pid 0: the calling thread).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+/// One of the two data structs of version 3 (capabilities 0-31, then 32-63).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    _permitted: u32,
+    _inheritable: u32,
+}
+
+/// Takes CAP_IPC_LOCK out of the calling thread's effective set (`capset(2)` acts on the
+/// calling thread only; threads it spawns inherit the sets).
+fn drop_ipc_lock() {
+    const CAP_IPC_LOCK: u32 = 14;
+    let mut hdr = CapHeader {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let h: *mut CapHeader = &mut hdr;
+    let mut data = [CapData::default(); 2];
+    // SAFETY: a version-3 header and two data structs, as capget and capset take them.
+    unsafe {
+        assert_eq!(libc::syscall(libc::SYS_capget, h, data.as_mut_ptr()), 0);
+        data[0].effective &= !(1 << CAP_IPC_LOCK);
+        assert_eq!(libc::syscall(libc::SYS_capset, h, data.as_ptr()), 0);
+    }
+}
+
+/// Set in the child process of the memory-lock test: it runs the scenario there.
+const MEMLOCK_CHILD: &str = "HOLDFAST_TEST_MEMLOCK_CHILD";
+
+/// Under the memory lock limit: an arena refused at start is written unregistered and is
+/// registered at the first ask after the limit was raised; a larger arena the limit refuses
+/// leaves the writer with the registered arena it had (registered again), not with an
+/// unregistered one; a size within the limit is then taken. The scenario runs in a child process (this test binary again, only this test), so that its
+/// RLIMIT_MEMLOCK of 6 MiB and its thread without CAP_IPC_LOCK reach no other test: a ring
+/// created by a thread without that capability has its registered buffers counted against the
+/// limit, as for the daemon run as its own user. Needs root: root's other processes (the other
+/// tests) have the capability, so their buffers do not count against root's locked memory,
+/// which the child's ring shares with every ring of its user that lacks it.
+#[test]
+fn a_larger_arena_the_memory_lock_limit_refuses_keeps_the_registered_one() {
+    const NAME: &str = "a_larger_arena_the_memory_lock_limit_refuses_keeps_the_registered_one";
+    if std::env::var_os(MEMLOCK_CHILD).is_some() {
+        return memlock_scenario();
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("HOLDFAST_REQUIRE_ROOT_TESTS").is_none(),
+            "HOLDFAST_REQUIRE_ROOT_TESTS is set but the tests do not run as root"
+        );
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+        .env(MEMLOCK_CHILD, "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "child failed:\n{text}");
+    assert!(
+        text.contains("memlock scenario passed"),
+        "the child did not run the scenario:\n{text}"
+    );
+}
+
+fn memlock_scenario() {
+    // Lowering a limit needs no privilege (raising the hard one would: CAP_SYS_RESOURCE), and
+    // the soft one may go up to the hard one.
+    let memlock = |soft: u64| {
+        let limit = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: 6 << 20,
+        };
+        // SAFETY: setrlimit on an owned struct (this child process only).
+        let set = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) };
+        assert_eq!(
+            set,
+            0,
+            "RLIMIT_MEMLOCK cannot be set to {soft} of 6 MiB (a hard limit below it?): {}",
+            std::io::Error::last_os_error()
+        );
+    };
+    memlock(3 << 20);
+    drop_ipc_lock();
+    let (_dir, store, writer, rx) = spawn_on_disk(
+        config(),
+        DirectTuning {
+            slots: 4,
+            slot_len: 1 << 20,
+            ..DirectTuning::default()
+        },
+    );
+    let h = writer.handle();
+    let state = || (h.arena_slots(), h.buffers_registered(), h.arena_refusals());
+    // 4 MiB under a 3 MiB limit: refused at start, written unregistered; refused again when
+    // asked at the same size. A flush called after an ask is answered after it is acted on.
+    assert_eq!(state(), (4, false, 1));
+    h.resize_arena(4);
+    assert!(h.flush());
+    assert_eq!(state(), (4, false, 2));
+    // The limit raised (as `prlimit` would on the daemon): the next ask registers it.
+    memlock(6 << 20);
+    h.resize_arena(4);
+    assert!(h.flush());
+    assert_eq!(
+        state(),
+        (4, true, 2),
+        "the arena was not registered once the limit allowed"
+    );
+    // 8 MiB: over the limit. The registered arena stays, registered again.
+    h.resize_arena(8);
+    assert!(h.flush());
+    assert_eq!(
+        state(),
+        (4, true, 3),
+        "the refused arena replaced the registered one"
+    );
+    // 5 MiB: within it.
+    h.resize_arena(5);
+    let t0 = Time90k::from_unix_seconds(1_795_000_200);
+    let segs = queue_segments(&writer, 51, "gate-a", t0, 40);
+    assert!(h.flush());
+    assert_eq!(state(), (5, true, 3));
+    assert_eq!(rx.try_iter().count(), 40);
+    assert_stored(&store, "gate-a", &segs);
+    writer.shutdown();
+    eprintln!("memlock scenario passed");
 }

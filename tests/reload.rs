@@ -6,7 +6,8 @@
 //!   restarted, a user revoked; a role changed) and two refused ones (a typo, a key that needs a
 //!   restart), while camera `a` records on in one session without a gap.
 //! - A reload that grows the site from 1 to 501 cameras: applied, the writer queue's "auto"
-//!   budget follows, and the log says a restart would grow the staging arena sized at start.
+//!   budget follows, and the writer's staging arena grows from 4 to 5 write rounds (and shrinks
+//!   back to 4 with the site).
 
 #![allow(dead_code)]
 
@@ -432,10 +433,11 @@ fn sighup_reloads_cameras_users_and_roles_while_untouched_cameras_record_on() {
 
 /// A reload that grows the site from 1 camera to 501 is applied: every camera is there, the
 /// writer queue's "auto" budget follows the site (4 MiB a camera; before, that change of a key
-/// nobody had written refused the reload as "needs a restart"), and the log says that a restart
-/// would give the staging arena sized at start more write rounds.
+/// nobody had written refused the reload as "needs a restart"), and the writer's staging arena
+/// grows to the 5 write rounds a start with 501 cameras gives (before, only a restart grew it);
+/// a reload back to one camera shrinks it to the 4 of a small site again.
 #[test]
-fn a_reload_past_the_arena_sized_at_start_says_a_restart_would_grow_it() {
+fn a_reload_that_grows_or_shrinks_the_site_resizes_the_staging_arena() {
     let camera = |i: usize| {
         format!(
             "\n[[cameras]]\nid = \"cam-{i}\"\nsite = \"s\"\nurl = \"rtsp://127.0.0.1:9/c{i}\"\n"
@@ -447,6 +449,13 @@ fn a_reload_past_the_arena_sized_at_start_says_a_restart_would_grow_it() {
         camera(0)
     );
     let mut d = Daemon::start(&one, "");
+    let resized = |d: &Daemon, slots: usize| {
+        support::procs::strip_ansi(&d.log_text())
+            .matches(&format!(
+                "writer staging arena resized: {slots} write rounds of 16 MiB can be in flight"
+            ))
+            .count()
+    };
     let grown: String = (1..501).map(camera).collect();
     reload(&d, &camera(0), &(camera(0) + &grown), "ok", 1.0);
     assert_eq!(reloads(&d, "ok"), 1.0);
@@ -459,24 +468,42 @@ fn a_reload_past_the_arena_sized_at_start_says_a_restart_would_grow_it() {
             && log.contains(&format!("now={}", 501u64 * (4 << 20))),
         "the writer queue budget did not follow the site"
     );
+    d.wait_until(Duration::from_secs(10), |d| resized(d, 5) == 1);
+    let log = support::procs::strip_ansi(&d.log_text());
+    assert!(log.contains("was=4 slots=5 slot_mib=16 registered="));
+    // As root the memory lock limit does not bind: the grown arena is registered.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(
+            log.contains("was=4 slots=5 slot_mib=16 registered=true"),
+            "the grown arena is not registered with io_uring"
+        );
+    }
     assert!(
-        log.contains("staging arena was sized at start for fewer cameras")
-            && log.contains("with 4 write rounds in flight instead of the 5"),
-        "no word of the arena in the log"
+        !log.contains("could not unregister the writer's staging arena")
+            && !log.contains("io_uring_register_buffers refused"),
+        "the arena's registration failed (see the daemon's log)"
     );
-    // A reload that keeps the site past the arena by as much says nothing more.
-    let warned = log.matches("staging arena was sized at start").count();
-    assert_eq!(warned, 1);
+    // A reload that keeps the site at 5 slots leaves the arena alone.
     reload(&d, &camera(500), &(camera(500) + &camera(501)), "ok", 2.0);
     assert_eq!(camera_ids(&d).len(), 502);
     assert_eq!(settings(&d), serde_json::json!(["storage.writer_queue"]));
+    // Back to one camera: the arena shrinks to the default 4 slots.
+    let text = std::fs::read_to_string(d.config_path()).unwrap();
+    let back = text.replacen(&(camera(0) + &grown + &camera(501)), &camera(0), 1);
+    assert_ne!(back, text);
+    std::fs::write(d.config_path(), back).unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_until(Duration::from_secs(30), |d| reloads(d, "ok") >= 3.0);
+    assert_eq!(camera_ids(&d).len(), 1);
+    d.wait_until(Duration::from_secs(10), |d| resized(d, 4) == 1);
     assert_eq!(
-        support::procs::strip_ansi(&d.log_text())
-            .matches("staging arena was sized at start")
-            .count(),
-        warned
+        resized(&d, 5),
+        1,
+        "the second reload resized the arena again"
     );
-    // The 502 camera tasks (backing off from a closed port) stop in time.
+    // The 502 camera tasks (backing off from a closed port) stopped in time, and the last one
+    // stops with the daemon.
     let (status, took) = d.terminate_within(Duration::from_secs(30));
     assert!(status.success(), "{status:?} after {took:?}");
 }

@@ -49,7 +49,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -157,6 +157,8 @@ enum Msg {
     Flush(Sender<()>),
     /// Make a bucket's pending segments durable, close it and never write to it again.
     Retire(Arc<str>, Time90k, Sender<()>),
+    /// Nothing to do but a turn of the loop (to act on an ask to resize the arena).
+    Wake,
     Shutdown,
 }
 
@@ -187,7 +189,15 @@ struct Shared {
     /// Bumped at every turn of the thread's loop (the systemd watchdog's sign of progress).
     heartbeat: crate::service::Heartbeat,
     /// Whether the direct-I/O staging arena is registered with the ring (`WriteFixed`).
-    buffers_registered: bool,
+    buffers_registered: AtomicBool,
+    /// Slots the staging arena is cut into now (0: no arena, the writer writes buffered).
+    arena_slots: AtomicUsize,
+    /// Slots last asked for by [`WriterHandle::resize_arena`], and how many times it was asked
+    /// (the thread acts on each ask once, between two batches).
+    arena_target: AtomicUsize,
+    arena_asks: AtomicU64,
+    /// Arenas (or registrations of the arena it has) the memory lock limit refused.
+    arena_refusals: AtomicU64,
 }
 
 /// How storing segments went lately.
@@ -333,7 +343,35 @@ impl WriterHandle {
     /// Whether direct writes go from the staging arena registered with the ring (`WriteFixed`);
     /// false for buffered writing or when the registration was refused (`RLIMIT_MEMLOCK`).
     pub fn buffers_registered(&self) -> bool {
-        self.shared.buffers_registered
+        self.shared.buffers_registered.load(Ordering::Acquire)
+    }
+
+    /// Slots the direct-I/O staging arena is cut into now, that is, write rounds that can be in
+    /// flight (0 when the writer writes buffered and has no arena).
+    pub fn arena_slots(&self) -> usize {
+        self.shared.arena_slots.load(Ordering::Acquire)
+    }
+
+    /// Asks the writer to cut its staging arena into `slots` slots of the same length (at
+    /// most 8; the daemon asks at every reload for [`DirectTuning::for_cameras`] of the cameras
+    /// it records). Never blocks: the thread is woken (unless its queue is full, when it is busy
+    /// anyway) and acts on the latest ask between two batches, before it answers a
+    /// [`WriterHandle::flush`] called after this; it waits for every round in flight, swaps the
+    /// arena and its io_uring registration and logs the outcome; [`WriterHandle::arena_slots`]
+    /// tells when it is done. When the memory lock limit refuses the new arena the registered
+    /// one is kept; an arena left unregistered is registered again at the next ask (a raised
+    /// limit takes effect at the next reload). Nothing to do for a buffered writer.
+    pub fn resize_arena(&self, slots: usize) {
+        self.shared.arena_target.store(slots, Ordering::Release);
+        self.shared.arena_asks.fetch_add(1, Ordering::AcqRel);
+        // The ask is in `Shared`, not in the message: a full queue loses nothing.
+        let _ = self.tx.try_send(Msg::Wake);
+    }
+
+    /// How many times the memory lock limit refused a new staging arena, or registering the one
+    /// the writer has, since the start.
+    pub fn arena_refusals(&self) -> u64 {
+        self.shared.arena_refusals.load(Ordering::Acquire)
     }
 
     /// Whether the writer thread is running.
@@ -475,13 +513,10 @@ impl Writer {
         let geometry = tuning.checked();
         let (arena, registered) = if cfg.io == WriteIo::Direct {
             let mut arena = AlignedBuf::new(geometry.slots * geometry.slot_len);
-            let iov = [libc::iovec {
-                iov_base: arena.as_mut_slice().as_mut_ptr().cast(),
-                iov_len: arena.len(),
-            }];
-            // SAFETY: the arena lives in the writer thread's state, declared after the ring, so
-            // it outlives the registration; it is leaked, never freed, if the ring breaks.
-            let registered = match unsafe { ring.submitter().register_buffers(&iov) } {
+            // SAFETY: the arena moves into the writer thread's state, declared after the ring,
+            // so it outlives the registration; it is leaked, never freed, if the ring breaks, and
+            // replaced only after it was unregistered (`WriterThread::resize_arena`).
+            let registered = match unsafe { register_arena(&ring, &mut arena) } {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(error = %e, bytes = arena.len(),
@@ -509,7 +544,11 @@ impl Writer {
             hold_queue: AtomicBool::new(false),
             direct_stats: Default::default(),
             heartbeat: crate::service::Heartbeat::new(),
-            buffers_registered: registered,
+            buffers_registered: AtomicBool::new(registered),
+            arena_slots: AtomicUsize::new(if arena.is_some() { geometry.slots } else { 0 }),
+            arena_target: AtomicUsize::new(geometry.slots),
+            arena_asks: AtomicU64::new(0),
+            arena_refusals: AtomicU64::new(u64::from(arena.is_some() && !registered)),
         });
         let buckets_dir = store.buckets_dir();
         let buckets_id =
@@ -542,6 +581,7 @@ impl Writer {
             registered,
             geometry,
             free_slots: (0..geometry.slots).rev().collect(),
+            arena_asked: 0,
             rounds: VecDeque::new(),
             fallbacks: Vec::new(),
             call_first: 0,
@@ -689,6 +729,8 @@ struct WriterThread {
     geometry: DirectTuning,
     /// Slots of the arena that no round holds.
     free_slots: Vec<usize>,
+    /// The last ask to resize the arena acted on (`Shared::arena_asks`).
+    arena_asked: u64,
     /// Rounds of direct writes submitted and not yet finished, oldest first.
     rounds: VecDeque<Round>,
     /// Files that refused a direct write (`EINVAL`): switched to buffered (`O_DIRECT` cleared on
@@ -746,15 +788,6 @@ impl DirectTuning {
                 .clamp(ARENA_SLOTS, MAX_SLOTS),
             ..Self::default()
         }
-    }
-
-    /// The slots [`DirectTuning::for_cameras`] would give a site of `cameras` cameras, if more
-    /// than this tuning has: the arena is sized at start, and a reload that grows the site keeps
-    /// it (every camera runs, with fewer rounds in flight, so under load segments may drop as
-    /// `queue_full`) until a restart.
-    pub fn outgrown_by(&self, cameras: usize) -> Option<usize> {
-        let wanted = Self::for_cameras(cameras).slots;
-        (wanted > self.slots).then_some(wanted)
     }
 
     /// The writer as first built in issue 11: one 32 MiB round at a time, waited for, one write
@@ -904,11 +937,17 @@ impl WriterThread {
                         self.retired.insert(key);
                         let _ = tx.send(());
                     }
+                    Msg::Wake => {}
                     Msg::Shutdown => shutdown = true,
                 }
                 if batch.len() < MAX_BATCH && !shutdown {
                     next = self.rx.try_recv().ok();
                 }
+            }
+            // Between two batches, and before the flushes just taken are answered.
+            self.apply_arena_ask();
+            if self.fatal.is_some() {
+                return;
             }
             if !batch.is_empty() {
                 self.write_batch(batch);
@@ -941,7 +980,7 @@ impl WriterThread {
                             let _ = tx.send(());
                             None
                         }
-                        Msg::Shutdown => None,
+                        Msg::Wake | Msg::Shutdown => None,
                     })
                     .collect();
                 for chunk in rest.chunks(MAX_BATCH) {
@@ -1539,6 +1578,105 @@ impl WriterThread {
         }
     }
 
+    /// Acts on a new ask of [`WriterHandle::resize_arena`], once.
+    fn apply_arena_ask(&mut self) {
+        let asked = self.shared.arena_asks.load(Ordering::Acquire);
+        if asked != self.arena_asked {
+            self.arena_asked = asked;
+            self.resize_arena(self.shared.arena_target.load(Ordering::Acquire));
+        }
+    }
+
+    /// Cuts the staging arena into `slots` slots of the same length (at most [`MAX_SLOTS`]), or
+    /// registers the arena it has again when that was refused before. Every round in flight is
+    /// waited for first: their writes and slot numbers point into the old arena. The old arena
+    /// is freed only once it is no longer registered with the ring; if the new one cannot be
+    /// registered where the old one was (the memory lock limit), the old one is registered
+    /// again and kept.
+    fn resize_arena(&mut self, slots: usize) {
+        let slots = slots.clamp(1, MAX_SLOTS);
+        let was = self.geometry.slots;
+        if self.arena.is_none() || self.geometry.serial || (slots == was && self.registered) {
+            return;
+        }
+        self.drain_rounds();
+        if self.fatal.is_some() {
+            return;
+        }
+        let slot_mib = self.geometry.slot_len >> 20;
+        let refused = |shared: &Shared| shared.arena_refusals.fetch_add(1, Ordering::AcqRel);
+        if slots == was {
+            // The same size, refused before: the limit may have been raised since.
+            let arena = self.arena.as_mut().expect("checked");
+            // SAFETY: the arena stays in `self.arena` until it is unregistered again.
+            match unsafe { register_arena(&self.ring, arena) } {
+                Ok(()) => {
+                    self.set_registered(true);
+                    tracing::info!(slots, "writer staging arena registered with io_uring");
+                }
+                Err(e) => {
+                    refused(&self.shared);
+                    tracing::warn!(error = %e, slots,
+                        "io_uring_register_buffers still refused the writer's staging arena \
+                         (memory lock limit too low?): direct writes use it unregistered");
+                }
+            }
+            return;
+        }
+        let had = self.registered;
+        if had {
+            if let Err(e) = self.ring.submitter().unregister_buffers() {
+                tracing::warn!(error = %e, slots = was,
+                    "could not unregister the writer's staging arena from io_uring: it keeps \
+                     its size");
+                return;
+            }
+            self.set_registered(false);
+        }
+        let mut new = AlignedBuf::new(slots * self.geometry.slot_len);
+        // SAFETY (both calls): the buffer registered is kept in `self.arena` until it is
+        // unregistered again (here, or never: it is leaked if the ring breaks).
+        let registered = match unsafe { register_arena(&self.ring, &mut new) } {
+            Ok(()) => true,
+            Err(e) => {
+                refused(&self.shared);
+                let old = self.arena.as_mut().expect("checked");
+                if had && unsafe { register_arena(&self.ring, old) }.is_ok() {
+                    self.set_registered(true);
+                    tracing::warn!(error = %e, slots = was, wanted = slots,
+                        "io_uring_register_buffers refused a staging arena of {} MiB (memory \
+                         lock limit too low? the unit sets LimitMEMLOCK): the writer keeps its \
+                         {was} write rounds of {slot_mib} MiB", slots * slot_mib);
+                    return;
+                }
+                tracing::warn!(error = %e, slots,
+                    "io_uring_register_buffers refused the resized staging arena (memory lock \
+                     limit too low?): direct writes use it unregistered");
+                false
+            }
+        };
+        self.arena = Some(new);
+        self.set_registered(registered);
+        self.geometry.slots = slots;
+        self.free_slots = (0..slots).rev().collect();
+        self.shared.arena_slots.store(slots, Ordering::Release);
+        tracing::info!(
+            was,
+            slots,
+            slot_mib,
+            registered,
+            "writer staging arena resized: {slots} write rounds of {slot_mib} MiB can be in flight"
+        );
+    }
+
+    /// Whether the arena is registered with the ring (`WriteFixed`), here and for the handles.
+    fn set_registered(&mut self, registered: bool) {
+        self.registered = registered;
+        self.shared
+            .buffers_registered
+            .store(registered, Ordering::Release);
+    }
+
     /// Finishes every round whose writes have all completed.
     fn finish_completed_rounds(&mut self) {
         while let Some(i) = self.rounds.iter().position(|r| r.left == 0) {
@@ -1657,6 +1795,7 @@ impl WriterThread {
         std::mem::forget(rounds);
         std::mem::forget(self.arena.take());
         self.free_slots.clear();
+        self.shared.arena_slots.store(0, Ordering::Release);
         self.fatal
             .get_or_insert_with(|| format!("io_uring failed with writes in flight: {e}"));
     }
@@ -2199,6 +2338,20 @@ enum OpBuf {
     },
 }
 
+/// Registers `arena` with the ring as its only fixed buffer (index 0, for `WriteFixed`).
+///
+/// # Safety
+/// The kernel may read the buffer until it is unregistered: the caller must neither free nor
+/// move it before `unregister_buffers` succeeded (or the ring is dropped).
+unsafe fn register_arena(ring: &IoUring, arena: &mut AlignedBuf) -> std::io::Result<()> {
+    let iov = [libc::iovec {
+        iov_base: arena.as_mut_slice().as_mut_ptr().cast(),
+        iov_len: arena.len(),
+    }];
+    // SAFETY: as the caller promises.
+    unsafe { ring.submitter().register_buffers(&iov) }
+}
+
 /// A zeroed heap buffer aligned to [`RECORD_ALIGN`], as direct I/O needs.
 pub(crate) struct AlignedBuf {
     ptr: std::ptr::NonNull<u8>,
@@ -2630,21 +2783,6 @@ mod tests {
             (5, 7, 8, 8)
         );
         assert_eq!(DirectTuning::for_cameras(1000).slot_len, SLOT_LEN);
-    }
-
-    #[test]
-    fn a_site_grown_past_its_arena_is_told_what_a_restart_would_give() {
-        let started = DirectTuning::for_cameras(400);
-        assert_eq!(started.outgrown_by(400), None);
-        assert_eq!(started.outgrown_by(500), None, "4 slots up to 500 cameras");
-        assert_eq!(started.outgrown_by(501), Some(5));
-        assert_eq!(started.outgrown_by(1000), Some(8));
-        assert_eq!(
-            started.outgrown_by(10),
-            None,
-            "a shrunk site keeps its arena"
-        );
-        assert_eq!(DirectTuning::for_cameras(1000).outgrown_by(5000), None);
     }
 
     #[test]

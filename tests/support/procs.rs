@@ -506,8 +506,6 @@ fn raw_request(
     token: Option<&str>,
     headers: &[(&str, &str)],
 ) -> (u16, String, Vec<u8>) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -515,24 +513,34 @@ fn raw_request(
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
         .collect();
-    write!(
-        s,
+    let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{extra}Connection: close\r\n\r\n"
-    )
-    .unwrap();
+    );
+    exchange(addr, request.as_bytes(), Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("no HTTP answer from {addr} to {method} {path}"))
+}
+
+/// Sends `request` on a fresh connection and reads the answer to its close: (status, head,
+/// the bytes after the head as they came). `None` when the connection or the head failed.
+fn exchange(
+    addr: SocketAddr,
+    request: &[u8],
+    read_timeout: Duration,
+) -> Option<(u16, String, Vec<u8>)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(read_timeout)).unwrap();
+    let _ = s.write_all(request);
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP head");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    (status, head, raw[split + 4..].to_vec())
+    raw.drain(..split + 4);
+    Some((status, head, raw))
 }
 
 /// Percent-encodes a query value (RFC 3339 times carry `+` and `:`).
@@ -794,15 +802,6 @@ pub fn http_raw(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> RawResponse {
-    let none = RawResponse {
-        status: 0,
-        headers: Vec::new(),
-        body: String::new(),
-    };
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return none;
-    };
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
@@ -812,30 +811,28 @@ pub fn http_raw(
     }
     request.push_str("Connection: close\r\n\r\n");
     request.push_str(body.unwrap_or(""));
-    let _ = s.write_all(request.as_bytes());
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return none;
+    let Some((status, head, body)) = exchange(addr, request.as_bytes(), Duration::from_secs(30))
+    else {
+        return RawResponse {
+            status: 0,
+            headers: Vec::new(),
+            body: String::new(),
+        };
     };
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers: Vec<(String, String)> = lines
+    let headers: Vec<(String, String)> = head
+        .lines()
+        .skip(1)
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
+    let body = String::from_utf8_lossy(&body);
     let chunked = headers
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
     let body = if chunked {
-        dechunk(body)
+        dechunk(&body)
     } else {
-        body.to_owned()
+        body.into_owned()
     };
     RawResponse {
         status,
