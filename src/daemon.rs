@@ -656,10 +656,6 @@ impl Reloader {
         let (result, object, text) = match self.apply().await {
             Ok(summary) => {
                 tracing::info!(changes = %summary, "config reload applied: {summary}");
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0.0, |d| d.as_secs_f64());
-                self.metrics.config_last_reload_success.set(now);
                 let mut object = summary.to_json();
                 object["result"] = "ok".into();
                 ("ok", object, format!("applied: {summary}"))
@@ -693,8 +689,14 @@ impl Reloader {
         if let Err(e) = self.state.record(entry).await {
             tracing::error!(error = ?e, result, "could not write the logbook entry of a config reload");
         }
-        // Counted once its logbook entry is written: a reload the counter shows is in the
-        // logbook.
+        // Counted after its logbook entry was written (or failing to write it was logged), so a
+        // test or tool that sees the counter move finds the entry.
+        if result == "ok" {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.metrics.config_last_reload_success.set(now);
+        }
         self.metrics
             .config_reloads
             .get_or_create(&ResultLabel {

@@ -196,7 +196,7 @@ struct Shared {
     /// (the thread acts on each ask once, between two batches).
     arena_target: AtomicUsize,
     arena_asks: AtomicU64,
-    /// Arenas (or registrations of the arena it has) the memory lock limit refused.
+    /// `io_uring_register_buffers` calls for the arena that failed (the memory lock limit).
     arena_refusals: AtomicU64,
 }
 
@@ -357,10 +357,11 @@ impl WriterHandle {
     /// it records). Never blocks: the thread is woken (unless its queue is full, when it is busy
     /// anyway) and acts on the latest ask between two batches, before it answers a
     /// [`WriterHandle::flush`] called after this; it waits for every round in flight, swaps the
-    /// arena and its io_uring registration and logs the outcome; [`WriterHandle::arena_slots`]
-    /// tells when it is done. When the memory lock limit refuses the new arena the registered
-    /// one is kept; an arena left unregistered is registered again at the next ask (a raised
-    /// limit takes effect at the next reload). Nothing to do for a buffered writer.
+    /// arena and its io_uring registration and logs the outcome ([`WriterHandle::arena_slots`],
+    /// [`WriterHandle::buffers_registered`] and [`WriterHandle::arena_refusals`] tell it). When
+    /// the memory lock limit refuses the new arena a registered one is kept (an unregistered
+    /// one is replaced, unregistered); an arena left unregistered is registered at the next ask
+    /// (a raised limit takes effect at the next reload). Nothing to do for a buffered writer.
     pub fn resize_arena(&self, slots: usize) {
         self.shared.arena_target.store(slots, Ordering::Release);
         self.shared.arena_asks.fetch_add(1, Ordering::AcqRel);
@@ -368,8 +369,9 @@ impl WriterHandle {
         let _ = self.tx.try_send(Msg::Wake);
     }
 
-    /// How many times the memory lock limit refused a new staging arena, or registering the one
-    /// the writer has, since the start.
+    /// How many times registering a staging arena with io_uring failed since the start (at
+    /// start, for a new arena, or registering the old one again): in practice, the memory lock
+    /// limit.
     pub fn arena_refusals(&self) -> u64 {
         self.shared.arena_refusals.load(Ordering::Acquire)
     }
@@ -944,11 +946,8 @@ impl WriterThread {
                     next = self.rx.try_recv().ok();
                 }
             }
-            // Between two batches, and before the flushes just taken are answered.
+            // Between two batches (a ring that broke meanwhile drops the batch, counted).
             self.apply_arena_ask();
-            if self.fatal.is_some() {
-                return;
-            }
             if !batch.is_empty() {
                 self.write_batch(batch);
             }
@@ -1641,7 +1640,11 @@ impl WriterThread {
             Err(e) => {
                 refused(&self.shared);
                 let old = self.arena.as_mut().expect("checked");
-                if had && unsafe { register_arena(&self.ring, old) }.is_ok() {
+                let again = had && unsafe { register_arena(&self.ring, old) }.is_ok();
+                if had && !again {
+                    refused(&self.shared);
+                }
+                if again {
                     self.set_registered(true);
                     tracing::warn!(error = %e, slots = was, wanted = slots,
                         "io_uring_register_buffers refused a staging arena of {} MiB (memory \
@@ -1696,6 +1699,12 @@ impl WriterThread {
             }
         }
         if let Some(s) = r.slot {
+            // A slot of another arena, or one freed twice, would stage two rounds in one place.
+            assert!(
+                s < self.geometry.slots && !self.free_slots.contains(&s),
+                "slot {s} freed twice or not of this arena ({} slots)",
+                self.geometry.slots
+            );
             self.free_slots.push(s);
         }
         drop(r.extra);
@@ -2032,6 +2041,9 @@ impl WriterThread {
         // for earlier ones when every slot is busy).
         let t0 = Instant::now();
         self.drain_rounds();
+        // An ask to resize the arena made before a flush is acted on before that flush is
+        // answered, on every path that answers one (nothing is in flight now).
+        self.apply_arena_ask();
         if self.fatal.is_some() {
             return;
         }
