@@ -34,13 +34,14 @@ pub mod time;
 pub mod users;
 pub mod wallclock;
 
-/// Helpers shared by the unit tests.
-#[cfg(test)]
-pub(crate) mod testing {
+/// Helpers shared by the unit tests and the integration tests (`tests/support`); not part of
+/// the product.
+#[doc(hidden)]
+pub mod testing {
     /// Whether the tests run as root. When not, prints that the caller skips (`what` says what
     /// needs root), and fails instead under `HOLDFAST_REQUIRE_ROOT_TESTS`: CI runs as root and
     /// sets it, so there a skip is a failure.
-    pub(crate) fn is_root_or_skip(what: &str) -> bool {
+    pub fn is_root_or_skip(what: &str) -> bool {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
             return true;

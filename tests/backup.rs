@@ -279,14 +279,7 @@ fn a_backup_taken_while_recording_restores_to_a_verified_logbook_and_its_recordi
 fn root_cli_requests_reach_a_daemon_running_as_the_data_dirs_owner() {
     use std::os::unix::fs::{chown, PermissionsExt};
     use std::os::unix::process::CommandExt;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        // CI runs as root and sets HOLDFAST_REQUIRE_ROOT_TESTS=1: there a skip is a failure.
-        assert!(
-            std::env::var_os("HOLDFAST_REQUIRE_ROOT_TESTS").is_none(),
-            "HOLDFAST_REQUIRE_ROOT_TESTS is set but the tests do not run as root"
-        );
-        eprintln!("skipped: needs root (to run the daemon as uid 65534)");
+    if !support::is_root_or_skip("(to run the daemon as uid 65534)") {
         return;
     }
     const NOBODY: u32 = 65534;

@@ -658,30 +658,9 @@ fn a_larger_arena_the_memory_lock_limit_refuses_keeps_the_registered_one() {
     if std::env::var_os(MEMLOCK_CHILD).is_some() {
         return memlock_scenario();
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var_os("HOLDFAST_REQUIRE_ROOT_TESTS").is_none(),
-            "HOLDFAST_REQUIRE_ROOT_TESTS is set but the tests do not run as root"
-        );
-        eprintln!("skipped: needs root");
-        return;
+    if support::is_root_or_skip("(a child process without CAP_IPC_LOCK)") {
+        support::run_in_child(NAME, MEMLOCK_CHILD, "memlock scenario passed");
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
-        .env(MEMLOCK_CHILD, "1")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "child failed:\n{text}");
-    assert!(
-        text.contains("memlock scenario passed"),
-        "the child did not run the scenario:\n{text}"
-    );
 }
 
 fn memlock_scenario() {

@@ -1078,24 +1078,11 @@ fn pinned_bytes_ledger_equals_the_full_walk() {
 #[test]
 fn rocksdb_write_errors_do_not_stop_the_sweeper() {
     let _disk = shared_disk();
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "rocksdb_write_errors_child",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("HOLDFAST_TEST_FSIZE_CHILD", "1")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    support::run_in_child(
+        "rocksdb_write_errors_child",
+        "HOLDFAST_TEST_FSIZE_CHILD",
+        "CHILD-OK",
     );
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("CHILD-OK"), "{text}");
 }
 
 #[test]
