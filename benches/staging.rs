@@ -11,9 +11,11 @@
 //!   copy while it is in cache;
 //! - `stage_frames`: `holdfast::store::staging::stage_frames`, what the writer runs: one pass
 //!   that loads each 64 bytes once, stores them non-temporally and folds them into the CRC
-//!   (PCLMULQDQ);
+//!   (PCLMULQDQ, on 512-bit registers where the CPU has AVX-512 VPCLMULQDQ);
 //! - `stage_frames_portable`: its fallback elsewhere (and the writer's path before session 13),
-//!   the CRC of the source (`crc-fast`) and then a non-temporal copy from the cache.
+//!   the CRC of the source (`crc-fast`) and then a non-temporal copy from the cache;
+//! - `stage_frames_128`: the one-pass loop on 128-bit registers, where `stage_frames` runs it on
+//!   512-bit ones (AVX-512 VPCLMULQDQ; session 14); elsewhere the same code as `stage_frames`.
 //!
 //! And one 20 kB frame that stays in the cache (`hot_frame_20k`): its CRC32C alone by `crc-fast`
 //! (the portable path's checksum) and by the `crc32c` crate, with no memory to wait for, and
@@ -22,7 +24,7 @@
 //! `cargo bench --bench staging` (under `flock /work/bench.lock` on a shared machine).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use holdfast::store::staging::{stage_frames, stage_frames_portable};
+use holdfast::store::staging::{stage_frames, stage_frames_128, stage_frames_portable};
 
 const CAMERAS: usize = 200;
 const FRAMES: usize = 50;
@@ -73,7 +75,7 @@ fn run(
 type Variant = fn(&[Vec<u8>], &mut [u8]) -> Option<u32>;
 
 /// The variants timed over the 200 cameras, each checked first.
-const VARIANTS: [(&str, Variant); 5] = [
+const VARIANTS: [(&str, Variant); 6] = [
     ("memcpy", |cam, d| {
         let mut at = 0;
         for f in cam {
@@ -105,6 +107,9 @@ const VARIANTS: [(&str, Variant); 5] = [
     }),
     ("stage_frames_portable", |cam, d| {
         Some(stage_frames_portable(cam.iter().map(|f| &f[..]), d))
+    }),
+    ("stage_frames_128", |cam, d| {
+        Some(stage_frames_128(cam.iter().map(|f| &f[..]), d))
     }),
 ];
 
@@ -141,8 +146,11 @@ fn bench(c: &mut Criterion) {
     }
     println!(
         "stage_frames runs {} here",
-        if holdfast::store::staging::one_pass() {
-            "the one-pass loop (PCLMULQDQ)"
+        if holdfast::store::staging::wide() {
+            "the one-pass loop on 512-bit registers (AVX-512 VPCLMULQDQ); stage_frames_128 its \
+             128-bit loop"
+        } else if holdfast::store::staging::one_pass() {
+            "the one-pass loop (PCLMULQDQ): stage_frames_128 measures the same code"
         } else {
             "the portable path: its two rows measure the same code"
         }

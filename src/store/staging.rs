@@ -14,7 +14,9 @@
 //!   lines to memory, without reading them first and without evicting anything) and folds them
 //!   into four CRC accumulators with carry-less multiplication; the bytes before the slot's
 //!   first 64-byte boundary and after its last one go through SSE4.2's `crc32` and plain
-//!   stores. The folding is the method of Intel's "Fast CRC Computation for Generic Polynomials
+//!   stores. Where the CPU also has AVX-512F and VPCLMULQDQ (Intel since Ice Lake, AMD since
+//!   Zen 4), the same loop runs on 512-bit registers: one load, one non-temporal store and one
+//!   fold of all four accumulators (one per 128-bit lane) per line. The folding is the method of Intel's "Fast CRC Computation for Generic Polynomials
 //!   Using PCLMULQDQ" (Gopal et al., 2009) in its bit-reflected form, with the constants of the
 //!   Castagnoli polynomial (derived in `tests::folding_constants_are_the_castagnoli_ones`);
 //! - elsewhere ([`stage_frames_portable`]), the CRC32C of each frame is computed on the source
@@ -23,7 +25,8 @@
 //! One `sfence` at the end makes the stores visible before the buffer is handed to the kernel.
 //!
 //! Measured on the development VM (benches/staging.rs, 200 cameras x 50 frames of 15-25 kB, a
-//! 64 MiB destination): see design/performance.md, "Staging in one pass (session 13)".
+//! 64 MiB destination): see design/performance.md, "Staging in one pass (session 13)" and
+//! "The one-pass loop on AVX-512 (session 14)".
 
 /// Copies `frames` one after the other into the start of `dst` and returns the CRC32C
 /// (Castagnoli, as in the segment format) of their concatenation. `dst` must hold at least
@@ -34,8 +37,9 @@
 pub fn stage_frames<'a>(frames: impl IntoIterator<Item = &'a [u8]>, dst: &mut [u8]) -> u32 {
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
-        // SAFETY: `available()` checked that the CPU has the features `stage` needs.
-        return unsafe { x86::stage(frames, dst) };
+        // SAFETY: `available()` checked that the CPU has the features `stage` needs, and
+        // `wide()` those of its 512-bit loop.
+        return unsafe { x86::stage(frames, dst, x86::wide()) };
     }
     stage_frames_portable(frames, dst)
 }
@@ -47,6 +51,28 @@ pub fn one_pass() -> bool {
     return x86::available();
     #[cfg(not(target_arch = "x86_64"))]
     false
+}
+
+/// Whether the one-pass loop of [`stage_frames`] runs with 512-bit registers here (AVX-512F and
+/// VPCLMULQDQ) rather than 128-bit ones.
+pub fn wide() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return x86::wide();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// [`stage_frames`] with the one-pass loop's 128-bit registers even where the 512-bit loop
+/// could run (where neither can: [`stage_frames_portable`]). For the staging bench, which
+/// compares the two loops in one run; not for the writer.
+#[doc(hidden)]
+pub fn stage_frames_128<'a>(frames: impl IntoIterator<Item = &'a [u8]>, dst: &mut [u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        // SAFETY: `available()` checked the features of the 128-bit loop.
+        return unsafe { x86::stage(frames, dst, false) };
+    }
+    stage_frames_portable(frames, dst)
 }
 
 /// What [`stage_frames`] does where its one-pass loop cannot run (another architecture, or an
@@ -76,9 +102,12 @@ pub fn stage_frames_portable<'a>(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        __m128i, _mm_and_si128, _mm_clmulepi64_si128, _mm_crc32_u64, _mm_crc32_u8,
-        _mm_cvtsi128_si32, _mm_cvtsi32_si128, _mm_loadu_si128, _mm_set_epi64x, _mm_setr_epi32,
-        _mm_srli_si128, _mm_stream_si128, _mm_xor_si128,
+        __m128i, __m512i, _mm512_broadcast_i32x4, _mm512_clmulepi64_epi128,
+        _mm512_extracti32x4_epi32, _mm512_loadu_si512, _mm512_stream_si512,
+        _mm512_ternarylogic_epi64, _mm512_xor_si512, _mm512_zextsi128_si512, _mm_and_si128,
+        _mm_clmulepi64_si128, _mm_crc32_u64, _mm_crc32_u8, _mm_cvtsi128_si32, _mm_cvtsi32_si128,
+        _mm_loadu_si128, _mm_set_epi64x, _mm_setr_epi32, _mm_srli_si128, _mm_stream_si128,
+        _mm_xor_si128,
     };
 
     /// The folding constants for CRC32C (Castagnoli, 0x1EDC6F41), bit-reflected and shifted as
@@ -103,21 +132,31 @@ mod x86 {
         std::is_x86_feature_detected!("pclmulqdq") && std::is_x86_feature_detected!("sse4.2")
     }
 
-    /// [`super::stage_frames`] by the one-pass loop: every frame through [`copy_crc`], one
-    /// `sfence`, the finished CRC.
+    /// Whether this CPU can also run [`stage`]'s 512-bit loop (AVX-512F and VPCLMULQDQ: Intel
+    /// since Ice Lake, AMD since Zen 4).
+    pub(super) fn wide() -> bool {
+        available()
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("vpclmulqdq")
+    }
+
+    /// [`super::stage_frames`] by the one-pass loop: every frame through [`copy_crc`] (its
+    /// 512-bit loop when `wide`), one `sfence`, the finished CRC.
     ///
     /// # Safety
-    /// The CPU must have PCLMULQDQ and SSE4.2 ([`available`]).
+    /// The CPU must have PCLMULQDQ and SSE4.2 ([`available`]), and AVX-512F and VPCLMULQDQ
+    /// if `wide` ([`wide`]).
     pub(super) unsafe fn stage<'a>(
         frames: impl IntoIterator<Item = &'a [u8]>,
         dst: &mut [u8],
+        wide: bool,
     ) -> u32 {
         let mut state = !0u32;
         let mut at = 0;
         for f in frames {
             let to = &mut dst[at..at + f.len()];
             // SAFETY: the caller promised the CPU features `copy_crc` is compiled for.
-            state = unsafe { copy_crc(state, f, to) };
+            state = unsafe { copy_crc(state, f, to, wide) };
             at += f.len();
         }
         super::store_fence();
@@ -130,9 +169,10 @@ mod x86 {
     /// ordered with later stores until an `sfence`.
     ///
     /// # Safety
-    /// The CPU must have PCLMULQDQ and SSE4.2 ([`available`]).
+    /// The CPU must have PCLMULQDQ and SSE4.2 ([`available`]), and AVX-512F and VPCLMULQDQ
+    /// if `wide` ([`wide`]).
     #[target_feature(enable = "pclmulqdq,sse4.2")]
-    unsafe fn copy_crc(state: u32, src: &[u8], dst: &mut [u8]) -> u32 {
+    unsafe fn copy_crc(state: u32, src: &[u8], dst: &mut [u8], wide: bool) -> u32 {
         assert_eq!(dst.len(), src.len(), "copy_crc: lengths differ");
         let n = src.len();
         let head = super::to_line(dst).min(n);
@@ -142,14 +182,13 @@ mod x86 {
         dst[..head].copy_from_slice(&src[..head]);
         if blocks > 0 {
             // SAFETY: `head + 64 * blocks = body_end <= n` bytes of both slices, and
-            // `dst + head` is 64-byte aligned (or `head == n` and `blocks == 0`).
-            state = unsafe {
-                fold_copy(
-                    state,
-                    src.as_ptr().add(head),
-                    dst.as_mut_ptr().add(head),
-                    blocks,
-                )
+            // `dst + head` is 64-byte aligned (or `head == n` and `blocks == 0`); the caller
+            // promised the features of the loop chosen.
+            let (s, d) = unsafe { (src.as_ptr().add(head), dst.as_mut_ptr().add(head)) };
+            state = if wide {
+                unsafe { fold_copy_512(state, s, d, blocks) }
+            } else {
+                unsafe { fold_copy(state, s, d, blocks) }
             };
         }
         state = crc_bytes(state, &src[body_end..]);
@@ -204,9 +243,54 @@ mod x86 {
                 x3 = fold(x3, k1k2, y3);
                 x4 = fold(x4, k1k2, y4);
             }
-            // Four accumulators into one.
+            reduce(x1, x2, x3, x4)
+        }
+    }
+
+    /// [`fold_copy`] with 512-bit registers: each 64-byte block is one load, one non-temporal
+    /// store and one fold of all four accumulators at once (`vpclmulqdq` works on each 128-bit
+    /// lane, so lane `i` is the 128-bit loop's accumulator `i`, with the same constants).
+    ///
+    /// # Safety
+    /// As [`fold_copy`], with `dst` 64-byte aligned, and the CPU must have AVX-512F and
+    /// VPCLMULQDQ.
+    #[target_feature(enable = "avx512f,vpclmulqdq,pclmulqdq,sse4.2")]
+    unsafe fn fold_copy_512(state: u32, src: *const u8, dst: *mut u8, blocks: usize) -> u32 {
+        // SAFETY (whole body): every load is of a 64-byte piece of `src[..64 * blocks]`, every
+        // store of a 64-byte aligned piece of `dst[..64 * blocks]`, as the caller promised.
+        unsafe {
+            let block = |o: usize| {
+                let v = _mm512_loadu_si512(src.add(o).cast::<__m512i>());
+                _mm512_stream_si512(dst.add(o).cast::<__m512i>(), v);
+                v
+            };
+            // The register goes into the first 32 bits of the message (reflected CRC).
+            let first = _mm512_zextsi128_si512(_mm_cvtsi32_si128(state as i32));
+            let mut x = _mm512_xor_si512(block(0), first);
+            let k1k2 = _mm512_broadcast_i32x4(_mm_set_epi64x(K2, K1));
+            for b in 1..blocks {
+                let y = block(64 * b);
+                let lo = _mm512_clmulepi64_epi128(x, k1k2, 0x00);
+                let hi = _mm512_clmulepi64_epi128(x, k1k2, 0x11);
+                // lo ^ hi ^ y (truth table 0x96: the three-way exclusive or).
+                x = _mm512_ternarylogic_epi64(lo, hi, y, 0x96);
+            }
+            reduce(
+                _mm512_extracti32x4_epi32(x, 0),
+                _mm512_extracti32x4_epi32(x, 1),
+                _mm512_extracti32x4_epi32(x, 2),
+                _mm512_extracti32x4_epi32(x, 3),
+            )
+        }
+    }
+
+    /// The CRC32C register from the four 128-bit accumulators of a fold loop (each 512 bits
+    /// apart): folded into one, then 128 bits to 64, then Barrett's reduction to 32.
+    #[target_feature(enable = "pclmulqdq,sse4.2")]
+    fn reduce(x1: __m128i, x2: __m128i, x3: __m128i, x4: __m128i) -> u32 {
+        {
             let k3k4 = _mm_set_epi64x(K4, K3);
-            x1 = fold(x1, k3k4, x2);
+            let mut x1 = fold(x1, k3k4, x2);
             x1 = fold(x1, k3k4, x3);
             x1 = fold(x1, k3k4, x4);
             // 128 bits to 64.
@@ -316,8 +400,17 @@ mod tests {
         if x86::available() {
             // SAFETY: `available()` was checked above.
             p.push(("one pass", |f, d| unsafe {
-                x86::stage(f.iter().copied(), d)
+                x86::stage(f.iter().copied(), d, false)
             }));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if x86::wide() {
+            // SAFETY: `wide()` was checked above.
+            p.push(("one pass, 512-bit", |f, d| unsafe {
+                x86::stage(f.iter().copied(), d, true)
+            }));
+        } else {
+            eprintln!("this CPU cannot run the 512-bit one-pass loop: it is not tested");
         }
         if !one_pass() {
             eprintln!("this CPU cannot run the one-pass loop: only the portable path is tested");
