@@ -19,7 +19,8 @@
 //!
 //! And one 20 kB frame that stays in the cache (`hot_frame_20k`): its CRC32C alone by `crc-fast`
 //! (the portable path's checksum) and by the `crc32c` crate, with no memory to wait for, and
-//! `stage_frames` of it (copy and CRC in one pass; its non-temporal stores still go to memory).
+//! `stage_frames` and `stage_frames_128` of it (copy and CRC in one pass; their non-temporal
+//! stores still go to memory).
 //!
 //! `cargo bench --bench staging` (under `flock /work/bench.lock` on a shared machine).
 
@@ -152,7 +153,8 @@ fn bench(c: &mut Criterion) {
         } else if holdfast::store::staging::one_pass() {
             "the one-pass loop (PCLMULQDQ): stage_frames_128 measures the same code"
         } else {
-            "the portable path: its two rows measure the same code"
+            "the portable path: stage_frames, stage_frames_portable and stage_frames_128 measure \
+             the same code"
         }
     );
     let mut g = c.benchmark_group("staging_200_cameras");
@@ -184,6 +186,13 @@ fn bench(c: &mut Criterion) {
         "stage_frames: wrong CRC"
     );
     assert!(hot_dst == hot, "stage_frames copied something else");
+    hot_dst.fill(0);
+    assert_eq!(
+        stage_frames_128([&hot[..]], &mut hot_dst),
+        want,
+        "stage_frames_128: wrong CRC"
+    );
+    assert!(hot_dst == hot, "stage_frames_128 copied something else");
     let mut h = c.benchmark_group("hot_frame_20k");
     h.throughput(Throughput::Bytes(hot.len() as u64));
     h.bench_function("crc_fast", |b| b.iter(|| fast(std::hint::black_box(&hot))));
@@ -192,6 +201,9 @@ fn bench(c: &mut Criterion) {
     });
     h.bench_function("stage_frames", |b| {
         b.iter(|| stage_frames([std::hint::black_box(&hot[..])], &mut hot_dst))
+    });
+    h.bench_function("stage_frames_128", |b| {
+        b.iter(|| stage_frames_128([std::hint::black_box(&hot[..])], &mut hot_dst))
     });
     h.finish();
 }

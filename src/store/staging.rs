@@ -10,19 +10,24 @@
 //! on the bytes it loaded:
 //! - on x86_64 with PCLMULQDQ and SSE4.2 (Intel since Westmere, AMD since Bulldozer; checked at
 //!   run time), one loop per frame loads, for every whole 64-byte line of the slot, the 64
-//!   bytes of the frame that go there, writes them with non-temporal stores (`movntdq`: whole
+//!   bytes of the frame that go there, writes them with non-temporal stores (`movntdq`, whole
 //!   lines to memory, without reading them first and without evicting anything) and folds them
 //!   into four CRC accumulators with carry-less multiplication; the bytes before the slot's
 //!   first 64-byte boundary and after its last one go through SSE4.2's `crc32` and plain
-//!   stores. Where the CPU also has AVX-512F and VPCLMULQDQ (Intel since Ice Lake, AMD since
-//!   Zen 4), the same loop runs on 512-bit registers: one load, one non-temporal store and one
-//!   fold of all four accumulators (one per 128-bit lane) per line. The folding is the method of Intel's "Fast CRC Computation for Generic Polynomials
+//!   stores. The folding is the method of Intel's "Fast CRC Computation for Generic Polynomials
 //!   Using PCLMULQDQ" (Gopal et al., 2009) in its bit-reflected form, with the constants of the
-//!   Castagnoli polynomial (derived in `tests::folding_constants_are_the_castagnoli_ones`);
+//!   Castagnoli polynomial (derived in `tests::folding_constants_are_the_castagnoli_ones`).
+//!   Where the CPU also has AVX-512F and VPCLMULQDQ (Intel since Ice Lake, AMD since Zen 4),
+//!   the same loop runs on 512-bit registers: one load, one non-temporal store (`vmovntdq`)
+//!   and one fold of all four accumulators (one per 128-bit lane) per line. Where 512-bit work
+//!   lowers the core's clock (Intel before Sapphire Rapids) the loop is short and the rest of
+//!   the daemon is scalar or narrower code; it was measured only on a Sapphire Rapids-class VM
+//!   (design/performance.md);
 //! - elsewhere ([`stage_frames_portable`]), the CRC32C of each frame is computed on the source
 //!   first (`crc-fast`), and the frame, now in cache, is copied with non-temporal stores.
 //!
-//! One `sfence` at the end makes the stores visible before the buffer is handed to the kernel.
+//! One `sfence` at the end (also when a short destination panics) makes the stores visible
+//! before the buffer is handed to the kernel.
 //!
 //! Measured on the development VM (benches/staging.rs, 200 cameras x 50 frames of 15-25 kB, a
 //! 64 MiB destination): see design/performance.md, "Staging in one pass (session 13)" and
@@ -86,6 +91,7 @@ pub fn stage_frames_portable<'a>(
     frames: impl IntoIterator<Item = &'a [u8]>,
     dst: &mut [u8],
 ) -> u32 {
+    let _fence = FenceOnDrop;
     let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
     let mut at = 0;
     for f in frames {
@@ -94,7 +100,6 @@ pub fn stage_frames_portable<'a>(
         copy_streaming(to, f);
         at += f.len();
     }
-    store_fence();
     crc.finalize() as u32
 }
 
@@ -151,6 +156,7 @@ mod x86 {
         dst: &mut [u8],
         wide: bool,
     ) -> u32 {
+        let _fence = super::FenceOnDrop;
         let mut state = !0u32;
         let mut at = 0;
         for f in frames {
@@ -159,7 +165,6 @@ mod x86 {
             state = unsafe { copy_crc(state, f, to, wide) };
             at += f.len();
         }
-        super::store_fence();
         !state
     }
 
@@ -186,8 +191,10 @@ mod x86 {
             // promised the features of the loop chosen.
             let (s, d) = unsafe { (src.as_ptr().add(head), dst.as_mut_ptr().add(head)) };
             state = if wide {
+                // SAFETY: as above; `wide` means the caller checked AVX-512F and VPCLMULQDQ.
                 unsafe { fold_copy_512(state, s, d, blocks) }
             } else {
+                // SAFETY: as above; this function's own features are the loop's.
                 unsafe { fold_copy(state, s, d, blocks) }
             };
         }
@@ -284,30 +291,29 @@ mod x86 {
         }
     }
 
-    /// The CRC32C register from the four 128-bit accumulators of a fold loop (each 512 bits
-    /// apart): folded into one, then 128 bits to 64, then Barrett's reduction to 32.
+    /// The CRC32C register from the four 128-bit accumulators of a fold loop (the last 64
+    /// bytes' four adjacent 16-byte pieces, in order): folded into one with the 128-bit
+    /// constants, then 128 bits to 64, then Barrett's reduction to 32.
     #[target_feature(enable = "pclmulqdq,sse4.2")]
     fn reduce(x1: __m128i, x2: __m128i, x3: __m128i, x4: __m128i) -> u32 {
-        {
-            let k3k4 = _mm_set_epi64x(K4, K3);
-            let mut x1 = fold(x1, k3k4, x2);
-            x1 = fold(x1, k3k4, x3);
-            x1 = fold(x1, k3k4, x4);
-            // 128 bits to 64.
-            let low32 = _mm_setr_epi32(!0, 0, !0, 0);
-            let t = _mm_clmulepi64_si128(x1, k3k4, 0x10);
-            x1 = _mm_xor_si128(_mm_srli_si128(x1, 8), t);
-            let k5 = _mm_set_epi64x(0, K5);
-            let t = _mm_srli_si128(x1, 4);
-            x1 = _mm_clmulepi64_si128(_mm_and_si128(x1, low32), k5, 0x00);
-            x1 = _mm_xor_si128(x1, t);
-            // Barrett reduction to 32 bits.
-            let poly = _mm_set_epi64x(MU, POLY);
-            let t = _mm_clmulepi64_si128(_mm_and_si128(x1, low32), poly, 0x10);
-            let t = _mm_clmulepi64_si128(_mm_and_si128(t, low32), poly, 0x00);
-            x1 = _mm_xor_si128(x1, t);
-            _mm_cvtsi128_si32(_mm_srli_si128(x1, 4)) as u32
-        }
+        let k3k4 = _mm_set_epi64x(K4, K3);
+        let mut x1 = fold(x1, k3k4, x2);
+        x1 = fold(x1, k3k4, x3);
+        x1 = fold(x1, k3k4, x4);
+        // 128 bits to 64.
+        let low32 = _mm_setr_epi32(!0, 0, !0, 0);
+        let t = _mm_clmulepi64_si128(x1, k3k4, 0x10);
+        x1 = _mm_xor_si128(_mm_srli_si128(x1, 8), t);
+        let k5 = _mm_set_epi64x(0, K5);
+        let t = _mm_srli_si128(x1, 4);
+        x1 = _mm_clmulepi64_si128(_mm_and_si128(x1, low32), k5, 0x00);
+        x1 = _mm_xor_si128(x1, t);
+        // Barrett reduction to 32 bits.
+        let poly = _mm_set_epi64x(MU, POLY);
+        let t = _mm_clmulepi64_si128(_mm_and_si128(x1, low32), poly, 0x10);
+        let t = _mm_clmulepi64_si128(_mm_and_si128(t, low32), poly, 0x00);
+        x1 = _mm_xor_si128(x1, t);
+        _mm_cvtsi128_si32(_mm_srli_si128(x1, 4)) as u32
     }
 
     /// One fold: `acc` moved forward by the distance `k` encodes, plus `data`.
@@ -370,6 +376,16 @@ fn copy_streaming(dst: &mut [u8], src: &[u8]) {
     dst.copy_from_slice(src);
 }
 
+/// Calls [`store_fence`] when dropped: at the end of staging, and also when it panics (a short
+/// destination) after some non-temporal stores, before the buffer can be freed or reused.
+struct FenceOnDrop;
+
+impl Drop for FenceOnDrop {
+    fn drop(&mut self) {
+        store_fence();
+    }
+}
+
 /// Orders the non-temporal stores of [`copy_streaming`] and of the one-pass loop before every
 /// later store and before the buffer is handed to the kernel.
 fn store_fence() {
@@ -409,12 +425,17 @@ mod tests {
             p.push(("one pass, 512-bit", |f, d| unsafe {
                 x86::stage(f.iter().copied(), d, true)
             }));
-        } else {
-            eprintln!("this CPU cannot run the 512-bit one-pass loop: it is not tested");
         }
-        if !one_pass() {
-            eprintln!("this CPU cannot run the one-pass loop: only the portable path is tested");
-        }
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            if !one_pass() {
+                eprintln!(
+                    "this CPU cannot run the one-pass loop: only the portable path is tested"
+                );
+            } else if !wide() {
+                eprintln!("this CPU cannot run the 512-bit one-pass loop: it is not tested");
+            }
+        });
         p
     }
 
