@@ -437,20 +437,10 @@ fn a_start_used_by_a_write_in_flight_is_moved_by_a_tick() {
     };
     let (want_first, want_second) = (bytes(&first), bytes(&second));
     assert_ne!(want_first, want_second);
-    let wait_records = |n: u64| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while h.direct_stats().records < n {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "round {n} never submitted"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    };
     h.submit(first).unwrap();
-    wait_records(1);
+    wait_submitted(&writer, 1, Duration::from_secs(10));
     h.submit(second).unwrap();
-    wait_records(2);
+    wait_submitted(&writer, 2, Duration::from_secs(10));
     assert!(h.flush());
     let found = store
         .index()
@@ -508,9 +498,9 @@ fn assert_stored(store: &Store, camera: &str, want: &[(Time90k, Vec<u8>)]) {
     }
 }
 
-/// Waits until the writer has submitted `n` records since its start.
-fn wait_submitted(writer: &Writer, n: u64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+/// Waits (at most `limit`) until the writer has submitted `n` records since its start.
+fn wait_submitted(writer: &Writer, n: u64, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
     while writer.handle().direct_stats().records < n {
         assert!(
             std::time::Instant::now() < deadline,
@@ -552,7 +542,7 @@ fn the_arena_is_resized_between_batches_after_the_rounds_in_flight() {
         let segs = queue_segments(&writer, seed, camera, t0, 100);
         let before = h.direct_stats().records;
         h.hold_queue_for_tests(false);
-        wait_submitted(&writer, before + 100);
+        wait_submitted(&writer, before + 100, Duration::from_secs(20));
         h.resize_arena(asked);
         segs
     };
@@ -692,26 +682,26 @@ fn memlock_scenario() {
     );
     let h = writer.handle();
     let state = || (h.arena_slots(), h.buffers_registered(), h.arena_refusals());
+    // An ask, then a flush: answered after the ask is acted on.
+    let ask = |slots| {
+        h.resize_arena(slots);
+        assert!(h.flush());
+        state()
+    };
     // 4 MiB under a 3 MiB limit: refused at start, written unregistered; refused again when
-    // asked at the same size. A flush called after an ask is answered after it is acted on.
+    // asked at the same size.
     assert_eq!(state(), (4, false, 1));
-    h.resize_arena(4);
-    assert!(h.flush());
-    assert_eq!(state(), (4, false, 2));
+    assert_eq!(ask(4), (4, false, 2));
     // The limit raised (as `prlimit` would on the daemon): the next ask registers it.
     memlock(6 << 20);
-    h.resize_arena(4);
-    assert!(h.flush());
     assert_eq!(
-        state(),
+        ask(4),
         (4, true, 2),
         "the arena was not registered once the limit allowed"
     );
     // 8 MiB: over the limit. The registered arena stays, registered again.
-    h.resize_arena(8);
-    assert!(h.flush());
     assert_eq!(
-        state(),
+        ask(8),
         (4, true, 3),
         "the refused arena replaced the registered one"
     );

@@ -40,12 +40,23 @@
 /// # Panics
 /// If `dst` is shorter than the frames together.
 pub fn stage_frames<'a>(frames: impl IntoIterator<Item = &'a [u8]>, dst: &mut [u8]) -> u32 {
+    stage_with(frames, dst, true)
+}
+
+/// The one-pass loop where the CPU can run it (its 512-bit form if `allow_wide` and the CPU
+/// has it), else [`stage_frames_portable`].
+fn stage_with<'a>(
+    frames: impl IntoIterator<Item = &'a [u8]>,
+    dst: &mut [u8],
+    allow_wide: bool,
+) -> u32 {
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
         // SAFETY: `available()` checked that the CPU has the features `stage` needs, and
         // `wide()` those of its 512-bit loop.
-        return unsafe { x86::stage(frames, dst, x86::wide()) };
+        return unsafe { x86::stage(frames, dst, allow_wide && x86::wide()) };
     }
+    let _ = allow_wide;
     stage_frames_portable(frames, dst)
 }
 
@@ -72,12 +83,7 @@ pub fn wide() -> bool {
 /// compares the two loops in one run; not for the writer.
 #[doc(hidden)]
 pub fn stage_frames_128<'a>(frames: impl IntoIterator<Item = &'a [u8]>, dst: &mut [u8]) -> u32 {
-    #[cfg(target_arch = "x86_64")]
-    if x86::available() {
-        // SAFETY: `available()` checked the features of the 128-bit loop.
-        return unsafe { x86::stage(frames, dst, false) };
-    }
-    stage_frames_portable(frames, dst)
+    stage_with(frames, dst, false)
 }
 
 /// What [`stage_frames`] does where its one-pass loop cannot run (another architecture, or an
@@ -401,24 +407,22 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Every path: what `stage_frames` runs here, the one-pass loop called directly (when
-    /// this CPU can run it: said on stderr when it cannot, so a run that tested only the
-    /// portable path is visible), and the portable one.
+    /// Every path: what `stage_frames` runs here (the 512-bit loop where the CPU has it), the
+    /// 128-bit loop (`stage_frames_128`), the portable one, and the 512-bit loop called
+    /// directly where the CPU can run it (so that it stays tested should `stage_frames` stop
+    /// choosing it); stderr says once which loop this CPU cannot run.
     type Stage = fn(&[&[u8]], &mut [u8]) -> u32;
     fn paths() -> Vec<(&'static str, Stage)> {
+        #[allow(unused_mut)]
         let mut p: Vec<(&'static str, Stage)> = vec![
             ("stage_frames", |f, d| stage_frames(f.iter().copied(), d)),
+            ("stage_frames_128", |f, d| {
+                stage_frames_128(f.iter().copied(), d)
+            }),
             ("portable", |f, d| {
                 stage_frames_portable(f.iter().copied(), d)
             }),
         ];
-        #[cfg(target_arch = "x86_64")]
-        if x86::available() {
-            // SAFETY: `available()` was checked above.
-            p.push(("one pass", |f, d| unsafe {
-                x86::stage(f.iter().copied(), d, false)
-            }));
-        }
         #[cfg(target_arch = "x86_64")]
         if x86::wide() {
             // SAFETY: `wide()` was checked above.

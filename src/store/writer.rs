@@ -1639,18 +1639,18 @@ impl WriterThread {
             Ok(()) => true,
             Err(e) => {
                 refused(&self.shared);
-                let old = self.arena.as_mut().expect("checked");
-                let again = had && unsafe { register_arena(&self.ring, old) }.is_ok();
-                if had && !again {
+                if had {
+                    let old = self.arena.as_mut().expect("checked");
+                    if unsafe { register_arena(&self.ring, old) }.is_ok() {
+                        self.set_registered(true);
+                        tracing::warn!(error = %e, slots = was, wanted = slots,
+                            "io_uring_register_buffers refused a staging arena of {} MiB \
+                             (memory lock limit too low? the unit sets LimitMEMLOCK): the \
+                             writer keeps its {was} write rounds of {slot_mib} MiB",
+                            slots * slot_mib);
+                        return;
+                    }
                     refused(&self.shared);
-                }
-                if again {
-                    self.set_registered(true);
-                    tracing::warn!(error = %e, slots = was, wanted = slots,
-                        "io_uring_register_buffers refused a staging arena of {} MiB (memory \
-                         lock limit too low? the unit sets LimitMEMLOCK): the writer keeps its \
-                         {was} write rounds of {slot_mib} MiB", slots * slot_mib);
-                    return;
                 }
                 tracing::warn!(error = %e, slots,
                     "io_uring_register_buffers refused the resized staging arena (memory lock \
